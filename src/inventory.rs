@@ -1,0 +1,382 @@
+//! What a campaign offers (R1): sites in regions, and slots (site, service
+//! date, time of day) each with a capacity.
+//!
+//! Slots are numbered densely, site-major: `SlotIndex = (site_index × days +
+//! day_index) × slots_per_day + time_index`. The number is stable for the life
+//! of a campaign and is what the log, the protocol and the counters use.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use crate::calendar::{Date, TimeOfDay, MS_PER_DAY, MS_PER_MINUTE};
+use crate::config::{CampaignRules, GeneratedInventory, InventorySection};
+
+/// The most sites a campaign may have.
+pub const SITES_MAX: u32 = 1 << 20;
+/// The most slots a campaign may have; `u32::MAX` stays free as "no slot".
+pub const SLOTS_MAX: u64 = 1 << 31;
+/// The longest site name kept, in bytes.
+pub const SITE_NAME_BYTES_MAX: usize = 200;
+
+/// A slot's number: see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotIndex(pub u32);
+
+impl fmt::Display for SlotIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "slot #{}", self.0)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub id: u32,
+    pub region_id: u16,
+    pub name: String,
+}
+
+/// Where and when a slot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotAddress {
+    pub site_id: u32,
+    pub date: Date,
+    pub time: TimeOfDay,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    #[error("cannot read inventory file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("inventory line {line}: {reason}")]
+    Row { line: u64, reason: String },
+    #[error("inventory: {0}")]
+    Shape(String),
+}
+
+/// Sites, the slot layout and each slot's initial capacity.
+#[derive(Debug)]
+pub struct Inventory {
+    sites: Vec<Site>,
+    site_index_by_id: HashMap<u32, u32>,
+    site_indexes_by_region: BTreeMap<u16, Vec<u32>>,
+    first_date: Date,
+    days: u16,
+    day_start: TimeOfDay,
+    slot_minutes: u16,
+    slots_per_day: u16,
+    utc_offset: crate::calendar::UtcOffset,
+    /// UTC instant of local midnight starting the first service day.
+    first_midnight_ms: i64,
+    initial_capacity: Vec<u32>,
+}
+
+impl Inventory {
+    /// Builds the inventory the rules name: generated, or read from CSV
+    /// (a relative path is taken from `config_dir`).
+    pub fn load(rules: &CampaignRules, config_dir: &Path) -> Result<Inventory, InventoryError> {
+        match &rules.inventory {
+            InventorySection::Generate(generated) => Inventory::generate(rules, generated),
+            InventorySection::Csv(path) => {
+                let path = config_dir.join(path);
+                let text = std::fs::read(&path).map_err(|source| InventoryError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                Inventory::from_csv(rules, &text)
+            }
+        }
+    }
+
+    fn empty(rules: &CampaignRules, sites: Vec<Site>) -> Result<Inventory, InventoryError> {
+        let slots_per_site = u64::from(rules.service_days) * u64::from(rules.slots_per_day);
+        let slot_count = sites.len() as u64 * slots_per_site;
+        if slot_count > SLOTS_MAX {
+            return Err(InventoryError::Shape(format!(
+                "{slot_count} slots; at most {SLOTS_MAX}"
+            )));
+        }
+        let mut site_index_by_id = HashMap::with_capacity(sites.len());
+        let mut site_indexes_by_region: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
+        for (index, site) in sites.iter().enumerate() {
+            if site_index_by_id.insert(site.id, index as u32).is_some() {
+                return Err(InventoryError::Shape(format!("site id {} is used twice", site.id)));
+            }
+            site_indexes_by_region.entry(site.region_id).or_default().push(index as u32);
+        }
+        Ok(Inventory {
+            sites,
+            site_index_by_id,
+            site_indexes_by_region,
+            first_date: rules.service_first_date,
+            days: rules.service_days,
+            day_start: rules.day_start,
+            slot_minutes: rules.slot_minutes,
+            slots_per_day: rules.slots_per_day,
+            utc_offset: rules.utc_offset,
+            first_midnight_ms: i64::from(rules.service_first_date.days_since_epoch()) * MS_PER_DAY
+                - i64::from(rules.utc_offset.minutes) * MS_PER_MINUTE,
+            initial_capacity: vec![0; slot_count as usize],
+        })
+    }
+
+    /// A national-scale demo inventory, the same for the same parameters.
+    pub fn generate(
+        rules: &CampaignRules,
+        generated: &GeneratedInventory,
+    ) -> Result<Inventory, InventoryError> {
+        let sites = (0..generated.sites)
+            .map(|index| Site {
+                id: index + 1,
+                region_id: (index % u32::from(generated.regions)) as u16 + 1,
+                name: format!("Demo site {}", index + 1),
+            })
+            .collect();
+        let mut inventory = Inventory::empty(rules, sites)?;
+        let spread = u64::from(generated.capacity_per_slot_mean) * 2 - 1;
+        for (slot, capacity) in inventory.initial_capacity.iter_mut().enumerate() {
+            *capacity = 1 + (crate::mix64(slot as u64) % spread) as u32;
+        }
+        Ok(inventory)
+    }
+
+    /// Reads `site_id,region_id,site_name,date,time,capacity` rows (docs/inventory.md).
+    pub fn from_csv(rules: &CampaignRules, bytes: &[u8]) -> Result<Inventory, InventoryError> {
+        let rows = parse_csv_rows(bytes)?;
+        let mut sites: Vec<Site> = Vec::new();
+        let mut seen: HashMap<u32, usize> = HashMap::new();
+        for row in &rows {
+            match seen.get(&row.site.id) {
+                Some(index) if sites[*index] != row.site => {
+                    return Err(row_error(
+                        row.line,
+                        format!("site {} has a different region or name than on an earlier line", row.site.id),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert(row.site.id, sites.len());
+                    sites.push(row.site.clone());
+                }
+            }
+        }
+        if sites.len() as u64 > u64::from(SITES_MAX) {
+            return Err(InventoryError::Shape(format!("{} sites; at most {SITES_MAX}", sites.len())));
+        }
+        let mut inventory = Inventory::empty(rules, sites)?;
+        let mut filled = vec![false; inventory.initial_capacity.len()];
+        for row in &rows {
+            let slot = inventory
+                .slot_index(row.site.id, row.date, row.time)
+                .map_err(|reason| row_error(row.line, reason))?;
+            if std::mem::replace(&mut filled[slot.0 as usize], true) {
+                return Err(row_error(row.line, format!("{slot} is listed twice")));
+            }
+            inventory.initial_capacity[slot.0 as usize] = row.capacity;
+        }
+        Ok(inventory)
+    }
+
+    pub fn slot_count(&self) -> u32 {
+        self.initial_capacity.len() as u32
+    }
+
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    pub fn initial_capacity(&self) -> &[u32] {
+        &self.initial_capacity
+    }
+
+    pub fn site_index(&self, site_id: u32) -> Option<u32> {
+        self.site_index_by_id.get(&site_id).copied()
+    }
+
+    pub fn region_site_indexes(&self, region_id: u16) -> &[u32] {
+        self.site_indexes_by_region.get(&region_id).map_or(&[], Vec::as_slice)
+    }
+
+    pub fn slots_per_day(&self) -> u16 {
+        self.slots_per_day
+    }
+
+    /// The service-day number of a date, if the campaign serves on it.
+    pub fn day_index(&self, date: Date) -> Option<u32> {
+        let index = self.first_date.days_until(date);
+        (0..i32::from(self.days)).contains(&index).then_some(index as u32)
+    }
+
+    /// The first slot of a site on a service day; the day's slots follow it.
+    pub fn first_slot_of_day(&self, site_index: u32, day_index: u32) -> SlotIndex {
+        SlotIndex(
+            (site_index * u32::from(self.days) + day_index) * u32::from(self.slots_per_day),
+        )
+    }
+
+    /// The slot number of (site, date, time); the error says which part is unknown.
+    pub fn slot_index(&self, site_id: u32, date: Date, time: TimeOfDay) -> Result<SlotIndex, String> {
+        let site_index = self
+            .site_index(site_id)
+            .ok_or_else(|| format!("unknown site {site_id}"))?;
+        let day_index = self
+            .day_index(date)
+            .ok_or_else(|| format!("{date} is not a service day"))?;
+        let minutes = i32::from(time.minute_of_day()) - i32::from(self.day_start.minute_of_day());
+        let slot_minutes = i32::from(self.slot_minutes);
+        let time_index = minutes / slot_minutes;
+        if minutes < 0 || minutes % slot_minutes != 0 || time_index >= i32::from(self.slots_per_day) {
+            return Err(format!("{time} is not the start of a time slot"));
+        }
+        Ok(SlotIndex(self.first_slot_of_day(site_index, day_index).0 + time_index as u32))
+    }
+
+    pub fn contains(&self, slot: SlotIndex) -> bool {
+        slot.0 < self.slot_count()
+    }
+
+    /// Where and when a slot is; `None` for a number outside the inventory.
+    pub fn address(&self, slot: SlotIndex) -> Option<SlotAddress> {
+        if !self.contains(slot) {
+            return None;
+        }
+        let time_index = slot.0 % u32::from(self.slots_per_day);
+        let site_day = slot.0 / u32::from(self.slots_per_day);
+        let day_index = site_day % u32::from(self.days);
+        let site_index = site_day / u32::from(self.days);
+        let minute = u32::from(self.day_start.minute_of_day()) + time_index * u32::from(self.slot_minutes);
+        Some(SlotAddress {
+            site_id: self.sites[site_index as usize].id,
+            date: self.first_date.add_days(day_index as i32),
+            time: TimeOfDay::from_minute_of_day(minute as u16)?,
+        })
+    }
+
+    /// The UTC instant the appointment of a slot starts.
+    pub fn slot_starts_ms(&self, slot: SlotIndex) -> Option<i64> {
+        let address = self.address(slot)?;
+        Some(self.utc_offset.utc_ms(address.date, address.time))
+    }
+
+    /// Milliseconds from the first service day's midnight to a slot's start: cheap,
+    /// for the hot path (no site lookup).
+    pub fn slot_starts_ms_fast(&self, slot: SlotIndex) -> i64 {
+        let time_index = i64::from(slot.0 % u32::from(self.slots_per_day));
+        let day_index = i64::from(slot.0 / u32::from(self.slots_per_day) % u32::from(self.days));
+        self.first_midnight_ms
+            + day_index * MS_PER_DAY
+            + self.day_start.ms_of_day()
+            + time_index * i64::from(self.slot_minutes) * MS_PER_MINUTE
+    }
+}
+
+struct CsvRow {
+    line: u64,
+    site: Site,
+    date: Date,
+    time: TimeOfDay,
+    capacity: u32,
+}
+
+fn row_error(line: u64, reason: String) -> InventoryError {
+    InventoryError::Row { line, reason }
+}
+
+const CSV_COLUMNS: [&str; 6] = ["site_id", "region_id", "site_name", "date", "time", "capacity"];
+
+fn parse_csv_rows(bytes: &[u8]) -> Result<Vec<CsvRow>, InventoryError> {
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes);
+    let headers = reader
+        .headers()
+        .map_err(|e| row_error(1, e.to_string()))?
+        .clone();
+    if headers.iter().collect::<Vec<_>>() != CSV_COLUMNS {
+        return Err(row_error(1, format!("the header must be `{}`", CSV_COLUMNS.join(","))));
+    }
+    let mut rows = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            row_error(line, e.to_string())
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let field = |index: usize| record.get(index).unwrap_or("");
+        let number = |index: usize| -> Result<u64, InventoryError> {
+            field(index).parse().map_err(|_| {
+                row_error(line, format!("{} `{}` is not a whole number", CSV_COLUMNS[index], field(index)))
+            })
+        };
+        let site_id = u32::try_from(number(0)?).map_err(|_| row_error(line, "site_id is too large".into()))?;
+        let region_id = u16::try_from(number(1)?).map_err(|_| row_error(line, "region_id is above 65535".into()))?;
+        let name = field(2);
+        if name.is_empty() || name.len() > SITE_NAME_BYTES_MAX {
+            return Err(row_error(line, format!("site_name must have 1 to {SITE_NAME_BYTES_MAX} bytes")));
+        }
+        let date = Date::parse(field(3)).map_err(|e| row_error(line, e.to_string()))?;
+        let time = TimeOfDay::parse(field(4)).map_err(|e| row_error(line, e.to_string()))?;
+        let capacity = u32::try_from(number(5)?)
+            .ok()
+            .filter(|c| *c <= crate::state::SLOT_CAPACITY_MAX)
+            .ok_or_else(|| row_error(line, format!("capacity is above {}", crate::state::SLOT_CAPACITY_MAX)))?;
+        rows.push(CsvRow {
+            line,
+            site: Site { id: site_id, region_id, name: name.to_string() },
+            date,
+            time,
+            capacity,
+        });
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_inventory_is_national_scale_and_addresses_round_trip() {
+        let rules = CampaignRules::demo();
+        let inventory = Inventory::load(&rules, Path::new(".")).unwrap();
+        assert_eq!(inventory.slot_count(), 15_000 * 30 * 18);
+        for slot in [0, 1, 17, 18, 539, 540, inventory.slot_count() - 1] {
+            let slot = SlotIndex(slot);
+            let a = inventory.address(slot).unwrap();
+            assert_eq!(inventory.slot_index(a.site_id, a.date, a.time), Ok(slot));
+            assert_eq!(inventory.slot_starts_ms(slot), Some(inventory.slot_starts_ms_fast(slot)));
+        }
+        assert!(inventory.address(SlotIndex(inventory.slot_count())).is_none());
+        let total: u64 = inventory.initial_capacity().iter().map(|c| u64::from(*c)).sum();
+        let mean = total as f64 / f64::from(inventory.slot_count());
+        assert!((1.9..2.1).contains(&mean), "mean capacity {mean}");
+    }
+
+    #[test]
+    fn csv_inventory_and_its_errors() {
+        let rules = CampaignRules::demo();
+        let good = "site_id,region_id,site_name,date,time,capacity\n\
+                    7,1,Seoul City Hall,2021-08-26,09:00,30\n\
+                    7,1,Seoul City Hall,2021-08-26,09:30,20\n\
+                    9,2,Busan Station,2021-09-24,17:30,5\n";
+        let inventory = Inventory::from_csv(&rules, good.as_bytes()).unwrap();
+        assert_eq!(inventory.sites().len(), 2);
+        let slot = inventory.slot_index(9, Date::parse("2021-09-24").unwrap(), TimeOfDay::parse("17:30").unwrap()).unwrap();
+        assert_eq!(inventory.initial_capacity()[slot.0 as usize], 5);
+        assert_eq!(inventory.region_site_indexes(2), &[1]);
+
+        let cases = [
+            ("site_id,region,site_name,date,time,capacity\n", "header"),
+            ("site_id,region_id,site_name,date,time,capacity\nx,1,A,2021-08-26,09:00,1\n", "line 2"),
+            ("site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:10,1\n", "start of a time slot"),
+            ("site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-12-26,09:00,1\n", "not a service day"),
+            ("site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:00,1\n1,1,A,2021-08-26,09:00,1\n", "twice"),
+            ("site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:00,1\n1,2,A,2021-08-26,09:30,1\n", "different region"),
+        ];
+        for (text, expected) in cases {
+            let error = Inventory::from_csv(&rules, text.as_bytes()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! # yeyak — a booking engine for flash-crowd campaigns
+//!
+//! The layers, each depending only on those above it in this list:
+//!
+//! | layer | module | what it does |
+//! |---|---|---|
+//! | calendar & config | [`calendar`], [`config`] | dates, local time; the campaign TOML, checked and compiled into [`config::CampaignRules`] |
+//! | inventory | [`inventory`] | sites, regions, slots and their dense [`inventory::SlotIndex`] numbers |
+//! | rules | [`rules`] | who may book when: cohorts, rotation days, booking windows, proxies (pure) |
+//! | state machine | [`state`] | [`state::Engine`]: lock-free slot counters, the people table, reserve / cancel / change; hands [`state::Entry`]s to a [`state::Journal`] |
+//! | log | [`log`] | the append-only segmented log: record format, group-commit writer, recovery |
+//! | durable engine | [`durable`] | opens a data directory: recovers the engine from the log, then serves commands whose answers wait for durability |
+//! | demo | [`demo`] | the simulated booking evening the `yeyak` binary runs on its defaults |
+//!
+//! Where a reservation goes: `durable::DurableEngine::reserve` →
+//! `state::Engine::reserve` (rules → person latch → slot counter `take` →
+//! `Journal::append` draws a sequence number and queues the record in the
+//! log's ring) → the log's flusher thread writes a group of records and syncs
+//! them → the answer is released once its record is durable. See
+//! `docs/architecture.md` for the picture.
+
+pub mod calendar;
+pub mod config;
+//pub mod demo;
+//pub mod durable;
+pub mod inventory;
+//pub mod log;
+pub mod rules;
+pub mod state;
+pub mod sync;
+
+/// A fast 64-bit mixer (the finalizer of SplitMix64): spreads keys over buckets
+/// and makes generated data reproducible.
+#[inline]
+pub fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Hints the CPU to load the cache line holding `value`; never faults.
+#[inline]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `_mm_prefetch` only hints the cache; it never dereferences in a
+    // way that can fault, and `value` is a valid reference anyway.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            (value as *const T).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
+}

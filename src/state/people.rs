@@ -1,0 +1,409 @@
+//! Every person who has booked (or tried to), keyed by the 128-bit person key.
+//!
+//! A fixed-capacity open-addressing table with linear probing, 32 bytes a
+//! bucket, sized at start-up (`limits.people_max`) and never resized, so no
+//! request ever allocates or rehashes. Buckets are only ever added, never
+//! removed: a cancelled reservation leaves the person's bucket in place, with
+//! the idempotency record of the cancel.
+//!
+//! Uniqueness without a global lock: each bucket carries a *latch* bit in its
+//! state word. A command on a person sets the latch with a compare-exchange,
+//! reads and changes the person, and clears it with a release store. Two
+//! commands on the same person are therefore serialized; commands on different
+//! people never wait on each other.
+//!
+//! Insertion (after the crossbeam `ArrayQueue` style of publishing with a
+//! state word): an empty bucket (state 0) is claimed by a compare-exchange to
+//! `LATCHED`; the claimer writes the key words, then stores `PUBLISHED |
+//! LATCHED | ...` with release ordering. A prober that finds a claimed but
+//! unpublished bucket waits for the publication before comparing keys, so the
+//! same key can never be inserted twice.
+
+use crossbeam_utils::CachePadded;
+
+use crate::inventory::SlotIndex;
+use crate::sync::{AtomicU64, Ordering};
+
+/// A person as the engine knows them: the gateway's keyed hash of the resident
+/// number (R7: the engine never sees the number itself). Zero is not a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PersonKey(pub u128);
+
+/// The kind of the last command applied to a person, kept for idempotency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CommandKind {
+    Reserve = 1,
+    Cancel = 2,
+    Change = 3,
+}
+
+/// What the table holds for one person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PersonRecord {
+    /// The slot the person holds, if any.
+    pub holds: Option<SlotIndex>,
+    /// The last applied command, its idempotency key, and the slot it named
+    /// (for a cancel: the slot given up).
+    pub last: Option<LastCommand>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LastCommand {
+    pub kind: CommandKind,
+    pub idempotency_key: u64,
+    pub slot: SlotIndex,
+}
+
+impl PersonRecord {
+    pub const NEW: PersonRecord = PersonRecord { holds: None, last: None };
+}
+
+/// The table refused a new person: it holds `people_max` already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeopleTableFull {
+    pub people_max: u64,
+}
+
+// State word layout (u64):
+//   bit 63      PUBLISHED: the key words are written and may be compared
+//   bit 62      LATCHED: a command (or the inserter) owns the person
+//   bit 61      HOLDS: the person holds the slot in bits 0..32
+//   bits 32..34 the last command's kind (0: none)
+//   bits 0..32  the slot of the last command (held, or given up by a cancel)
+// An empty bucket is 0. The idempotency key lives in its own word, written
+// only under the latch.
+const PUBLISHED: u64 = 1 << 63;
+const LATCHED: u64 = 1 << 62;
+const HOLDS: u64 = 1 << 61;
+const KIND_SHIFT: u32 = 32;
+const KIND_MASK: u64 = 0b11 << KIND_SHIFT;
+const SLOT_MASK: u64 = u32::MAX as u64;
+
+fn encode(record: PersonRecord) -> u64 {
+    let (kind, slot) = match record.last {
+        Some(last) => (last.kind as u64, last.slot.0),
+        None => (0, record.holds.map_or(0, |s| s.0)),
+    };
+    debug_assert!(record.holds.is_none() || record.holds.map(|s| s.0) == Some(slot));
+    let holds = if record.holds.is_some() { HOLDS } else { 0 };
+    PUBLISHED | holds | (kind << KIND_SHIFT) | u64::from(slot)
+}
+
+fn decode(state: u64, idempotency_key: u64) -> PersonRecord {
+    let slot = SlotIndex((state & SLOT_MASK) as u32);
+    let kind = match (state & KIND_MASK) >> KIND_SHIFT {
+        1 => Some(CommandKind::Reserve),
+        2 => Some(CommandKind::Cancel),
+        3 => Some(CommandKind::Change),
+        _ => None,
+    };
+    PersonRecord {
+        holds: (state & HOLDS != 0).then_some(slot),
+        last: kind.map(|kind| LastCommand { kind, idempotency_key, slot }),
+    }
+}
+
+#[repr(C, align(32))]
+struct Bucket {
+    key_low: AtomicU64,
+    key_high: AtomicU64,
+    state: AtomicU64,
+    idempotency_key: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<Bucket>() == 32 || cfg!(feature = "shuttle"));
+
+impl Bucket {
+    fn key(&self) -> PersonKey {
+        let low = self.key_low.load(Ordering::Relaxed);
+        let high = self.key_high.load(Ordering::Relaxed);
+        PersonKey(u128::from(high) << 64 | u128::from(low))
+    }
+}
+
+pub struct PeopleTable {
+    buckets: Box<[Bucket]>,
+    bucket_mask: u64,
+    people_max: u64,
+    /// People inserted (or about to be: a slot is counted before its claim).
+    people_count: CachePadded<AtomicU64>,
+}
+
+/// Exclusive access to one person until dropped or committed.
+pub struct PersonLatch<'table> {
+    bucket: &'table Bucket,
+    state_before: u64,
+    record: PersonRecord,
+}
+
+impl PersonLatch<'_> {
+    pub fn record(&self) -> PersonRecord {
+        self.record
+    }
+
+    /// Stores the person's new record and releases the latch.
+    pub fn commit(self, record: PersonRecord) {
+        let key = record.last.map_or(0, |l| l.idempotency_key);
+        self.bucket.idempotency_key.store(key, Ordering::Relaxed);
+        self.bucket.state.store(encode(record), Ordering::Release);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for PersonLatch<'_> {
+    fn drop(&mut self) {
+        self.bucket.state.store(self.state_before, Ordering::Release);
+    }
+}
+
+impl PeopleTable {
+    /// A table for up to `people_max` people, with buckets to spare so that
+    /// probes stay short (load factor at most 7/8).
+    pub fn new(people_max: u64) -> PeopleTable {
+        let bucket_count = (people_max + people_max / 7).max(8).next_power_of_two();
+        PeopleTable {
+            buckets: allocate_buckets(bucket_count as usize),
+            bucket_mask: bucket_count - 1,
+            people_max,
+            people_count: CachePadded::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn people_max(&self) -> u64 {
+        self.people_max
+    }
+
+    pub fn len(&self) -> u64 {
+        self.people_count.load(Ordering::Relaxed).min(self.people_max)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn bucket_count(&self) -> u64 {
+        self.bucket_mask + 1
+    }
+
+    #[inline]
+    fn home(&self, key: PersonKey) -> u64 {
+        crate::mix64((key.0 as u64) ^ (key.0 >> 64) as u64) & self.bucket_mask
+    }
+
+    /// Asks the CPU to bring a person's home bucket into cache.
+    #[inline]
+    pub fn prefetch(&self, key: PersonKey) {
+        crate::prefetch(&self.buckets[self.home(key) as usize]);
+    }
+
+    /// Waits for a claimed bucket's key to be published; returns its state.
+    fn published_state(bucket: &Bucket) -> u64 {
+        loop {
+            let state = bucket.state.load(Ordering::Acquire);
+            if state == 0 || state & PUBLISHED != 0 {
+                return state;
+            }
+            crate::sync::spin_wait();
+        }
+    }
+
+    /// Finds the person's bucket, or the empty bucket where they would go.
+    fn find(&self, key: PersonKey) -> (&Bucket, u64) {
+        let mut index = self.home(key);
+        loop {
+            let bucket = &self.buckets[index as usize];
+            let state = Self::published_state(bucket);
+            if state == 0 || bucket.key() == key {
+                return (bucket, state);
+            }
+            index = (index + 1) & self.bucket_mask;
+        }
+    }
+
+    fn latch_bucket(bucket: &Bucket) -> PersonLatch<'_> {
+        loop {
+            let state = bucket.state.load(Ordering::Relaxed);
+            if state & LATCHED == 0 {
+                let latched = state | LATCHED;
+                if bucket
+                    .state
+                    .compare_exchange_weak(state, latched, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    let idempotency_key = bucket.idempotency_key.load(Ordering::Relaxed);
+                    return PersonLatch {
+                        bucket,
+                        state_before: state,
+                        record: decode(state, idempotency_key),
+                    };
+                }
+            }
+            crate::sync::spin_wait();
+        }
+    }
+
+    /// Latches a person the table already holds.
+    pub fn latch(&self, key: PersonKey) -> Option<PersonLatch<'_>> {
+        let (bucket, state) = self.find(key);
+        (state != 0).then(|| Self::latch_bucket(bucket))
+    }
+
+    /// Latches a person, adding them (with an empty record) if new.
+    pub fn latch_or_insert(&self, key: PersonKey) -> Result<PersonLatch<'_>, PeopleTableFull> {
+        debug_assert!(key.0 != 0, "the engine refuses the zero key before this");
+        let mut counted = false;
+        loop {
+            let (bucket, state) = self.find(key);
+            if state != 0 {
+                if counted {
+                    self.people_count.fetch_sub(1, Ordering::Relaxed);
+                }
+                return Ok(Self::latch_bucket(bucket));
+            }
+            if !counted {
+                if self.people_count.fetch_add(1, Ordering::Relaxed) >= self.people_max {
+                    self.people_count.fetch_sub(1, Ordering::Relaxed);
+                    return Err(PeopleTableFull { people_max: self.people_max });
+                }
+                counted = true;
+            }
+            if bucket
+                .state
+                .compare_exchange(0, LATCHED, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                bucket.key_low.store(key.0 as u64, Ordering::Relaxed);
+                bucket.key_high.store((key.0 >> 64) as u64, Ordering::Relaxed);
+                bucket.idempotency_key.store(0, Ordering::Relaxed);
+                let published = encode(PersonRecord::NEW);
+                bucket.state.store(published | LATCHED, Ordering::Release);
+                return Ok(PersonLatch {
+                    bucket,
+                    state_before: published,
+                    record: PersonRecord::NEW,
+                });
+            }
+            // Another thread claimed this bucket first: look again, it may be our key.
+        }
+    }
+
+    /// Reads a person's record, waiting out a command in progress on them.
+    pub fn get(&self, key: PersonKey) -> Option<PersonRecord> {
+        self.latch(key).map(|latch| latch.record())
+    }
+
+    /// Calls `visit` for every person, each read under their latch.
+    pub fn for_each(&self, mut visit: impl FnMut(PersonKey, PersonRecord)) {
+        for bucket in self.buckets.iter() {
+            if Self::published_state(bucket) != 0 {
+                let latch = Self::latch_bucket(bucket);
+                visit(bucket.key(), latch.record());
+            }
+        }
+    }
+}
+
+/// Buckets start zeroed (= empty). With std atomics the zeroed allocation is
+/// taken from the allocator as is, so untouched buckets cost no resident memory.
+#[cfg(not(feature = "shuttle"))]
+fn allocate_buckets(bucket_count: usize) -> Box<[Bucket]> {
+    let layout = std::alloc::Layout::array::<Bucket>(bucket_count).expect("bucket count fits memory");
+    // SAFETY: the layout has a non-zero size (at least 8 buckets). `Bucket` is
+    // four `AtomicU64`s, for which all-zero bytes are a valid value. The pointer
+    // comes from the global allocator with exactly this layout, which is what
+    // `Box<[Bucket]>` frees it with.
+    unsafe {
+        let pointer = std::alloc::alloc_zeroed(layout).cast::<Bucket>();
+        if pointer.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(pointer, bucket_count))
+    }
+}
+
+#[cfg(feature = "shuttle")]
+fn allocate_buckets(bucket_count: usize) -> Box<[Bucket]> {
+    (0..bucket_count)
+        .map(|_| Bucket {
+            key_low: AtomicU64::new(0),
+            key_high: AtomicU64::new(0),
+            state: AtomicU64::new(0),
+            idempotency_key: AtomicU64::new(0),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reserved(slot: u32, key: u64) -> PersonRecord {
+        PersonRecord {
+            holds: Some(SlotIndex(slot)),
+            last: Some(LastCommand { kind: CommandKind::Reserve, idempotency_key: key, slot: SlotIndex(slot) }),
+        }
+    }
+
+    #[test]
+    fn insert_commit_get() {
+        let table = PeopleTable::new(100);
+        let alice = PersonKey(1);
+        assert!(table.get(alice).is_none());
+        let latch = table.latch_or_insert(alice).unwrap();
+        assert_eq!(latch.record(), PersonRecord::NEW);
+        latch.commit(reserved(42, 7));
+        assert_eq!(table.get(alice), Some(reserved(42, 7)));
+        // A latch dropped without commit leaves the record unchanged.
+        drop(table.latch(alice).unwrap());
+        assert_eq!(table.get(alice), Some(reserved(42, 7)));
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn full_table_is_an_error_not_a_hang() {
+        let table = PeopleTable::new(3);
+        for key in 1..=3 {
+            table.latch_or_insert(PersonKey(key)).unwrap();
+        }
+        assert_eq!(table.latch_or_insert(PersonKey(4)).err(), Some(PeopleTableFull { people_max: 3 }));
+        // People already present are still reachable.
+        assert!(table.latch_or_insert(PersonKey(2)).is_ok());
+    }
+
+    #[test]
+    fn record_encoding_round_trips() {
+        let cancelled = PersonRecord {
+            holds: None,
+            last: Some(LastCommand { kind: CommandKind::Cancel, idempotency_key: 9, slot: SlotIndex(u32::MAX - 1) }),
+        };
+        for record in [PersonRecord::NEW, reserved(0, 1), reserved(123, u64::MAX), cancelled] {
+            let state = encode(record);
+            assert_eq!(decode(state, record.last.map_or(0, |l| l.idempotency_key)), record);
+        }
+    }
+
+    #[test]
+    fn concurrent_inserts_of_the_same_people_make_one_bucket_each() {
+        let table = PeopleTable::new(10_000);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for key in 1..=5_000u128 {
+                        let latch = table.latch_or_insert(PersonKey(key)).unwrap();
+                        let mut record = latch.record();
+                        let count = record.last.map_or(0, |l| l.idempotency_key) + 1;
+                        record.last = Some(LastCommand { kind: CommandKind::Reserve, idempotency_key: count, slot: SlotIndex(0) });
+                        latch.commit(record);
+                    }
+                });
+            }
+        });
+        assert_eq!(table.len(), 5_000);
+        let mut seen = 0;
+        table.for_each(|_, record| {
+            seen += 1;
+            assert_eq!(record.last.unwrap().idempotency_key, 4, "every increment kept");
+        });
+        assert_eq!(seen, 5_000);
+    }
+}
