@@ -168,7 +168,12 @@ impl TimeOfDay {
 
 impl fmt::Display for TimeOfDay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02}:{:02}", self.minute_of_day / 60, self.minute_of_day % 60)
+        write!(
+            f,
+            "{:02}:{:02}",
+            self.minute_of_day / 60,
+            self.minute_of_day % 60
+        )
     }
 }
 
@@ -184,7 +189,10 @@ impl UtcOffset {
         let local_ms = utc_ms + i64::from(self.minutes) * MS_PER_MINUTE;
         let days = local_ms.div_euclid(MS_PER_DAY);
         let days = i32::try_from(days).unwrap_or(if days < 0 { i32::MIN } else { i32::MAX });
-        (Date::from_days_since_epoch(days), local_ms.rem_euclid(MS_PER_DAY))
+        (
+            Date::from_days_since_epoch(days),
+            local_ms.rem_euclid(MS_PER_DAY),
+        )
     }
 
     /// The UTC instant of a local date and time.
@@ -223,7 +231,10 @@ mod tests {
     #[test]
     fn known_dates() {
         assert_eq!(Date::from_ymd(1970, 1, 1).unwrap().days_since_epoch(), 0);
-        assert_eq!(Date::parse("2021-08-09").unwrap().days_since_epoch(), 18_848);
+        assert_eq!(
+            Date::parse("2021-08-09").unwrap().days_since_epoch(),
+            18_848
+        );
         assert_eq!(Date::parse("2000-02-29").unwrap().to_string(), "2000-02-29");
         assert!(Date::parse("2021-02-29").is_err());
         assert!(Date::parse("2021-8-09").is_err());

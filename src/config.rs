@@ -288,11 +288,18 @@ impl CampaignFile {
                 ));
             }
             if cohorts.iter().any(|c: &Cohort| c.id == section.id) {
-                return Err(invalid(&field("id"), format!("{} is used twice", section.id)));
+                return Err(invalid(
+                    &field("id"),
+                    format!("{} is used twice", section.id),
+                ));
             }
             let proxy_cutoff_ms = match &section.proxy_cutoff {
                 None => None,
-                Some(text) => Some(local_datetime_field(&field("proxy_cutoff"), text, utc_offset)?),
+                Some(text) => Some(local_datetime_field(
+                    &field("proxy_cutoff"),
+                    text,
+                    utc_offset,
+                )?),
             };
             cohorts.push(Cohort {
                 id: section.id,
@@ -315,7 +322,10 @@ impl CampaignFile {
             ));
         }
         if let Some(digit) = digits.iter().find(|d| **d > 9) {
-            return Err(invalid("rotation.digits", format!("{digit} is not a digit 0..=9")));
+            return Err(invalid(
+                "rotation.digits",
+                format!("{digit} is not a digit 0..=9"),
+            ));
         }
         Ok((start, digits.clone()))
     }
@@ -333,7 +343,10 @@ impl CampaignFile {
         if service.slots_per_day == 0 || service.slots_per_day > SLOTS_PER_DAY_MAX {
             return Err(invalid(
                 "service.slots_per_day",
-                format!("{} is outside 1..={SLOTS_PER_DAY_MAX}", service.slots_per_day),
+                format!(
+                    "{} is outside 1..={SLOTS_PER_DAY_MAX}",
+                    service.slots_per_day
+                ),
             ));
         }
         if service.slot_minutes == 0 {
@@ -380,7 +393,11 @@ fn check_generated(generated: &GeneratedInventory) -> Result<(), ConfigError> {
     if generated.sites == 0 || generated.sites > crate::inventory::SITES_MAX {
         return Err(invalid(
             "inventory.generate.sites",
-            format!("{} is outside 1..={}", generated.sites, crate::inventory::SITES_MAX),
+            format!(
+                "{} is outside 1..={}",
+                generated.sites,
+                crate::inventory::SITES_MAX
+            ),
         ));
     }
     if generated.regions == 0 || u32::from(generated.regions) > generated.sites {
@@ -392,7 +409,10 @@ fn check_generated(generated: &GeneratedInventory) -> Result<(), ConfigError> {
     if generated.capacity_per_slot_mean == 0 || generated.capacity_per_slot_mean > 1 << 20 {
         return Err(invalid(
             "inventory.generate.capacity_per_slot_mean",
-            format!("{} is outside 1..=1048576", generated.capacity_per_slot_mean),
+            format!(
+                "{} is outside 1..=1048576",
+                generated.capacity_per_slot_mean
+            ),
         ));
     }
     Ok(())
@@ -408,7 +428,10 @@ fn time_field(field: &str, text: &str) -> Result<TimeOfDay, ConfigError> {
 
 fn local_datetime_field(field: &str, text: &str, offset: UtcOffset) -> Result<i64, ConfigError> {
     let reason = || format!("`{text}` is not a local date and time of the form YYYY-MM-DD HH:MM");
-    let (date, time) = text.trim().split_once(' ').ok_or_else(|| invalid(field, reason()))?;
+    let (date, time) = text
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| invalid(field, reason()))?;
     let date = Date::parse(date).map_err(|_| invalid(field, reason()))?;
     let time = TimeOfDay::parse(time).map_err(|_| invalid(field, reason()))?;
     Ok(offset.utc_ms(date, time))
@@ -426,7 +449,8 @@ impl CampaignRules {
     }
 
     pub fn last_service_date(&self) -> Date {
-        self.service_first_date.add_days(i32::from(self.service_days) - 1)
+        self.service_first_date
+            .add_days(i32::from(self.service_days) - 1)
     }
 }
 
@@ -478,6 +502,9 @@ mod tests {
             with(|t| t.push_str("\n[surprise]\nx = 1\n")),
             Err(ConfigError::Syntax(_))
         ));
-        assert!(matches!(with(|t| t.push_str("\n[[[")), Err(ConfigError::Syntax(_))));
+        assert!(matches!(
+            with(|t| t.push_str("\n[[[")),
+            Err(ConfigError::Syntax(_))
+        ));
     }
 }

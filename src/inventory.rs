@@ -103,9 +103,15 @@ impl Inventory {
         let mut site_indexes_by_region: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
         for (index, site) in sites.iter().enumerate() {
             if site_index_by_id.insert(site.id, index as u32).is_some() {
-                return Err(InventoryError::Shape(format!("site id {} is used twice", site.id)));
+                return Err(InventoryError::Shape(format!(
+                    "site id {} is used twice",
+                    site.id
+                )));
             }
-            site_indexes_by_region.entry(site.region_id).or_default().push(index as u32);
+            site_indexes_by_region
+                .entry(site.region_id)
+                .or_default()
+                .push(index as u32);
         }
         Ok(Inventory {
             sites,
@@ -153,7 +159,10 @@ impl Inventory {
                 Some(index) if sites[*index] != row.site => {
                     return Err(row_error(
                         row.line,
-                        format!("site {} has a different region or name than on an earlier line", row.site.id),
+                        format!(
+                            "site {} has a different region or name than on an earlier line",
+                            row.site.id
+                        ),
                     ));
                 }
                 Some(_) => {}
@@ -164,7 +173,10 @@ impl Inventory {
             }
         }
         if sites.len() as u64 > u64::from(SITES_MAX) {
-            return Err(InventoryError::Shape(format!("{} sites; at most {SITES_MAX}", sites.len())));
+            return Err(InventoryError::Shape(format!(
+                "{} sites; at most {SITES_MAX}",
+                sites.len()
+            )));
         }
         let mut inventory = Inventory::empty(rules, sites)?;
         let mut filled = vec![false; inventory.initial_capacity.len()];
@@ -197,7 +209,9 @@ impl Inventory {
     }
 
     pub fn region_site_indexes(&self, region_id: u16) -> &[u32] {
-        self.site_indexes_by_region.get(&region_id).map_or(&[], Vec::as_slice)
+        self.site_indexes_by_region
+            .get(&region_id)
+            .map_or(&[], Vec::as_slice)
     }
 
     pub fn slots_per_day(&self) -> u16 {
@@ -207,18 +221,23 @@ impl Inventory {
     /// The service-day number of a date, if the campaign serves on it.
     pub fn day_index(&self, date: Date) -> Option<u32> {
         let index = self.first_date.days_until(date);
-        (0..i32::from(self.days)).contains(&index).then_some(index as u32)
+        (0..i32::from(self.days))
+            .contains(&index)
+            .then_some(index as u32)
     }
 
     /// The first slot of a site on a service day; the day's slots follow it.
     pub fn first_slot_of_day(&self, site_index: u32, day_index: u32) -> SlotIndex {
-        SlotIndex(
-            (site_index * u32::from(self.days) + day_index) * u32::from(self.slots_per_day),
-        )
+        SlotIndex((site_index * u32::from(self.days) + day_index) * u32::from(self.slots_per_day))
     }
 
     /// The slot number of (site, date, time); the error says which part is unknown.
-    pub fn slot_index(&self, site_id: u32, date: Date, time: TimeOfDay) -> Result<SlotIndex, String> {
+    pub fn slot_index(
+        &self,
+        site_id: u32,
+        date: Date,
+        time: TimeOfDay,
+    ) -> Result<SlotIndex, String> {
         let site_index = self
             .site_index(site_id)
             .ok_or_else(|| format!("unknown site {site_id}"))?;
@@ -228,10 +247,13 @@ impl Inventory {
         let minutes = i32::from(time.minute_of_day()) - i32::from(self.day_start.minute_of_day());
         let slot_minutes = i32::from(self.slot_minutes);
         let time_index = minutes / slot_minutes;
-        if minutes < 0 || minutes % slot_minutes != 0 || time_index >= i32::from(self.slots_per_day) {
+        if minutes < 0 || minutes % slot_minutes != 0 || time_index >= i32::from(self.slots_per_day)
+        {
             return Err(format!("{time} is not the start of a time slot"));
         }
-        Ok(SlotIndex(self.first_slot_of_day(site_index, day_index).0 + time_index as u32))
+        Ok(SlotIndex(
+            self.first_slot_of_day(site_index, day_index).0 + time_index as u32,
+        ))
     }
 
     pub fn contains(&self, slot: SlotIndex) -> bool {
@@ -247,7 +269,8 @@ impl Inventory {
         let site_day = slot.0 / u32::from(self.slots_per_day);
         let day_index = site_day % u32::from(self.days);
         let site_index = site_day / u32::from(self.days);
-        let minute = u32::from(self.day_start.minute_of_day()) + time_index * u32::from(self.slot_minutes);
+        let minute =
+            u32::from(self.day_start.minute_of_day()) + time_index * u32::from(self.slot_minutes);
         Some(SlotAddress {
             site_id: self.sites[site_index as usize].id,
             date: self.first_date.add_days(day_index as i32),
@@ -285,16 +308,28 @@ fn row_error(line: u64, reason: String) -> InventoryError {
     InventoryError::Row { line, reason }
 }
 
-const CSV_COLUMNS: [&str; 6] = ["site_id", "region_id", "site_name", "date", "time", "capacity"];
+const CSV_COLUMNS: [&str; 6] = [
+    "site_id",
+    "region_id",
+    "site_name",
+    "date",
+    "time",
+    "capacity",
+];
 
 fn parse_csv_rows(bytes: &[u8]) -> Result<Vec<CsvRow>, InventoryError> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
     let headers = reader
         .headers()
         .map_err(|e| row_error(1, e.to_string()))?
         .clone();
     if headers.iter().collect::<Vec<_>>() != CSV_COLUMNS {
-        return Err(row_error(1, format!("the header must be `{}`", CSV_COLUMNS.join(","))));
+        return Err(row_error(
+            1,
+            format!("the header must be `{}`", CSV_COLUMNS.join(",")),
+        ));
     }
     let mut rows = Vec::new();
     for record in reader.records() {
@@ -306,24 +341,45 @@ fn parse_csv_rows(bytes: &[u8]) -> Result<Vec<CsvRow>, InventoryError> {
         let field = |index: usize| record.get(index).unwrap_or("");
         let number = |index: usize| -> Result<u64, InventoryError> {
             field(index).parse().map_err(|_| {
-                row_error(line, format!("{} `{}` is not a whole number", CSV_COLUMNS[index], field(index)))
+                row_error(
+                    line,
+                    format!(
+                        "{} `{}` is not a whole number",
+                        CSV_COLUMNS[index],
+                        field(index)
+                    ),
+                )
             })
         };
-        let site_id = u32::try_from(number(0)?).map_err(|_| row_error(line, "site_id is too large".into()))?;
-        let region_id = u16::try_from(number(1)?).map_err(|_| row_error(line, "region_id is above 65535".into()))?;
+        let site_id = u32::try_from(number(0)?)
+            .map_err(|_| row_error(line, "site_id is too large".into()))?;
+        let region_id = u16::try_from(number(1)?)
+            .map_err(|_| row_error(line, "region_id is above 65535".into()))?;
         let name = field(2);
         if name.is_empty() || name.len() > SITE_NAME_BYTES_MAX {
-            return Err(row_error(line, format!("site_name must have 1 to {SITE_NAME_BYTES_MAX} bytes")));
+            return Err(row_error(
+                line,
+                format!("site_name must have 1 to {SITE_NAME_BYTES_MAX} bytes"),
+            ));
         }
         let date = Date::parse(field(3)).map_err(|e| row_error(line, e.to_string()))?;
         let time = TimeOfDay::parse(field(4)).map_err(|e| row_error(line, e.to_string()))?;
         let capacity = u32::try_from(number(5)?)
             .ok()
             .filter(|c| *c <= crate::state::SLOT_CAPACITY_MAX)
-            .ok_or_else(|| row_error(line, format!("capacity is above {}", crate::state::SLOT_CAPACITY_MAX)))?;
+            .ok_or_else(|| {
+                row_error(
+                    line,
+                    format!("capacity is above {}", crate::state::SLOT_CAPACITY_MAX),
+                )
+            })?;
         rows.push(CsvRow {
             line,
-            site: Site { id: site_id, region_id, name: name.to_string() },
+            site: Site {
+                id: site_id,
+                region_id,
+                name: name.to_string(),
+            },
             date,
             time,
             capacity,
@@ -345,10 +401,19 @@ mod tests {
             let slot = SlotIndex(slot);
             let a = inventory.address(slot).unwrap();
             assert_eq!(inventory.slot_index(a.site_id, a.date, a.time), Ok(slot));
-            assert_eq!(inventory.slot_starts_ms(slot), Some(inventory.slot_starts_ms_fast(slot)));
+            assert_eq!(
+                inventory.slot_starts_ms(slot),
+                Some(inventory.slot_starts_ms_fast(slot))
+            );
         }
-        assert!(inventory.address(SlotIndex(inventory.slot_count())).is_none());
-        let total: u64 = inventory.initial_capacity().iter().map(|c| u64::from(*c)).sum();
+        assert!(inventory
+            .address(SlotIndex(inventory.slot_count()))
+            .is_none());
+        let total: u64 = inventory
+            .initial_capacity()
+            .iter()
+            .map(|c| u64::from(*c))
+            .sum();
         let mean = total as f64 / f64::from(inventory.slot_count());
         assert!((1.9..2.1).contains(&mean), "mean capacity {mean}");
     }
@@ -362,7 +427,13 @@ mod tests {
                     9,2,Busan Station,2021-09-24,17:30,5\n";
         let inventory = Inventory::from_csv(&rules, good.as_bytes()).unwrap();
         assert_eq!(inventory.sites().len(), 2);
-        let slot = inventory.slot_index(9, Date::parse("2021-09-24").unwrap(), TimeOfDay::parse("17:30").unwrap()).unwrap();
+        let slot = inventory
+            .slot_index(
+                9,
+                Date::parse("2021-09-24").unwrap(),
+                TimeOfDay::parse("17:30").unwrap(),
+            )
+            .unwrap();
         assert_eq!(inventory.initial_capacity()[slot.0 as usize], 5);
         assert_eq!(inventory.region_site_indexes(2), &[1]);
 
@@ -375,8 +446,13 @@ mod tests {
             ("site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:00,1\n1,2,A,2021-08-26,09:30,1\n", "different region"),
         ];
         for (text, expected) in cases {
-            let error = Inventory::from_csv(&rules, text.as_bytes()).unwrap_err().to_string();
-            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+            let error = Inventory::from_csv(&rules, text.as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected),
+                "{error:?} should mention {expected:?}"
+            );
         }
     }
 }

@@ -21,10 +21,10 @@
 
 pub mod calendar;
 pub mod config;
-//pub mod demo;
-//pub mod durable;
+pub mod demo;
+pub mod durable;
 pub mod inventory;
-//pub mod log;
+pub mod log;
 pub mod rules;
 pub mod state;
 pub mod sync;

@@ -1,1 +1,233 @@
-fn main() {}
+//! The `yeyak` command: the demo evening (until the network server lands),
+//! and tools to look into a data directory's log.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use yeyak::demo::{run_demo, DemoOptions};
+use yeyak::log::recovery::{recover, RecoveryMode};
+use yeyak::log::{Durability, LogOptions, WriteMode};
+use yeyak::state::{Entry, ResultCode};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "yeyak",
+    version,
+    about = "A booking engine for flash-crowd campaigns",
+    long_about = "A booking engine for flash-crowd campaigns.\n\nWith no subcommand: runs a simulated \
+                  booking evening on the demo campaign (created in the data directory on first start), \
+                  restarts from the log and checks the recovered state.",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(flatten)]
+    demo: DemoArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Looks into the log of a data directory.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// The data directory; created with the demo campaign if it has none.
+    #[arg(long, default_value = "yeyak-data")]
+    data_dir: PathBuf,
+    /// Simulated people in the crowd.
+    #[arg(long, default_value_t = 1_000_000)]
+    people: u64,
+    /// Booking threads.
+    #[arg(long, default_value_t = 2)]
+    threads: u32,
+    /// `sync`: every answer waits for fdatasync (default); `none`: no syncs, for trying things only.
+    #[arg(long, value_enum, default_value_t = Durability::Sync)]
+    durability: Durability,
+    #[arg(long, value_enum, default_value_t = WriteMode::Pwrite)]
+    write_mode: WriteMode,
+    /// Varies the simulated crowd.
+    #[arg(long, default_value_t = 2021)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Checks every segment and record; changes nothing.
+    Verify {
+        #[arg(long, default_value = "yeyak-data")]
+        data_dir: PathBuf,
+    },
+    /// Prints records, one a line; changes nothing.
+    Dump {
+        #[arg(long, default_value = "yeyak-data")]
+        data_dir: PathBuf,
+        /// The first sequence number to print.
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// The most records to print.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => demo(cli.demo),
+        Some(Command::Log(LogCommand::Verify { data_dir })) => verify(data_dir),
+        Some(Command::Log(LogCommand::Dump {
+            data_dir,
+            from,
+            limit,
+        })) => dump(data_dir, from, limit),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("yeyak: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo(args: DemoArgs) -> Result<(), String> {
+    let log_options = LogOptions {
+        durability: args.durability,
+        write_mode: args.write_mode,
+        ..LogOptions::default()
+    };
+    println!(
+        "yeyak demo evening: data directory {}, durability {:?}, log writes by {:?}",
+        args.data_dir.display(),
+        args.durability,
+        args.write_mode
+    );
+    let options = DemoOptions {
+        people: args.people,
+        threads: args.threads,
+        seed: args.seed,
+    };
+    let summary = run_demo(&args.data_dir, options, log_options).map_err(|e| e.to_string())?;
+    let first = &summary.first_open;
+    if first.created_demo_campaign {
+        println!(
+            "created the demo campaign in {}/campaign.toml",
+            args.data_dir.display()
+        );
+    }
+    println!(
+        "opened in {:.2?}: {} log records replayed",
+        first.elapsed, first.records_replayed
+    );
+    println!(
+        "{} simulated people made {} requests in {:.2?} ({:.0} durable answers/s):",
+        args.people,
+        summary.attempts,
+        summary.booking_time,
+        summary.attempts as f64 / summary.booking_time.as_secs_f64()
+    );
+    for (code, count) in &summary.results {
+        let label = if *code == ResultCode::Ok {
+            "ok"
+        } else {
+            code.name()
+        };
+        println!("  {label:<24} {count:>10}");
+    }
+    println!(
+        "reservations held now: {} (people known: {})",
+        summary.reservations_held, summary.people_known
+    );
+    let restart = &summary.restart;
+    println!(
+        "restarted from the log in {:.2?}: {} records replayed",
+        restart.elapsed, restart.records_replayed
+    );
+    println!(
+        "recovered state equal to the state before the restart: {}",
+        if summary.recovered_state_equal {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+    if summary.recovered_state_equal {
+        Ok(())
+    } else {
+        Err("the recovered state differs: please report this".into())
+    }
+}
+
+fn verify(data_dir: PathBuf) -> Result<(), String> {
+    let log_directory = data_dir.join(yeyak::durable::LOG_DIRECTORY);
+    let mut bad_entries = 0u64;
+    let recovered = recover(&log_directory, RecoveryMode::ReadOnly, |record| {
+        if Entry::decode(record.kind, &record.payload).is_err() {
+            bad_entries += 1;
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    for segment in &recovered.segments {
+        println!(
+            "{}: segment {}, records {}..{} ({} records)",
+            segment.path.display(),
+            segment.header.segment_index,
+            segment.header.first_lsn,
+            segment.header.first_lsn + segment.records,
+            segment.records
+        );
+    }
+    println!(
+        "{} records, next sequence number {}",
+        recovered.records, recovered.next_lsn
+    );
+    if let Some(tail) = &recovered.torn_tail {
+        println!(
+            "torn tail in {} at byte {}: {} ({} bytes would be discarded at start)",
+            tail.path.display(),
+            tail.offset,
+            tail.defect,
+            tail.bytes_discarded
+        );
+    }
+    if bad_entries > 0 {
+        return Err(format!(
+            "{bad_entries} records have checksums but payloads this yeyak cannot read"
+        ));
+    }
+    println!("log ok");
+    Ok(())
+}
+
+fn dump(data_dir: PathBuf, from: u64, limit: u64) -> Result<(), String> {
+    let log_directory = data_dir.join(yeyak::durable::LOG_DIRECTORY);
+    let mut printed = 0;
+    recover(&log_directory, RecoveryMode::ReadOnly, |record| {
+        if record.lsn >= from && printed < limit {
+            printed += 1;
+            match Entry::decode(record.kind, &record.payload) {
+                Ok(entry) => println!("{} {entry:?}", record.lsn),
+                Err(e) => println!("{} undecodable (type {}): {e}", record.lsn, record.kind),
+            }
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}

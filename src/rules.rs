@@ -15,7 +15,9 @@ pub enum Channel {
     /// A family member booking for the person; allowed until the cohort's cutoff.
     FamilyProxy,
     /// A call-centre operator (R10, R12); the operator id is written to the log.
-    Operator { operator_id: u32 },
+    Operator {
+        operator_id: u32,
+    },
 }
 
 impl Channel {
@@ -133,7 +135,10 @@ mod tests {
 
     fn at(rules: &CampaignRules, date: &str, hh_mm: &str, extra_ms: i64) -> i64 {
         let date = Date::parse(date).unwrap();
-        rules.utc_offset.utc_ms(date, TimeOfDay::parse(hh_mm).unwrap()) + extra_ms
+        rules
+            .utc_offset
+            .utc_ms(date, TimeOfDay::parse(hh_mm).unwrap())
+            + extra_ms
     }
 
     fn born(day: &str) -> Date {
@@ -150,9 +155,14 @@ mod tests {
         let opening = at(&rules, "2021-08-09", "20:00", 0);
         assert_eq!(
             rules.check_booking(born(NINE), Channel::Person, before),
-            Err(Refusal::WindowClosed { next_open_ms: Some(opening) })
+            Err(Refusal::WindowClosed {
+                next_open_ms: Some(opening)
+            })
         );
-        assert_eq!(rules.check_booking(born(NINE), Channel::Person, opening), Ok(()));
+        assert_eq!(
+            rules.check_booking(born(NINE), Channel::Person, opening),
+            Ok(())
+        );
     }
 
     #[test]
@@ -160,7 +170,10 @@ mod tests {
         let rules = CampaignRules::demo();
         let last = at(&rules, "2021-08-10", "17:59", 59_999);
         let closing = at(&rules, "2021-08-10", "18:00", 0);
-        assert_eq!(rules.check_booking(born(NINE), Channel::Person, last), Ok(()));
+        assert_eq!(
+            rules.check_booking(born(NINE), Channel::Person, last),
+            Ok(())
+        );
         assert_eq!(
             rules.check_booking(born(NINE), Channel::Person, closing),
             Err(Refusal::WindowClosed {
@@ -173,11 +186,17 @@ mod tests {
     fn digit_zero_day_is_the_second_day() {
         let rules = CampaignRules::demo();
         let day_two = at(&rules, "2021-08-10", "20:00", 0);
-        assert_eq!(rules.check_booking(born(ZERO), Channel::Person, day_two), Ok(()));
+        assert_eq!(
+            rules.check_booking(born(ZERO), Channel::Person, day_two),
+            Ok(())
+        );
         let day_one = at(&rules, "2021-08-10", "17:59", 59_999);
         assert_eq!(
             rules.check_booking(born(ZERO), Channel::Person, day_one),
-            Err(Refusal::NotYourRotationDay { digit: 0, your_turn_opens_ms: Some(day_two) })
+            Err(Refusal::NotYourRotationDay {
+                digit: 0,
+                your_turn_opens_ms: Some(day_two)
+            })
         );
         // The digit-9 person missed their day: their next turn is after the rotation.
         assert_eq!(
@@ -194,8 +213,13 @@ mod tests {
         let rules = CampaignRules::demo();
         let after = at(&rules, "2021-08-19", "20:00", 0);
         for day in ["1990-05-10", "1990-05-11", "1990-05-19", "1990-05-25"] {
-            assert_eq!(rules.check_booking(born(day), Channel::Person, after), Ok(()));
-            assert!(rules.check_booking(born(day), Channel::Person, after - 1).is_err());
+            assert_eq!(
+                rules.check_booking(born(day), Channel::Person, after),
+                Ok(())
+            );
+            assert!(rules
+                .check_booking(born(day), Channel::Person, after - 1)
+                .is_err());
         }
     }
 
@@ -222,12 +246,20 @@ mod tests {
     fn cohort_edges() {
         let rules = CampaignRules::demo();
         let open = at(&rules, "2021-08-19", "21:00", 0);
-        assert_eq!(rules.check_booking(born("1972-01-01"), Channel::Person, open), Ok(()));
-        assert_eq!(rules.check_booking(born("2003-12-31"), Channel::Person, open), Ok(()));
+        assert_eq!(
+            rules.check_booking(born("1972-01-01"), Channel::Person, open),
+            Ok(())
+        );
+        assert_eq!(
+            rules.check_booking(born("2003-12-31"), Channel::Person, open),
+            Ok(())
+        );
         for outside in ["1971-12-31", "2004-01-01"] {
             assert_eq!(
                 rules.check_booking(born(outside), Channel::Person, open),
-                Err(Refusal::NotEligible { birth_date: born(outside) })
+                Err(Refusal::NotEligible {
+                    birth_date: born(outside)
+                })
             );
         }
     }
@@ -240,11 +272,15 @@ mod tests {
         let open = at(&rules, "2021-08-09", "20:00", 0);
         assert_eq!(
             rules.check_booking(born(NINE), Channel::FamilyProxy, open),
-            Err(Refusal::ProxyBookingClosed { cutoff_ms: Some(cutoff) })
+            Err(Refusal::ProxyBookingClosed {
+                cutoff_ms: Some(cutoff)
+            })
         );
         assert_eq!(
             rules.check_booking(born(NINE), Channel::FamilyProxy, cutoff - 1),
-            Err(Refusal::WindowClosed { next_open_ms: Some(open) })
+            Err(Refusal::WindowClosed {
+                next_open_ms: Some(open)
+            })
         );
         let operator = Channel::Operator { operator_id: 7 };
         assert_eq!(rules.check_booking(born(NINE), operator, open), Ok(()));

@@ -55,7 +55,10 @@ pub struct LastCommand {
 }
 
 impl PersonRecord {
-    pub const NEW: PersonRecord = PersonRecord { holds: None, last: None };
+    pub const NEW: PersonRecord = PersonRecord {
+        holds: None,
+        last: None,
+    };
 }
 
 /// The table refused a new person: it holds `people_max` already.
@@ -99,7 +102,11 @@ fn decode(state: u64, idempotency_key: u64) -> PersonRecord {
     };
     PersonRecord {
         holds: (state & HOLDS != 0).then_some(slot),
-        last: kind.map(|kind| LastCommand { kind, idempotency_key, slot }),
+        last: kind.map(|kind| LastCommand {
+            kind,
+            idempotency_key,
+            slot,
+        }),
     }
 }
 
@@ -125,7 +132,7 @@ pub struct PeopleTable {
     buckets: Box<[Bucket]>,
     bucket_mask: u64,
     people_max: u64,
-    /// People inserted (or about to be: a slot is counted before its claim).
+    /// People inserted (counted after their bucket is claimed).
     people_count: CachePadded<AtomicU64>,
 }
 
@@ -152,7 +159,9 @@ impl PersonLatch<'_> {
 
 impl Drop for PersonLatch<'_> {
     fn drop(&mut self) {
-        self.bucket.state.store(self.state_before, Ordering::Release);
+        self.bucket
+            .state
+            .store(self.state_before, Ordering::Release);
     }
 }
 
@@ -174,7 +183,9 @@ impl PeopleTable {
     }
 
     pub fn len(&self) -> u64 {
-        self.people_count.load(Ordering::Relaxed).min(self.people_max)
+        self.people_count
+            .load(Ordering::Relaxed)
+            .min(self.people_max)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -249,41 +260,46 @@ impl PeopleTable {
     }
 
     /// Latches a person, adding them (with an empty record) if new.
+    ///
+    /// A new person is counted only after their bucket is claimed; a claim
+    /// past `people_max` is undone (state back to 0) before the key is
+    /// published. Undoing is safe for linear probing because a prober that
+    /// met the claimed bucket waited for it, and a key is only ever placed
+    /// beyond a bucket holding a *published* key, which is never removed.
     pub fn latch_or_insert(&self, key: PersonKey) -> Result<PersonLatch<'_>, PeopleTableFull> {
         debug_assert!(key.0 != 0, "the engine refuses the zero key before this");
-        let mut counted = false;
         loop {
             let (bucket, state) = self.find(key);
             if state != 0 {
-                if counted {
-                    self.people_count.fetch_sub(1, Ordering::Relaxed);
-                }
                 return Ok(Self::latch_bucket(bucket));
-            }
-            if !counted {
-                if self.people_count.fetch_add(1, Ordering::Relaxed) >= self.people_max {
-                    self.people_count.fetch_sub(1, Ordering::Relaxed);
-                    return Err(PeopleTableFull { people_max: self.people_max });
-                }
-                counted = true;
             }
             if bucket
                 .state
                 .compare_exchange(0, LATCHED, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
+                .is_err()
             {
-                bucket.key_low.store(key.0 as u64, Ordering::Relaxed);
-                bucket.key_high.store((key.0 >> 64) as u64, Ordering::Relaxed);
-                bucket.idempotency_key.store(0, Ordering::Relaxed);
-                let published = encode(PersonRecord::NEW);
-                bucket.state.store(published | LATCHED, Ordering::Release);
-                return Ok(PersonLatch {
-                    bucket,
-                    state_before: published,
-                    record: PersonRecord::NEW,
+                // Another thread claimed this bucket first: look again, it may be our key.
+                continue;
+            }
+            if self.people_count.fetch_add(1, Ordering::Relaxed) >= self.people_max {
+                self.people_count.fetch_sub(1, Ordering::Relaxed);
+                bucket.state.store(0, Ordering::Release);
+                return Err(PeopleTableFull {
+                    people_max: self.people_max,
                 });
             }
-            // Another thread claimed this bucket first: look again, it may be our key.
+            bucket.key_low.store(key.0 as u64, Ordering::Relaxed);
+            bucket
+                .key_high
+                .store((key.0 >> 64) as u64, Ordering::Relaxed);
+            bucket.idempotency_key.store(0, Ordering::Relaxed);
+            let published = encode(PersonRecord::NEW);
+            bucket.state.store(published | LATCHED, Ordering::Release);
+            return Ok(PersonLatch {
+                bucket,
+                state_before: published,
+                record: PersonRecord::NEW,
+            });
         }
     }
 
@@ -307,7 +323,8 @@ impl PeopleTable {
 /// taken from the allocator as is, so untouched buckets cost no resident memory.
 #[cfg(not(feature = "shuttle"))]
 fn allocate_buckets(bucket_count: usize) -> Box<[Bucket]> {
-    let layout = std::alloc::Layout::array::<Bucket>(bucket_count).expect("bucket count fits memory");
+    let layout =
+        std::alloc::Layout::array::<Bucket>(bucket_count).expect("bucket count fits memory");
     // SAFETY: the layout has a non-zero size (at least 8 buckets). `Bucket` is
     // four `AtomicU64`s, for which all-zero bytes are a valid value. The pointer
     // comes from the global allocator with exactly this layout, which is what
@@ -340,7 +357,11 @@ mod tests {
     fn reserved(slot: u32, key: u64) -> PersonRecord {
         PersonRecord {
             holds: Some(SlotIndex(slot)),
-            last: Some(LastCommand { kind: CommandKind::Reserve, idempotency_key: key, slot: SlotIndex(slot) }),
+            last: Some(LastCommand {
+                kind: CommandKind::Reserve,
+                idempotency_key: key,
+                slot: SlotIndex(slot),
+            }),
         }
     }
 
@@ -365,7 +386,10 @@ mod tests {
         for key in 1..=3 {
             table.latch_or_insert(PersonKey(key)).unwrap();
         }
-        assert_eq!(table.latch_or_insert(PersonKey(4)).err(), Some(PeopleTableFull { people_max: 3 }));
+        assert_eq!(
+            table.latch_or_insert(PersonKey(4)).err(),
+            Some(PeopleTableFull { people_max: 3 })
+        );
         // People already present are still reachable.
         assert!(table.latch_or_insert(PersonKey(2)).is_ok());
     }
@@ -374,11 +398,23 @@ mod tests {
     fn record_encoding_round_trips() {
         let cancelled = PersonRecord {
             holds: None,
-            last: Some(LastCommand { kind: CommandKind::Cancel, idempotency_key: 9, slot: SlotIndex(u32::MAX - 1) }),
+            last: Some(LastCommand {
+                kind: CommandKind::Cancel,
+                idempotency_key: 9,
+                slot: SlotIndex(u32::MAX - 1),
+            }),
         };
-        for record in [PersonRecord::NEW, reserved(0, 1), reserved(123, u64::MAX), cancelled] {
+        for record in [
+            PersonRecord::NEW,
+            reserved(0, 1),
+            reserved(123, u64::MAX),
+            cancelled,
+        ] {
             let state = encode(record);
-            assert_eq!(decode(state, record.last.map_or(0, |l| l.idempotency_key)), record);
+            assert_eq!(
+                decode(state, record.last.map_or(0, |l| l.idempotency_key)),
+                record
+            );
         }
     }
 
@@ -392,7 +428,11 @@ mod tests {
                         let latch = table.latch_or_insert(PersonKey(key)).unwrap();
                         let mut record = latch.record();
                         let count = record.last.map_or(0, |l| l.idempotency_key) + 1;
-                        record.last = Some(LastCommand { kind: CommandKind::Reserve, idempotency_key: count, slot: SlotIndex(0) });
+                        record.last = Some(LastCommand {
+                            kind: CommandKind::Reserve,
+                            idempotency_key: count,
+                            slot: SlotIndex(0),
+                        });
                         latch.commit(record);
                     }
                 });
@@ -402,7 +442,11 @@ mod tests {
         let mut seen = 0;
         table.for_each(|_, record| {
             seen += 1;
-            assert_eq!(record.last.unwrap().idempotency_key, 4, "every increment kept");
+            assert_eq!(
+                record.last.unwrap().idempotency_key,
+                4,
+                "every increment kept"
+            );
         });
         assert_eq!(seen, 5_000);
     }

@@ -22,7 +22,7 @@ struct SlotCell {
     capacity: AtomicU32,
 }
 
-const _: () = assert!(std::mem::size_of::<SlotCell>() == 64);
+const _: () = assert!(std::mem::size_of::<SlotCell>() == 64 || cfg!(feature = "shuttle"));
 
 /// The slot is full: nothing was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,10 @@ impl SlotCounters {
         let cells = capacities
             .iter()
             .map(|capacity| {
-                assert!(*capacity <= SLOT_CAPACITY_MAX, "inventory checks capacities");
+                assert!(
+                    *capacity <= SLOT_CAPACITY_MAX,
+                    "inventory checks capacities"
+                );
                 SlotCell {
                     remaining: AtomicU32::new(*capacity),
                     capacity: AtomicU32::new(*capacity),
@@ -86,7 +89,10 @@ impl SlotCounters {
     pub fn give(&self, slot: u32) {
         let cell = &self.cells[slot as usize];
         let before = cell.remaining.fetch_add(1, Ordering::Release);
-        debug_assert!(before < cell.capacity.load(Ordering::Relaxed), "gave back a seat never taken");
+        debug_assert!(
+            before < cell.capacity.load(Ordering::Relaxed),
+            "gave back a seat never taken"
+        );
     }
 
     /// Adds seats; the caller serializes capacity changes (the engine holds a mutex).
@@ -144,7 +150,9 @@ mod tests {
         let counters = SlotCounters::new(&[1000; 4]);
         let taken: u32 = std::thread::scope(|s| {
             let workers: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| (0..2000).filter(|i| counters.take(i % 4).is_ok()).count() as u32))
+                .map(|_| {
+                    s.spawn(|| (0..2000).filter(|i| counters.take(i % 4).is_ok()).count() as u32)
+                })
                 .collect();
             workers.into_iter().map(|w| w.join().unwrap()).sum()
         });

@@ -1,0 +1,382 @@
+//! Reading a log directory back: checking every segment and record, finding
+//! where the log ends, and handing each record to a visitor in order.
+//!
+//! Recovery modes (after raft-engine's): `TruncateTornTail` is what start-up
+//! uses: a torn or incomplete tail (the last group, cut short by a crash) is
+//! zeroed and reported. A defect *before* the tail, that is, a bad record
+//! followed anywhere by a good one, is corruption: nothing is changed and the
+//! error names the file and byte offset. `ReadOnly` reports the same things
+//! and changes nothing (for `yeyak log verify` and `yeyak log dump`).
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::log::format::{
+    parse_segment_file_name, Record, RecordBytes, RecordDefect, SegmentHeader, RECORD_BYTES,
+    SEGMENT_HEADER_BYTES,
+};
+use crate::log::storage::sync_directory;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoveryMode {
+    TruncateTornTail,
+    ReadOnly,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("cannot read the log in {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "log corrupted in {path} at byte {offset}: {reason}. yeyak will not start on a log that \
+             would lose acknowledged records; restore the data directory from a copy, or move this \
+             file away only if you accept losing every record from this offset on"
+    )]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("log segment {missing} is missing between {before} and {after} in {directory}")]
+    MissingSegment {
+        directory: PathBuf,
+        missing: u64,
+        before: u64,
+        after: u64,
+    },
+    #[error(
+        "log record {lsn} in {path} at byte {offset} was refused by the state machine: {reason}"
+    )]
+    Rejected {
+        path: PathBuf,
+        offset: u64,
+        lsn: u64,
+        reason: String,
+    },
+}
+
+/// Where a torn tail was found (and, in `TruncateTornTail` mode, cut).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub defect: String,
+    /// Bytes after the tail start that were not zero (now zeroed).
+    pub bytes_discarded: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub path: PathBuf,
+    pub header: SegmentHeader,
+    pub records: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RecoveredLog {
+    pub segments: Vec<SegmentSummary>,
+    /// The number the next record must carry.
+    pub next_lsn: u64,
+    /// The index a new segment must get.
+    pub next_segment_index: u64,
+    pub records: u64,
+    pub torn_tail: Option<TornTail>,
+    /// Empty segment files after the tail that were removed.
+    pub removed_segments: Vec<PathBuf>,
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RecoveryError + '_ {
+    move |source| RecoveryError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The segment files of a directory, by index, checked to be consecutive.
+pub fn list_segments(directory: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryError> {
+    let mut segments = Vec::new();
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(segments),
+        Err(e) => return Err(io_error(directory)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_error(directory))?;
+        if let Some(index) = entry.file_name().to_str().and_then(parse_segment_file_name) {
+            segments.push((index, entry.path()));
+        }
+    }
+    segments.sort();
+    for pair in segments.windows(2) {
+        if pair[1].0 != pair[0].0 + 1 {
+            return Err(RecoveryError::MissingSegment {
+                directory: directory.to_path_buf(),
+                missing: pair[0].0 + 1,
+                before: pair[0].0,
+                after: pair[1].0,
+            });
+        }
+    }
+    Ok(segments)
+}
+
+struct MappedSegment {
+    path: PathBuf,
+    map: Option<memmap2::Mmap>,
+}
+
+impl MappedSegment {
+    fn open(path: &Path) -> Result<MappedSegment, RecoveryError> {
+        let file = File::open(path).map_err(io_error(path))?;
+        let length = file.metadata().map_err(io_error(path))?.len();
+        let map = if length == 0 {
+            None
+        } else {
+            // SAFETY: the log directory belongs to this engine and nothing writes
+            // to segment files while recovery or `yeyak log` reads them.
+            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(path))?)
+        };
+        Ok(MappedSegment {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    fn header(&self) -> Result<SegmentHeader, String> {
+        let bytes: &[u8; SEGMENT_HEADER_BYTES] = self
+            .bytes()
+            .get(..SEGMENT_HEADER_BYTES)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| "segment shorter than its 64-byte header".to_string())?;
+        SegmentHeader::decode(bytes).map_err(|e| e.to_string())
+    }
+
+    fn record_count_capacity(&self) -> u64 {
+        (self.bytes().len().saturating_sub(SEGMENT_HEADER_BYTES) / RECORD_BYTES) as u64
+    }
+
+    fn record_bytes(&self, index: u64) -> &RecordBytes {
+        let start = SEGMENT_HEADER_BYTES + index as usize * RECORD_BYTES;
+        self.bytes()[start..start + RECORD_BYTES]
+            .try_into()
+            .expect("in range by record_count_capacity")
+    }
+
+    fn has_good_record_from(&self, index: u64) -> bool {
+        (index..self.record_count_capacity()).any(|i| Record::decode(self.record_bytes(i)).is_ok())
+    }
+
+    fn last_nonzero_byte_end(&self, from: u64) -> u64 {
+        let bytes = self.bytes();
+        bytes[from as usize..]
+            .iter()
+            .rposition(|b| *b != 0)
+            .map_or(from, |position| from + position as u64 + 1)
+    }
+}
+
+/// Reads every record of the log in `directory` in order, calling `visit`
+/// with each; returns where the log ends.
+pub fn recover(
+    directory: &Path,
+    mode: RecoveryMode,
+    mut visit: impl FnMut(&Record) -> Result<(), String>,
+) -> Result<RecoveredLog, RecoveryError> {
+    let listed = list_segments(directory)?;
+    let mut recovered = RecoveredLog {
+        next_lsn: 1,
+        next_segment_index: 1,
+        ..RecoveredLog::default()
+    };
+    let mut position = 0;
+    while position < listed.len() {
+        let (index, path) = &listed[position];
+        let segment = MappedSegment::open(path)?;
+        let corrupt = |offset: u64, reason: String| RecoveryError::Corrupt {
+            path: path.clone(),
+            offset,
+            reason,
+        };
+        let header = match segment.header() {
+            Ok(header) => header,
+            // A segment whose creation was cut short by a crash: only the last one can be.
+            Err(reason) if position + 1 == listed.len() && !segment.has_good_record_from(0) => {
+                // The file is removed, so its index is free for the next segment.
+                recovered.next_segment_index = *index;
+                finish_torn_header(&segment, mode, &mut recovered, reason)?;
+                break;
+            }
+            Err(reason) => return Err(corrupt(0, reason)),
+        };
+        check_header(&header, *index, position == 0, recovered.next_lsn)
+            .map_err(|r| corrupt(0, r))?;
+        recovered.next_lsn = header.first_lsn;
+        recovered.next_segment_index = index + 1;
+        let mut records = 0;
+        let mut tail = None;
+        for record_index in 0..segment.record_count_capacity() {
+            let offset = (SEGMENT_HEADER_BYTES + record_index as usize * RECORD_BYTES) as u64;
+            match Record::decode(segment.record_bytes(record_index)) {
+                Ok(record) if record.lsn == recovered.next_lsn => {
+                    visit(&record).map_err(|reason| RecoveryError::Rejected {
+                        path: path.clone(),
+                        offset,
+                        lsn: record.lsn,
+                        reason,
+                    })?;
+                    recovered.next_lsn += 1;
+                    records += 1;
+                }
+                Ok(record) => {
+                    let reason = format!(
+                        "record {} where {} was expected",
+                        record.lsn, recovered.next_lsn
+                    );
+                    return Err(corrupt(offset, reason));
+                }
+                // Zeros to the end of the file: this segment ended cleanly (the
+                // writer moved to a new segment, or the log ends here).
+                Err(RecordDefect::Unwritten) if segment.last_nonzero_byte_end(offset) == offset => {
+                    break
+                }
+                Err(defect) => {
+                    tail = Some((record_index, offset, defect));
+                    break;
+                }
+            }
+        }
+        recovered.records += records;
+        recovered.segments.push(SegmentSummary {
+            path: path.clone(),
+            header,
+            records,
+        });
+        if let Some((record_index, offset, defect)) = tail {
+            let later = &listed[position + 1..];
+            check_nothing_after(&segment, record_index, offset, defect, later)?;
+            finish_tail(&segment, offset, defect, later, mode, &mut recovered)?;
+            break;
+        }
+        position += 1;
+    }
+    Ok(recovered)
+}
+
+fn check_header(
+    header: &SegmentHeader,
+    index: u64,
+    first: bool,
+    expected_lsn: u64,
+) -> Result<(), String> {
+    if header.segment_index != index {
+        return Err(format!(
+            "header says segment {} but the file name says {index}",
+            header.segment_index
+        ));
+    }
+    if header.first_lsn == 0 || (!first && header.first_lsn != expected_lsn) {
+        return Err(format!(
+            "segment starts at record {}, expected {expected_lsn}",
+            header.first_lsn
+        ));
+    }
+    Ok(())
+}
+
+/// A bad record is a torn tail only if no good record follows it anywhere.
+fn check_nothing_after(
+    segment: &MappedSegment,
+    record_index: u64,
+    offset: u64,
+    defect: RecordDefect,
+    later: &[(u64, PathBuf)],
+) -> Result<(), RecoveryError> {
+    let corrupt = |reason: String| RecoveryError::Corrupt {
+        path: segment.path.clone(),
+        offset,
+        reason,
+    };
+    if segment.has_good_record_from(record_index + 1) {
+        return Err(corrupt(format!(
+            "{defect}, and good records follow it in the same segment"
+        )));
+    }
+    for (_, path) in later {
+        let later_segment = MappedSegment::open(path)?;
+        if later_segment.has_good_record_from(0) {
+            let reason = format!("{defect}, and good records follow it in {}", path.display());
+            return Err(corrupt(reason));
+        }
+    }
+    Ok(())
+}
+
+fn finish_tail(
+    segment: &MappedSegment,
+    offset: u64,
+    defect: RecordDefect,
+    later: &[(u64, PathBuf)],
+    mode: RecoveryMode,
+    recovered: &mut RecoveredLog,
+) -> Result<(), RecoveryError> {
+    let nonzero_end = segment.last_nonzero_byte_end(offset);
+    if nonzero_end > offset {
+        recovered.torn_tail = Some(TornTail {
+            path: segment.path.clone(),
+            offset,
+            defect: defect.to_string(),
+            bytes_discarded: nonzero_end - offset,
+        });
+        if mode == RecoveryMode::TruncateTornTail {
+            zero_range(&segment.path, offset, nonzero_end)?;
+        }
+    }
+    for (_, path) in later {
+        recovered.removed_segments.push(path.clone());
+        if mode == RecoveryMode::TruncateTornTail {
+            std::fs::remove_file(path).map_err(io_error(path))?;
+        }
+    }
+    if mode == RecoveryMode::TruncateTornTail && !later.is_empty() {
+        let directory = segment.path.parent().unwrap_or(Path::new("."));
+        sync_directory(directory).map_err(io_error(directory))?;
+    }
+    Ok(())
+}
+
+fn finish_torn_header(
+    segment: &MappedSegment,
+    mode: RecoveryMode,
+    recovered: &mut RecoveredLog,
+    reason: String,
+) -> Result<(), RecoveryError> {
+    recovered.torn_tail = Some(TornTail {
+        path: segment.path.clone(),
+        offset: 0,
+        defect: format!("segment header: {reason}"),
+        bytes_discarded: segment.last_nonzero_byte_end(0),
+    });
+    recovered.removed_segments.push(segment.path.clone());
+    if mode == RecoveryMode::TruncateTornTail {
+        std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
+        let directory = segment.path.parent().unwrap_or(Path::new("."));
+        sync_directory(directory).map_err(io_error(directory))?;
+    }
+    Ok(())
+}
+
+fn zero_range(path: &Path, from: u64, to: u64) -> Result<(), RecoveryError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    let zeros = vec![0u8; (to - from) as usize];
+    file.write_all_at(&zeros, from).map_err(io_error(path))?;
+    file.sync_data().map_err(io_error(path))
+}

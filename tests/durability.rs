@@ -1,0 +1,115 @@
+//! The durable engine: acknowledged answers survive a restart, retries stay
+//! idempotent across it, and a failing disk refuses instead of lying.
+
+mod common;
+
+use common::*;
+use yeyak::durable::DurableEngine;
+use yeyak::log::faults::{FaultPlan, FaultyStorage};
+use yeyak::log::FileStorage;
+use yeyak::state::{LogUnavailable, Refusal};
+
+#[test]
+fn restart_recovers_exactly_the_acknowledged_state() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, report) =
+        DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert_eq!(report.records_replayed, 0);
+    for index in 0..500 {
+        let slot = (index * 7 % 10_000) as u32;
+        let _ = engine.reserve(&booking(index, slot, 1), now);
+    }
+    for index in (0..500).step_by(5) {
+        let _ = engine.cancel(&cancelling(index, 2), now);
+    }
+    for index in (1..500).step_by(7) {
+        let _ = engine.change(&booking(index, 10_500 + (index % 50) as u32, 3), now);
+    }
+    engine
+        .add_capacity(yeyak::inventory::SlotIndex(3), 5, 42)
+        .unwrap();
+    let before = engine.engine().logical_state();
+    assert!(before.reservations() > 300, "{}", before.reservations());
+    engine.close().unwrap();
+
+    let (engine, report) =
+        DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert!(report.records_replayed > 500);
+    assert!(report.torn_tail.is_none());
+    assert_eq!(engine.engine().logical_state(), before);
+    // A retry after the restart returns the first answer and books nothing more.
+    let first = before.people[&person(1)].holds;
+    assert_eq!(engine.change(&booking(1, 10_501, 3), now).ok(), first);
+    assert_eq!(engine.engine().logical_state(), before);
+}
+
+#[test]
+fn disk_full_refuses_bookings_and_keeps_reads() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let plan = FaultPlan::never();
+    let storage = FileStorage::new(
+        &directory.path().join("log"),
+        small_log_options().write_mode,
+    );
+    let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
+    let (engine, _) =
+        DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty)
+            .unwrap();
+    let booked = engine.reserve(&booking(0, 1, 1), now).unwrap();
+    plan.writes_before_disk_full
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        engine.reserve(&booking(1, 2, 1), now),
+        Err(Refusal::LogUnavailable(LogUnavailable::DiskFull))
+    );
+    assert_eq!(
+        engine.reserve(&booking(2, 3, 1), now),
+        Err(Refusal::LogUnavailable(LogUnavailable::DiskFull))
+    );
+    assert_eq!(engine.reservation_of(person(0)), Ok(Some(booked)));
+    drop(engine);
+
+    let (engine, report) =
+        DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert_eq!(
+        report.records_replayed, 1,
+        "only the acknowledged booking is in the log"
+    );
+    assert_eq!(engine.reservation_of(person(0)), Ok(Some(booked)));
+    assert_eq!(engine.reservation_of(person(1)), Ok(None));
+}
+
+#[test]
+fn failed_sync_is_never_acknowledged_nor_retried() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let plan = FaultPlan::never();
+    let storage = FileStorage::new(
+        &directory.path().join("log"),
+        small_log_options().write_mode,
+    );
+    let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
+    let (engine, _) =
+        DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty)
+            .unwrap();
+    engine.reserve(&booking(0, 1, 1), now).unwrap();
+    plan.syncs_before_io_error
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        engine.reserve(&booking(1, 2, 1), now),
+        Err(Refusal::LogUnavailable(LogUnavailable::IoFailed))
+    );
+    plan.syncs_before_io_error
+        .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    // The log stays stopped even though the disk "works" again: restart to recover.
+    assert_eq!(
+        engine.reserve(&booking(2, 3, 1), now),
+        Err(Refusal::LogUnavailable(LogUnavailable::IoFailed))
+    );
+    assert!(engine.log().failure().unwrap().contains("syncing"));
+}
