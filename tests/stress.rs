@@ -92,11 +92,11 @@ fn no_overbooking_no_double_booking_under_threads() {
             holders[slot.0 as usize] += 1;
         }
     }
-    for slot in 0..state.remaining.len() {
+    for (slot, held) in holders.iter().enumerate() {
         assert!(state.remaining[slot] <= state.capacity[slot], "slot {slot}");
         assert_eq!(
             state.capacity[slot] - state.remaining[slot],
-            holders[slot],
+            *held,
             "slot {slot}: seats taken vs holders"
         );
     }
