@@ -52,12 +52,8 @@ impl Date {
         let year_of_era = y.rem_euclid(400);
         let month_from_march = (month + 9) % 12;
         let day_of_year = (153 * month_from_march + 2) / 5 + day - 1;
-        let day_of_era = year_of_era as u32 * 365 + year_of_era as u32 / 4
-            - year_of_era as u32 / 100
-            + day_of_year;
-        Some(Date {
-            days_since_epoch: era * 146_097 + day_of_era as i32 - 719_468,
-        })
+        let day_of_era = year_of_era as u32 * 365 + year_of_era as u32 / 4 - year_of_era as u32 / 100 + day_of_year;
+        Some(Date { days_since_epoch: era * 146_097 + day_of_era as i32 - 719_468 })
     }
 
     /// (year, month, day) of this date.
@@ -65,16 +61,11 @@ impl Date {
         let z = self.days_since_epoch + 719_468;
         let era = z.div_euclid(146_097);
         let day_of_era = z.rem_euclid(146_097) as u32;
-        let year_of_era =
-            (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+        let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
         let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
         let month_from_march = (5 * day_of_year + 2) / 153;
         let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-        let month = if month_from_march < 10 {
-            month_from_march + 3
-        } else {
-            month_from_march - 9
-        };
+        let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
         let year = year_of_era as i32 + era * 400 + i32::from(month <= 2);
         (year, month, day)
     }
@@ -84,9 +75,7 @@ impl Date {
     }
 
     pub fn add_days(self, days: i32) -> Date {
-        Date {
-            days_since_epoch: self.days_since_epoch + days,
-        }
+        Date { days_since_epoch: self.days_since_epoch + days }
     }
 
     pub fn days_until(self, later: Date) -> i32 {
@@ -94,9 +83,7 @@ impl Date {
     }
 
     pub fn parse(text: &str) -> Result<Date, DateParseError> {
-        let error = || DateParseError {
-            text: text.to_string(),
-        };
+        let error = || DateParseError { text: text.to_string() };
         let mut parts = text.trim().splitn(3, '-');
         let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(error());
@@ -148,9 +135,7 @@ impl TimeOfDay {
     }
 
     pub fn parse(text: &str) -> Result<TimeOfDay, TimeOfDayParseError> {
-        let error = || TimeOfDayParseError {
-            text: text.to_string(),
-        };
+        let error = || TimeOfDayParseError { text: text.to_string() };
         let (h, m) = text.trim().split_once(':').ok_or_else(error)?;
         if h.len() != 2 || m.len() != 2 {
             return Err(error());
@@ -160,20 +145,13 @@ impl TimeOfDay {
         if hour > 23 || minute > 59 {
             return Err(error());
         }
-        Ok(TimeOfDay {
-            minute_of_day: hour * 60 + minute,
-        })
+        Ok(TimeOfDay { minute_of_day: hour * 60 + minute })
     }
 }
 
 impl fmt::Display for TimeOfDay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:02}:{:02}",
-            self.minute_of_day / 60,
-            self.minute_of_day % 60
-        )
+        write!(f, "{:02}:{:02}", self.minute_of_day / 60, self.minute_of_day % 60)
     }
 }
 
@@ -189,16 +167,12 @@ impl UtcOffset {
         let local_ms = utc_ms + i64::from(self.minutes) * MS_PER_MINUTE;
         let days = local_ms.div_euclid(MS_PER_DAY);
         let days = i32::try_from(days).unwrap_or(if days < 0 { i32::MIN } else { i32::MAX });
-        (
-            Date::from_days_since_epoch(days),
-            local_ms.rem_euclid(MS_PER_DAY),
-        )
+        (Date::from_days_since_epoch(days), local_ms.rem_euclid(MS_PER_DAY))
     }
 
     /// The UTC instant of a local date and time.
     pub fn utc_ms(self, date: Date, time: TimeOfDay) -> i64 {
-        i64::from(date.days_since_epoch()) * MS_PER_DAY + time.ms_of_day()
-            - i64::from(self.minutes) * MS_PER_MINUTE
+        i64::from(date.days_since_epoch()) * MS_PER_DAY + time.ms_of_day() - i64::from(self.minutes) * MS_PER_MINUTE
     }
 
     /// Renders a UTC instant as local `YYYY-MM-DD HH:MM:SS.mmm`.
@@ -231,10 +205,7 @@ mod tests {
     #[test]
     fn known_dates() {
         assert_eq!(Date::from_ymd(1970, 1, 1).unwrap().days_since_epoch(), 0);
-        assert_eq!(
-            Date::parse("2021-08-09").unwrap().days_since_epoch(),
-            18_848
-        );
+        assert_eq!(Date::parse("2021-08-09").unwrap().days_since_epoch(), 18_848);
         assert_eq!(Date::parse("2000-02-29").unwrap().to_string(), "2000-02-29");
         assert!(Date::parse("2021-02-29").is_err());
         assert!(Date::parse("2021-8-09").is_err());

@@ -30,10 +30,7 @@ pub enum ConfigError {
 }
 
 fn invalid(field: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        field: field.to_string(),
-        reason: reason.into(),
-    }
+    ConfigError::Invalid { field: field.to_string(), reason: reason.into() }
 }
 
 /// The file as written by the operator.
@@ -105,11 +102,7 @@ fn default_closes() -> String {
 
 impl Default for WindowSection {
     fn default() -> Self {
-        WindowSection {
-            opens: default_opens(),
-            closes: default_closes(),
-            last_open_date: None,
-        }
+        WindowSection { opens: default_opens(), closes: default_closes(), last_open_date: None }
     }
 }
 
@@ -159,10 +152,7 @@ fn default_availability_page_max() -> u32 {
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        LimitsSection {
-            people_max: default_people_max(),
-            availability_page_max: default_availability_page_max(),
-        }
+        LimitsSection { people_max: default_people_max(), availability_page_max: default_availability_page_max() }
     }
 }
 
@@ -208,25 +198,19 @@ impl CampaignFile {
     pub fn compile(&self) -> Result<CampaignRules, ConfigError> {
         let utc_offset_minutes = self.campaign.utc_offset_minutes;
         if !(-14 * 60..=14 * 60).contains(&utc_offset_minutes) {
-            return Err(invalid(
-                "campaign.utc_offset_minutes",
-                format!("{utc_offset_minutes} is outside -840..=840"),
-            ));
+            return Err(invalid("campaign.utc_offset_minutes", format!("{utc_offset_minutes} is outside -840..=840")));
         }
         if self.campaign.name.trim().is_empty() {
             return Err(invalid("campaign.name", "must not be empty"));
         }
-        let utc_offset = UtcOffset {
-            minutes: utc_offset_minutes,
-        };
+        let utc_offset = UtcOffset { minutes: utc_offset_minutes };
         let cohorts = self.compile_cohorts(utc_offset)?;
         let (rotation_start, rotation_digits) = self.compile_rotation()?;
         let service = self.compile_service()?;
         let window_opens = time_field("window.opens", &self.window.opens)?;
         let window_closes = time_field("window.closes", &self.window.closes)?;
-        let length_minutes = (i32::from(window_closes.minute_of_day())
-            - i32::from(window_opens.minute_of_day()))
-        .rem_euclid(i32::from(MINUTES_PER_DAY));
+        let length_minutes = (i32::from(window_closes.minute_of_day()) - i32::from(window_opens.minute_of_day()))
+            .rem_euclid(i32::from(MINUTES_PER_DAY));
         if length_minutes == 0 {
             return Err(invalid("window.closes", "must differ from window.opens"));
         }
@@ -271,10 +255,7 @@ impl CampaignFile {
             return Err(invalid("cohort", "at least one [[cohort]] is required"));
         }
         if self.cohorts.len() > COHORTS_MAX {
-            return Err(invalid(
-                "cohort",
-                format!("{} cohorts; at most {COHORTS_MAX}", self.cohorts.len()),
-            ));
+            return Err(invalid("cohort", format!("{} cohorts; at most {COHORTS_MAX}", self.cohorts.len())));
         }
         let mut cohorts = Vec::with_capacity(self.cohorts.len());
         for (index, section) in self.cohorts.iter().enumerate() {
@@ -282,32 +263,16 @@ impl CampaignFile {
             let born_from = date_field(&field("born_from"), &section.born_from)?;
             let born_to = date_field(&field("born_to"), &section.born_to)?;
             if born_to < born_from {
-                return Err(invalid(
-                    &field("born_to"),
-                    format!("{born_to} is before born_from {born_from}"),
-                ));
+                return Err(invalid(&field("born_to"), format!("{born_to} is before born_from {born_from}")));
             }
             if cohorts.iter().any(|c: &Cohort| c.id == section.id) {
-                return Err(invalid(
-                    &field("id"),
-                    format!("{} is used twice", section.id),
-                ));
+                return Err(invalid(&field("id"), format!("{} is used twice", section.id)));
             }
             let proxy_cutoff_ms = match &section.proxy_cutoff {
                 None => None,
-                Some(text) => Some(local_datetime_field(
-                    &field("proxy_cutoff"),
-                    text,
-                    utc_offset,
-                )?),
+                Some(text) => Some(local_datetime_field(&field("proxy_cutoff"), text, utc_offset)?),
             };
-            cohorts.push(Cohort {
-                id: section.id,
-                name: section.name.clone(),
-                born_from,
-                born_to,
-                proxy_cutoff_ms,
-            });
+            cohorts.push(Cohort { id: section.id, name: section.name.clone(), born_from, born_to, proxy_cutoff_ms });
         }
         Ok(cohorts)
     }
@@ -316,16 +281,10 @@ impl CampaignFile {
         let start = date_field("rotation.start_date", &self.rotation.start_date)?;
         let digits = &self.rotation.digits;
         if digits.len() > ROTATION_DAYS_MAX {
-            return Err(invalid(
-                "rotation.digits",
-                format!("{} days; at most {ROTATION_DAYS_MAX}", digits.len()),
-            ));
+            return Err(invalid("rotation.digits", format!("{} days; at most {ROTATION_DAYS_MAX}", digits.len())));
         }
         if let Some(digit) = digits.iter().find(|d| **d > 9) {
-            return Err(invalid(
-                "rotation.digits",
-                format!("{digit} is not a digit 0..=9"),
-            ));
+            return Err(invalid("rotation.digits", format!("{digit} is not a digit 0..=9")));
         }
         Ok((start, digits.clone()))
     }
@@ -335,25 +294,19 @@ impl CampaignFile {
         let day_start = time_field("service.day_start", &self.service.day_start)?;
         let service = &self.service;
         if service.days == 0 || service.days > SERVICE_DAYS_MAX {
-            return Err(invalid(
-                "service.days",
-                format!("{} is outside 1..={SERVICE_DAYS_MAX}", service.days),
-            ));
+            return Err(invalid("service.days", format!("{} is outside 1..={SERVICE_DAYS_MAX}", service.days)));
         }
         if service.slots_per_day == 0 || service.slots_per_day > SLOTS_PER_DAY_MAX {
             return Err(invalid(
                 "service.slots_per_day",
-                format!(
-                    "{} is outside 1..={SLOTS_PER_DAY_MAX}",
-                    service.slots_per_day
-                ),
+                format!("{} is outside 1..={SLOTS_PER_DAY_MAX}", service.slots_per_day),
             ));
         }
         if service.slot_minutes == 0 {
             return Err(invalid("service.slot_minutes", "must be at least 1"));
         }
-        let day_end_minute = u32::from(day_start.minute_of_day())
-            + u32::from(service.slot_minutes) * u32::from(service.slots_per_day);
+        let day_end_minute =
+            u32::from(day_start.minute_of_day()) + u32::from(service.slot_minutes) * u32::from(service.slots_per_day);
         if day_end_minute > u32::from(MINUTES_PER_DAY) {
             return Err(invalid(
                 "service.slots_per_day",
@@ -374,15 +327,10 @@ impl CampaignFile {
                 format!("{} is outside 1..={PEOPLE_MAX_LIMIT}", limits.people_max),
             ));
         }
-        if limits.availability_page_max == 0
-            || limits.availability_page_max > AVAILABILITY_PAGE_MAX_LIMIT
-        {
+        if limits.availability_page_max == 0 || limits.availability_page_max > AVAILABILITY_PAGE_MAX_LIMIT {
             return Err(invalid(
                 "limits.availability_page_max",
-                format!(
-                    "{} is outside 1..={AVAILABILITY_PAGE_MAX_LIMIT}",
-                    limits.availability_page_max
-                ),
+                format!("{} is outside 1..={AVAILABILITY_PAGE_MAX_LIMIT}", limits.availability_page_max),
             ));
         }
         Ok(())
@@ -393,26 +341,16 @@ fn check_generated(generated: &GeneratedInventory) -> Result<(), ConfigError> {
     if generated.sites == 0 || generated.sites > crate::inventory::SITES_MAX {
         return Err(invalid(
             "inventory.generate.sites",
-            format!(
-                "{} is outside 1..={}",
-                generated.sites,
-                crate::inventory::SITES_MAX
-            ),
+            format!("{} is outside 1..={}", generated.sites, crate::inventory::SITES_MAX),
         ));
     }
     if generated.regions == 0 || u32::from(generated.regions) > generated.sites {
-        return Err(invalid(
-            "inventory.generate.regions",
-            format!("{} is outside 1..=sites", generated.regions),
-        ));
+        return Err(invalid("inventory.generate.regions", format!("{} is outside 1..=sites", generated.regions)));
     }
     if generated.capacity_per_slot_mean == 0 || generated.capacity_per_slot_mean > 1 << 20 {
         return Err(invalid(
             "inventory.generate.capacity_per_slot_mean",
-            format!(
-                "{} is outside 1..=1048576",
-                generated.capacity_per_slot_mean
-            ),
+            format!("{} is outside 1..=1048576", generated.capacity_per_slot_mean),
         ));
     }
     Ok(())
@@ -428,10 +366,7 @@ fn time_field(field: &str, text: &str) -> Result<TimeOfDay, ConfigError> {
 
 fn local_datetime_field(field: &str, text: &str, offset: UtcOffset) -> Result<i64, ConfigError> {
     let reason = || format!("`{text}` is not a local date and time of the form YYYY-MM-DD HH:MM");
-    let (date, time) = text
-        .trim()
-        .split_once(' ')
-        .ok_or_else(|| invalid(field, reason()))?;
+    let (date, time) = text.trim().split_once(' ').ok_or_else(|| invalid(field, reason()))?;
     let date = Date::parse(date).map_err(|_| invalid(field, reason()))?;
     let time = TimeOfDay::parse(time).map_err(|_| invalid(field, reason()))?;
     Ok(offset.utc_ms(date, time))
@@ -449,8 +384,7 @@ impl CampaignRules {
     }
 
     pub fn last_service_date(&self) -> Date {
-        self.service_first_date
-            .add_days(i32::from(self.service_days) - 1)
+        self.service_first_date.add_days(i32::from(self.service_days) - 1)
     }
 }
 
@@ -498,13 +432,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_and_bad_syntax_are_refused() {
-        assert!(matches!(
-            with(|t| t.push_str("\n[surprise]\nx = 1\n")),
-            Err(ConfigError::Syntax(_))
-        ));
-        assert!(matches!(
-            with(|t| t.push_str("\n[[[")),
-            Err(ConfigError::Syntax(_))
-        ));
+        assert!(matches!(with(|t| t.push_str("\n[surprise]\nx = 1\n")), Err(ConfigError::Syntax(_))));
+        assert!(matches!(with(|t| t.push_str("\n[[[")), Err(ConfigError::Syntax(_))));
     }
 }

@@ -71,10 +71,7 @@ impl Crowd<'_> {
     /// Takes an outcome into the pipeline; what the simulated person sees next
     /// is decided from it, but it is counted only once released.
     fn count(&mut self, outcome: Outcome<SlotIndex>) -> Result<SlotIndex, ResultCode> {
-        let code = outcome
-            .result
-            .as_ref()
-            .map_or_else(|r| r.code(), |_| ResultCode::Ok);
+        let code = outcome.result.as_ref().map_or_else(|r| r.code(), |_| ResultCode::Ok);
         self.unreleased.push(code);
         self.durable_after = self.durable_after.max(outcome.durable_after);
         if self.unreleased.len() >= ANSWERS_PER_RELEASE {
@@ -87,11 +84,7 @@ impl Crowd<'_> {
         let durable = self.engine.log().wait_durable(self.durable_after);
         for code in self.unreleased.drain(..) {
             // An answer whose record could not be made durable is a refusal.
-            let code = if durable.is_err() && code == ResultCode::Ok {
-                ResultCode::LogUnavailable
-            } else {
-                code
-            };
+            let code = if durable.is_err() && code == ResultCode::Ok { ResultCode::LogUnavailable } else { code };
             self.attempts += 1;
             *self.results.entry(code).or_default() += 1;
         }
@@ -111,16 +104,8 @@ impl Crowd<'_> {
         let rules = self.engine.engine().rules();
         let digit = crate::config::CampaignRules::rotation_digit(birth_date);
         let rotation_days = rules.rotation_digits.len() as u64;
-        let own_day = rules
-            .rotation_digits
-            .iter()
-            .position(|d| *d == digit)
-            .unwrap_or(0) as u64;
-        let day = if dice.chance(85) {
-            own_day
-        } else {
-            dice.below(rotation_days + 1)
-        };
+        let own_day = rules.rotation_digits.iter().position(|d| *d == digit).unwrap_or(0) as u64;
+        let day = if dice.chance(85) { own_day } else { dice.below(rotation_days + 1) };
         let date = rules.rotation_start.add_days(day as i32);
         rules.utc_offset.utc_ms(date, rules.window_opens) + dice.below(180) as i64 * MS_PER_MINUTE
     }
@@ -131,22 +116,13 @@ impl Crowd<'_> {
         let born = Date::from_ymd(1965, 1, 1).map_or(0, |d| d.days_since_epoch());
         let birth_date = Date::from_days_since_epoch(born + dice.below(43 * 365) as i32);
         let now_ms = self.evening_ms(&mut dice, birth_date);
-        let mut request = BookingRequest {
-            person,
-            birth_date,
-            slot: SlotIndex(0),
-            idempotency_key: 1,
-            channel: Channel::Person,
-        };
+        let mut request =
+            BookingRequest { person, birth_date, slot: SlotIndex(0), idempotency_key: 1, channel: Channel::Person };
         let mut booked = Err(ResultCode::SlotFull);
         for attempt in 1..=3 {
             request.slot = self.random_slot(&mut dice);
             request.idempotency_key = attempt;
-            booked = self.count(
-                self.engine
-                    .engine()
-                    .reserve(self.engine.log(), &request, now_ms),
-            );
+            booked = self.count(self.engine.engine().reserve(self.engine.log(), &request, now_ms));
             if booked != Err(ResultCode::SlotFull) {
                 break;
             }
@@ -156,42 +132,21 @@ impl Crowd<'_> {
         }
         if dice.chance(3) {
             // The network dropped the answer; the gateway retries with the same key.
-            let _ = self.count(
-                self.engine
-                    .engine()
-                    .reserve(self.engine.log(), &request, now_ms),
-            );
+            let _ = self.count(self.engine.engine().reserve(self.engine.log(), &request, now_ms));
         }
         if dice.chance(2) {
             request.idempotency_key = 10;
             request.slot = self.random_slot(&mut dice);
-            let _ = self.count(
-                self.engine
-                    .engine()
-                    .reserve(self.engine.log(), &request, now_ms),
-            );
+            let _ = self.count(self.engine.engine().reserve(self.engine.log(), &request, now_ms));
         }
         if dice.chance(2) {
             request.idempotency_key = 11;
             request.slot = self.random_slot(&mut dice);
-            let _ = self.count(
-                self.engine
-                    .engine()
-                    .change(self.engine.log(), &request, now_ms),
-            );
+            let _ = self.count(self.engine.engine().change(self.engine.log(), &request, now_ms));
         }
         if dice.chance(2) {
-            let cancel = CancelRequest {
-                person,
-                birth_date,
-                idempotency_key: 12,
-                channel: Channel::Person,
-            };
-            let _ = self.count(
-                self.engine
-                    .engine()
-                    .cancel(self.engine.log(), &cancel, now_ms),
-            );
+            let cancel = CancelRequest { person, birth_date, idempotency_key: 12, channel: Channel::Person };
+            let _ = self.count(self.engine.engine().cancel(self.engine.log(), &cancel, now_ms));
         }
     }
 }
@@ -229,10 +184,7 @@ pub fn run_demo(
                 })
             })
             .collect();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("demo crowd threads do not panic"))
-            .collect()
+        workers.into_iter().map(|w| w.join().expect("demo crowd threads do not panic")).collect()
     });
     let booking_time = started.elapsed();
     let mut results = BTreeMap::new();
@@ -264,9 +216,7 @@ pub fn run_demo(
 
 /// The first evening's opening, for the summary.
 pub fn describe_campaign(engine_rules: &crate::config::CampaignRules) -> String {
-    let opens = engine_rules
-        .utc_offset
-        .utc_ms(engine_rules.rotation_start, engine_rules.window_opens);
+    let opens = engine_rules.utc_offset.utc_ms(engine_rules.rotation_start, engine_rules.window_opens);
     format!(
         "{} (rotation from {} local, windows {}–{} next day, {} cohort(s))",
         engine_rules.name,

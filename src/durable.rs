@@ -11,12 +11,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::{CampaignRules, ConfigError, DEMO_CAMPAIGN_TOML};
 use crate::inventory::{Inventory, InventoryError, SlotIndex};
-use crate::log::{
-    recover, FileStorage, LogOptions, LogStorage, LogWriter, RecoveryError, RecoveryMode, TornTail,
-};
-use crate::state::{
-    BookingRequest, CancelRequest, Engine, Entry, LogUnavailable, Outcome, PersonKey, Refusal,
-};
+use crate::log::{recover, FileStorage, LogOptions, LogStorage, LogWriter, RecoveryError, RecoveryMode, TornTail};
+use crate::state::{BookingRequest, CancelRequest, Engine, Entry, LogUnavailable, Outcome, PersonKey, Refusal};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
@@ -26,10 +22,7 @@ pub enum OpenError {
     #[error("no campaign in {path}: write a campaign.toml there (see docs/configuration.md)")]
     NoCampaign { path: PathBuf },
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {source}")]
     Config { path: PathBuf, source: ConfigError },
     #[error(transparent)]
@@ -58,31 +51,20 @@ pub struct DurableEngine {
 
 /// Reads the campaign of a data directory, writing the demo one first if
 /// there is none and `create_demo` is set. Returns whether it created it.
-pub fn load_campaign(
-    data_directory: &Path,
-    create_demo: bool,
-) -> Result<(CampaignRules, bool), OpenError> {
+pub fn load_campaign(data_directory: &Path, create_demo: bool) -> Result<(CampaignRules, bool), OpenError> {
     let path = data_directory.join(CAMPAIGN_FILE);
-    let io = |source| OpenError::Io {
-        path: path.clone(),
-        source,
-    };
+    let io = |source| OpenError::Io { path: path.clone(), source };
     let mut created = false;
     if !path.exists() {
         if !create_demo {
-            return Err(OpenError::NoCampaign {
-                path: data_directory.to_path_buf(),
-            });
+            return Err(OpenError::NoCampaign { path: data_directory.to_path_buf() });
         }
         std::fs::create_dir_all(data_directory).map_err(io)?;
         std::fs::write(&path, DEMO_CAMPAIGN_TOML).map_err(io)?;
         created = true;
     }
     let text = std::fs::read_to_string(&path).map_err(io)?;
-    let rules = CampaignRules::parse(&text).map_err(|source| OpenError::Config {
-        path: path.clone(),
-        source,
-    })?;
+    let rules = CampaignRules::parse(&text).map_err(|source| OpenError::Config { path: path.clone(), source })?;
     Ok((rules, created))
 }
 
@@ -113,10 +95,8 @@ impl DurableEngine {
         let campaign_id = rules.campaign_id;
         let engine = Engine::new(rules, inventory);
         let log_directory = data_directory.join(LOG_DIRECTORY);
-        std::fs::create_dir_all(&log_directory).map_err(|source| OpenError::Io {
-            path: log_directory.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&log_directory)
+            .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
         let recovered = recover(&log_directory, RecoveryMode::TruncateTornTail, |record| {
             let entry = Entry::decode(record.kind, &record.payload).map_err(|e| e.to_string())?;
             engine.replay(record.lsn, &entry).map_err(|e| e.reason)
@@ -126,20 +106,11 @@ impl DurableEngine {
                 return Err(OpenError::Recovery(RecoveryError::Corrupt {
                     path: log_directory.clone(),
                     offset: 0,
-                    reason: format!(
-                        "the log is of campaign {}, campaign.toml says {campaign_id}",
-                        header.campaign_id
-                    ),
+                    reason: format!("the log is of campaign {}, campaign.toml says {campaign_id}", header.campaign_id),
                 }));
             }
         }
-        let log = LogWriter::start(
-            storage,
-            options,
-            campaign_id,
-            recovered.next_lsn,
-            recovered.next_segment_index,
-        )?;
+        let log = LogWriter::start(storage, options, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
         let report = RecoveryReport {
             records_replayed: recovered.records,
             next_lsn: recovered.next_lsn,
@@ -162,9 +133,7 @@ impl DurableEngine {
     /// Releases an outcome once it is durable; if it never can be, the answer
     /// is a refusal (nothing that is not durable is acknowledged).
     fn release<T>(&self, outcome: Outcome<T>) -> Result<T, Refusal> {
-        self.log
-            .wait_durable(outcome.durable_after)
-            .map_err(Refusal::LogUnavailable)?;
+        self.log.wait_durable(outcome.durable_after).map_err(Refusal::LogUnavailable)?;
         outcome.result
     }
 
@@ -180,16 +149,8 @@ impl DurableEngine {
         self.release(self.engine.cancel(&self.log, request, now_ms))
     }
 
-    pub fn add_capacity(
-        &self,
-        slot: SlotIndex,
-        seats: u32,
-        operator_id: u32,
-    ) -> Result<u32, Refusal> {
-        self.release(
-            self.engine
-                .add_capacity(&self.log, slot, seats, operator_id),
-        )
+    pub fn add_capacity(&self, slot: SlotIndex, seats: u32, operator_id: u32) -> Result<u32, Refusal> {
+        self.release(self.engine.add_capacity(&self.log, slot, seats, operator_id))
     }
 
     /// Reads wait for the records they may have seen, so they never show a

@@ -47,10 +47,7 @@ pub struct SlotAddress {
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
     #[error("cannot read inventory file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("inventory line {line}: {reason}")]
     Row { line: u64, reason: String },
     #[error("inventory: {0}")]
@@ -82,10 +79,8 @@ impl Inventory {
             InventorySection::Generate(generated) => Inventory::generate(rules, generated),
             InventorySection::Csv(path) => {
                 let path = config_dir.join(path);
-                let text = std::fs::read(&path).map_err(|source| InventoryError::Read {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+                let text = std::fs::read(&path)
+                    .map_err(|source| InventoryError::Read { path: path.display().to_string(), source })?;
                 Inventory::from_csv(rules, &text)
             }
         }
@@ -95,23 +90,15 @@ impl Inventory {
         let slots_per_site = u64::from(rules.service_days) * u64::from(rules.slots_per_day);
         let slot_count = sites.len() as u64 * slots_per_site;
         if slot_count > SLOTS_MAX {
-            return Err(InventoryError::Shape(format!(
-                "{slot_count} slots; at most {SLOTS_MAX}"
-            )));
+            return Err(InventoryError::Shape(format!("{slot_count} slots; at most {SLOTS_MAX}")));
         }
         let mut site_index_by_id = HashMap::with_capacity(sites.len());
         let mut site_indexes_by_region: BTreeMap<u16, Vec<u32>> = BTreeMap::new();
         for (index, site) in sites.iter().enumerate() {
             if site_index_by_id.insert(site.id, index as u32).is_some() {
-                return Err(InventoryError::Shape(format!(
-                    "site id {} is used twice",
-                    site.id
-                )));
+                return Err(InventoryError::Shape(format!("site id {} is used twice", site.id)));
             }
-            site_indexes_by_region
-                .entry(site.region_id)
-                .or_default()
-                .push(index as u32);
+            site_indexes_by_region.entry(site.region_id).or_default().push(index as u32);
         }
         Ok(Inventory {
             sites,
@@ -130,10 +117,7 @@ impl Inventory {
     }
 
     /// A national-scale demo inventory, the same for the same parameters.
-    pub fn generate(
-        rules: &CampaignRules,
-        generated: &GeneratedInventory,
-    ) -> Result<Inventory, InventoryError> {
+    pub fn generate(rules: &CampaignRules, generated: &GeneratedInventory) -> Result<Inventory, InventoryError> {
         let sites = (0..generated.sites)
             .map(|index| Site {
                 id: index + 1,
@@ -159,10 +143,7 @@ impl Inventory {
                 Some(index) if sites[*index] != row.site => {
                     return Err(row_error(
                         row.line,
-                        format!(
-                            "site {} has a different region or name than on an earlier line",
-                            row.site.id
-                        ),
+                        format!("site {} has a different region or name than on an earlier line", row.site.id),
                     ));
                 }
                 Some(_) => {}
@@ -173,17 +154,13 @@ impl Inventory {
             }
         }
         if sites.len() as u64 > u64::from(SITES_MAX) {
-            return Err(InventoryError::Shape(format!(
-                "{} sites; at most {SITES_MAX}",
-                sites.len()
-            )));
+            return Err(InventoryError::Shape(format!("{} sites; at most {SITES_MAX}", sites.len())));
         }
         let mut inventory = Inventory::empty(rules, sites)?;
         let mut filled = vec![false; inventory.initial_capacity.len()];
         for row in &rows {
-            let slot = inventory
-                .slot_index(row.site.id, row.date, row.time)
-                .map_err(|reason| row_error(row.line, reason))?;
+            let slot =
+                inventory.slot_index(row.site.id, row.date, row.time).map_err(|reason| row_error(row.line, reason))?;
             if std::mem::replace(&mut filled[slot.0 as usize], true) {
                 return Err(row_error(row.line, format!("{slot} is listed twice")));
             }
@@ -209,9 +186,7 @@ impl Inventory {
     }
 
     pub fn region_site_indexes(&self, region_id: u16) -> &[u32] {
-        self.site_indexes_by_region
-            .get(&region_id)
-            .map_or(&[], Vec::as_slice)
+        self.site_indexes_by_region.get(&region_id).map_or(&[], Vec::as_slice)
     }
 
     pub fn slots_per_day(&self) -> u16 {
@@ -221,9 +196,7 @@ impl Inventory {
     /// The service-day number of a date, if the campaign serves on it.
     pub fn day_index(&self, date: Date) -> Option<u32> {
         let index = self.first_date.days_until(date);
-        (0..i32::from(self.days))
-            .contains(&index)
-            .then_some(index as u32)
+        (0..i32::from(self.days)).contains(&index).then_some(index as u32)
     }
 
     /// The first slot of a site on a service day; the day's slots follow it.
@@ -232,28 +205,16 @@ impl Inventory {
     }
 
     /// The slot number of (site, date, time); the error says which part is unknown.
-    pub fn slot_index(
-        &self,
-        site_id: u32,
-        date: Date,
-        time: TimeOfDay,
-    ) -> Result<SlotIndex, String> {
-        let site_index = self
-            .site_index(site_id)
-            .ok_or_else(|| format!("unknown site {site_id}"))?;
-        let day_index = self
-            .day_index(date)
-            .ok_or_else(|| format!("{date} is not a service day"))?;
+    pub fn slot_index(&self, site_id: u32, date: Date, time: TimeOfDay) -> Result<SlotIndex, String> {
+        let site_index = self.site_index(site_id).ok_or_else(|| format!("unknown site {site_id}"))?;
+        let day_index = self.day_index(date).ok_or_else(|| format!("{date} is not a service day"))?;
         let minutes = i32::from(time.minute_of_day()) - i32::from(self.day_start.minute_of_day());
         let slot_minutes = i32::from(self.slot_minutes);
         let time_index = minutes / slot_minutes;
-        if minutes < 0 || minutes % slot_minutes != 0 || time_index >= i32::from(self.slots_per_day)
-        {
+        if minutes < 0 || minutes % slot_minutes != 0 || time_index >= i32::from(self.slots_per_day) {
             return Err(format!("{time} is not the start of a time slot"));
         }
-        Ok(SlotIndex(
-            self.first_slot_of_day(site_index, day_index).0 + time_index as u32,
-        ))
+        Ok(SlotIndex(self.first_slot_of_day(site_index, day_index).0 + time_index as u32))
     }
 
     pub fn contains(&self, slot: SlotIndex) -> bool {
@@ -269,8 +230,7 @@ impl Inventory {
         let site_day = slot.0 / u32::from(self.slots_per_day);
         let day_index = site_day % u32::from(self.days);
         let site_index = site_day / u32::from(self.days);
-        let minute =
-            u32::from(self.day_start.minute_of_day()) + time_index * u32::from(self.slot_minutes);
+        let minute = u32::from(self.day_start.minute_of_day()) + time_index * u32::from(self.slot_minutes);
         Some(SlotAddress {
             site_id: self.sites[site_index as usize].id,
             date: self.first_date.add_days(day_index as i32),
@@ -282,6 +242,11 @@ impl Inventory {
     pub fn slot_starts_ms(&self, slot: SlotIndex) -> Option<i64> {
         let address = self.address(slot)?;
         Some(self.utc_offset.utc_ms(address.date, address.time))
+    }
+
+    /// When the earliest slot of the campaign starts (UTC ms).
+    pub fn first_slot_starts_ms(&self) -> i64 {
+        self.first_midnight_ms + self.day_start.ms_of_day()
     }
 
     /// Milliseconds from the first service day's midnight to a slot's start: cheap,
@@ -308,28 +273,13 @@ fn row_error(line: u64, reason: String) -> InventoryError {
     InventoryError::Row { line, reason }
 }
 
-const CSV_COLUMNS: [&str; 6] = [
-    "site_id",
-    "region_id",
-    "site_name",
-    "date",
-    "time",
-    "capacity",
-];
+const CSV_COLUMNS: [&str; 6] = ["site_id", "region_id", "site_name", "date", "time", "capacity"];
 
 fn parse_csv_rows(bytes: &[u8]) -> Result<Vec<CsvRow>, InventoryError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_reader(bytes);
-    let headers = reader
-        .headers()
-        .map_err(|e| row_error(1, e.to_string()))?
-        .clone();
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(bytes);
+    let headers = reader.headers().map_err(|e| row_error(1, e.to_string()))?.clone();
     if headers.iter().collect::<Vec<_>>() != CSV_COLUMNS {
-        return Err(row_error(
-            1,
-            format!("the header must be `{}`", CSV_COLUMNS.join(",")),
-        ));
+        return Err(row_error(1, format!("the header must be `{}`", CSV_COLUMNS.join(","))));
     }
     let mut rows = Vec::new();
     for record in reader.records() {
@@ -341,49 +291,22 @@ fn parse_csv_rows(bytes: &[u8]) -> Result<Vec<CsvRow>, InventoryError> {
         let field = |index: usize| record.get(index).unwrap_or("");
         let number = |index: usize| -> Result<u64, InventoryError> {
             field(index).parse().map_err(|_| {
-                row_error(
-                    line,
-                    format!(
-                        "{} `{}` is not a whole number",
-                        CSV_COLUMNS[index],
-                        field(index)
-                    ),
-                )
+                row_error(line, format!("{} `{}` is not a whole number", CSV_COLUMNS[index], field(index)))
             })
         };
-        let site_id = u32::try_from(number(0)?)
-            .map_err(|_| row_error(line, "site_id is too large".into()))?;
-        let region_id = u16::try_from(number(1)?)
-            .map_err(|_| row_error(line, "region_id is above 65535".into()))?;
+        let site_id = u32::try_from(number(0)?).map_err(|_| row_error(line, "site_id is too large".into()))?;
+        let region_id = u16::try_from(number(1)?).map_err(|_| row_error(line, "region_id is above 65535".into()))?;
         let name = field(2);
         if name.is_empty() || name.len() > SITE_NAME_BYTES_MAX {
-            return Err(row_error(
-                line,
-                format!("site_name must have 1 to {SITE_NAME_BYTES_MAX} bytes"),
-            ));
+            return Err(row_error(line, format!("site_name must have 1 to {SITE_NAME_BYTES_MAX} bytes")));
         }
         let date = Date::parse(field(3)).map_err(|e| row_error(line, e.to_string()))?;
         let time = TimeOfDay::parse(field(4)).map_err(|e| row_error(line, e.to_string()))?;
         let capacity = u32::try_from(number(5)?)
             .ok()
             .filter(|c| *c <= crate::state::SLOT_CAPACITY_MAX)
-            .ok_or_else(|| {
-                row_error(
-                    line,
-                    format!("capacity is above {}", crate::state::SLOT_CAPACITY_MAX),
-                )
-            })?;
-        rows.push(CsvRow {
-            line,
-            site: Site {
-                id: site_id,
-                region_id,
-                name: name.to_string(),
-            },
-            date,
-            time,
-            capacity,
-        });
+            .ok_or_else(|| row_error(line, format!("capacity is above {}", crate::state::SLOT_CAPACITY_MAX)))?;
+        rows.push(CsvRow { line, site: Site { id: site_id, region_id, name: name.to_string() }, date, time, capacity });
     }
     Ok(rows)
 }
@@ -401,19 +324,10 @@ mod tests {
             let slot = SlotIndex(slot);
             let a = inventory.address(slot).unwrap();
             assert_eq!(inventory.slot_index(a.site_id, a.date, a.time), Ok(slot));
-            assert_eq!(
-                inventory.slot_starts_ms(slot),
-                Some(inventory.slot_starts_ms_fast(slot))
-            );
+            assert_eq!(inventory.slot_starts_ms(slot), Some(inventory.slot_starts_ms_fast(slot)));
         }
-        assert!(inventory
-            .address(SlotIndex(inventory.slot_count()))
-            .is_none());
-        let total: u64 = inventory
-            .initial_capacity()
-            .iter()
-            .map(|c| u64::from(*c))
-            .sum();
+        assert!(inventory.address(SlotIndex(inventory.slot_count())).is_none());
+        let total: u64 = inventory.initial_capacity().iter().map(|c| u64::from(*c)).sum();
         let mean = total as f64 / f64::from(inventory.slot_count());
         assert!((1.9..2.1).contains(&mean), "mean capacity {mean}");
     }
@@ -427,13 +341,8 @@ mod tests {
                     9,2,Busan Station,2021-09-24,17:30,5\n";
         let inventory = Inventory::from_csv(&rules, good.as_bytes()).unwrap();
         assert_eq!(inventory.sites().len(), 2);
-        let slot = inventory
-            .slot_index(
-                9,
-                Date::parse("2021-09-24").unwrap(),
-                TimeOfDay::parse("17:30").unwrap(),
-            )
-            .unwrap();
+        let slot =
+            inventory.slot_index(9, Date::parse("2021-09-24").unwrap(), TimeOfDay::parse("17:30").unwrap()).unwrap();
         assert_eq!(inventory.initial_capacity()[slot.0 as usize], 5);
         assert_eq!(inventory.region_site_indexes(2), &[1]);
 
@@ -442,17 +351,18 @@ mod tests {
             ("site_id,region_id,site_name,date,time,capacity\nx,1,A,2021-08-26,09:00,1\n", "line 2"),
             ("site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:10,1\n", "start of a time slot"),
             ("site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-12-26,09:00,1\n", "not a service day"),
-            ("site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:00,1\n1,1,A,2021-08-26,09:00,1\n", "twice"),
-            ("site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:00,1\n1,2,A,2021-08-26,09:30,1\n", "different region"),
+            (
+                "site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:00,1\n1,1,A,2021-08-26,09:00,1\n",
+                "twice",
+            ),
+            (
+                "site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:00,1\n1,2,A,2021-08-26,09:30,1\n",
+                "different region",
+            ),
         ];
         for (text, expected) in cases {
-            let error = Inventory::from_csv(&rules, text.as_bytes())
-                .unwrap_err()
-                .to_string();
-            assert!(
-                error.contains(expected),
-                "{error:?} should mention {expected:?}"
-            );
+            let error = Inventory::from_csv(&rules, text.as_bytes()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
         }
     }
 }

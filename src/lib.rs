@@ -45,9 +45,7 @@ pub fn prefetch<T>(value: &T) {
     // SAFETY: `_mm_prefetch` only hints the cache; it never dereferences in a
     // way that can fault, and `value` is a valid reference anyway.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-            (value as *const T).cast(),
-        );
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((value as *const T).cast());
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = value;

@@ -81,20 +81,14 @@ enum LogCommand {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         None => demo(cli.demo),
         Some(Command::Log(LogCommand::Verify { data_dir })) => verify(data_dir),
-        Some(Command::Log(LogCommand::Dump {
-            data_dir,
-            from,
-            limit,
-        })) => dump(data_dir, from, limit),
+        Some(Command::Log(LogCommand::Dump { data_dir, from, limit })) => dump(data_dir, from, limit),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -106,34 +100,20 @@ fn main() -> ExitCode {
 }
 
 fn demo(args: DemoArgs) -> Result<(), String> {
-    let log_options = LogOptions {
-        durability: args.durability,
-        write_mode: args.write_mode,
-        ..LogOptions::default()
-    };
+    let log_options = LogOptions { durability: args.durability, write_mode: args.write_mode, ..LogOptions::default() };
     println!(
         "yeyak demo evening: data directory {}, durability {:?}, log writes by {:?}",
         args.data_dir.display(),
         args.durability,
         args.write_mode
     );
-    let options = DemoOptions {
-        people: args.people,
-        threads: args.threads,
-        seed: args.seed,
-    };
+    let options = DemoOptions { people: args.people, threads: args.threads, seed: args.seed };
     let summary = run_demo(&args.data_dir, options, log_options).map_err(|e| e.to_string())?;
     let first = &summary.first_open;
     if first.created_demo_campaign {
-        println!(
-            "created the demo campaign in {}/campaign.toml",
-            args.data_dir.display()
-        );
+        println!("created the demo campaign in {}/campaign.toml", args.data_dir.display());
     }
-    println!(
-        "opened in {:.2?}: {} log records replayed",
-        first.elapsed, first.records_replayed
-    );
+    println!("opened in {:.2?}: {} log records replayed", first.elapsed, first.records_replayed);
     println!(
         "{} simulated people made {} requests in {:.2?} ({:.0} durable answers/s):",
         args.people,
@@ -142,29 +122,15 @@ fn demo(args: DemoArgs) -> Result<(), String> {
         summary.attempts as f64 / summary.booking_time.as_secs_f64()
     );
     for (code, count) in &summary.results {
-        let label = if *code == ResultCode::Ok {
-            "ok"
-        } else {
-            code.name()
-        };
+        let label = if *code == ResultCode::Ok { "ok" } else { code.name() };
         println!("  {label:<24} {count:>10}");
     }
-    println!(
-        "reservations held now: {} (people known: {})",
-        summary.reservations_held, summary.people_known
-    );
+    println!("reservations held now: {} (people known: {})", summary.reservations_held, summary.people_known);
     let restart = &summary.restart;
-    println!(
-        "restarted from the log in {:.2?}: {} records replayed",
-        restart.elapsed, restart.records_replayed
-    );
+    println!("restarted from the log in {:.2?}: {} records replayed", restart.elapsed, restart.records_replayed);
     println!(
         "recovered state equal to the state before the restart: {}",
-        if summary.recovered_state_equal {
-            "yes"
-        } else {
-            "NO"
-        }
+        if summary.recovered_state_equal { "yes" } else { "NO" }
     );
     if summary.recovered_state_equal {
         Ok(())
@@ -193,10 +159,7 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
             segment.records
         );
     }
-    println!(
-        "{} records, next sequence number {}",
-        recovered.records, recovered.next_lsn
-    );
+    println!("{} records, next sequence number {}", recovered.records, recovered.next_lsn);
     if let Some(tail) = &recovered.torn_tail {
         println!(
             "torn tail in {} at byte {}: {} ({} bytes would be discarded at start)",
@@ -207,9 +170,7 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
         );
     }
     if bad_entries > 0 {
-        return Err(format!(
-            "{bad_entries} records have checksums but payloads this yeyak cannot read"
-        ));
+        return Err(format!("{bad_entries} records have checksums but payloads this yeyak cannot read"));
     }
     println!("log ok");
     Ok(())

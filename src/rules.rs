@@ -40,18 +40,12 @@ pub struct BookingWindow {
 
 impl CampaignRules {
     pub fn cohort_of(&self, birth_date: Date) -> Option<&Cohort> {
-        self.cohorts
-            .iter()
-            .find(|c| c.born_from <= birth_date && birth_date <= c.born_to)
+        self.cohorts.iter().find(|c| c.born_from <= birth_date && birth_date <= c.born_to)
     }
 
     fn window_opened_on(&self, open_date: Date) -> BookingWindow {
         let opens_ms = self.utc_offset.utc_ms(open_date, self.window_opens);
-        BookingWindow {
-            open_date,
-            opens_ms,
-            closes_ms: opens_ms + self.window_length_ms,
-        }
+        BookingWindow { open_date, opens_ms, closes_ms: opens_ms + self.window_length_ms }
     }
 
     fn has_window_on(&self, date: Date) -> bool {
@@ -91,41 +85,57 @@ impl CampaignRules {
             .find(|index| self.rotation_digits[*index] == digit)
             .unwrap_or(self.rotation_digits.len());
         let date = self.rotation_start.add_days(later_turn as i32);
-        self.has_window_on(date)
-            .then(|| self.window_opened_on(date).opens_ms)
+        self.has_window_on(date).then(|| self.window_opened_on(date).opens_ms)
+    }
+
+    /// What holds for every request at `now_ms`: computed once per batch.
+    pub fn moment(&self, now_ms: i64) -> BookingMoment {
+        let window = self.window_at(now_ms);
+        BookingMoment {
+            now_ms,
+            rotation_day: window.map(|w| self.rotation_start.days_until(w.open_date) as usize),
+            next_open_ms: if window.is_some() { None } else { self.next_opening_after(now_ms) },
+        }
     }
 
     /// Whether `birth_date` may book through `channel` at `now_ms`: R4, R5, R6, R10.
-    pub fn check_booking(
-        &self,
-        birth_date: Date,
-        channel: Channel,
-        now_ms: i64,
-    ) -> Result<(), Refusal> {
-        let cohort = self
-            .cohort_of(birth_date)
-            .ok_or(Refusal::NotEligible { birth_date })?;
+    pub fn check_booking(&self, birth_date: Date, channel: Channel, now_ms: i64) -> Result<(), Refusal> {
+        self.check_booking_at(&self.moment(now_ms), birth_date, channel)
+    }
+
+    /// `check_booking` with the time-dependent part computed beforehand.
+    #[inline]
+    pub fn check_booking_at(&self, moment: &BookingMoment, birth_date: Date, channel: Channel) -> Result<(), Refusal> {
+        let cohort = self.cohort_of(birth_date).ok_or(Refusal::NotEligible { birth_date })?;
         if channel == Channel::FamilyProxy {
             match cohort.proxy_cutoff_ms {
-                Some(cutoff_ms) if now_ms < cutoff_ms => {}
+                Some(cutoff_ms) if moment.now_ms < cutoff_ms => {}
                 cutoff_ms => return Err(Refusal::ProxyBookingClosed { cutoff_ms }),
             }
         }
-        let Some(window) = self.window_at(now_ms) else {
-            return Err(Refusal::WindowClosed {
-                next_open_ms: self.next_opening_after(now_ms),
-            });
+        let Some(day_index) = moment.rotation_day else {
+            return Err(Refusal::WindowClosed { next_open_ms: moment.next_open_ms });
         };
-        let day_index = self.rotation_start.days_until(window.open_date) as usize;
+        let Some(allowed) = self.rotation_digits.get(day_index) else {
+            return Ok(());
+        };
         let digit = Self::rotation_digit(birth_date);
-        match self.rotation_digits.get(day_index) {
-            Some(allowed) if *allowed != digit => Err(Refusal::NotYourRotationDay {
-                digit,
-                your_turn_opens_ms: self.next_turn_after(day_index, digit),
-            }),
-            _ => Ok(()),
+        if *allowed == digit {
+            return Ok(());
         }
+        Err(Refusal::NotYourRotationDay { digit, your_turn_opens_ms: self.next_turn_after(day_index, digit) })
     }
+}
+
+/// The time-dependent part of the booking rules at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BookingMoment {
+    pub now_ms: i64,
+    /// The rotation day whose window is open (at or past the rotation's length:
+    /// open to all); `None` when no window is open.
+    pub rotation_day: Option<usize>,
+    /// When no window is open: the next opening, if any.
+    pub next_open_ms: Option<i64>,
 }
 
 #[cfg(test)]
@@ -135,10 +145,7 @@ mod tests {
 
     fn at(rules: &CampaignRules, date: &str, hh_mm: &str, extra_ms: i64) -> i64 {
         let date = Date::parse(date).unwrap();
-        rules
-            .utc_offset
-            .utc_ms(date, TimeOfDay::parse(hh_mm).unwrap())
-            + extra_ms
+        rules.utc_offset.utc_ms(date, TimeOfDay::parse(hh_mm).unwrap()) + extra_ms
     }
 
     fn born(day: &str) -> Date {
@@ -155,14 +162,9 @@ mod tests {
         let opening = at(&rules, "2021-08-09", "20:00", 0);
         assert_eq!(
             rules.check_booking(born(NINE), Channel::Person, before),
-            Err(Refusal::WindowClosed {
-                next_open_ms: Some(opening)
-            })
+            Err(Refusal::WindowClosed { next_open_ms: Some(opening) })
         );
-        assert_eq!(
-            rules.check_booking(born(NINE), Channel::Person, opening),
-            Ok(())
-        );
+        assert_eq!(rules.check_booking(born(NINE), Channel::Person, opening), Ok(()));
     }
 
     #[test]
@@ -170,15 +172,10 @@ mod tests {
         let rules = CampaignRules::demo();
         let last = at(&rules, "2021-08-10", "17:59", 59_999);
         let closing = at(&rules, "2021-08-10", "18:00", 0);
-        assert_eq!(
-            rules.check_booking(born(NINE), Channel::Person, last),
-            Ok(())
-        );
+        assert_eq!(rules.check_booking(born(NINE), Channel::Person, last), Ok(()));
         assert_eq!(
             rules.check_booking(born(NINE), Channel::Person, closing),
-            Err(Refusal::WindowClosed {
-                next_open_ms: Some(at(&rules, "2021-08-10", "20:00", 0))
-            })
+            Err(Refusal::WindowClosed { next_open_ms: Some(at(&rules, "2021-08-10", "20:00", 0)) })
         );
     }
 
@@ -186,17 +183,11 @@ mod tests {
     fn digit_zero_day_is_the_second_day() {
         let rules = CampaignRules::demo();
         let day_two = at(&rules, "2021-08-10", "20:00", 0);
-        assert_eq!(
-            rules.check_booking(born(ZERO), Channel::Person, day_two),
-            Ok(())
-        );
+        assert_eq!(rules.check_booking(born(ZERO), Channel::Person, day_two), Ok(()));
         let day_one = at(&rules, "2021-08-10", "17:59", 59_999);
         assert_eq!(
             rules.check_booking(born(ZERO), Channel::Person, day_one),
-            Err(Refusal::NotYourRotationDay {
-                digit: 0,
-                your_turn_opens_ms: Some(day_two)
-            })
+            Err(Refusal::NotYourRotationDay { digit: 0, your_turn_opens_ms: Some(day_two) })
         );
         // The digit-9 person missed their day: their next turn is after the rotation.
         assert_eq!(
@@ -213,13 +204,8 @@ mod tests {
         let rules = CampaignRules::demo();
         let after = at(&rules, "2021-08-19", "20:00", 0);
         for day in ["1990-05-10", "1990-05-11", "1990-05-19", "1990-05-25"] {
-            assert_eq!(
-                rules.check_booking(born(day), Channel::Person, after),
-                Ok(())
-            );
-            assert!(rules
-                .check_booking(born(day), Channel::Person, after - 1)
-                .is_err());
+            assert_eq!(rules.check_booking(born(day), Channel::Person, after), Ok(()));
+            assert!(rules.check_booking(born(day), Channel::Person, after - 1).is_err());
         }
     }
 
@@ -227,10 +213,7 @@ mod tests {
     fn campaign_end_has_no_next_opening() {
         let rules = CampaignRules::demo();
         let end = at(&rules, "2021-09-19", "18:00", 0);
-        assert_eq!(
-            rules.check_booking(born(NINE), Channel::Person, end - 1),
-            Ok(())
-        );
+        assert_eq!(rules.check_booking(born(NINE), Channel::Person, end - 1), Ok(()));
         assert_eq!(
             rules.check_booking(born(NINE), Channel::Person, end),
             Err(Refusal::WindowClosed { next_open_ms: None })
@@ -246,20 +229,12 @@ mod tests {
     fn cohort_edges() {
         let rules = CampaignRules::demo();
         let open = at(&rules, "2021-08-19", "21:00", 0);
-        assert_eq!(
-            rules.check_booking(born("1972-01-01"), Channel::Person, open),
-            Ok(())
-        );
-        assert_eq!(
-            rules.check_booking(born("2003-12-31"), Channel::Person, open),
-            Ok(())
-        );
+        assert_eq!(rules.check_booking(born("1972-01-01"), Channel::Person, open), Ok(()));
+        assert_eq!(rules.check_booking(born("2003-12-31"), Channel::Person, open), Ok(()));
         for outside in ["1971-12-31", "2004-01-01"] {
             assert_eq!(
                 rules.check_booking(born(outside), Channel::Person, open),
-                Err(Refusal::NotEligible {
-                    birth_date: born(outside)
-                })
+                Err(Refusal::NotEligible { birth_date: born(outside) })
             );
         }
     }
@@ -272,15 +247,11 @@ mod tests {
         let open = at(&rules, "2021-08-09", "20:00", 0);
         assert_eq!(
             rules.check_booking(born(NINE), Channel::FamilyProxy, open),
-            Err(Refusal::ProxyBookingClosed {
-                cutoff_ms: Some(cutoff)
-            })
+            Err(Refusal::ProxyBookingClosed { cutoff_ms: Some(cutoff) })
         );
         assert_eq!(
             rules.check_booking(born(NINE), Channel::FamilyProxy, cutoff - 1),
-            Err(Refusal::WindowClosed {
-                next_open_ms: Some(open)
-            })
+            Err(Refusal::WindowClosed { next_open_ms: Some(open) })
         );
         let operator = Channel::Operator { operator_id: 7 };
         assert_eq!(rules.check_booking(born(NINE), operator, open), Ok(()));

@@ -34,36 +34,22 @@ fn acknowledged_history() -> History {
     let now = open_evening_ms(&rules);
     let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
     for index in 0..130 {
-        engine
-            .reserve(&booking(index, (index * 13 % 10_000) as u32, 1), now)
-            .unwrap();
+        engine.reserve(&booking(index, (index * 13 % 10_000) as u32, 1), now).unwrap();
     }
     for index in 0..10 {
         engine.cancel(&cancelling(index, 2), now).unwrap();
-        engine
-            .change(&booking(20 + index, 10_000 + index as u32, 3), now)
-            .unwrap();
+        engine.change(&booking(20 + index, 10_000 + index as u32, 3), now).unwrap();
     }
     engine.close().unwrap();
     let mut entries = Vec::new();
-    let log = recover(
-        &directory.path().join("log"),
-        RecoveryMode::ReadOnly,
-        |record| {
-            entries.push(Entry::decode(record.kind, &record.payload).unwrap());
-            Ok(())
-        },
-    )
+    let log = recover(&directory.path().join("log"), RecoveryMode::ReadOnly, |record| {
+        entries.push(Entry::decode(record.kind, &record.payload).unwrap());
+        Ok(())
+    })
     .unwrap();
     let last = log.segments.last().unwrap();
     assert!(log.segments.len() >= 2 && last.records > DAMAGED_TAIL_RECORDS);
-    History {
-        last_segment: last.path.clone(),
-        last_segment_records: last.records,
-        directory,
-        rules,
-        entries,
-    }
+    History { last_segment: last.path.clone(), last_segment_records: last.records, directory, rules, entries }
 }
 
 impl History {
@@ -83,8 +69,7 @@ impl History {
 
     /// Byte offset of the first damaged record in the last segment.
     fn damaged_from(&self) -> u64 {
-        (SEGMENT_HEADER_BYTES as u64)
-            + (self.last_segment_records - DAMAGED_TAIL_RECORDS) * RECORD_BYTES as u64
+        (SEGMENT_HEADER_BYTES as u64) + (self.last_segment_records - DAMAGED_TAIL_RECORDS) * RECORD_BYTES as u64
     }
 
     fn damaged_to(&self) -> u64 {
@@ -104,10 +89,7 @@ impl History {
     ) -> (tempfile::TempDir, Result<(u64, LogicalState), OpenError>) {
         let copy = tempfile::tempdir().unwrap();
         copy_directory(self.directory.path(), copy.path());
-        let segment = copy
-            .path()
-            .join("log")
-            .join(self.last_segment.file_name().unwrap());
+        let segment = copy.path().join("log").join(self.last_segment.file_name().unwrap());
         damage(&segment);
         let result = DurableEngine::open(copy.path(), small_log_options(), false)
             .map(|(engine, report)| (report.records_replayed, engine.engine().logical_state()));
@@ -148,62 +130,43 @@ fn assert_clear_corruption(error: &OpenError, segment_name: &str) {
 #[test]
 fn cut_at_every_byte_recovers_the_records_before_the_cut() {
     let history = acknowledged_history();
-    let expected: Vec<LogicalState> = (0..=history.total())
-        .map(|n| history.prefix_state(n))
-        .collect();
+    let expected: Vec<LogicalState> = (0..=history.total()).map(|n| history.prefix_state(n)).collect();
     for cut in history.damaged_from()..=history.damaged_to() {
         let (_copy, result) = history.recover_damaged(|segment| {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(segment)
-                .unwrap();
+            let file = std::fs::OpenOptions::new().write(true).open(segment).unwrap();
             file.set_len(cut).unwrap();
         });
         let (replayed, state) = result.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         assert_eq!(replayed, history.records_before(cut), "cut at {cut}");
-        assert!(
-            state == expected[replayed as usize],
-            "cut at {cut}: not the acknowledged prefix"
-        );
+        assert!(state == expected[replayed as usize], "cut at {cut}: not the acknowledged prefix");
     }
 }
 
 #[test]
 fn torn_write_from_every_byte_recovers_and_keeps_working() {
     let history = acknowledged_history();
-    let expected: Vec<LogicalState> = (0..=history.total())
-        .map(|n| history.prefix_state(n))
-        .collect();
+    let expected: Vec<LogicalState> = (0..=history.total()).map(|n| history.prefix_state(n)).collect();
     for torn_from in history.damaged_from()..history.damaged_to() {
         let mut record_untouched = false;
         let (copy, result) = history.recover_damaged(|segment| {
             rewrite(segment, |bytes| {
                 // Zeroing bytes that were zero already leaves that record whole.
-                let record_end = history.records_before(torn_from)
-                    - (history.total() - history.last_segment_records);
+                let record_end = history.records_before(torn_from) - (history.total() - history.last_segment_records);
                 let record_end = SEGMENT_HEADER_BYTES + (record_end as usize + 1) * RECORD_BYTES;
-                record_untouched = bytes[torn_from as usize..record_end]
-                    .iter()
-                    .all(|b| *b == 0);
+                record_untouched = bytes[torn_from as usize..record_end].iter().all(|b| *b == 0);
                 bytes[torn_from as usize..].iter_mut().for_each(|b| *b = 0);
             });
         });
         let (replayed, state) = result.unwrap_or_else(|e| panic!("torn from {torn_from}: {e}"));
         let whole_records = history.records_before(torn_from) + u64::from(record_untouched);
         assert_eq!(replayed, whole_records, "torn from {torn_from}");
-        assert!(
-            state == expected[replayed as usize],
-            "torn from {torn_from}: not the acknowledged prefix"
-        );
+        assert!(state == expected[replayed as usize], "torn from {torn_from}: not the acknowledged prefix");
         if torn_from % 16 == 0 {
             // After recovery the engine books on, and a second restart sees it all.
             let (engine, _) = DurableEngine::open(copy.path(), small_log_options(), false).unwrap();
-            engine
-                .reserve(&booking(9_999, 10_700, 1), open_evening_ms(&history.rules))
-                .unwrap();
+            engine.reserve(&booking(9_999, 10_700, 1), open_evening_ms(&history.rules)).unwrap();
             drop(engine);
-            let (engine, report) =
-                DurableEngine::open(copy.path(), small_log_options(), false).unwrap();
+            let (engine, report) = DurableEngine::open(copy.path(), small_log_options(), false).unwrap();
             assert_eq!(report.records_replayed, replayed + 1);
             assert!(report.torn_tail.is_none());
             assert!(engine.reservation_of(person(9_999)).unwrap().is_some());
@@ -214,13 +177,7 @@ fn torn_write_from_every_byte_recovers_and_keeps_working() {
 #[test]
 fn every_bit_flip_is_a_prefix_or_a_clear_refusal() {
     let history = acknowledged_history();
-    let name = history
-        .last_segment
-        .file_name()
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let name = history.last_segment.file_name().unwrap().to_str().unwrap().to_string();
     let last_record_starts = history.damaged_to() - RECORD_BYTES as u64;
     let header_bits = 0..SEGMENT_HEADER_BYTES as u64 * 8;
     let record_bits = history.damaged_from() * 8..history.damaged_to() * 8;
@@ -232,10 +189,7 @@ fn every_bit_flip_is_a_prefix_or_a_clear_refusal() {
         match result {
             Ok((replayed, state)) => {
                 // Only a flip in the very last record can look like a torn tail.
-                assert!(
-                    bit / 8 >= last_record_starts,
-                    "bit {bit} was silently accepted"
-                );
+                assert!(bit / 8 >= last_record_starts, "bit {bit} was silently accepted");
                 assert_eq!(replayed, history.total() - 1, "bit {bit}");
                 assert!(state == history.prefix_state(replayed), "bit {bit}");
                 truncated += 1;

@@ -14,8 +14,7 @@ fn restart_recovers_exactly_the_acknowledged_state() {
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
     let now = open_evening_ms(&rules);
-    let (engine, report) =
-        DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let (engine, report) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
     assert_eq!(report.records_replayed, 0);
     for index in 0..500 {
         let slot = (index * 7 % 10_000) as u32;
@@ -27,15 +26,12 @@ fn restart_recovers_exactly_the_acknowledged_state() {
     for index in (1..500).step_by(7) {
         let _ = engine.change(&booking(index, 10_500 + (index % 50) as u32, 3), now);
     }
-    engine
-        .add_capacity(yeyak::inventory::SlotIndex(3), 5, 42)
-        .unwrap();
+    engine.add_capacity(yeyak::inventory::SlotIndex(3), 5, 42).unwrap();
     let before = engine.engine().logical_state();
     assert!(before.reservations() > 300, "{}", before.reservations());
     engine.close().unwrap();
 
-    let (engine, report) =
-        DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let (engine, report) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
     assert!(report.records_replayed > 500);
     assert!(report.torn_tail.is_none());
     assert_eq!(engine.engine().logical_state(), before);
@@ -51,34 +47,18 @@ fn disk_full_refuses_bookings_and_keeps_reads() {
     let rules = write_small_campaign(directory.path());
     let now = open_evening_ms(&rules);
     let plan = FaultPlan::never();
-    let storage = FileStorage::new(
-        &directory.path().join("log"),
-        small_log_options().write_mode,
-    );
+    let storage = FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
     let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
-    let (engine, _) =
-        DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty)
-            .unwrap();
+    let (engine, _) = DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
     let booked = engine.reserve(&booking(0, 1, 1), now).unwrap();
-    plan.writes_before_disk_full
-        .store(0, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(
-        engine.reserve(&booking(1, 2, 1), now),
-        Err(Refusal::LogUnavailable(LogUnavailable::DiskFull))
-    );
-    assert_eq!(
-        engine.reserve(&booking(2, 3, 1), now),
-        Err(Refusal::LogUnavailable(LogUnavailable::DiskFull))
-    );
+    plan.writes_before_disk_full.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(engine.reserve(&booking(1, 2, 1), now), Err(Refusal::LogUnavailable(LogUnavailable::DiskFull)));
+    assert_eq!(engine.reserve(&booking(2, 3, 1), now), Err(Refusal::LogUnavailable(LogUnavailable::DiskFull)));
     assert_eq!(engine.reservation_of(person(0)), Ok(Some(booked)));
     drop(engine);
 
-    let (engine, report) =
-        DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
-    assert_eq!(
-        report.records_replayed, 1,
-        "only the acknowledged booking is in the log"
-    );
+    let (engine, report) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert_eq!(report.records_replayed, 1, "only the acknowledged booking is in the log");
     assert_eq!(engine.reservation_of(person(0)), Ok(Some(booked)));
     assert_eq!(engine.reservation_of(person(1)), Ok(None));
 }
@@ -89,27 +69,14 @@ fn failed_sync_is_never_acknowledged_nor_retried() {
     let rules = write_small_campaign(directory.path());
     let now = open_evening_ms(&rules);
     let plan = FaultPlan::never();
-    let storage = FileStorage::new(
-        &directory.path().join("log"),
-        small_log_options().write_mode,
-    );
+    let storage = FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
     let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
-    let (engine, _) =
-        DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty)
-            .unwrap();
+    let (engine, _) = DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
     engine.reserve(&booking(0, 1, 1), now).unwrap();
-    plan.syncs_before_io_error
-        .store(0, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(
-        engine.reserve(&booking(1, 2, 1), now),
-        Err(Refusal::LogUnavailable(LogUnavailable::IoFailed))
-    );
-    plan.syncs_before_io_error
-        .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    plan.syncs_before_io_error.store(0, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(engine.reserve(&booking(1, 2, 1), now), Err(Refusal::LogUnavailable(LogUnavailable::IoFailed)));
+    plan.syncs_before_io_error.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
     // The log stays stopped even though the disk "works" again: restart to recover.
-    assert_eq!(
-        engine.reserve(&booking(2, 3, 1), now),
-        Err(Refusal::LogUnavailable(LogUnavailable::IoFailed))
-    );
+    assert_eq!(engine.reserve(&booking(2, 3, 1), now), Err(Refusal::LogUnavailable(LogUnavailable::IoFailed)));
     assert!(engine.log().failure().unwrap().contains("syncing"));
 }

@@ -62,35 +62,12 @@ impl Model {
             return None;
         }
         let same = last.kind == kind && slot.is_none_or(|s| s == last.slot.0);
-        Some(if same {
-            Ok(last.slot)
-        } else {
-            Err(Refusal::IdempotencyKeyReused {
-                idempotency_key: key,
-            })
-        })
+        Some(if same { Ok(last.slot) } else { Err(Refusal::IdempotencyKeyReused { idempotency_key: key }) })
     }
 
-    fn set(
-        &mut self,
-        person: PersonKey,
-        holds: Option<u32>,
-        kind: CommandKind,
-        key: u64,
-        slot: u32,
-    ) {
-        let last = Some(LastCommand {
-            kind,
-            idempotency_key: key,
-            slot: SlotIndex(slot),
-        });
-        self.people.insert(
-            person,
-            PersonRecord {
-                holds: holds.map(SlotIndex),
-                last,
-            },
-        );
+    fn set(&mut self, person: PersonKey, holds: Option<u32>, kind: CommandKind, key: u64, slot: u32) {
+        let last = Some(LastCommand { kind, idempotency_key: key, slot: SlotIndex(slot) });
+        self.people.insert(person, PersonRecord { holds: holds.map(SlotIndex), last });
     }
 
     fn reserve(&mut self, person: PersonKey, slot: u32, key: u64) -> Result<SlotIndex, Refusal> {
@@ -101,9 +78,7 @@ impl Model {
             return Err(Refusal::AlreadyBooked { existing });
         }
         if self.remaining[&slot] == 0 {
-            return Err(Refusal::SlotFull {
-                slot: SlotIndex(slot),
-            });
+            return Err(Refusal::SlotFull { slot: SlotIndex(slot) });
         }
         *self.remaining.get_mut(&slot).unwrap() -= 1;
         self.set(person, Some(slot), CommandKind::Reserve, key, slot);
@@ -121,9 +96,7 @@ impl Model {
             return Err(Refusal::SameSlot { slot: old });
         }
         if self.remaining[&slot] == 0 {
-            return Err(Refusal::SlotFull {
-                slot: SlotIndex(slot),
-            });
+            return Err(Refusal::SlotFull { slot: SlotIndex(slot) });
         }
         *self.remaining.get_mut(&slot).unwrap() -= 1;
         *self.remaining.get_mut(&old.0).unwrap() += 1;
@@ -158,54 +131,22 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
     let options = small_log_options();
     let (mut engine, _) = DurableEngine::open(directory.path(), options, false).unwrap();
     let capacities = |engine: &DurableEngine| -> BTreeMap<u32, u32> {
-        (0..SLOTS)
-            .map(|s| (s, engine.engine().slot_seats(SlotIndex(s)).unwrap().1))
-            .collect()
+        (0..SLOTS).map(|s| (s, engine.engine().slot_seats(SlotIndex(s)).unwrap().1)).collect()
     };
-    let mut model = Model {
-        people: BTreeMap::new(),
-        remaining: capacities(&engine),
-        capacity: capacities(&engine),
-    };
+    let mut model = Model { people: BTreeMap::new(), remaining: capacities(&engine), capacity: capacities(&engine) };
     for (step, command) in commands.iter().enumerate() {
         match *command {
-            Command::Reserve {
-                person: p,
-                slot,
-                key,
-            } => {
+            Command::Reserve { person: p, slot, key } => {
                 let got = engine.reserve(&booking(p, slot, key), now);
-                prop_assert_eq!(
-                    got,
-                    model.reserve(person(p), slot, key),
-                    "step {}: {:?}",
-                    step,
-                    command
-                );
+                prop_assert_eq!(got, model.reserve(person(p), slot, key), "step {}: {:?}", step, command);
             }
-            Command::Change {
-                person: p,
-                slot,
-                key,
-            } => {
+            Command::Change { person: p, slot, key } => {
                 let got = engine.change(&booking(p, slot, key), now);
-                prop_assert_eq!(
-                    got,
-                    model.change(person(p), slot, key),
-                    "step {}: {:?}",
-                    step,
-                    command
-                );
+                prop_assert_eq!(got, model.change(person(p), slot, key), "step {}: {:?}", step, command);
             }
             Command::Cancel { person: p, key } => {
                 let got = engine.cancel(&cancelling(p, key), now);
-                prop_assert_eq!(
-                    got,
-                    model.cancel(person(p), key),
-                    "step {}: {:?}",
-                    step,
-                    command
-                );
+                prop_assert_eq!(got, model.cancel(person(p), key), "step {}: {:?}", step, command);
             }
             Command::AddCapacity { slot, seats } => {
                 let got = engine.add_capacity(SlotIndex(slot), seats, 1);
@@ -214,14 +155,8 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
             Command::Restart => {
                 let before = engine.engine().logical_state();
                 engine.close().unwrap();
-                engine = DurableEngine::open(directory.path(), options, false)
-                    .unwrap()
-                    .0;
-                prop_assert!(
-                    engine.engine().logical_state() == before,
-                    "step {}: restart changed the state",
-                    step
-                );
+                engine = DurableEngine::open(directory.path(), options, false).unwrap().0;
+                prop_assert!(engine.engine().logical_state() == before, "step {}: restart changed the state", step);
             }
         }
     }

@@ -14,8 +14,8 @@ use yeyak::config::{CampaignRules, DEMO_CAMPAIGN_TOML};
 use yeyak::inventory::{Inventory, SlotIndex};
 use yeyak::rules::Channel;
 use yeyak::state::{
-    BookingRequest, CancelRequest, Engine, Entry, Journal, LogUnavailable, Lsn, PeopleTable,
-    PersonKey, Refusal, SlotCounters,
+    BookingRequest, CancelRequest, Engine, Entry, Journal, LogUnavailable, Lsn, PeopleTable, PersonKey, Refusal,
+    SlotCounters,
 };
 
 const ITERATIONS: usize = 20_000;
@@ -34,10 +34,7 @@ fn tiny_engine() -> Engine {
 
 fn evening(engine: &Engine) -> i64 {
     let rules = engine.rules();
-    rules.utc_offset.utc_ms(
-        Date::parse("2021-08-19").unwrap(),
-        TimeOfDay::parse("21:00").unwrap(),
-    )
+    rules.utc_offset.utc_ms(Date::parse("2021-08-19").unwrap(), TimeOfDay::parse("21:00").unwrap())
 }
 
 fn request(person: u128, slot: u32, idempotency_key: u64) -> BookingRequest {
@@ -124,17 +121,9 @@ fn people_table_inserts_each_key_once_under_collisions() {
             workers.into_iter().for_each(|w| w.join().unwrap());
             let mut counts = std::collections::BTreeMap::new();
             table.for_each(|key, record| {
-                assert!(
-                    counts
-                        .insert(key.0, record.last.unwrap().idempotency_key)
-                        .is_none(),
-                    "key twice"
-                );
+                assert!(counts.insert(key.0, record.last.unwrap().idempotency_key).is_none(), "key twice");
             });
-            assert_eq!(
-                counts,
-                [(1, 3), (2, 3), (3, 2), (4, 1)].into_iter().collect()
-            );
+            assert_eq!(counts, [(1, 3), (2, 3), (3, 2), (4, 1)].into_iter().collect());
         },
         ITERATIONS,
     );
@@ -151,25 +140,14 @@ fn one_person_two_devices_books_once() {
                 .map(|device| {
                     let (engine, journal) = (Arc::clone(&engine), Arc::clone(&journal));
                     thread::spawn(move || {
-                        engine
-                            .reserve(
-                                &*journal,
-                                &request(7, 100 + device, 1 + u64::from(device)),
-                                now,
-                            )
-                            .result
+                        engine.reserve(&*journal, &request(7, 100 + device, 1 + u64::from(device)), now).result
                     })
                 })
                 .collect();
             let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
             let booked: Vec<_> = results.iter().filter_map(|r| r.ok()).collect();
             assert_eq!(booked.len(), 1, "{results:?}");
-            assert!(
-                results.contains(&Err(Refusal::AlreadyBooked {
-                    existing: booked[0]
-                })),
-                "{results:?}"
-            );
+            assert!(results.contains(&Err(Refusal::AlreadyBooked { existing: booked[0] })), "{results:?}");
             assert_eq!(journal.entries.lock().unwrap().len(), 1);
         },
         ITERATIONS,
@@ -187,10 +165,7 @@ fn log_order_is_a_valid_history() {
             let engine = Arc::new(tiny_engine());
             let journal = Arc::new(ModelJournal::default());
             let now = evening(&engine);
-            engine
-                .reserve(&*journal, &request(1, 5, 1), now)
-                .result
-                .unwrap();
+            engine.reserve(&*journal, &request(1, 5, 1), now).result.unwrap();
             let mut workers = Vec::new();
             for person in [2u128, 3] {
                 let (engine, journal) = (Arc::clone(&engine), Arc::clone(&journal));

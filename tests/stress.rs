@@ -31,15 +31,9 @@ impl Dice {
 
 #[test]
 fn no_overbooking_no_double_booking_under_threads() {
-    let seed = std::env::var("YEYAK_STRESS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = std::env::var("YEYAK_STRESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
     eprintln!("stress seed: {seed} (YEYAK_STRESS_SEED={seed} replays the schedule of requests)");
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
@@ -94,26 +88,15 @@ fn no_overbooking_no_double_booking_under_threads() {
     }
     for (slot, held) in holders.iter().enumerate() {
         assert!(state.remaining[slot] <= state.capacity[slot], "slot {slot}");
-        assert_eq!(
-            state.capacity[slot] - state.remaining[slot],
-            *held,
-            "slot {slot}: seats taken vs holders"
-        );
+        assert_eq!(state.capacity[slot] - state.remaining[slot], *held, "slot {slot}: seats taken vs holders");
     }
     for view in &views {
         for (index, holds) in view {
-            assert_eq!(
-                state.people[&person(*index)].holds,
-                *holds,
-                "person {index}: acknowledged answer lost"
-            );
+            assert_eq!(state.people[&person(*index)].holds, *holds, "person {index}: acknowledged answer lost");
         }
     }
     assert!(state.reservations() > 0);
     engine.close().unwrap();
     let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
-    assert!(
-        engine.engine().logical_state() == state,
-        "restart changed the state"
-    );
+    assert!(engine.engine().logical_state() == state, "restart changed the state");
 }

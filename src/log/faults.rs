@@ -28,11 +28,7 @@ impl FaultPlan {
     }
 
     fn spend(budget: &AtomicU64) -> bool {
-        budget
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok()
+        budget.fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| left.checked_sub(1)).is_ok()
     }
 }
 
@@ -52,19 +48,12 @@ fn disk_full() -> io::Error {
 }
 
 impl LogStorage for FaultyStorage {
-    fn create_segment(
-        &mut self,
-        header: &SegmentHeader,
-        size_bytes: u64,
-    ) -> io::Result<Box<dyn SegmentFile>> {
+    fn create_segment(&mut self, header: &SegmentHeader, size_bytes: u64) -> io::Result<Box<dyn SegmentFile>> {
         if !FaultPlan::spend(&self.plan.writes_before_disk_full) {
             return Err(disk_full());
         }
         let inner = self.inner.create_segment(header, size_bytes)?;
-        Ok(Box::new(FaultySegment {
-            inner,
-            plan: Arc::clone(&self.plan),
-        }))
+        Ok(Box::new(FaultySegment { inner, plan: Arc::clone(&self.plan) }))
     }
 }
 

@@ -51,10 +51,7 @@ impl std::fmt::Display for RecordDefect {
         match self {
             RecordDefect::Unwritten => write!(f, "unwritten (zero) record"),
             RecordDefect::ChecksumMismatch { stored, computed } => {
-                write!(
-                    f,
-                    "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-                )
+                write!(f, "checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")
             }
             RecordDefect::BadLength(length) => {
                 write!(f, "record length {length}, expected {RECORD_BYTES}")
@@ -110,11 +107,7 @@ impl Record {
         }
         let mut payload = [0; PAYLOAD_BYTES];
         payload.copy_from_slice(&bytes[16..]);
-        Ok(Record {
-            lsn: u64_le(&bytes[8..16]),
-            kind: bytes[6],
-            payload,
-        })
+        Ok(Record { lsn: u64_le(&bytes[8..16]), kind: bytes[6], payload })
     }
 }
 
@@ -201,11 +194,7 @@ mod tests {
 
     #[test]
     fn record_bytes_are_as_documented() {
-        let record = Record {
-            lsn: 0x0102,
-            kind: 1,
-            payload: [0xaa; PAYLOAD_BYTES],
-        };
+        let record = Record { lsn: 0x0102, kind: 1, payload: [0xaa; PAYLOAD_BYTES] };
         let bytes = record.encode();
         assert_eq!(&bytes[4..16], &[48, 0, 1, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0]);
         assert_eq!(u32_le(&bytes[0..4]), crc32c::crc32c(&bytes[4..]));
@@ -214,30 +203,18 @@ mod tests {
 
     #[test]
     fn every_single_bit_flip_is_caught() {
-        let bytes = Record {
-            lsn: 77,
-            kind: 3,
-            payload: [7; PAYLOAD_BYTES],
-        }
-        .encode();
+        let bytes = Record { lsn: 77, kind: 3, payload: [7; PAYLOAD_BYTES] }.encode();
         for bit in 0..RECORD_BYTES * 8 {
             let mut flipped = bytes;
             flipped[bit / 8] ^= 1 << (bit % 8);
             assert!(Record::decode(&flipped).is_err(), "bit {bit}");
         }
-        assert_eq!(
-            Record::decode(&[0; RECORD_BYTES]),
-            Err(RecordDefect::Unwritten)
-        );
+        assert_eq!(Record::decode(&[0; RECORD_BYTES]), Err(RecordDefect::Unwritten));
     }
 
     #[test]
     fn segment_header_round_trip_and_defects() {
-        let header = SegmentHeader {
-            segment_index: 3,
-            first_lsn: 1001,
-            campaign_id: 9,
-        };
+        let header = SegmentHeader { segment_index: 3, first_lsn: 1001, campaign_id: 9 };
         let bytes = header.encode();
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         let mut bad = bytes;
@@ -245,10 +222,7 @@ mod tests {
         assert_eq!(SegmentHeader::decode(&bad), Err(HeaderDefect::BadMagic));
         let mut bad = bytes;
         bad[20] ^= 1;
-        assert_eq!(
-            SegmentHeader::decode(&bad),
-            Err(HeaderDefect::ChecksumMismatch)
-        );
+        assert_eq!(SegmentHeader::decode(&bad), Err(HeaderDefect::ChecksumMismatch));
         assert_eq!(parse_segment_file_name(&segment_file_name(42)), Some(42));
         assert_eq!(parse_segment_file_name("segment-42.log"), None);
     }

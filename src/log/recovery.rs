@@ -14,8 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::log::format::{
-    parse_segment_file_name, Record, RecordBytes, RecordDefect, SegmentHeader, RECORD_BYTES,
-    SEGMENT_HEADER_BYTES,
+    parse_segment_file_name, Record, RecordBytes, RecordDefect, SegmentHeader, RECORD_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::log::storage::sync_directory;
 
@@ -34,27 +33,11 @@ pub enum RecoveryError {
              would lose acknowledged records; restore the data directory from a copy, or move this \
              file away only if you accept losing every record from this offset on"
     )]
-    Corrupt {
-        path: PathBuf,
-        offset: u64,
-        reason: String,
-    },
+    Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("log segment {missing} is missing between {before} and {after} in {directory}")]
-    MissingSegment {
-        directory: PathBuf,
-        missing: u64,
-        before: u64,
-        after: u64,
-    },
-    #[error(
-        "log record {lsn} in {path} at byte {offset} was refused by the state machine: {reason}"
-    )]
-    Rejected {
-        path: PathBuf,
-        offset: u64,
-        lsn: u64,
-        reason: String,
-    },
+    MissingSegment { directory: PathBuf, missing: u64, before: u64, after: u64 },
+    #[error("log record {lsn} in {path} at byte {offset} was refused by the state machine: {reason}")]
+    Rejected { path: PathBuf, offset: u64, lsn: u64, reason: String },
 }
 
 /// Where a torn tail was found (and, in `TruncateTornTail` mode, cut).
@@ -88,10 +71,7 @@ pub struct RecoveredLog {
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RecoveryError + '_ {
-    move |source| RecoveryError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| RecoveryError::Io { path: path.to_path_buf(), source }
 }
 
 /// The segment files of a directory, by index, checked to be consecutive.
@@ -138,10 +118,7 @@ impl MappedSegment {
             // to segment files while recovery or `yeyak log` reads them.
             Some(unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(path))?)
         };
-        Ok(MappedSegment {
-            path: path.to_path_buf(),
-            map,
-        })
+        Ok(MappedSegment { path: path.to_path_buf(), map })
     }
 
     fn bytes(&self) -> &[u8] {
@@ -163,9 +140,7 @@ impl MappedSegment {
 
     fn record_bytes(&self, index: u64) -> &RecordBytes {
         let start = SEGMENT_HEADER_BYTES + index as usize * RECORD_BYTES;
-        self.bytes()[start..start + RECORD_BYTES]
-            .try_into()
-            .expect("in range by record_count_capacity")
+        self.bytes()[start..start + RECORD_BYTES].try_into().expect("in range by record_count_capacity")
     }
 
     fn has_good_record_from(&self, index: u64) -> bool {
@@ -174,10 +149,7 @@ impl MappedSegment {
 
     fn last_nonzero_byte_end(&self, from: u64) -> u64 {
         let bytes = self.bytes();
-        bytes[from as usize..]
-            .iter()
-            .rposition(|b| *b != 0)
-            .map_or(from, |position| from + position as u64 + 1)
+        bytes[from as usize..].iter().rposition(|b| *b != 0).map_or(from, |position| from + position as u64 + 1)
     }
 }
 
@@ -189,20 +161,12 @@ pub fn recover(
     mut visit: impl FnMut(&Record) -> Result<(), String>,
 ) -> Result<RecoveredLog, RecoveryError> {
     let listed = list_segments(directory)?;
-    let mut recovered = RecoveredLog {
-        next_lsn: 1,
-        next_segment_index: 1,
-        ..RecoveredLog::default()
-    };
+    let mut recovered = RecoveredLog { next_lsn: 1, next_segment_index: 1, ..RecoveredLog::default() };
     let mut position = 0;
     while position < listed.len() {
         let (index, path) = &listed[position];
         let segment = MappedSegment::open(path)?;
-        let corrupt = |offset: u64, reason: String| RecoveryError::Corrupt {
-            path: path.clone(),
-            offset,
-            reason,
-        };
+        let corrupt = |offset: u64, reason: String| RecoveryError::Corrupt { path: path.clone(), offset, reason };
         let header = match segment.header() {
             Ok(header) => header,
             // A segment whose creation was cut short by a crash: only the last one can be.
@@ -214,8 +178,7 @@ pub fn recover(
             }
             Err(reason) => return Err(corrupt(0, reason)),
         };
-        check_header(&header, *index, position == 0, recovered.next_lsn)
-            .map_err(|r| corrupt(0, r))?;
+        check_header(&header, *index, position == 0, recovered.next_lsn).map_err(|r| corrupt(0, r))?;
         recovered.next_lsn = header.first_lsn;
         recovered.next_segment_index = index + 1;
         let mut records = 0;
@@ -234,17 +197,12 @@ pub fn recover(
                     records += 1;
                 }
                 Ok(record) => {
-                    let reason = format!(
-                        "record {} where {} was expected",
-                        record.lsn, recovered.next_lsn
-                    );
+                    let reason = format!("record {} where {} was expected", record.lsn, recovered.next_lsn);
                     return Err(corrupt(offset, reason));
                 }
                 // Zeros to the end of the file: this segment ended cleanly (the
                 // writer moved to a new segment, or the log ends here).
-                Err(RecordDefect::Unwritten) if segment.last_nonzero_byte_end(offset) == offset => {
-                    break
-                }
+                Err(RecordDefect::Unwritten) if segment.last_nonzero_byte_end(offset) == offset => break,
                 Err(defect) => {
                     tail = Some((record_index, offset, defect));
                     break;
@@ -252,11 +210,7 @@ pub fn recover(
             }
         }
         recovered.records += records;
-        recovered.segments.push(SegmentSummary {
-            path: path.clone(),
-            header,
-            records,
-        });
+        recovered.segments.push(SegmentSummary { path: path.clone(), header, records });
         if let Some((record_index, offset, defect)) = tail {
             let later = &listed[position + 1..];
             check_nothing_after(&segment, record_index, offset, defect, later)?;
@@ -268,23 +222,12 @@ pub fn recover(
     Ok(recovered)
 }
 
-fn check_header(
-    header: &SegmentHeader,
-    index: u64,
-    first: bool,
-    expected_lsn: u64,
-) -> Result<(), String> {
+fn check_header(header: &SegmentHeader, index: u64, first: bool, expected_lsn: u64) -> Result<(), String> {
     if header.segment_index != index {
-        return Err(format!(
-            "header says segment {} but the file name says {index}",
-            header.segment_index
-        ));
+        return Err(format!("header says segment {} but the file name says {index}", header.segment_index));
     }
     if header.first_lsn == 0 || (!first && header.first_lsn != expected_lsn) {
-        return Err(format!(
-            "segment starts at record {}, expected {expected_lsn}",
-            header.first_lsn
-        ));
+        return Err(format!("segment starts at record {}, expected {expected_lsn}", header.first_lsn));
     }
     Ok(())
 }
@@ -297,15 +240,9 @@ fn check_nothing_after(
     defect: RecordDefect,
     later: &[(u64, PathBuf)],
 ) -> Result<(), RecoveryError> {
-    let corrupt = |reason: String| RecoveryError::Corrupt {
-        path: segment.path.clone(),
-        offset,
-        reason,
-    };
+    let corrupt = |reason: String| RecoveryError::Corrupt { path: segment.path.clone(), offset, reason };
     if segment.has_good_record_from(record_index + 1) {
-        return Err(corrupt(format!(
-            "{defect}, and good records follow it in the same segment"
-        )));
+        return Err(corrupt(format!("{defect}, and good records follow it in the same segment")));
     }
     for (_, path) in later {
         let later_segment = MappedSegment::open(path)?;
@@ -372,10 +309,7 @@ fn finish_torn_header(
 }
 
 fn zero_range(path: &Path, from: u64, to: u64) -> Result<(), RecoveryError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_error(path))?;
+    let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
     let zeros = vec![0u8; (to - from) as usize];
     file.write_all_at(&zeros, from).map_err(io_error(path))?;
     file.sync_data().map_err(io_error(path))

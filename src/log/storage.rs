@@ -32,11 +32,7 @@ pub trait SegmentFile: Send {
 /// Creates segment files.
 pub trait LogStorage: Send {
     /// Creates, preallocates and syncs a segment with its header written.
-    fn create_segment(
-        &mut self,
-        header: &SegmentHeader,
-        size_bytes: u64,
-    ) -> io::Result<Box<dyn SegmentFile>>;
+    fn create_segment(&mut self, header: &SegmentHeader, size_bytes: u64) -> io::Result<Box<dyn SegmentFile>>;
 }
 
 pub struct FileStorage {
@@ -46,10 +42,7 @@ pub struct FileStorage {
 
 impl FileStorage {
     pub fn new(directory: &Path, mode: WriteMode) -> FileStorage {
-        FileStorage {
-            directory: directory.to_path_buf(),
-            mode,
-        }
+        FileStorage { directory: directory.to_path_buf(), mode }
     }
 }
 
@@ -77,17 +70,9 @@ pub fn sync_directory(directory: &Path) -> io::Result<()> {
 }
 
 impl LogStorage for FileStorage {
-    fn create_segment(
-        &mut self,
-        header: &SegmentHeader,
-        size_bytes: u64,
-    ) -> io::Result<Box<dyn SegmentFile>> {
+    fn create_segment(&mut self, header: &SegmentHeader, size_bytes: u64) -> io::Result<Box<dyn SegmentFile>> {
         let path = self.directory.join(segment_file_name(header.segment_index));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         preallocate(&file, size_bytes)?;
         file.write_all_at(&header.encode(), 0)?;
         file.sync_all()?;
@@ -99,12 +84,7 @@ impl LogStorage for FileStorage {
                 // writer touches it until it is closed; other readers (recovery,
                 // `yeyak log`) run when the engine does not.
                 let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
-                Ok(Box::new(MmapSegment {
-                    map,
-                    dirty_from: usize::MAX,
-                    dirty_to: 0,
-                    _file: file,
-                }))
+                Ok(Box::new(MmapSegment { map, dirty_from: usize::MAX, dirty_to: 0, _file: file }))
             }
         }
     }
@@ -132,8 +112,7 @@ struct MmapSegment {
 
 impl SegmentFile for MmapSegment {
     fn write_at(&mut self, offset_bytes: u64, bytes: &[u8]) -> io::Result<()> {
-        let start =
-            usize::try_from(offset_bytes).map_err(|_| io::Error::other("offset too large"))?;
+        let start = usize::try_from(offset_bytes).map_err(|_| io::Error::other("offset too large"))?;
         let end = start + bytes.len();
         let target = self
             .map
@@ -146,8 +125,7 @@ impl SegmentFile for MmapSegment {
     }
     fn sync(&mut self) -> io::Result<()> {
         if self.dirty_from < self.dirty_to {
-            self.map
-                .flush_range(self.dirty_from, self.dirty_to - self.dirty_from)?;
+            self.map.flush_range(self.dirty_from, self.dirty_to - self.dirty_from)?;
         }
         self.dirty_from = usize::MAX;
         self.dirty_to = 0;

@@ -65,7 +65,9 @@ impl Default for LogOptions {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LogOptionsError {
-    #[error("log.segment_size_bytes {0}: must hold the 64-byte header and at least one 48-byte record, in whole records")]
+    #[error(
+        "log.segment_size_bytes {0}: must hold the 64-byte header and at least one 48-byte record, in whole records"
+    )]
     SegmentSize(u64),
     #[error("log.ring_records {0}: must be a power of two between 2 and {RING_RECORDS_MAX}")]
     RingRecords(u32),
@@ -79,9 +81,7 @@ impl LogOptions {
         if area < RECORD_BYTES as u64 || area % RECORD_BYTES as u64 != 0 {
             return Err(LogOptionsError::SegmentSize(self.segment_size_bytes));
         }
-        if !self.ring_records.is_power_of_two()
-            || !(2..=RING_RECORDS_MAX).contains(&self.ring_records)
-        {
+        if !self.ring_records.is_power_of_two() || !(2..=RING_RECORDS_MAX).contains(&self.ring_records) {
             return Err(LogOptionsError::RingRecords(self.ring_records));
         }
         if !(1..=GROUP_RECORDS_MAX).contains(&self.group_records_max) {
@@ -156,35 +156,21 @@ impl Shared {
     }
 
     fn wake_flusher_now(&self) {
-        let _guard = self
-            .flusher_wake
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let _guard = self.flusher_wake.0.lock().unwrap_or_else(|p| p.into_inner());
         self.flusher_wake.1.notify_one();
     }
 
     fn announce_durable(&self) {
         if self.durable_waiters.load(Ordering::SeqCst) > 0 {
-            let _guard = self
-                .durable_changed
-                .0
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let _guard = self.durable_changed.0.lock().unwrap_or_else(|p| p.into_inner());
             self.durable_changed.1.notify_all();
         }
     }
 
     fn fail(&self, error: &std::io::Error, during: &str) {
-        let disk_full = error.raw_os_error() == Some(libc::ENOSPC)
-            || error.kind() == std::io::ErrorKind::StorageFull;
-        let state = if disk_full {
-            FAILED_DISK_FULL
-        } else {
-            FAILED_IO
-        };
-        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some(format!("{during}: {error}"));
+        let disk_full = error.raw_os_error() == Some(libc::ENOSPC) || error.kind() == std::io::ErrorKind::StorageFull;
+        let state = if disk_full { FAILED_DISK_FULL } else { FAILED_IO };
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{during}: {error}"));
         self.state.store(state, Ordering::Release);
         tracing::error!(%error, during, "the log failed: state changes are refused from now on; restart to recover");
         self.announce_durable();
@@ -222,10 +208,7 @@ impl LogWriter {
         options.check()?;
         assert!(next_lsn >= 1, "sequence numbers start at 1");
         let ring = (0..options.ring_records)
-            .map(|_| RingSlot {
-                published: AtomicU64::new(0),
-                bytes: UnsafeCell::new([0; RECORD_BYTES]),
-            })
+            .map(|_| RingSlot { published: AtomicU64::new(0), bytes: UnsafeCell::new([0; RECORD_BYTES]) })
             .collect();
         let shared = Arc::new(Shared {
             ring,
@@ -249,18 +232,14 @@ impl LogWriter {
             segment: None,
             next_segment_index,
             segment_records_used: 0,
-            segment_records_capacity: record_area_bytes(options.segment_size_bytes)
-                / RECORD_BYTES as u64,
+            segment_records_capacity: record_area_bytes(options.segment_size_bytes) / RECORD_BYTES as u64,
             buffer: Vec::with_capacity(options.group_records_max as usize * RECORD_BYTES),
         };
         let handle = std::thread::Builder::new()
             .name("yeyak-log-flusher".into())
             .spawn(move || flusher.run())
             .expect("the OS can start one thread");
-        Ok(LogWriter {
-            shared,
-            flusher: Mutex::new(Some(handle)),
-        })
+        Ok(LogWriter { shared, flusher: Mutex::new(Some(handle)) })
     }
 
     /// Every record numbered below this is durable.
@@ -274,11 +253,7 @@ impl LogWriter {
 
     /// What made the log stop, if it failed.
     pub fn failure(&self) -> Option<String> {
-        self.shared
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.shared.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Waits until every record numbered below `durable_after` is durable.
@@ -292,11 +267,7 @@ impl LogWriter {
             std::hint::spin_loop();
         }
         shared.durable_waiters.fetch_add(1, Ordering::SeqCst);
-        let mut guard = shared
-            .durable_changed
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut guard = shared.durable_changed.0.lock().unwrap_or_else(|p| p.into_inner());
         let result = loop {
             if shared.durable_lsn.load(Ordering::Acquire) >= durable_after {
                 break Ok(());
@@ -321,19 +292,9 @@ impl LogWriter {
     /// Stops taking records, writes and syncs every record already appended,
     /// and stops the flusher. Idempotent.
     pub fn close(&self) -> Result<(), LogUnavailable> {
-        let _ = self.shared.state.compare_exchange(
-            RUNNING,
-            CLOSING,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ = self.shared.state.compare_exchange(RUNNING, CLOSING, Ordering::AcqRel, Ordering::Acquire);
         self.shared.wake_flusher_now();
-        if let Some(handle) = self
-            .flusher
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(handle) = self.flusher.lock().unwrap_or_else(|p| p.into_inner()).take() {
             if handle.join().is_err() {
                 tracing::error!("the log flusher thread panicked");
             }
@@ -369,11 +330,7 @@ impl Journal for LogWriter {
             std::thread::yield_now();
         }
         let slot = &shared.ring[(lsn & shared.ring_mask) as usize];
-        let record = Record {
-            lsn,
-            kind: entry.kind(),
-            payload: entry.encode(),
-        };
+        let record = Record { lsn, kind: entry.kind(), payload: entry.encode() };
         // SAFETY: see `unsafe impl Sync for RingSlot`: this thread drew `lsn`,
         // and the wait above proved the flusher is done with the slot.
         unsafe { record.encode_into(&mut *slot.bytes.get()) };
@@ -414,12 +371,7 @@ impl Flusher {
             self.shared.durable_lsn.store(end, Ordering::Release);
             self.shared.announce_durable();
         }
-        let _ = self.shared.state.compare_exchange(
-            CLOSING,
-            CLOSED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ = self.shared.state.compare_exchange(CLOSING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
         self.shared.announce_durable();
     }
 
@@ -455,31 +407,18 @@ impl Flusher {
             }
             _ => return true,
         }
-        let guard = shared
-            .flusher_wake
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let guard = shared.flusher_wake.0.lock().unwrap_or_else(|p| p.into_inner());
         shared.flusher_parked.store(true, Ordering::SeqCst);
         let slot = &shared.ring[(taken & shared.ring_mask) as usize];
-        if slot.published.load(Ordering::SeqCst) != taken
-            && shared.state.load(Ordering::SeqCst) == RUNNING
-        {
-            let _ = shared
-                .flusher_wake
-                .1
-                .wait_timeout(guard, Duration::from_millis(1));
+        if slot.published.load(Ordering::SeqCst) != taken && shared.state.load(Ordering::SeqCst) == RUNNING {
+            let _ = shared.flusher_wake.1.wait_timeout(guard, Duration::from_millis(1));
         }
         shared.flusher_parked.store(false, Ordering::SeqCst);
         false
     }
 
     fn open_next_segment(&mut self, first_lsn: Lsn) -> Result<(), (std::io::Error, &'static str)> {
-        let header = SegmentHeader {
-            segment_index: self.next_segment_index,
-            first_lsn,
-            campaign_id: self.campaign_id,
-        };
+        let header = SegmentHeader { segment_index: self.next_segment_index, first_lsn, campaign_id: self.campaign_id };
         let segment = self
             .storage
             .create_segment(&header, self.options.segment_size_bytes)
@@ -494,21 +433,15 @@ impl Flusher {
         let mut written = 0;
         let total = (self.buffer.len() / RECORD_BYTES) as u64;
         while written < total {
-            if self.segment.is_none() || self.segment_records_used == self.segment_records_capacity
-            {
+            if self.segment.is_none() || self.segment_records_used == self.segment_records_capacity {
                 self.sync()?;
                 self.open_next_segment(first + written)?;
             }
-            let count =
-                (total - written).min(self.segment_records_capacity - self.segment_records_used);
-            let bytes = &self.buffer
-                [(written as usize) * RECORD_BYTES..((written + count) as usize) * RECORD_BYTES];
-            let offset =
-                SEGMENT_HEADER_BYTES as u64 + self.segment_records_used * RECORD_BYTES as u64;
+            let count = (total - written).min(self.segment_records_capacity - self.segment_records_used);
+            let bytes = &self.buffer[(written as usize) * RECORD_BYTES..((written + count) as usize) * RECORD_BYTES];
+            let offset = SEGMENT_HEADER_BYTES as u64 + self.segment_records_used * RECORD_BYTES as u64;
             let segment = self.segment.as_mut().expect("opened above");
-            segment
-                .write_at(offset, bytes)
-                .map_err(|e| (e, "writing log records"))?;
+            segment.write_at(offset, bytes).map_err(|e| (e, "writing log records"))?;
             self.segment_records_used += count;
             written += count;
         }

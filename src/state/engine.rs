@@ -14,11 +14,9 @@ use std::sync::Mutex;
 use crate::calendar::Date;
 use crate::config::CampaignRules;
 use crate::inventory::{Inventory, SlotIndex};
-use crate::rules::Channel;
+use crate::rules::{BookingMoment, Channel};
 use crate::state::entry::{Entry, Journal, Lsn};
-use crate::state::people::{
-    CommandKind, LastCommand, PeopleTable, PersonKey, PersonLatch, PersonRecord,
-};
+use crate::state::people::{CommandKind, LastCommand, PeopleTable, PersonKey, PersonLatch, PersonRecord};
 use crate::state::refusal::Refusal;
 use crate::state::slot_counters::SlotCounters;
 
@@ -61,13 +59,7 @@ impl Engine {
     pub fn new(rules: CampaignRules, inventory: Inventory) -> Engine {
         let slots = SlotCounters::new(inventory.initial_capacity());
         let people = PeopleTable::new(rules.people_max);
-        Engine {
-            rules,
-            inventory,
-            slots,
-            people,
-            capacity_changes: Mutex::new(()),
-        }
+        Engine { rules, inventory, slots, people, capacity_changes: Mutex::new(()) }
     }
 
     pub fn rules(&self) -> &CampaignRules {
@@ -83,18 +75,21 @@ impl Engine {
     }
 
     /// Checks that hold whatever the person's history: keys, slot, time, rules.
-    fn check_booking(&self, request: &BookingRequest, now_ms: i64) -> Result<(), Refusal> {
+    #[inline]
+    fn check_booking(&self, request: &BookingRequest, moment: &BookingMoment) -> Result<(), Refusal> {
         check_keys(request.person, request.idempotency_key)?;
         if !self.inventory.contains(request.slot) {
-            return Err(Refusal::UnknownSlot {
-                slot: request.slot.0,
-            });
+            return Err(Refusal::UnknownSlot { slot: request.slot.0 });
         }
-        if self.inventory.slot_starts_ms_fast(request.slot) <= now_ms {
+        if self.slot_begun(request.slot, moment.now_ms) {
             return Err(Refusal::SlotInPast { slot: request.slot });
         }
-        self.rules
-            .check_booking(request.birth_date, request.channel, now_ms)
+        self.rules.check_booking_at(moment, request.birth_date, request.channel)
+    }
+
+    #[inline]
+    fn slot_begun(&self, slot: SlotIndex, now_ms: i64) -> bool {
+        now_ms >= self.inventory.first_slot_starts_ms() && self.inventory.slot_starts_ms_fast(slot) <= now_ms
     }
 
     /// A retry of the person's last applied command gets that command's answer.
@@ -110,11 +105,7 @@ impl Engine {
             return None;
         }
         let same = last.kind == kind && slot.is_none_or(|s| s == last.slot);
-        Some(if same {
-            Ok(last.slot)
-        } else {
-            Err(Refusal::IdempotencyKeyReused { idempotency_key })
-        })
+        Some(if same { Ok(last.slot) } else { Err(Refusal::IdempotencyKeyReused { idempotency_key }) })
     }
 
     /// A refused command may still be the retry of an applied one: look that up
@@ -130,15 +121,9 @@ impl Engine {
     ) -> Outcome<SlotIndex> {
         let replayed = match refusal {
             Refusal::InvalidPersonKey | Refusal::InvalidIdempotencyKey => None,
-            _ => self
-                .people
-                .get(person)
-                .and_then(|record| Self::replayed_answer(&record, kind, idempotency_key, slot)),
+            _ => self.people.get(person).and_then(|record| Self::replayed_answer(&record, kind, idempotency_key, slot)),
         };
-        Outcome {
-            result: replayed.unwrap_or(Err(refusal)),
-            durable_after: journal.next_lsn(),
-        }
+        Outcome { result: replayed.unwrap_or(Err(refusal)), durable_after: journal.next_lsn() }
     }
 
     fn appended(
@@ -150,28 +135,53 @@ impl Engine {
     ) -> Result<Outcome<SlotIndex>, Refusal> {
         let lsn = journal.append(entry).map_err(Refusal::LogUnavailable)?;
         latch.commit(record);
-        Ok(Outcome {
-            result: Ok(slot),
-            durable_after: lsn + 1,
-        })
+        Ok(Outcome { result: Ok(slot), durable_after: lsn + 1 })
     }
 
     /// Books `request.slot` for a person who holds nothing (R2, R3).
-    pub fn reserve(
+    pub fn reserve(&self, journal: &impl Journal, request: &BookingRequest, now_ms: i64) -> Outcome<SlotIndex> {
+        self.reserve_at(journal, request, &self.rules.moment(now_ms))
+    }
+
+    /// Books many requests stamped with the same time, as a batch frame
+    /// carries them: the rules' time-dependent part is computed once, and the
+    /// person buckets and slot counters of requests a few places ahead are
+    /// prefetched so that their cache misses overlap.
+    pub fn reserve_batch(
+        &self,
+        journal: &impl Journal,
+        requests: &[BookingRequest],
+        now_ms: i64,
+        outcomes: &mut Vec<Outcome<SlotIndex>>,
+    ) {
+        const PREFETCH_AHEAD: usize = 8;
+        let moment = self.rules.moment(now_ms);
+        for request in requests.iter().take(PREFETCH_AHEAD) {
+            self.prefetch(request);
+        }
+        for (index, request) in requests.iter().enumerate() {
+            if let Some(ahead) = requests.get(index + PREFETCH_AHEAD) {
+                self.prefetch(ahead);
+            }
+            outcomes.push(self.reserve_at(journal, request, &moment));
+        }
+    }
+
+    #[inline]
+    fn prefetch(&self, request: &BookingRequest) {
+        self.people.prefetch(request.person);
+        self.slots.prefetch(request.slot.0);
+    }
+
+    fn reserve_at(
         &self,
         journal: &impl Journal,
         request: &BookingRequest,
-        now_ms: i64,
+        moment: &BookingMoment,
     ) -> Outcome<SlotIndex> {
-        let BookingRequest {
-            person,
-            slot,
-            idempotency_key,
-            ..
-        } = *request;
-        if let Err(refusal) = self
-            .check_booking(request, now_ms)
-            .and_then(|()| journal.writable().map_err(Refusal::LogUnavailable))
+        let BookingRequest { person, slot, idempotency_key, .. } = *request;
+        if let Err(refusal) =
+            self.check_booking(request, moment).and_then(|()| journal.writable().map_err(Refusal::LogUnavailable))
         {
             return self.refuse_unless_retry(
                 journal,
@@ -185,27 +195,14 @@ impl Engine {
         let latch = match self.people.latch_or_insert(person) {
             Ok(latch) => latch,
             Err(full) => {
-                let refusal = Refusal::PeopleTableFull {
-                    people_max: full.people_max,
-                };
-                return Outcome {
-                    result: Err(refusal),
-                    durable_after: journal.next_lsn(),
-                };
+                let refusal = Refusal::PeopleTableFull { people_max: full.people_max };
+                return Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
             }
         };
         let record = latch.record();
-        let refused = |refusal| Outcome {
-            result: Err(refusal),
-            durable_after: journal.next_lsn(),
-        };
-        if let Some(answer) =
-            Self::replayed_answer(&record, CommandKind::Reserve, idempotency_key, Some(slot))
-        {
-            return Outcome {
-                result: answer,
-                durable_after: journal.next_lsn(),
-            };
+        let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
+        if let Some(answer) = Self::replayed_answer(&record, CommandKind::Reserve, idempotency_key, Some(slot)) {
+            return Outcome { result: answer, durable_after: journal.next_lsn() };
         }
         if let Some(existing) = record.holds {
             return refused(Refusal::AlreadyBooked { existing });
@@ -213,19 +210,10 @@ impl Engine {
         if self.slots.take(slot.0).is_err() {
             return refused(Refusal::SlotFull { slot });
         }
-        let entry = Entry::Reserved {
-            person,
-            slot,
-            idempotency_key,
-            operator_id: request.channel.operator_id(),
-        };
+        let entry = Entry::Reserved { person, slot, idempotency_key, operator_id: request.channel.operator_id() };
         let booked = PersonRecord {
             holds: Some(slot),
-            last: Some(LastCommand {
-                kind: CommandKind::Reserve,
-                idempotency_key,
-                slot,
-            }),
+            last: Some(LastCommand { kind: CommandKind::Reserve, idempotency_key, slot }),
         };
         Self::appended(journal, latch, &entry, booked, slot).unwrap_or_else(|refusal| {
             self.slots.give(slot.0);
@@ -235,20 +223,10 @@ impl Engine {
 
     /// Moves a person's reservation to `request.slot` atomically: the old slot
     /// is kept unless the new one is taken (R3).
-    pub fn change(
-        &self,
-        journal: &impl Journal,
-        request: &BookingRequest,
-        now_ms: i64,
-    ) -> Outcome<SlotIndex> {
-        let BookingRequest {
-            person,
-            slot,
-            idempotency_key,
-            ..
-        } = *request;
+    pub fn change(&self, journal: &impl Journal, request: &BookingRequest, now_ms: i64) -> Outcome<SlotIndex> {
+        let BookingRequest { person, slot, idempotency_key, .. } = *request;
         if let Err(refusal) = self
-            .check_booking(request, now_ms)
+            .check_booking(request, &self.rules.moment(now_ms))
             .and_then(|()| journal.writable().map_err(Refusal::LogUnavailable))
         {
             return self.refuse_unless_retry(
@@ -260,21 +238,13 @@ impl Engine {
                 Some(slot),
             );
         }
-        let refused = |refusal| Outcome {
-            result: Err(refusal),
-            durable_after: journal.next_lsn(),
-        };
+        let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         let Some(latch) = self.people.latch(person) else {
             return refused(Refusal::NoReservation);
         };
         let record = latch.record();
-        if let Some(answer) =
-            Self::replayed_answer(&record, CommandKind::Change, idempotency_key, Some(slot))
-        {
-            return Outcome {
-                result: answer,
-                durable_after: journal.next_lsn(),
-            };
+        if let Some(answer) = Self::replayed_answer(&record, CommandKind::Change, idempotency_key, Some(slot)) {
+            return Outcome { result: answer, durable_after: journal.next_lsn() };
         }
         let Some(old_slot) = record.holds else {
             return refused(Refusal::NoReservation);
@@ -285,19 +255,10 @@ impl Engine {
         if self.slots.take(slot.0).is_err() {
             return refused(Refusal::SlotFull { slot });
         }
-        let entry = Entry::Changed {
-            person,
-            slot,
-            idempotency_key,
-            operator_id: request.channel.operator_id(),
-        };
+        let entry = Entry::Changed { person, slot, idempotency_key, operator_id: request.channel.operator_id() };
         let moved = PersonRecord {
             holds: Some(slot),
-            last: Some(LastCommand {
-                kind: CommandKind::Change,
-                idempotency_key,
-                slot,
-            }),
+            last: Some(LastCommand { kind: CommandKind::Change, idempotency_key, slot }),
         };
         match Self::appended(journal, latch, &entry, moved, slot) {
             Ok(outcome) => {
@@ -313,69 +274,33 @@ impl Engine {
 
     /// Gives up a person's reservation. Allowed outside booking windows, but
     /// not once the appointment has begun; family proxies only until the cutoff.
-    pub fn cancel(
-        &self,
-        journal: &impl Journal,
-        request: &CancelRequest,
-        now_ms: i64,
-    ) -> Outcome<SlotIndex> {
-        let CancelRequest {
-            person,
-            idempotency_key,
-            ..
-        } = *request;
-        let refused = |refusal| Outcome {
-            result: Err(refusal),
-            durable_after: journal.next_lsn(),
-        };
+    pub fn cancel(&self, journal: &impl Journal, request: &CancelRequest, now_ms: i64) -> Outcome<SlotIndex> {
+        let CancelRequest { person, idempotency_key, .. } = *request;
+        let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         if let Err(refusal) = check_keys(person, idempotency_key)
             .and_then(|()| self.check_cancel_channel(request, now_ms))
             .and_then(|()| journal.writable().map_err(Refusal::LogUnavailable))
         {
-            return self.refuse_unless_retry(
-                journal,
-                refusal,
-                person,
-                CommandKind::Cancel,
-                idempotency_key,
-                None,
-            );
+            return self.refuse_unless_retry(journal, refusal, person, CommandKind::Cancel, idempotency_key, None);
         }
         let Some(latch) = self.people.latch(person) else {
             return refused(Refusal::NoReservation);
         };
         let record = latch.record();
-        if let Some(answer) =
-            Self::replayed_answer(&record, CommandKind::Cancel, idempotency_key, None)
-        {
-            return Outcome {
-                result: answer,
-                durable_after: journal.next_lsn(),
-            };
+        if let Some(answer) = Self::replayed_answer(&record, CommandKind::Cancel, idempotency_key, None) {
+            return Outcome { result: answer, durable_after: journal.next_lsn() };
         }
         let Some(slot) = record.holds else {
             return refused(Refusal::NoReservation);
         };
-        if self.inventory.slot_starts_ms_fast(slot) <= now_ms {
+        if self.slot_begun(slot, now_ms) {
             return refused(Refusal::SlotInPast { slot });
         }
-        let entry = Entry::Cancelled {
-            person,
-            slot,
-            idempotency_key,
-            operator_id: request.channel.operator_id(),
-        };
-        let cancelled = PersonRecord {
-            holds: None,
-            last: Some(LastCommand {
-                kind: CommandKind::Cancel,
-                idempotency_key,
-                slot,
-            }),
-        };
+        let entry = Entry::Cancelled { person, slot, idempotency_key, operator_id: request.channel.operator_id() };
+        let cancelled =
+            PersonRecord { holds: None, last: Some(LastCommand { kind: CommandKind::Cancel, idempotency_key, slot }) };
         // Log, then give: the seat is free for others only once the cancel has its number.
-        let outcome =
-            Self::appended(journal, latch, &entry, cancelled, slot).unwrap_or_else(refused);
+        let outcome = Self::appended(journal, latch, &entry, cancelled, slot).unwrap_or_else(refused);
         if outcome.result.is_ok() {
             self.slots.give(slot.0);
         }
@@ -383,17 +308,11 @@ impl Engine {
     }
 
     fn check_cancel_channel(&self, request: &CancelRequest, now_ms: i64) -> Result<(), Refusal> {
-        let cohort = self
-            .rules
-            .cohort_of(request.birth_date)
-            .ok_or(Refusal::NotEligible {
-                birth_date: request.birth_date,
-            })?;
+        let cohort =
+            self.rules.cohort_of(request.birth_date).ok_or(Refusal::NotEligible { birth_date: request.birth_date })?;
         match (request.channel, cohort.proxy_cutoff_ms) {
             (Channel::FamilyProxy, Some(cutoff_ms)) if now_ms >= cutoff_ms => {
-                Err(Refusal::ProxyBookingClosed {
-                    cutoff_ms: Some(cutoff_ms),
-                })
+                Err(Refusal::ProxyBookingClosed { cutoff_ms: Some(cutoff_ms) })
             }
             (Channel::FamilyProxy, None) => Err(Refusal::ProxyBookingClosed { cutoff_ms: None }),
             _ => Ok(()),
@@ -401,72 +320,40 @@ impl Engine {
     }
 
     /// Adds seats to a slot while running (R1). Returns the new capacity.
-    pub fn add_capacity(
-        &self,
-        journal: &impl Journal,
-        slot: SlotIndex,
-        seats: u32,
-        operator_id: u32,
-    ) -> Outcome<u32> {
-        let refused = |refusal| Outcome {
-            result: Err(refusal),
-            durable_after: journal.next_lsn(),
-        };
+    pub fn add_capacity(&self, journal: &impl Journal, slot: SlotIndex, seats: u32, operator_id: u32) -> Outcome<u32> {
+        let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         if !self.inventory.contains(slot) {
             return refused(Refusal::UnknownSlot { slot: slot.0 });
         }
-        let _serialized = self
-            .capacity_changes
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let _serialized = self.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let capacity = self.slots.capacity(slot.0);
-        let Some(new_capacity) = capacity
-            .checked_add(seats)
-            .filter(|c| *c <= crate::state::SLOT_CAPACITY_MAX)
-        else {
+        let Some(new_capacity) = capacity.checked_add(seats).filter(|c| *c <= crate::state::SLOT_CAPACITY_MAX) else {
             return refused(Refusal::CapacityOverflow { slot, capacity });
         };
-        let entry = Entry::CapacityAdded {
-            slot,
-            seats,
-            capacity: new_capacity,
-            operator_id,
-        };
+        let entry = Entry::CapacityAdded { slot, seats, capacity: new_capacity, operator_id };
         match journal.append(&entry) {
             Ok(lsn) => {
                 let added = self.slots.add_capacity(slot.0, seats);
                 debug_assert_eq!(added, Some(new_capacity));
-                Outcome {
-                    result: Ok(new_capacity),
-                    durable_after: lsn + 1,
-                }
+                Outcome { result: Ok(new_capacity), durable_after: lsn + 1 }
             }
             Err(why) => refused(Refusal::LogUnavailable(why)),
         }
     }
 
     /// The slot a person holds, if any.
-    pub fn reservation_of(
-        &self,
-        journal: &impl Journal,
-        person: PersonKey,
-    ) -> Outcome<Option<SlotIndex>> {
+    pub fn reservation_of(&self, journal: &impl Journal, person: PersonKey) -> Outcome<Option<SlotIndex>> {
         let result = if person.0 == 0 {
             Err(Refusal::InvalidPersonKey)
         } else {
             Ok(self.people.get(person).and_then(|record| record.holds))
         };
-        Outcome {
-            result,
-            durable_after: journal.next_lsn(),
-        }
+        Outcome { result, durable_after: journal.next_lsn() }
     }
 
     /// Seats left and capacity of a slot.
     pub fn slot_seats(&self, slot: SlotIndex) -> Option<(u32, u32)> {
-        self.inventory
-            .contains(slot)
-            .then(|| (self.slots.remaining(slot.0), self.slots.capacity(slot.0)))
+        self.inventory.contains(slot).then(|| (self.slots.remaining(slot.0), self.slots.capacity(slot.0)))
     }
 }
 

@@ -17,33 +17,13 @@ pub const ENTRY_PAYLOAD_BYTES: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Entry {
     /// The person took `slot` (they held none).
-    Reserved {
-        person: PersonKey,
-        slot: SlotIndex,
-        idempotency_key: u64,
-        operator_id: u32,
-    },
+    Reserved { person: PersonKey, slot: SlotIndex, idempotency_key: u64, operator_id: u32 },
     /// The person gave up `slot`.
-    Cancelled {
-        person: PersonKey,
-        slot: SlotIndex,
-        idempotency_key: u64,
-        operator_id: u32,
-    },
+    Cancelled { person: PersonKey, slot: SlotIndex, idempotency_key: u64, operator_id: u32 },
     /// The person moved to `slot`, giving up the slot they held.
-    Changed {
-        person: PersonKey,
-        slot: SlotIndex,
-        idempotency_key: u64,
-        operator_id: u32,
-    },
+    Changed { person: PersonKey, slot: SlotIndex, idempotency_key: u64, operator_id: u32 },
     /// `slot` now has `capacity` seats, `seats` more than before.
-    CapacityAdded {
-        slot: SlotIndex,
-        seats: u32,
-        capacity: u32,
-        operator_id: u32,
-    },
+    CapacityAdded { slot: SlotIndex, seats: u32, capacity: u32, operator_id: u32 },
 }
 
 pub mod kind {
@@ -88,35 +68,15 @@ impl Entry {
     pub fn encode(&self) -> [u8; ENTRY_PAYLOAD_BYTES] {
         let mut bytes = [0; ENTRY_PAYLOAD_BYTES];
         match *self {
-            Entry::Reserved {
-                person,
-                slot,
-                idempotency_key,
-                operator_id,
-            }
-            | Entry::Cancelled {
-                person,
-                slot,
-                idempotency_key,
-                operator_id,
-            }
-            | Entry::Changed {
-                person,
-                slot,
-                idempotency_key,
-                operator_id,
-            } => {
+            Entry::Reserved { person, slot, idempotency_key, operator_id }
+            | Entry::Cancelled { person, slot, idempotency_key, operator_id }
+            | Entry::Changed { person, slot, idempotency_key, operator_id } => {
                 bytes[0..16].copy_from_slice(&person.0.to_le_bytes());
                 bytes[16..20].copy_from_slice(&slot.0.to_le_bytes());
                 bytes[20..24].copy_from_slice(&operator_id.to_le_bytes());
                 bytes[24..32].copy_from_slice(&idempotency_key.to_le_bytes());
             }
-            Entry::CapacityAdded {
-                slot,
-                seats,
-                capacity,
-                operator_id,
-            } => {
+            Entry::CapacityAdded { slot, seats, capacity, operator_id } => {
                 bytes[0..4].copy_from_slice(&slot.0.to_le_bytes());
                 bytes[4..8].copy_from_slice(&seats.to_le_bytes());
                 bytes[8..12].copy_from_slice(&capacity.to_le_bytes());
@@ -148,24 +108,9 @@ impl Entry {
         let operator_id = u32_at(bytes, 20);
         let idempotency_key = u64_at(bytes, 24);
         match kind {
-            kind::RESERVED => Ok(Entry::Reserved {
-                person,
-                slot,
-                idempotency_key,
-                operator_id,
-            }),
-            kind::CANCELLED => Ok(Entry::Cancelled {
-                person,
-                slot,
-                idempotency_key,
-                operator_id,
-            }),
-            kind::CHANGED => Ok(Entry::Changed {
-                person,
-                slot,
-                idempotency_key,
-                operator_id,
-            }),
+            kind::RESERVED => Ok(Entry::Reserved { person, slot, idempotency_key, operator_id }),
+            kind::CANCELLED => Ok(Entry::Cancelled { person, slot, idempotency_key, operator_id }),
+            kind::CHANGED => Ok(Entry::Changed { person, slot, idempotency_key, operator_id }),
             other => Err(EntryError::UnknownKind(other)),
         }
     }
@@ -192,17 +137,13 @@ pub struct CountingJournal {
 
 impl Default for CountingJournal {
     fn default() -> Self {
-        CountingJournal {
-            next_lsn: crossbeam_utils::CachePadded::new(1.into()),
-        }
+        CountingJournal { next_lsn: crossbeam_utils::CachePadded::new(1.into()) }
     }
 }
 
 impl Journal for CountingJournal {
     fn append(&self, _entry: &Entry) -> Result<Lsn, LogUnavailable> {
-        Ok(self
-            .next_lsn
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        Ok(self.next_lsn.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
     }
     fn next_lsn(&self) -> Lsn {
         self.next_lsn.load(std::sync::atomic::Ordering::Relaxed)
@@ -220,28 +161,18 @@ pub struct MemoryJournal {
 
 impl MemoryJournal {
     pub fn entries(&self) -> Vec<Entry> {
-        self.entries
-            .lock()
-            .expect("no test panics while holding it")
-            .clone()
+        self.entries.lock().expect("no test panics while holding it").clone()
     }
 }
 
 impl Journal for MemoryJournal {
     fn append(&self, entry: &Entry) -> Result<Lsn, LogUnavailable> {
-        let mut entries = self
-            .entries
-            .lock()
-            .expect("no test panics while holding it");
+        let mut entries = self.entries.lock().expect("no test panics while holding it");
         entries.push(*entry);
         Ok(entries.len() as Lsn)
     }
     fn next_lsn(&self) -> Lsn {
-        self.entries
-            .lock()
-            .expect("no test panics while holding it")
-            .len() as Lsn
-            + 1
+        self.entries.lock().expect("no test panics while holding it").len() as Lsn + 1
     }
     fn writable(&self) -> Result<(), LogUnavailable> {
         Ok(())
@@ -256,49 +187,22 @@ mod tests {
     fn entries_round_trip() {
         let person = PersonKey(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10);
         let entries = [
-            Entry::Reserved {
-                person,
-                slot: SlotIndex(7),
-                idempotency_key: 99,
-                operator_id: 0,
-            },
-            Entry::Cancelled {
-                person,
-                slot: SlotIndex(7),
-                idempotency_key: 100,
-                operator_id: 3,
-            },
-            Entry::Changed {
-                person,
-                slot: SlotIndex(u32::MAX - 1),
-                idempotency_key: u64::MAX,
-                operator_id: 0,
-            },
-            Entry::CapacityAdded {
-                slot: SlotIndex(5),
-                seats: 10,
-                capacity: 12,
-                operator_id: 1,
-            },
+            Entry::Reserved { person, slot: SlotIndex(7), idempotency_key: 99, operator_id: 0 },
+            Entry::Cancelled { person, slot: SlotIndex(7), idempotency_key: 100, operator_id: 3 },
+            Entry::Changed { person, slot: SlotIndex(u32::MAX - 1), idempotency_key: u64::MAX, operator_id: 0 },
+            Entry::CapacityAdded { slot: SlotIndex(5), seats: 10, capacity: 12, operator_id: 1 },
         ];
         for entry in entries {
             assert_eq!(Entry::decode(entry.kind(), &entry.encode()), Ok(entry));
         }
         assert_eq!(Entry::decode(9, &[1; 32]), Err(EntryError::UnknownKind(9)));
-        assert_eq!(
-            Entry::decode(kind::RESERVED, &[0; 32]),
-            Err(EntryError::ZeroPerson)
-        );
+        assert_eq!(Entry::decode(kind::RESERVED, &[0; 32]), Err(EntryError::ZeroPerson));
     }
 
     #[test]
     fn reserved_entry_bytes_are_as_documented() {
-        let entry = Entry::Reserved {
-            person: PersonKey(1),
-            slot: SlotIndex(0x0403_0201),
-            idempotency_key: 5,
-            operator_id: 0,
-        };
+        let entry =
+            Entry::Reserved { person: PersonKey(1), slot: SlotIndex(0x0403_0201), idempotency_key: 5, operator_id: 0 };
         let mut expected = [0u8; 32];
         expected[0] = 1;
         expected[16..20].copy_from_slice(&[1, 2, 3, 4]);

@@ -55,10 +55,7 @@ pub struct LastCommand {
 }
 
 impl PersonRecord {
-    pub const NEW: PersonRecord = PersonRecord {
-        holds: None,
-        last: None,
-    };
+    pub const NEW: PersonRecord = PersonRecord { holds: None, last: None };
 }
 
 /// The table refused a new person: it holds `people_max` already.
@@ -81,6 +78,7 @@ const HOLDS: u64 = 1 << 61;
 const KIND_SHIFT: u32 = 32;
 const KIND_MASK: u64 = 0b11 << KIND_SHIFT;
 const SLOT_MASK: u64 = u32::MAX as u64;
+const PAGE_BYTES: usize = 4096;
 
 fn encode(record: PersonRecord) -> u64 {
     let (kind, slot) = match record.last {
@@ -102,11 +100,7 @@ fn decode(state: u64, idempotency_key: u64) -> PersonRecord {
     };
     PersonRecord {
         holds: (state & HOLDS != 0).then_some(slot),
-        last: kind.map(|kind| LastCommand {
-            kind,
-            idempotency_key,
-            slot,
-        }),
+        last: kind.map(|kind| LastCommand { kind, idempotency_key, slot }),
     }
 }
 
@@ -159,9 +153,7 @@ impl PersonLatch<'_> {
 
 impl Drop for PersonLatch<'_> {
     fn drop(&mut self) {
-        self.bucket
-            .state
-            .store(self.state_before, Ordering::Release);
+        self.bucket.state.store(self.state_before, Ordering::Release);
     }
 }
 
@@ -170,8 +162,15 @@ impl PeopleTable {
     /// probes stay short (load factor at most 7/8).
     pub fn new(people_max: u64) -> PeopleTable {
         let bucket_count = (people_max + people_max / 7).max(8).next_power_of_two();
+        let buckets = allocate_buckets(bucket_count as usize);
+        // Touch every page now, so the OS zeroes them at start-up and not in
+        // the middle of a flash crowd (the first booking into a page would
+        // otherwise take a page fault).
+        for bucket in buckets.iter().step_by(PAGE_BYTES / std::mem::size_of::<Bucket>()) {
+            bucket.state.store(0, Ordering::Relaxed);
+        }
         PeopleTable {
-            buckets: allocate_buckets(bucket_count as usize),
+            buckets,
             bucket_mask: bucket_count - 1,
             people_max,
             people_count: CachePadded::new(AtomicU64::new(0)),
@@ -183,9 +182,7 @@ impl PeopleTable {
     }
 
     pub fn len(&self) -> u64 {
-        self.people_count
-            .load(Ordering::Relaxed)
-            .min(self.people_max)
+        self.people_count.load(Ordering::Relaxed).min(self.people_max)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -236,17 +233,9 @@ impl PeopleTable {
             let state = bucket.state.load(Ordering::Relaxed);
             if state & LATCHED == 0 {
                 let latched = state | LATCHED;
-                if bucket
-                    .state
-                    .compare_exchange_weak(state, latched, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
+                if bucket.state.compare_exchange_weak(state, latched, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                     let idempotency_key = bucket.idempotency_key.load(Ordering::Relaxed);
-                    return PersonLatch {
-                        bucket,
-                        state_before: state,
-                        record: decode(state, idempotency_key),
-                    };
+                    return PersonLatch { bucket, state_before: state, record: decode(state, idempotency_key) };
                 }
             }
             crate::sync::spin_wait();
@@ -273,33 +262,21 @@ impl PeopleTable {
             if state != 0 {
                 return Ok(Self::latch_bucket(bucket));
             }
-            if bucket
-                .state
-                .compare_exchange(0, LATCHED, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-            {
+            if bucket.state.compare_exchange(0, LATCHED, Ordering::Acquire, Ordering::Relaxed).is_err() {
                 // Another thread claimed this bucket first: look again, it may be our key.
                 continue;
             }
             if self.people_count.fetch_add(1, Ordering::Relaxed) >= self.people_max {
                 self.people_count.fetch_sub(1, Ordering::Relaxed);
                 bucket.state.store(0, Ordering::Release);
-                return Err(PeopleTableFull {
-                    people_max: self.people_max,
-                });
+                return Err(PeopleTableFull { people_max: self.people_max });
             }
             bucket.key_low.store(key.0 as u64, Ordering::Relaxed);
-            bucket
-                .key_high
-                .store((key.0 >> 64) as u64, Ordering::Relaxed);
+            bucket.key_high.store((key.0 >> 64) as u64, Ordering::Relaxed);
             bucket.idempotency_key.store(0, Ordering::Relaxed);
             let published = encode(PersonRecord::NEW);
             bucket.state.store(published | LATCHED, Ordering::Release);
-            return Ok(PersonLatch {
-                bucket,
-                state_before: published,
-                record: PersonRecord::NEW,
-            });
+            return Ok(PersonLatch { bucket, state_before: published, record: PersonRecord::NEW });
         }
     }
 
@@ -320,11 +297,10 @@ impl PeopleTable {
 }
 
 /// Buckets start zeroed (= empty). With std atomics the zeroed allocation is
-/// taken from the allocator as is, so untouched buckets cost no resident memory.
+/// taken from the allocator as is (`calloc`: pages the OS zeroes on first touch).
 #[cfg(not(feature = "shuttle"))]
 fn allocate_buckets(bucket_count: usize) -> Box<[Bucket]> {
-    let layout =
-        std::alloc::Layout::array::<Bucket>(bucket_count).expect("bucket count fits memory");
+    let layout = std::alloc::Layout::array::<Bucket>(bucket_count).expect("bucket count fits memory");
     // SAFETY: the layout has a non-zero size (at least 8 buckets). `Bucket` is
     // four `AtomicU64`s, for which all-zero bytes are a valid value. The pointer
     // comes from the global allocator with exactly this layout, which is what
@@ -357,11 +333,7 @@ mod tests {
     fn reserved(slot: u32, key: u64) -> PersonRecord {
         PersonRecord {
             holds: Some(SlotIndex(slot)),
-            last: Some(LastCommand {
-                kind: CommandKind::Reserve,
-                idempotency_key: key,
-                slot: SlotIndex(slot),
-            }),
+            last: Some(LastCommand { kind: CommandKind::Reserve, idempotency_key: key, slot: SlotIndex(slot) }),
         }
     }
 
@@ -386,10 +358,7 @@ mod tests {
         for key in 1..=3 {
             table.latch_or_insert(PersonKey(key)).unwrap();
         }
-        assert_eq!(
-            table.latch_or_insert(PersonKey(4)).err(),
-            Some(PeopleTableFull { people_max: 3 })
-        );
+        assert_eq!(table.latch_or_insert(PersonKey(4)).err(), Some(PeopleTableFull { people_max: 3 }));
         // People already present are still reachable.
         assert!(table.latch_or_insert(PersonKey(2)).is_ok());
     }
@@ -398,23 +367,11 @@ mod tests {
     fn record_encoding_round_trips() {
         let cancelled = PersonRecord {
             holds: None,
-            last: Some(LastCommand {
-                kind: CommandKind::Cancel,
-                idempotency_key: 9,
-                slot: SlotIndex(u32::MAX - 1),
-            }),
+            last: Some(LastCommand { kind: CommandKind::Cancel, idempotency_key: 9, slot: SlotIndex(u32::MAX - 1) }),
         };
-        for record in [
-            PersonRecord::NEW,
-            reserved(0, 1),
-            reserved(123, u64::MAX),
-            cancelled,
-        ] {
+        for record in [PersonRecord::NEW, reserved(0, 1), reserved(123, u64::MAX), cancelled] {
             let state = encode(record);
-            assert_eq!(
-                decode(state, record.last.map_or(0, |l| l.idempotency_key)),
-                record
-            );
+            assert_eq!(decode(state, record.last.map_or(0, |l| l.idempotency_key)), record);
         }
     }
 
@@ -442,11 +399,7 @@ mod tests {
         let mut seen = 0;
         table.for_each(|_, record| {
             seen += 1;
-            assert_eq!(
-                record.last.unwrap().idempotency_key,
-                4,
-                "every increment kept"
-            );
+            assert_eq!(record.last.unwrap().idempotency_key, 4, "every increment kept");
         });
         assert_eq!(seen, 5_000);
     }

@@ -46,22 +46,13 @@ impl LogicalState {
 impl Engine {
     pub fn site_availability(&self, site_id: u32, date: Date) -> Result<SiteAvailability, Refusal> {
         let inventory = self.inventory();
-        let site_index = inventory
-            .site_index(site_id)
-            .ok_or(Refusal::UnknownSite { site_id })?;
-        let day_index = inventory
-            .day_index(date)
-            .ok_or(Refusal::NotAServiceDay { date })?;
+        let site_index = inventory.site_index(site_id).ok_or(Refusal::UnknownSite { site_id })?;
+        let day_index = inventory.day_index(date).ok_or(Refusal::NotAServiceDay { date })?;
         let first_slot = inventory.first_slot_of_day(site_index, day_index);
         let remaining = (0..u32::from(inventory.slots_per_day()))
             .map(|offset| self.slots.remaining(first_slot.0 + offset))
             .collect();
-        Ok(SiteAvailability {
-            site_id,
-            date,
-            first_slot,
-            remaining,
-        })
+        Ok(SiteAvailability { site_id, date, first_slot, remaining })
     }
 
     /// Sites of `region_id` with seats left on `date`, at most `limit` from `cursor`.
@@ -74,15 +65,10 @@ impl Engine {
     ) -> Result<RegionPage, Refusal> {
         let page_max = self.rules().availability_page_max;
         if limit == 0 || limit > page_max {
-            return Err(Refusal::PageTooLarge {
-                requested: limit,
-                page_max,
-            });
+            return Err(Refusal::PageTooLarge { requested: limit, page_max });
         }
         let inventory = self.inventory();
-        let day_index = inventory
-            .day_index(date)
-            .ok_or(Refusal::NotAServiceDay { date })?;
+        let day_index = inventory.day_index(date).ok_or(Refusal::NotAServiceDay { date })?;
         let site_indexes = inventory.region_site_indexes(region_id);
         if site_indexes.is_empty() {
             return Err(Refusal::UnknownRegion { region_id });
@@ -92,9 +78,8 @@ impl Engine {
         while position < site_indexes.len() && sites.len() < limit as usize {
             let site_index = site_indexes[position];
             let first = inventory.first_slot_of_day(site_index, day_index).0;
-            let seats: u32 = (first..first + u32::from(inventory.slots_per_day()))
-                .map(|slot| self.slots.remaining(slot))
-                .sum();
+            let seats: u32 =
+                (first..first + u32::from(inventory.slots_per_day())).map(|slot| self.slots.remaining(slot)).sum();
             if seats > 0 {
                 sites.push((inventory.sites()[site_index as usize].id, seats));
             }
@@ -115,19 +100,13 @@ impl Engine {
         let slot_count = self.slots.len();
         LogicalState {
             people,
-            remaining: (0..slot_count)
-                .map(|slot| self.slots.remaining(slot))
-                .collect(),
-            capacity: (0..slot_count)
-                .map(|slot| self.slots.capacity(slot))
-                .collect(),
+            remaining: (0..slot_count).map(|slot| self.slots.remaining(slot)).collect(),
+            capacity: (0..slot_count).map(|slot| self.slots.capacity(slot)).collect(),
         }
     }
 
     /// Confirmed reservations: capacity minus seats left, over all slots.
     pub fn reservations_count(&self) -> u64 {
-        (0..self.slots.len())
-            .map(|slot| u64::from(self.slots.capacity(slot) - self.slots.remaining(slot)))
-            .sum()
+        (0..self.slots.len()).map(|slot| u64::from(self.slots.capacity(slot) - self.slots.remaining(slot))).sum()
     }
 }

@@ -26,10 +26,7 @@ pub enum Refusal {
     /// The birth date is in no cohort of this campaign (R4).
     NotEligible { birth_date: Date },
     /// Today's rotation day is for another digit (R5); says when this person's turn opens.
-    NotYourRotationDay {
-        digit: u8,
-        your_turn_opens_ms: Option<i64>,
-    },
+    NotYourRotationDay { digit: u8, your_turn_opens_ms: Option<i64> },
     /// Outside the booking window (R6); `None` when the campaign has no more windows.
     WindowClosed { next_open_ms: Option<i64> },
     /// Family proxy booking is over for this cohort, or never allowed (`None`) (R10).
@@ -172,30 +169,22 @@ impl Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at = |ms: &Option<i64>| {
-            ms.map_or("never (the campaign is over)".to_string(), |ms| {
-                format!("at {ms} ms UTC")
-            })
-        };
+        let at =
+            |ms: &Option<i64>| ms.map_or("never (the campaign is over)".to_string(), |ms| format!("at {ms} ms UTC"));
         match self {
             Refusal::NotEligible { birth_date } => {
                 write!(f, "born {birth_date}: not in an eligible cohort")
             }
-            Refusal::NotYourRotationDay {
-                digit,
-                your_turn_opens_ms,
-            } => {
+            Refusal::NotYourRotationDay { digit, your_turn_opens_ms } => {
                 write!(
                     f,
                     "today is not the day for birth-day digit {digit}; your turn opens {}",
                     at(your_turn_opens_ms)
                 )
             }
-            Refusal::WindowClosed { next_open_ms } => write!(
-                f,
-                "booking window closed; next opening {}",
-                at(next_open_ms)
-            ),
+            Refusal::WindowClosed { next_open_ms } => {
+                write!(f, "booking window closed; next opening {}", at(next_open_ms))
+            }
             Refusal::ProxyBookingClosed { cutoff_ms } => {
                 write!(f, "family proxy booking closed (cutoff {})", at(cutoff_ms))
             }
@@ -210,26 +199,16 @@ impl fmt::Display for Refusal {
             Refusal::AlreadyBooked { existing } => write!(f, "already booked: {existing}"),
             Refusal::SameSlot { slot } => write!(f, "already holds {slot}"),
             Refusal::IdempotencyKeyReused { idempotency_key } => {
-                write!(
-                    f,
-                    "idempotency key {idempotency_key} was used for a different command"
-                )
+                write!(f, "idempotency key {idempotency_key} was used for a different command")
             }
-            Refusal::PeopleTableFull { people_max } => write!(
-                f,
-                "people table full ({people_max}); raise limits.people_max"
-            ),
+            Refusal::PeopleTableFull { people_max } => {
+                write!(f, "people table full ({people_max}); raise limits.people_max")
+            }
             Refusal::CapacityOverflow { slot, capacity } => {
                 write!(f, "{slot} would exceed capacity {capacity}")
             }
-            Refusal::PageTooLarge {
-                requested,
-                page_max,
-            } => write!(f, "page of {requested}; at most {page_max}"),
-            Refusal::LogUnavailable(why) => write!(
-                f,
-                "the log cannot take records ({why:?}); nothing was changed"
-            ),
+            Refusal::PageTooLarge { requested, page_max } => write!(f, "page of {requested}; at most {page_max}"),
+            Refusal::LogUnavailable(why) => write!(f, "the log cannot take records ({why:?}); nothing was changed"),
             other => write!(f, "{}", other.code().name()),
         }
     }

@@ -29,85 +29,50 @@ impl Engine {
             }
         };
         match *entry {
-            Entry::Reserved {
-                person,
-                slot,
-                idempotency_key,
-                ..
-            }
-            | Entry::Changed {
-                person,
-                slot,
-                idempotency_key,
-                ..
-            } => {
+            Entry::Reserved { person, slot, idempotency_key, .. }
+            | Entry::Changed { person, slot, idempotency_key, .. } => {
                 let slot = slot_of(slot)?;
-                let latch = self.people.latch_or_insert(person).map_err(|full| {
-                    error(format!("the people table is full ({})", full.people_max))
-                })?;
+                let latch = self
+                    .people
+                    .latch_or_insert(person)
+                    .map_err(|full| error(format!("the people table is full ({})", full.people_max)))?;
                 let held = latch.record().holds;
                 let kind = match (entry, held) {
                     (Entry::Reserved { .. }, None) => CommandKind::Reserve,
                     (Entry::Changed { .. }, Some(old)) if old != slot => CommandKind::Change,
                     _ => return Err(error(format!("{entry:?} while the person holds {held:?}"))),
                 };
-                self.slots.take(slot.0).map_err(|_| {
-                    error(format!("{slot} has no seat left: the log would overbook"))
-                })?;
+                self.slots
+                    .take(slot.0)
+                    .map_err(|_| error(format!("{slot} has no seat left: the log would overbook")))?;
                 if let Some(old) = held {
                     self.slots.give(old.0);
                 }
                 latch.commit(PersonRecord {
                     holds: Some(slot),
-                    last: Some(LastCommand {
-                        kind,
-                        idempotency_key,
-                        slot,
-                    }),
+                    last: Some(LastCommand { kind, idempotency_key, slot }),
                 });
             }
-            Entry::Cancelled {
-                person,
-                slot,
-                idempotency_key,
-                ..
-            } => {
-                let latch = self
-                    .people
-                    .latch(person)
-                    .ok_or_else(|| error("cancel of a person never seen".into()))?;
+            Entry::Cancelled { person, slot, idempotency_key, .. } => {
+                let latch = self.people.latch(person).ok_or_else(|| error("cancel of a person never seen".into()))?;
                 if latch.record().holds != Some(slot) {
-                    return Err(error(format!(
-                        "cancel of {slot}, but the person holds {:?}",
-                        latch.record().holds
-                    )));
+                    return Err(error(format!("cancel of {slot}, but the person holds {:?}", latch.record().holds)));
                 }
                 self.slots.give(slot.0);
                 latch.commit(PersonRecord {
                     holds: None,
-                    last: Some(LastCommand {
-                        kind: CommandKind::Cancel,
-                        idempotency_key,
-                        slot,
-                    }),
+                    last: Some(LastCommand { kind: CommandKind::Cancel, idempotency_key, slot }),
                 });
             }
-            Entry::CapacityAdded {
-                slot,
-                seats,
-                capacity,
-                ..
-            } => {
+            Entry::CapacityAdded { slot, seats, capacity, .. } => {
                 let slot = slot_of(slot)?;
                 let before = self.slots.capacity(slot.0);
                 if before.checked_add(seats) != Some(capacity) {
-                    return Err(error(format!(
-                        "{slot} had capacity {before}, +{seats} is not {capacity}"
-                    )));
+                    return Err(error(format!("{slot} had capacity {before}, +{seats} is not {capacity}")));
                 }
-                self.slots.add_capacity(slot.0, seats).ok_or_else(|| {
-                    error(format!("{slot} capacity {capacity} is above the maximum"))
-                })?;
+                self.slots
+                    .add_capacity(slot.0, seats)
+                    .ok_or_else(|| error(format!("{slot} capacity {capacity} is above the maximum")))?;
             }
         }
         Ok(())

@@ -38,14 +38,8 @@ impl SlotCounters {
         let cells = capacities
             .iter()
             .map(|capacity| {
-                assert!(
-                    *capacity <= SLOT_CAPACITY_MAX,
-                    "inventory checks capacities"
-                );
-                SlotCell {
-                    remaining: AtomicU32::new(*capacity),
-                    capacity: AtomicU32::new(*capacity),
-                }
+                assert!(*capacity <= SLOT_CAPACITY_MAX, "inventory checks capacities");
+                SlotCell { remaining: AtomicU32::new(*capacity), capacity: AtomicU32::new(*capacity) }
             })
             .collect();
         SlotCounters { cells }
@@ -69,12 +63,7 @@ impl SlotCounters {
             if seen == 0 {
                 return Err(SlotFull);
             }
-            match remaining.compare_exchange_weak(
-                seen,
-                seen - 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            match remaining.compare_exchange_weak(seen, seen - 1, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return Ok(()),
                 Err(now) => {
                     seen = now;
@@ -89,21 +78,14 @@ impl SlotCounters {
     pub fn give(&self, slot: u32) {
         let cell = &self.cells[slot as usize];
         let before = cell.remaining.fetch_add(1, Ordering::Release);
-        debug_assert!(
-            before < cell.capacity.load(Ordering::Relaxed),
-            "gave back a seat never taken"
-        );
+        debug_assert!(before < cell.capacity.load(Ordering::Relaxed), "gave back a seat never taken");
     }
 
     /// Adds seats; the caller serializes capacity changes (the engine holds a mutex).
     /// Returns the new capacity, or `None` if it would pass `SLOT_CAPACITY_MAX`.
     pub fn add_capacity(&self, slot: u32, seats: u32) -> Option<u32> {
         let cell = &self.cells[slot as usize];
-        let capacity = cell
-            .capacity
-            .load(Ordering::Relaxed)
-            .checked_add(seats)
-            .filter(|c| *c <= SLOT_CAPACITY_MAX)?;
+        let capacity = cell.capacity.load(Ordering::Relaxed).checked_add(seats).filter(|c| *c <= SLOT_CAPACITY_MAX)?;
         // Capacity grows before remaining, so `remaining <= capacity` holds throughout.
         cell.capacity.store(capacity, Ordering::Relaxed);
         cell.remaining.fetch_add(seats, Ordering::Release);
@@ -149,11 +131,8 @@ mod tests {
     fn threads_never_overbook() {
         let counters = SlotCounters::new(&[1000; 4]);
         let taken: u32 = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..4)
-                .map(|_| {
-                    s.spawn(|| (0..2000).filter(|i| counters.take(i % 4).is_ok()).count() as u32)
-                })
-                .collect();
+            let workers: Vec<_> =
+                (0..4).map(|_| s.spawn(|| (0..2000).filter(|i| counters.take(i % 4).is_ok()).count() as u32)).collect();
             workers.into_iter().map(|w| w.join().unwrap()).sum()
         });
         assert_eq!(taken, 4000);

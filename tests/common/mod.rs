@@ -26,10 +26,7 @@ pub fn write_small_campaign(directory: &Path) -> CampaignRules {
 
 /// 21:00 on 2021-08-19, the first evening after the rotation: anyone eligible may book.
 pub fn open_evening_ms(rules: &CampaignRules) -> i64 {
-    rules.utc_offset.utc_ms(
-        Date::parse("2021-08-19").unwrap(),
-        TimeOfDay::parse("21:00").unwrap(),
-    )
+    rules.utc_offset.utc_ms(Date::parse("2021-08-19").unwrap(), TimeOfDay::parse("21:00").unwrap())
 }
 
 /// Small segments (100 records) so that tests cross segment boundaries.
@@ -62,10 +59,5 @@ pub fn booking(index: u64, slot: u32, idempotency_key: u64) -> BookingRequest {
 }
 
 pub fn cancelling(index: u64, idempotency_key: u64) -> CancelRequest {
-    CancelRequest {
-        person: person(index),
-        birth_date: birth_date(),
-        idempotency_key,
-        channel: Channel::Person,
-    }
+    CancelRequest { person: person(index), birth_date: birth_date(), idempotency_key, channel: Channel::Person }
 }

@@ -1,0 +1,244 @@
+//! `yeyak-bench`: whole-process benchmarks at national scale, for the figures
+//! in docs/benchmarks.md (criterion covers the micro-benchmarks in benches/).
+//!
+//! Every run prints the command line's parameters with its result, so a
+//! figure can be reproduced from what docs/benchmarks.md records.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use yeyak::calendar::{Date, TimeOfDay};
+use yeyak::config::CampaignRules;
+use yeyak::durable::DurableEngine;
+use yeyak::inventory::{Inventory, SlotIndex};
+use yeyak::log::{Durability, LogOptions, WriteMode};
+use yeyak::rules::Channel;
+use yeyak::state::{BookingRequest, CountingJournal, Engine, Journal, PersonKey};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "yeyak-bench", about = "yeyak's whole-process benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reservations/s on one thread in process, durability off (a counting journal).
+    Reserve {
+        #[arg(long, default_value_t = 16_000_000)]
+        people: u64,
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+    },
+    /// Durable reservations/s in process: apply + log + group commit, answers released when durable.
+    Durable {
+        #[arg(long, default_value_t = 16_000_000)]
+        people: u64,
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+        #[arg(long, value_enum, default_value_t = WriteMode::Pwrite)]
+        write_mode: WriteMode,
+        #[arg(long, default_value = "/tmp/yeyak-bench-durable")]
+        data_dir: PathBuf,
+        /// Keep the data directory (for the recovery benchmark).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Time from start to serving: recover a data directory written by `durable --keep`.
+    Recovery {
+        #[arg(long, default_value = "/tmp/yeyak-bench-durable")]
+        data_dir: PathBuf,
+    },
+    /// Resident memory of the demo inventory (8.1 M slots) and a people table filled with `people`.
+    Memory {
+        #[arg(long, default_value_t = 52_000_000)]
+        people: u64,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Reserve { people, batch } => reserve(people, batch),
+        Command::Durable { people, batch, write_mode, data_dir, keep } => {
+            durable(people, batch, write_mode, data_dir, keep)
+        }
+        Command::Recovery { data_dir } => recovery(data_dir),
+        Command::Memory { people } => memory(people),
+    }
+}
+
+/// The demo campaign at national scale, with room for `people`.
+fn national_rules(people: u64) -> CampaignRules {
+    let text = yeyak::config::DEMO_CAMPAIGN_TOML
+        .replace("people_max = 20_000_000", &format!("people_max = {}", people.max(1)));
+    CampaignRules::parse(&text).expect("the demo campaign with a larger people_max is valid")
+}
+
+/// The first evening after the rotation: everyone eligible may book.
+fn open_evening_ms(rules: &CampaignRules) -> i64 {
+    let date = rules.rotation_start.add_days(rules.rotation_digits.len() as i32);
+    rules.utc_offset.utc_ms(date, TimeOfDay::parse("21:00").expect("valid"))
+}
+
+/// One request per person, each for a free seat, seats in random order.
+fn crowd(inventory: &Inventory, people: u64) -> Vec<BookingRequest> {
+    let mut seats: Vec<u32> = Vec::with_capacity(people as usize);
+    for (slot, capacity) in inventory.initial_capacity().iter().enumerate() {
+        for _ in 0..*capacity {
+            seats.push(slot as u32);
+        }
+    }
+    assert!(seats.len() as u64 >= people, "{} seats for {people} people", seats.len());
+    // Fisher–Yates with a fixed seed: the same crowd every run.
+    let mut state = 2021u64;
+    for index in (1..seats.len()).rev() {
+        state = yeyak::mix64(state.wrapping_add(index as u64));
+        seats.swap(index, (state % (index as u64 + 1)) as usize);
+    }
+    let birth_date = Date::parse("1990-05-15").expect("valid");
+    (0..people)
+        .map(|index| BookingRequest {
+            person: PersonKey(u128::from(yeyak::mix64(index)) << 64 | u128::from(index + 1)),
+            birth_date,
+            slot: SlotIndex(seats[index as usize]),
+            idempotency_key: 1,
+            channel: Channel::Person,
+        })
+        .collect()
+}
+
+fn book_all(
+    engine: &Engine,
+    journal: &impl Journal,
+    requests: &[BookingRequest],
+    batch: usize,
+    now_ms: i64,
+    mut after_batch: impl FnMut(u64),
+) -> u64 {
+    let mut booked = 0;
+    let mut outcomes = Vec::with_capacity(batch);
+    for chunk in requests.chunks(batch) {
+        outcomes.clear();
+        engine.reserve_batch(journal, chunk, now_ms, &mut outcomes);
+        let mut durable_after = 0;
+        for outcome in &outcomes {
+            booked += u64::from(outcome.result.is_ok());
+            durable_after = durable_after.max(outcome.durable_after);
+        }
+        after_batch(durable_after);
+    }
+    booked
+}
+
+fn reserve(people: u64, batch: usize) {
+    let rules = national_rules(people);
+    let inventory = Inventory::load(&rules, std::path::Path::new(".")).expect("generated");
+    let requests = crowd(&inventory, people);
+    let now_ms = open_evening_ms(&rules);
+    let engine = Engine::new(rules, inventory);
+    let journal = CountingJournal::default();
+    let started = Instant::now();
+    let booked = book_all(&engine, &journal, &requests, batch, now_ms, |_| {});
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(booked, people, "every request was for a free seat");
+    println!("reserve (in process, 1 thread, durability off): people={people} batch={batch}");
+    println!("  {booked} reservations in {seconds:.3} s = {:.2} M reservations/s", booked as f64 / seconds / 1e6);
+}
+
+fn durable(people: u64, batch: usize, write_mode: WriteMode, data_dir: PathBuf, keep: bool) {
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir).expect("can create the data directory");
+    let rules = national_rules(people);
+    std::fs::write(
+        data_dir.join("campaign.toml"),
+        yeyak::config::DEMO_CAMPAIGN_TOML
+            .replace("people_max = 20_000_000", &format!("people_max = {}", people.max(1))),
+    )
+    .expect("writable");
+    let options = LogOptions { durability: Durability::Sync, write_mode, ..LogOptions::default() };
+    let (engine, _) = DurableEngine::open(&data_dir, options, false).expect("opens");
+    let requests = crowd(engine.engine().inventory(), people);
+    let now_ms = open_evening_ms(&rules);
+    let started = Instant::now();
+    // Answers are released a batch at a time once durable; the next batch is
+    // applied while the flusher syncs (a server pipelines the same way).
+    let mut pending = std::collections::VecDeque::new();
+    let booked = book_all(engine.engine(), engine.log(), &requests, batch, now_ms, |durable_after| {
+        pending.push_back(durable_after);
+        while pending.len() > 64 {
+            let oldest = pending.pop_front().expect("non-empty");
+            engine.log().wait_durable(oldest).expect("the disk works");
+        }
+    });
+    for durable_after in pending {
+        engine.log().wait_durable(durable_after).expect("the disk works");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = engine.log().stats();
+    let groups = stats.groups.load(std::sync::atomic::Ordering::Relaxed);
+    let sync_nanos = stats.sync_nanos_total.load(std::sync::atomic::Ordering::Relaxed);
+    println!("durable reserve (in process, 1 booking thread + flusher): people={people} batch={batch} write_mode={write_mode:?}");
+    println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s; {groups} groups ({:.0} records/group), mean sync {:.1} µs",
+        booked as f64 / seconds / 1e6, booked as f64 / groups.max(1) as f64, sync_nanos as f64 / groups.max(1) as f64 / 1e3);
+    engine.close().expect("closes");
+    if !keep {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+}
+
+fn recovery(data_dir: PathBuf) {
+    let started = Instant::now();
+    let (engine, report) = DurableEngine::open(&data_dir, LogOptions::default(), false).expect("opens");
+    let seconds = started.elapsed().as_secs_f64();
+    println!("recovery from the log alone: {} records replayed, serving after {seconds:.3} s", report.records_replayed);
+    println!("  reservations held: {}", engine.engine().reservations_count());
+}
+
+fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn memory(people: u64) {
+    let rules = national_rules(people);
+    let inventory = Inventory::load(&rules, std::path::Path::new(".")).expect("generated");
+    let slots = inventory.slot_count();
+    let engine = Engine::new(rules, inventory);
+    let journal = CountingJournal::default();
+    let birth_date = Date::parse("1990-05-15").expect("valid");
+    let now_ms = open_evening_ms(engine.rules());
+    // Everyone asks for slot 0 (capacity ≤ 3): each becomes a known person,
+    // most are refused SLOT_FULL, as in a real crowd.
+    let mut outcomes = Vec::with_capacity(4096);
+    let mut requests = Vec::with_capacity(4096);
+    for start in (0..people).step_by(4096) {
+        requests.clear();
+        requests.extend((start..(start + 4096).min(people)).map(|index| BookingRequest {
+            person: PersonKey(u128::from(yeyak::mix64(index)) << 64 | u128::from(index + 1)),
+            birth_date,
+            slot: SlotIndex((index % u64::from(slots)) as u32),
+            idempotency_key: 1,
+            channel: Channel::Person,
+        }));
+        outcomes.clear();
+        engine.reserve_batch(&journal, &requests, now_ms, &mut outcomes);
+    }
+    let rss = resident_bytes();
+    println!(
+        "memory: {} people known, {slots} slots, {} reservations",
+        engine.people_count(),
+        engine.reservations_count()
+    );
+    println!("  resident {:.2} GiB (bar: 4 GiB for 52 M people + 8 M slots)", rss as f64 / (1u64 << 30) as f64);
+}
