@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{CampaignRules, ConfigError, DEMO_CAMPAIGN_TOML};
 use crate::inventory::{Inventory, InventoryError, SlotIndex};
-use crate::log::{recover, FileStorage, LogOptions, LogStorage, LogWriter, RecoveryError, RecoveryMode, TornTail};
+use crate::log::format::RECORD_HEADER_BYTES;
+use crate::log::recovery::recover_with_lookahead;
+use crate::log::{FileStorage, LogOptions, LogStorage, LogWriter, RecoveryError, RecoveryMode, TornTail};
 use crate::state::{BookingRequest, CancelRequest, Engine, Entry, LogUnavailable, Outcome, PersonKey, Refusal};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
@@ -97,10 +99,19 @@ impl DurableEngine {
         let log_directory = data_directory.join(LOG_DIRECTORY);
         std::fs::create_dir_all(&log_directory)
             .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
-        let recovered = recover(&log_directory, RecoveryMode::TruncateTornTail, |record| {
-            let entry = Entry::decode(record.kind, &record.payload).map_err(|e| e.to_string())?;
-            engine.replay(record.lsn, &entry).map_err(|e| e.reason)
-        })?;
+        let recovered = recover_with_lookahead(
+            &log_directory,
+            RecoveryMode::TruncateTornTail,
+            |upcoming| {
+                let payload = upcoming[RECORD_HEADER_BYTES..].try_into().expect("32 payload bytes");
+                let (person, slot) = Entry::touched_unchecked(payload);
+                engine.prefetch_person_and_slot(person, slot);
+            },
+            |record| {
+                let entry = Entry::decode(record.kind, &record.payload).map_err(|e| e.to_string())?;
+                engine.replay(record.lsn, &entry).map_err(|e| e.reason)
+            },
+        )?;
         if let Some(header) = recovered.segments.first().map(|s| s.header) {
             if header.campaign_id != campaign_id {
                 return Err(OpenError::Recovery(RecoveryError::Corrupt {

@@ -158,6 +158,22 @@ impl MappedSegment {
 pub fn recover(
     directory: &Path,
     mode: RecoveryMode,
+    visit: impl FnMut(&Record) -> Result<(), String>,
+) -> Result<RecoveredLog, RecoveryError> {
+    recover_with_lookahead(directory, mode, |_| {}, visit)
+}
+
+/// How far ahead of `visit` the `lookahead` callback sees records.
+pub const LOOKAHEAD_RECORDS: u64 = 8;
+
+/// As `recover`, also showing `lookahead` the raw, unchecked bytes of the
+/// record `LOOKAHEAD_RECORDS` ahead of the one visited, so the layer above
+/// can prefetch what that record will touch. The bytes may be anything (zeros,
+/// a torn record): `lookahead` must only use them as hints.
+pub fn recover_with_lookahead(
+    directory: &Path,
+    mode: RecoveryMode,
+    mut lookahead: impl FnMut(&RecordBytes),
     mut visit: impl FnMut(&Record) -> Result<(), String>,
 ) -> Result<RecoveredLog, RecoveryError> {
     let listed = list_segments(directory)?;
@@ -183,8 +199,12 @@ pub fn recover(
         recovered.next_segment_index = index + 1;
         let mut records = 0;
         let mut tail = None;
-        for record_index in 0..segment.record_count_capacity() {
+        let capacity = segment.record_count_capacity();
+        for record_index in 0..capacity {
             let offset = (SEGMENT_HEADER_BYTES + record_index as usize * RECORD_BYTES) as u64;
+            if record_index + LOOKAHEAD_RECORDS < capacity {
+                lookahead(segment.record_bytes(record_index + LOOKAHEAD_RECORDS));
+            }
             match Record::decode(segment.record_bytes(record_index)) {
                 Ok(record) if record.lsn == recovered.next_lsn => {
                     visit(&record).map_err(|reason| RecoveryError::Rejected {

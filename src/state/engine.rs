@@ -169,8 +169,14 @@ impl Engine {
 
     #[inline]
     fn prefetch(&self, request: &BookingRequest) {
-        self.people.prefetch(request.person);
-        self.slots.prefetch(request.slot.0);
+        self.prefetch_person_and_slot(request.person, request.slot.0);
+    }
+
+    /// Asks the CPU for the cache lines a command on `person` and `slot` will touch.
+    #[inline]
+    pub fn prefetch_person_and_slot(&self, person: PersonKey, slot: u32) {
+        self.people.prefetch(person);
+        self.slots.prefetch(slot);
     }
 
     fn reserve_at(
