@@ -7,17 +7,28 @@
 //! - `log/segment-NNNNNNNNNN.log`: the log segments.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::config::{CampaignRules, ConfigError, DEMO_CAMPAIGN_TOML};
 use crate::inventory::{Inventory, InventoryError, SlotIndex};
 use crate::log::format::RECORD_HEADER_BYTES;
-use crate::log::recovery::recover_with_lookahead;
+use crate::log::recovery::{list_segments, recover_with_lookahead, RecoveredLog};
+use crate::log::retention::read_segment_header;
 use crate::log::{FileStorage, LogOptions, LogStorage, LogWriter, RecoveryError, RecoveryMode, TornTail};
-use crate::state::{BookingRequest, CancelRequest, Engine, Entry, LogUnavailable, Outcome, PersonKey, Refusal};
+use crate::snapshot::format::SnapshotHeader;
+use crate::snapshot::{
+    list_snapshots, remove_temporary_files, retire, take_snapshot, CheckedSnapshot, SnapshotError, SnapshotOptions,
+    SnapshotSummary,
+};
+use crate::state::{
+    BookingRequest, CancelRequest, Engine, Entry, Journal, LogUnavailable, Outcome, PersonKey, Refusal,
+};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
+pub const SNAPSHOT_DIRECTORY: &str = "snapshots";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -33,12 +44,48 @@ pub enum OpenError {
     Recovery(#[from] RecoveryError),
     #[error(transparent)]
     LogOptions(#[from] crate::log::writer::LogOptionsError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error(
+        "the log begins at record {first_lsn}, and no snapshot covers the records before it ({}); \
+         restore the snapshots directory from a copy",
+        if passed_over.is_empty() { "there is none".to_string() } else { passed_over.join("; ") }
+    )]
+    LogStartsLate { first_lsn: u64, passed_over: Vec<String> },
+    #[error(
+        "the snapshot {path} holds the effects of records up to {}, but the log ends at record {}: \
+         records a snapshot relied on are missing from the log",
+        end_lsn - 1, log_next_lsn - 1
+    )]
+    SnapshotAheadOfLog { path: PathBuf, end_lsn: u64, log_next_lsn: u64 },
 }
+
+/// What a data directory is opened with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurableOptions {
+    pub log: LogOptions,
+    pub snapshots: SnapshotOptions,
+}
+
+impl From<LogOptions> for DurableOptions {
+    fn from(log: LogOptions) -> DurableOptions {
+        DurableOptions { log, snapshots: SnapshotOptions::default() }
+    }
+}
+
+/// A snapshot recovery started from: its file and header.
+pub type UsedSnapshot = (PathBuf, SnapshotHeader);
 
 /// What start-up found and did.
 #[derive(Debug, Clone)]
 pub struct RecoveryReport {
+    /// The snapshot recovery started from, if any.
+    pub snapshot: Option<UsedSnapshot>,
+    /// Snapshots not used, newest first, each with the reason.
+    pub snapshots_passed_over: Vec<String>,
     pub records_replayed: u64,
+    /// Log records behind the snapshot, not replayed.
+    pub records_skipped: u64,
     pub next_lsn: u64,
     pub torn_tail: Option<TornTail>,
     pub removed_segments: Vec<PathBuf>,
@@ -46,9 +93,38 @@ pub struct RecoveryReport {
     pub created_demo_campaign: bool,
 }
 
-pub struct DurableEngine {
+/// The engine and its log, shared with the background snapshot thread.
+struct Core {
     engine: Engine,
     log: LogWriter,
+    snapshot_directory: PathBuf,
+    log_directory: PathBuf,
+    snapshot_options: SnapshotOptions,
+    /// Serializes snapshots; holds the start lsn of the newest one attempted.
+    snapshot_state: Mutex<SnapshotState>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SnapshotState {
+    /// The log position of the newest snapshot attempt (taken or failed).
+    pub attempted_lsn: u64,
+    pub taken: u64,
+    pub last: Option<SnapshotSummary>,
+    pub last_error: Option<String>,
+}
+
+/// The background snapshot thread and how to stop it.
+struct Snapshotter {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+/// How often the background thread looks whether a snapshot is due.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(100);
+
+pub struct DurableEngine {
+    core: Arc<Core>,
+    snapshotter: Option<Snapshotter>,
 }
 
 /// Reads the campaign of a data directory, writing the demo one first if
@@ -70,27 +146,72 @@ pub fn load_campaign(data_directory: &Path, create_demo: bool) -> Result<(Campai
     Ok((rules, created))
 }
 
+/// The number of the first record the log holds, if it has a segment.
+fn first_log_lsn(log_directory: &Path) -> Result<Option<u64>, OpenError> {
+    let segments = list_segments(log_directory)?;
+    let Some((_, path)) = segments.first() else {
+        return Ok(None);
+    };
+    // An unreadable header is recovery's business (a torn last segment, or corruption).
+    Ok(read_segment_header(path).ok().map(|header| header.first_lsn))
+}
+
+/// Restores the newest usable snapshot into `engine`. A snapshot that fails
+/// its checks is passed over (and reported) for an older one; one that passes
+/// them but cannot be restored stops start-up, the engine being half-filled.
+fn restore_newest_snapshot(
+    engine: &Engine,
+    snapshot_directory: &Path,
+    log_first_lsn: Option<u64>,
+) -> Result<(Option<UsedSnapshot>, Vec<String>), OpenError> {
+    let mut passed_over = Vec::new();
+    for (start_lsn, path) in list_snapshots(snapshot_directory)?.into_iter().rev() {
+        if let Some(first) = log_first_lsn.filter(|first| *first > start_lsn) {
+            passed_over.push(format!("{}: the log begins at record {first}, after it", path.display()));
+            continue;
+        }
+        match CheckedSnapshot::open(&path, engine.rules().campaign_id, engine.inventory()) {
+            Ok(checked) => {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                checked.restore(engine, threads)?;
+                return Ok((Some((path, checked.header)), passed_over));
+            }
+            Err(error) => {
+                tracing::warn!(%error, "passing over a snapshot that fails its checks");
+                passed_over.push(error.to_string());
+            }
+        }
+    }
+    if let Some(first) = log_first_lsn.filter(|first| *first > 1) {
+        return Err(OpenError::LogStartsLate { first_lsn: first, passed_over });
+    }
+    Ok((None, passed_over))
+}
+
 impl DurableEngine {
     /// Opens a data directory with the real file storage.
     pub fn open(
         data_directory: &Path,
-        options: LogOptions,
+        options: impl Into<DurableOptions>,
         create_demo: bool,
     ) -> Result<(DurableEngine, RecoveryReport), OpenError> {
+        let options = options.into();
         let log_directory = data_directory.join(LOG_DIRECTORY);
-        let storage = FileStorage::new(&log_directory, options.write_mode);
+        let storage = FileStorage::new(&log_directory, options.log.write_mode);
         Self::open_with_storage(data_directory, options, create_demo, Box::new(storage))
     }
 
     /// Opens a data directory, writing new segments through `storage`
-    /// (fault tests pass a failing one).
+    /// (fault tests pass a failing one): the newest usable snapshot, then the
+    /// log from the snapshot's start (docs/snapshot-format.md, "Recovery").
     pub fn open_with_storage(
         data_directory: &Path,
-        options: LogOptions,
+        options: impl Into<DurableOptions>,
         create_demo: bool,
         storage: Box<dyn LogStorage>,
     ) -> Result<(DurableEngine, RecoveryReport), OpenError> {
-        options.check()?;
+        let options = options.into();
+        options.log.check()?;
         let started = Instant::now();
         let (rules, created_demo_campaign) = load_campaign(data_directory, create_demo)?;
         let inventory = Inventory::load(&rules, data_directory)?;
@@ -99,19 +220,12 @@ impl DurableEngine {
         let log_directory = data_directory.join(LOG_DIRECTORY);
         std::fs::create_dir_all(&log_directory)
             .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
-        let recovered = recover_with_lookahead(
-            &log_directory,
-            RecoveryMode::TruncateTornTail,
-            |upcoming| {
-                let payload = upcoming[RECORD_HEADER_BYTES..].try_into().expect("32 payload bytes");
-                let (person, slot) = Entry::touched_unchecked(payload);
-                engine.prefetch_person_and_slot(person, slot);
-            },
-            |record| {
-                let entry = Entry::decode(record.kind, &record.payload).map_err(|e| e.to_string())?;
-                engine.replay(record.lsn, &entry).map_err(|e| e.reason)
-            },
-        )?;
+        let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
+        remove_temporary_files(&snapshot_directory)?;
+        let (snapshot, snapshots_passed_over) =
+            restore_newest_snapshot(&engine, &snapshot_directory, first_log_lsn(&log_directory)?)?;
+        let recovered = replay_log(&engine, &log_directory, snapshot.as_ref())?;
+        let from_lsn = snapshot.as_ref().map_or(1, |(_, header)| header.start_lsn);
         if let Some(header) = recovered.segments.first().map(|s| s.header) {
             if header.campaign_id != campaign_id {
                 return Err(OpenError::Recovery(RecoveryError::Corrupt {
@@ -121,47 +235,73 @@ impl DurableEngine {
                 }));
             }
         }
-        let log = LogWriter::start(storage, options, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
+        let log =
+            LogWriter::start(storage, options.log, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
         let report = RecoveryReport {
+            snapshot,
+            snapshots_passed_over,
             records_replayed: recovered.records,
+            records_skipped: recovered.records_skipped,
             next_lsn: recovered.next_lsn,
             torn_tail: recovered.torn_tail,
             removed_segments: recovered.removed_segments,
             elapsed: started.elapsed(),
             created_demo_campaign,
         };
-        Ok((DurableEngine { engine, log }, report))
+        let snapshot_state = SnapshotState { attempted_lsn: from_lsn, ..SnapshotState::default() };
+        let core = Arc::new(Core {
+            engine,
+            log,
+            snapshot_directory,
+            log_directory,
+            snapshot_options: options.snapshots,
+            snapshot_state: Mutex::new(snapshot_state),
+        });
+        let snapshotter = (options.snapshots.every_records > 0).then(|| Snapshotter::start(Arc::clone(&core)));
+        Ok((DurableEngine { core, snapshotter }, report))
     }
 
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.core.engine
     }
 
     pub fn log(&self) -> &LogWriter {
-        &self.log
+        &self.core.log
+    }
+
+    /// Takes a snapshot now, while other threads go on booking, then retires
+    /// older snapshots and the log segments behind the kept ones. `Ok(None)`:
+    /// nothing was logged since the last one.
+    pub fn take_snapshot(&self) -> Result<Option<SnapshotSummary>, SnapshotError> {
+        self.core.take_snapshot()
+    }
+
+    /// What the snapshots taken since start-up did.
+    pub fn snapshot_state(&self) -> SnapshotState {
+        self.core.snapshot_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Releases an outcome once it is durable; if it never can be, the answer
     /// is a refusal (nothing that is not durable is acknowledged).
     fn release<T>(&self, outcome: Outcome<T>) -> Result<T, Refusal> {
-        self.log.wait_durable(outcome.durable_after).map_err(Refusal::LogUnavailable)?;
+        self.core.log.wait_durable(outcome.durable_after).map_err(Refusal::LogUnavailable)?;
         outcome.result
     }
 
     pub fn reserve(&self, request: &BookingRequest, now_ms: i64) -> Result<SlotIndex, Refusal> {
-        self.release(self.engine.reserve(&self.log, request, now_ms))
+        self.release(self.core.engine.reserve(&self.core.log, request, now_ms))
     }
 
     pub fn change(&self, request: &BookingRequest, now_ms: i64) -> Result<SlotIndex, Refusal> {
-        self.release(self.engine.change(&self.log, request, now_ms))
+        self.release(self.core.engine.change(&self.core.log, request, now_ms))
     }
 
     pub fn cancel(&self, request: &CancelRequest, now_ms: i64) -> Result<SlotIndex, Refusal> {
-        self.release(self.engine.cancel(&self.log, request, now_ms))
+        self.release(self.core.engine.cancel(&self.core.log, request, now_ms))
     }
 
     pub fn add_capacity(&self, slot: SlotIndex, seats: u32, operator_id: u32) -> Result<u32, Refusal> {
-        self.release(self.engine.add_capacity(&self.log, slot, seats, operator_id))
+        self.release(self.core.engine.add_capacity(&self.core.log, slot, seats, operator_id))
     }
 
     /// Reads wait for the records they may have seen, so they never show a
@@ -170,18 +310,153 @@ impl DurableEngine {
     /// (their requesters were refused; a restart drops them): see
     /// docs/log-format.md, "When the disk fails".
     fn release_read<T>(&self, outcome: Outcome<T>) -> Result<T, Refusal> {
-        match self.log.wait_durable(outcome.durable_after) {
+        match self.core.log.wait_durable(outcome.durable_after) {
             Ok(()) | Err(LogUnavailable::DiskFull | LogUnavailable::IoFailed) => outcome.result,
             Err(closed) => Err(Refusal::LogUnavailable(closed)),
         }
     }
 
     pub fn reservation_of(&self, person: PersonKey) -> Result<Option<SlotIndex>, Refusal> {
-        self.release_read(self.engine.reservation_of(&self.log, person))
+        self.release_read(self.core.engine.reservation_of(&self.core.log, person))
     }
 
-    /// Makes everything appended durable and stops the log writer.
-    pub fn close(self) -> Result<(), Refusal> {
-        self.log.close().map_err(Refusal::LogUnavailable)
+    /// Stops the snapshot thread (letting a snapshot under way finish), makes
+    /// everything appended durable and stops the log writer.
+    pub fn close(mut self) -> Result<(), Refusal> {
+        self.stop_snapshotter();
+        self.core.log.close().map_err(Refusal::LogUnavailable)
+    }
+
+    fn stop_snapshotter(&mut self) {
+        if let Some(snapshotter) = self.snapshotter.take() {
+            snapshotter.stop();
+        }
+    }
+}
+
+impl Drop for DurableEngine {
+    fn drop(&mut self) {
+        self.stop_snapshotter();
+    }
+}
+
+/// Replays the log into `engine` from `from_lsn`: records below `end_lsn`
+/// form the snapshot's window and overwrite (src/state/restore.rs), later
+/// ones replay strictly.
+fn replay_log(
+    engine: &Engine,
+    log_directory: &Path,
+    snapshot: Option<&UsedSnapshot>,
+) -> Result<RecoveredLog, OpenError> {
+    let (from_lsn, end_lsn) = snapshot.map_or((1, 1), |(_, header)| (header.start_lsn, header.end_lsn));
+    let mut touched = Vec::new();
+    let mut window_open = end_lsn > from_lsn;
+    let recovered = recover_with_lookahead(
+        log_directory,
+        RecoveryMode::TruncateTornTail,
+        from_lsn,
+        |upcoming| {
+            let payload = upcoming[RECORD_HEADER_BYTES..].try_into().expect("32 payload bytes");
+            let (person, slot) = Entry::touched_unchecked(payload);
+            engine.prefetch_person_and_slot(person, slot);
+        },
+        |record| {
+            let entry = Entry::decode(record.kind, &record.payload).map_err(|e| e.to_string())?;
+            if record.lsn < end_lsn {
+                return engine.replay_in_window(record.lsn, &entry, &mut touched).map_err(|e| e.reason);
+            }
+            if std::mem::take(&mut window_open) {
+                engine.check_window(&touched)?;
+            }
+            engine.replay(record.lsn, &entry).map_err(|e| e.reason)
+        },
+    )?;
+    if recovered.next_lsn < end_lsn {
+        return Err(OpenError::SnapshotAheadOfLog {
+            path: snapshot.map(|(path, _)| path.clone()).unwrap_or_default(),
+            end_lsn,
+            log_next_lsn: recovered.next_lsn,
+        });
+    }
+    if window_open {
+        engine.check_window(&touched).map_err(|reason| {
+            OpenError::Recovery(RecoveryError::Rejected {
+                path: log_directory.to_path_buf(),
+                offset: 0,
+                lsn: end_lsn - 1,
+                reason,
+            })
+        })?;
+    }
+    Ok(recovered)
+}
+
+impl Core {
+    fn take_snapshot(&self) -> Result<Option<SnapshotSummary>, SnapshotError> {
+        let mut state = self.snapshot_state.lock().unwrap_or_else(|p| p.into_inner());
+        state.attempted_lsn = self.log.next_lsn();
+        let result = take_snapshot(&self.engine, &self.log, &self.snapshot_directory).and_then(|taken| {
+            retire(&self.snapshot_directory, &self.log_directory, self.snapshot_options.keep)?;
+            Ok(taken)
+        });
+        match &result {
+            Ok(Some(summary)) => {
+                state.taken += 1;
+                state.last = Some(summary.clone());
+                tracing::info!(
+                    path = %summary.path.display(),
+                    people = summary.header.people_count,
+                    elapsed_ms = summary.elapsed.as_millis() as u64,
+                    "snapshot taken"
+                );
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "snapshot failed; the log still holds everything");
+                state.last_error = Some(error.to_string());
+            }
+        }
+        result
+    }
+
+    /// Whether enough was logged since the last attempt for a snapshot.
+    fn snapshot_due(&self) -> bool {
+        let attempted = self.snapshot_state.lock().unwrap_or_else(|p| p.into_inner()).attempted_lsn;
+        self.log.durable_lsn().saturating_sub(attempted) >= self.snapshot_options.every_records
+    }
+}
+
+impl Snapshotter {
+    fn start(core: Arc<Core>) -> Snapshotter {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop_seen = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("yeyak-snapshot".into())
+            .spawn(move || loop {
+                let (stopped, wake) = &*stop_seen;
+                let guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
+                let guard = wake
+                    .wait_timeout_while(guard, SNAPSHOT_POLL, |stopped| !*stopped)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                if *guard {
+                    return;
+                }
+                drop(guard);
+                if core.snapshot_due() && core.log.writable().is_ok() {
+                    // Failures are logged and kept in the state; the next try waits for more records.
+                    let _ = core.take_snapshot();
+                }
+            })
+            .expect("the OS can start one thread");
+        Snapshotter { stop, thread }
+    }
+
+    fn stop(self) {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stop.1.notify_all();
+        if self.thread.join().is_err() {
+            tracing::error!("the snapshot thread panicked");
+        }
     }
 }

@@ -8,8 +8,9 @@
 //! | inventory | [`inventory`] | sites, regions, slots and their dense [`inventory::SlotIndex`] numbers |
 //! | rules | [`rules`] | who may book when: cohorts, rotation days, booking windows, proxies (pure) |
 //! | state machine | [`state`] | [`state::Engine`]: lock-free slot counters, the people table, reserve / cancel / change; hands [`state::Entry`]s to a [`state::Journal`] |
-//! | log | [`log`] | the append-only segmented log: record format, group-commit writer, recovery |
-//! | durable engine | [`durable`] | opens a data directory: recovers the engine from the log, then serves commands whose answers wait for durability |
+//! | log | [`log`] | the append-only segmented log: record format, group-commit writer, recovery, retention |
+//! | snapshot | [`snapshot`] | the state at a point of the log (rkyv chunks), taken in the background; recovery = snapshot + log tail |
+//! | durable engine | [`durable`] | opens a data directory: recovers the engine from the newest snapshot and the log, then serves commands whose answers wait for durability; takes snapshots in the background |
 //! | demo | [`demo`] | the simulated booking evening the `yeyak` binary runs on its defaults |
 //!
 //! Where a reservation goes: `durable::DurableEngine::reserve` →
@@ -25,7 +26,9 @@ pub mod demo;
 pub mod durable;
 pub mod inventory;
 pub mod log;
+pub mod memory;
 pub mod rules;
+pub mod snapshot;
 pub mod state;
 pub mod sync;
 

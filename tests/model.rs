@@ -1,7 +1,8 @@
 //! Property test: random command sequences run against the durable engine and
 //! against a plain reference model (BTreeMaps, no concurrency, no log) give the
 //! same answers and the same final state, with restarts at random points
-//! (each restart recovers from the log and must change nothing).
+//! and snapshots at random points (each restart recovers from the newest
+//! snapshot and the log and must change nothing).
 //!
 //! On failure proptest prints the minimal failing command sequence; set
 //! PROPTEST_CASES to run more cases.
@@ -12,8 +13,9 @@ use std::collections::BTreeMap;
 
 use common::*;
 use proptest::prelude::*;
-use yeyak::durable::DurableEngine;
+use yeyak::durable::{DurableEngine, DurableOptions};
 use yeyak::inventory::SlotIndex;
+use yeyak::snapshot::SnapshotOptions;
 use yeyak::state::{CommandKind, LastCommand, PersonKey, PersonRecord, Refusal};
 
 /// Slots the commands use: the first six, capacities from the inventory.
@@ -27,6 +29,7 @@ enum Command {
     Cancel { person: u64, key: u64 },
     AddCapacity { slot: u32, seats: u32 },
     Restart,
+    Snapshot,
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -39,6 +42,7 @@ fn command() -> impl Strategy<Value = Command> {
         2 => (person, key).prop_map(|(person, key)| Command::Cancel { person, key }),
         1 => (slot, 0..3u32).prop_map(|(slot, seats)| Command::AddCapacity { slot, seats }),
         1 => Just(Command::Restart),
+        1 => Just(Command::Snapshot),
     ]
 }
 
@@ -128,7 +132,7 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
     let now = open_evening_ms(&rules);
-    let options = small_log_options();
+    let options = DurableOptions { log: small_log_options(), snapshots: SnapshotOptions { every_records: 0, keep: 2 } };
     let (mut engine, _) = DurableEngine::open(directory.path(), options, false).unwrap();
     let capacities = |engine: &DurableEngine| -> BTreeMap<u32, u32> {
         (0..SLOTS).map(|s| (s, engine.engine().slot_seats(SlotIndex(s)).unwrap().1)).collect()
@@ -157,6 +161,9 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
                 engine.close().unwrap();
                 engine = DurableEngine::open(directory.path(), options, false).unwrap().0;
                 prop_assert!(engine.engine().logical_state() == before, "step {}: restart changed the state", step);
+            }
+            Command::Snapshot => {
+                prop_assert!(engine.take_snapshot().is_ok(), "step {}: {:?}", step, engine.snapshot_state().last_error);
             }
         }
     }

@@ -11,10 +11,11 @@ use clap::{Parser, Subcommand};
 
 use yeyak::calendar::{Date, TimeOfDay};
 use yeyak::config::CampaignRules;
-use yeyak::durable::DurableEngine;
+use yeyak::durable::{DurableEngine, DurableOptions};
 use yeyak::inventory::{Inventory, SlotIndex};
 use yeyak::log::{Durability, LogOptions, WriteMode};
 use yeyak::rules::Channel;
+use yeyak::snapshot::SnapshotOptions;
 use yeyak::state::{BookingRequest, CountingJournal, Engine, Journal, PersonKey};
 
 #[global_allocator]
@@ -49,11 +50,17 @@ enum Command {
         /// Keep the data directory (for the recovery benchmark).
         #[arg(long)]
         keep: bool,
+        /// Take a background snapshot every this many records (0: none).
+        #[arg(long, default_value_t = 0)]
+        snapshot_every: u64,
     },
     /// Time from start to serving: recover a data directory written by `durable --keep`.
     Recovery {
         #[arg(long, default_value = "/tmp/yeyak-bench-durable")]
         data_dir: PathBuf,
+        /// Recover from the log alone (the snapshots directory is set aside meanwhile).
+        #[arg(long)]
+        without_snapshots: bool,
     },
     /// Resident memory of the demo inventory (8.1 M slots) and a people table filled with `people`.
     Memory {
@@ -66,10 +73,10 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Reserve { people, batch } => reserve(people, batch),
-        Command::Durable { people, batch, write_mode, data_dir, keep } => {
-            durable(people, batch, write_mode, data_dir, keep)
+        Command::Durable { people, batch, write_mode, data_dir, keep, snapshot_every } => {
+            durable(people, batch, write_mode, data_dir, keep, snapshot_every)
         }
-        Command::Recovery { data_dir } => recovery(data_dir),
+        Command::Recovery { data_dir, without_snapshots } => recovery(data_dir, without_snapshots),
         Command::Memory { people } => memory(people),
     }
 }
@@ -152,7 +159,7 @@ fn reserve(people: u64, batch: usize) {
     println!("  {booked} reservations in {seconds:.3} s = {:.2} M reservations/s", booked as f64 / seconds / 1e6);
 }
 
-fn durable(people: u64, batch: usize, write_mode: WriteMode, data_dir: PathBuf, keep: bool) {
+fn durable(people: u64, batch: usize, write_mode: WriteMode, data_dir: PathBuf, keep: bool, snapshot_every: u64) {
     let _ = std::fs::remove_dir_all(&data_dir);
     std::fs::create_dir_all(&data_dir).expect("can create the data directory");
     let rules = national_rules(people);
@@ -162,7 +169,10 @@ fn durable(people: u64, batch: usize, write_mode: WriteMode, data_dir: PathBuf, 
             .replace("people_max = 20_000_000", &format!("people_max = {}", people.max(1))),
     )
     .expect("writable");
-    let options = LogOptions { durability: Durability::Sync, write_mode, ..LogOptions::default() };
+    let options = DurableOptions {
+        log: LogOptions { durability: Durability::Sync, write_mode, ..LogOptions::default() },
+        snapshots: SnapshotOptions { every_records: snapshot_every, keep: 2 },
+    };
     let (engine, _) = DurableEngine::open(&data_dir, options, false).expect("opens");
     let requests = crowd(engine.engine().inventory(), people);
     let now_ms = open_evening_ms(&rules);
@@ -187,17 +197,47 @@ fn durable(people: u64, batch: usize, write_mode: WriteMode, data_dir: PathBuf, 
     println!("durable reserve (in process, 1 booking thread + flusher): people={people} batch={batch} write_mode={write_mode:?}");
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s; {groups} groups ({:.0} records/group), mean sync {:.1} µs",
         booked as f64 / seconds / 1e6, booked as f64 / groups.max(1) as f64, sync_nanos as f64 / groups.max(1) as f64 / 1e3);
+    let snapshots = engine.snapshot_state();
+    if let Some(last) = &snapshots.last {
+        println!(
+            "  {} background snapshots; the last: {} people, {:.0} MiB in {:.2?}",
+            snapshots.taken,
+            last.header.people_count,
+            last.size_bytes as f64 / (1 << 20) as f64,
+            last.elapsed
+        );
+    }
     engine.close().expect("closes");
     if !keep {
         let _ = std::fs::remove_dir_all(&data_dir);
     }
 }
 
-fn recovery(data_dir: PathBuf) {
+fn recovery(data_dir: PathBuf, without_snapshots: bool) {
+    let snapshots = data_dir.join(yeyak::durable::SNAPSHOT_DIRECTORY);
+    let aside = data_dir.join("snapshots.aside");
+    if without_snapshots && snapshots.exists() {
+        std::fs::rename(&snapshots, &aside).expect("can set the snapshots aside");
+    }
     let started = Instant::now();
-    let (engine, report) = DurableEngine::open(&data_dir, LogOptions::default(), false).expect("opens");
+    let opened = DurableEngine::open(&data_dir, LogOptions::default(), false);
     let seconds = started.elapsed().as_secs_f64();
-    println!("recovery from the log alone: {} records replayed, serving after {seconds:.3} s", report.records_replayed);
+    if aside.exists() {
+        std::fs::rename(&aside, &snapshots).expect("can put the snapshots back");
+    }
+    let (engine, report) = opened.expect("opens");
+    match &report.snapshot {
+        Some((path, header)) => println!(
+            "recovery from snapshot {} ({} people) + log tail: {} records replayed, serving after {seconds:.3} s",
+            path.display(),
+            header.people_count,
+            report.records_replayed
+        ),
+        None => println!(
+            "recovery from the log alone: {} records replayed, serving after {seconds:.3} s",
+            report.records_replayed
+        ),
+    }
     println!("  reservations held: {}", engine.engine().reservations_count());
 }
 

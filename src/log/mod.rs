@@ -5,6 +5,7 @@
 pub mod faults;
 pub mod format;
 pub mod recovery;
+pub mod retention;
 pub mod storage;
 pub mod writer;
 

@@ -65,6 +65,8 @@ pub struct RecoveredLog {
     /// The index a new segment must get.
     pub next_segment_index: u64,
     pub records: u64,
+    /// Records numbered below `from_lsn`: read past (or skipped) and not visited.
+    pub records_skipped: u64,
     pub torn_tail: Option<TornTail>,
     /// Empty segment files after the tail that were removed.
     pub removed_segments: Vec<PathBuf>,
@@ -116,7 +118,7 @@ impl MappedSegment {
         } else {
             // SAFETY: the log directory belongs to this engine and nothing writes
             // to segment files while recovery or `yeyak log` reads them.
-            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(path))?)
+            Some(unsafe { memmap2::MmapOptions::new().populate().map(&file) }.map_err(io_error(path))?)
         };
         Ok(MappedSegment { path: path.to_path_buf(), map })
     }
@@ -160,7 +162,7 @@ pub fn recover(
     mode: RecoveryMode,
     visit: impl FnMut(&Record) -> Result<(), String>,
 ) -> Result<RecoveredLog, RecoveryError> {
-    recover_with_lookahead(directory, mode, |_| {}, visit)
+    recover_with_lookahead(directory, mode, 1, |_| {}, visit)
 }
 
 /// How far ahead of `visit` the `lookahead` callback sees records.
@@ -170,9 +172,15 @@ pub const LOOKAHEAD_RECORDS: u64 = 8;
 /// record `LOOKAHEAD_RECORDS` ahead of the one visited, so the layer above
 /// can prefetch what that record will touch. The bytes may be anything (zeros,
 /// a torn record): `lookahead` must only use them as hints.
+///
+/// Records numbered below `from_lsn` are not visited (a snapshot holds their
+/// effects). Segments wholly below it are passed over unread, and a segment
+/// that starts below it is entered at `from_lsn`'s record when that record is
+/// where the numbering says; otherwise it is read from its start as usual.
 pub fn recover_with_lookahead(
     directory: &Path,
     mode: RecoveryMode,
+    from_lsn: u64,
     mut lookahead: impl FnMut(&RecordBytes),
     mut visit: impl FnMut(&Record) -> Result<(), String>,
 ) -> Result<RecoveredLog, RecoveryError> {
@@ -197,16 +205,33 @@ pub fn recover_with_lookahead(
         check_header(&header, *index, position == 0, recovered.next_lsn).map_err(|r| corrupt(0, r))?;
         recovered.next_lsn = header.first_lsn;
         recovered.next_segment_index = index + 1;
-        let mut records = 0;
-        let mut tail = None;
         let capacity = segment.record_count_capacity();
-        for record_index in 0..capacity {
+        if let Some(next_first_lsn) = wholly_before(&listed[position + 1..], &header, from_lsn) {
+            let records = next_first_lsn - header.first_lsn;
+            recovered.records_skipped += records;
+            recovered.next_lsn = next_first_lsn;
+            recovered.segments.push(SegmentSummary { path: path.clone(), header, records });
+            position += 1;
+            continue;
+        }
+        let first_index = entry_index(&segment, &header, from_lsn);
+        recovered.next_lsn += first_index;
+        recovered.records_skipped += first_index;
+        let mut records = first_index;
+        let mut tail = None;
+        for record_index in first_index..capacity {
             let offset = (SEGMENT_HEADER_BYTES + record_index as usize * RECORD_BYTES) as u64;
             if record_index + LOOKAHEAD_RECORDS < capacity {
                 lookahead(segment.record_bytes(record_index + LOOKAHEAD_RECORDS));
             }
             match Record::decode(segment.record_bytes(record_index)) {
+                Ok(record) if record.lsn == recovered.next_lsn && record.lsn < from_lsn => {
+                    recovered.records_skipped += 1;
+                    recovered.next_lsn += 1;
+                    records += 1;
+                }
                 Ok(record) if record.lsn == recovered.next_lsn => {
+                    recovered.records += 1;
                     visit(&record).map_err(|reason| RecoveryError::Rejected {
                         path: path.clone(),
                         offset,
@@ -229,7 +254,6 @@ pub fn recover_with_lookahead(
                 }
             }
         }
-        recovered.records += records;
         recovered.segments.push(SegmentSummary { path: path.clone(), header, records });
         if let Some((record_index, offset, defect)) = tail {
             let later = &listed[position + 1..];
@@ -240,6 +264,30 @@ pub fn recover_with_lookahead(
         position += 1;
     }
     Ok(recovered)
+}
+
+/// The first number of the next segment, if it shows this one holds only
+/// records below `from_lsn`.
+fn wholly_before(later: &[(u64, PathBuf)], header: &SegmentHeader, from_lsn: u64) -> Option<u64> {
+    if header.first_lsn >= from_lsn {
+        return None;
+    }
+    let (_, next_path) = later.first()?;
+    let next = crate::log::retention::read_segment_header(next_path).ok()?;
+    (header.first_lsn..=from_lsn).contains(&next.first_lsn).then_some(next.first_lsn)
+}
+
+/// Where to start reading a segment that begins below `from_lsn`: at
+/// `from_lsn`'s record if it is where the numbering puts it, else at 0.
+fn entry_index(segment: &MappedSegment, header: &SegmentHeader, from_lsn: u64) -> u64 {
+    let index = from_lsn.saturating_sub(header.first_lsn);
+    if index == 0 || index >= segment.record_count_capacity() {
+        return 0;
+    }
+    match Record::decode(segment.record_bytes(index)) {
+        Ok(record) if record.lsn == from_lsn => index,
+        _ => 0,
+    }
 }
 
 fn check_header(header: &SegmentHeader, index: u64, first: bool, expected_lsn: u64) -> Result<(), String> {

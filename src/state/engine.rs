@@ -52,7 +52,7 @@ pub struct Engine {
     pub(crate) slots: SlotCounters,
     pub(crate) people: PeopleTable,
     /// Serializes capacity changes (rare, operator-driven) with each other.
-    capacity_changes: Mutex<()>,
+    pub(crate) capacity_changes: Mutex<()>,
 }
 
 impl Engine {

@@ -7,6 +7,7 @@ pub mod people;
 pub mod queries;
 pub mod refusal;
 pub mod replay;
+pub mod restore;
 pub mod slot_counters;
 
 pub use engine::{BookingRequest, CancelRequest, Engine, Outcome};

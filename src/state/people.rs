@@ -123,7 +123,7 @@ impl Bucket {
 }
 
 pub struct PeopleTable {
-    buckets: Box<[Bucket]>,
+    buckets: Buckets,
     bucket_mask: u64,
     people_max: u64,
     /// People inserted (counted after their bucket is claimed).
@@ -296,26 +296,24 @@ impl PeopleTable {
     }
 }
 
-/// Buckets start zeroed (= empty). With std atomics the zeroed allocation is
-/// taken from the allocator as is (`calloc`: pages the OS zeroes on first touch).
+/// Buckets start zeroed (= empty), on huge pages where the OS gives them
+/// (src/memory.rs): every command touches one bucket at random.
 #[cfg(not(feature = "shuttle"))]
-fn allocate_buckets(bucket_count: usize) -> Box<[Bucket]> {
-    let layout = std::alloc::Layout::array::<Bucket>(bucket_count).expect("bucket count fits memory");
-    // SAFETY: the layout has a non-zero size (at least 8 buckets). `Bucket` is
-    // four `AtomicU64`s, for which all-zero bytes are a valid value. The pointer
-    // comes from the global allocator with exactly this layout, which is what
-    // `Box<[Bucket]>` frees it with.
-    unsafe {
-        let pointer = std::alloc::alloc_zeroed(layout).cast::<Bucket>();
-        if pointer.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
-        Box::from_raw(std::ptr::slice_from_raw_parts_mut(pointer, bucket_count))
-    }
+type Buckets = crate::memory::ZeroedArray<Bucket>;
+#[cfg(feature = "shuttle")]
+type Buckets = Box<[Bucket]>;
+
+// SAFETY: a bucket is four `AtomicU64`s, valid as all zeros (the empty bucket).
+#[cfg(not(feature = "shuttle"))]
+unsafe impl crate::memory::Zeroable for Bucket {}
+
+#[cfg(not(feature = "shuttle"))]
+fn allocate_buckets(bucket_count: usize) -> Buckets {
+    crate::memory::ZeroedArray::new(bucket_count)
 }
 
 #[cfg(feature = "shuttle")]
-fn allocate_buckets(bucket_count: usize) -> Box<[Bucket]> {
+fn allocate_buckets(bucket_count: usize) -> Buckets {
     (0..bucket_count)
         .map(|_| Bucket {
             key_low: AtomicU64::new(0),

@@ -28,19 +28,37 @@ const _: () = assert!(std::mem::size_of::<SlotCell>() == 64 || cfg!(feature = "s
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlotFull;
 
+/// One cell per slot, on huge pages where the OS gives them (src/memory.rs).
+#[cfg(not(feature = "shuttle"))]
+type Cells = crate::memory::ZeroedArray<SlotCell>;
+#[cfg(feature = "shuttle")]
+type Cells = Box<[SlotCell]>;
+
+// SAFETY: a cell is two `AtomicU32`s (and padding), valid as all zeros.
+#[cfg(not(feature = "shuttle"))]
+unsafe impl crate::memory::Zeroable for SlotCell {}
+
 pub struct SlotCounters {
-    cells: Box<[SlotCell]>,
+    cells: Cells,
 }
 
 impl SlotCounters {
     /// Counters starting full at the given capacities.
     pub fn new(capacities: &[u32]) -> SlotCounters {
+        assert!(capacities.iter().all(|c| *c <= SLOT_CAPACITY_MAX), "inventory checks capacities");
+        #[cfg(not(feature = "shuttle"))]
+        let cells = {
+            let cells = Cells::new(capacities.len());
+            for (cell, capacity) in cells.iter().zip(capacities) {
+                cell.remaining.store(*capacity, Ordering::Relaxed);
+                cell.capacity.store(*capacity, Ordering::Relaxed);
+            }
+            cells
+        };
+        #[cfg(feature = "shuttle")]
         let cells = capacities
             .iter()
-            .map(|capacity| {
-                assert!(*capacity <= SLOT_CAPACITY_MAX, "inventory checks capacities");
-                SlotCell { remaining: AtomicU32::new(*capacity), capacity: AtomicU32::new(*capacity) }
-            })
+            .map(|c| SlotCell { remaining: AtomicU32::new(*c), capacity: AtomicU32::new(*c) })
             .collect();
         SlotCounters { cells }
     }
@@ -100,6 +118,32 @@ impl SlotCounters {
         self.cells[slot as usize].capacity.load(Ordering::Relaxed)
     }
 
+    /// Snapshot-window replay only (src/state/restore.rs): takes a seat with
+    /// no zero check. The count may wrap below zero for a while; it is whole
+    /// again once the window is replayed, and `is_consistent` checks that.
+    pub fn take_wrapping(&self, slot: u32) {
+        self.cells[slot as usize].remaining.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Snapshot-window replay only: gives a seat back with no check.
+    pub fn give_wrapping(&self, slot: u32) {
+        self.cells[slot as usize].remaining.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Snapshot-window replay only: sets the capacity, moving the seats left
+    /// by the difference (which may be negative).
+    pub fn set_capacity_wrapping(&self, slot: u32, capacity: u32) {
+        let cell = &self.cells[slot as usize];
+        let before = cell.capacity.swap(capacity, Ordering::Relaxed);
+        cell.remaining.fetch_add(capacity.wrapping_sub(before), Ordering::Relaxed);
+    }
+
+    /// Seats left within `0..=capacity`: what every slot satisfies outside a
+    /// snapshot window's replay.
+    pub fn is_consistent(&self, slot: u32) -> bool {
+        self.remaining(slot) <= self.capacity(slot)
+    }
+
     /// Asks the CPU to bring a slot's line into cache ahead of `take`.
     #[inline]
     pub fn prefetch(&self, slot: u32) {
@@ -125,6 +169,20 @@ mod tests {
         assert_eq!(counters.add_capacity(1, 3), Some(3));
         assert_eq!(counters.remaining(1), 3);
         assert_eq!(counters.add_capacity(1, SLOT_CAPACITY_MAX), None);
+    }
+
+    #[test]
+    fn wrapping_moves_go_below_zero_and_come_back() {
+        let counters = SlotCounters::new(&[1]);
+        counters.take_wrapping(0);
+        counters.take_wrapping(0);
+        assert!(!counters.is_consistent(0), "two seats taken from one");
+        counters.set_capacity_wrapping(0, 3);
+        assert_eq!((counters.remaining(0), counters.capacity(0)), (1, 3));
+        counters.give_wrapping(0);
+        counters.set_capacity_wrapping(0, 2);
+        assert_eq!((counters.remaining(0), counters.capacity(0)), (1, 2));
+        assert!(counters.is_consistent(0));
     }
 
     #[test]

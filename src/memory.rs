@@ -1,0 +1,112 @@
+//! Large zeroed tables on transparent huge pages.
+//!
+//! The people table (1 GiB for 20 M people) and the slot counters (512 MiB for
+//! 8 M slots) are read at random, once per command. On 4 KiB pages nearly
+//! every access also misses the TLB, and starting up faults in 400,000 pages.
+//! On 2 MiB pages both costs mostly vanish. Linux hands out huge pages to a
+//! region advised with `MADV_HUGEPAGE` (its default `madvise` mode), so tables
+//! are allocated 2 MiB-aligned and advised before their first touch. Where the
+//! advice is refused, the table works the same on small pages.
+//!
+//! `YEYAK_NO_HUGE_PAGES=1` in the environment leaves the advice out, so that
+//! benchmarks can measure what huge pages bring (docs/benchmarks.md).
+
+use std::alloc::Layout;
+use std::ops::Deref;
+
+/// The huge page size tables are aligned to.
+pub const HUGE_PAGE_BYTES: usize = 2 << 20;
+/// Smaller tables stay on small pages: they gain little, and faulting in huge
+/// pages (the kernel may compact memory to find them) costs more than it saves
+/// when a table is made and dropped often, as in the crash tests.
+pub const HUGE_TABLE_BYTES_MIN: usize = 64 << 20;
+
+/// Types for which all-zero bytes are a valid value (atomics, integers).
+///
+/// # Safety
+/// An implementor must be valid when every byte of it is zero, and must not
+/// need dropping.
+pub unsafe trait Zeroable: Sized {}
+
+/// A fixed-length array of zeroed `T`, 2 MiB-aligned and advised onto huge pages.
+pub struct ZeroedArray<T: Zeroable> {
+    pointer: std::ptr::NonNull<T>,
+    length: usize,
+    layout: Layout,
+}
+
+// SAFETY: the array owns its elements like a `Box<[T]>`; sharing or sending it
+// is sound exactly when it would be for `T`.
+unsafe impl<T: Zeroable + Send> Send for ZeroedArray<T> {}
+// SAFETY: as above.
+unsafe impl<T: Zeroable + Sync> Sync for ZeroedArray<T> {}
+
+impl<T: Zeroable> ZeroedArray<T> {
+    /// `length` zeroed elements. Aborts if memory runs out, as `Box` does.
+    pub fn new(length: usize) -> ZeroedArray<T> {
+        // At least one element is allocated, so the layout is never empty.
+        let bytes = std::mem::size_of::<T>().checked_mul(length.max(1)).expect("table size fits the address space");
+        let align = std::mem::align_of::<T>().max(if bytes >= HUGE_TABLE_BYTES_MIN { HUGE_PAGE_BYTES } else { 1 });
+        let layout = Layout::from_size_align(bytes.max(1), align).expect("table layout is valid");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let Some(pointer) = std::ptr::NonNull::new(raw.cast::<T>()) else {
+            std::alloc::handle_alloc_error(layout);
+        };
+        advise_huge_pages(raw, bytes);
+        ZeroedArray { pointer, length, layout }
+    }
+}
+
+/// Asks the kernel for huge pages over `[start, start + bytes)`; a hint only.
+fn advise_huge_pages(start: *mut u8, bytes: usize) {
+    if bytes < HUGE_TABLE_BYTES_MIN || std::env::var_os("YEYAK_NO_HUGE_PAGES").is_some() {
+        return;
+    }
+    // SAFETY: `madvise` with MADV_HUGEPAGE changes no memory contents; the
+    // range lies inside one allocation we own, and its start is 2 MiB-aligned
+    // (hence page-aligned) by the layout.
+    let result = unsafe { libc::madvise(start.cast(), bytes, libc::MADV_HUGEPAGE) };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "no huge pages for a table; using small pages");
+    }
+}
+
+impl<T: Zeroable> Deref for ZeroedArray<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `pointer` points to `length` initialized (zeroed, valid by
+        // `Zeroable`) elements that live as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.pointer.as_ptr(), self.length) }
+    }
+}
+
+impl<T: Zeroable> Drop for ZeroedArray<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with exactly this layout; `T` needs no drop.
+        unsafe { std::alloc::dealloc(self.pointer.as_ptr().cast(), self.layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    // SAFETY: an atomic integer is valid as all zeros.
+    unsafe impl Zeroable for AtomicU64 {}
+
+    #[test]
+    fn large_and_small_arrays_start_zeroed_and_aligned() {
+        assert!(ZeroedArray::<AtomicU64>::new(0).is_empty());
+        for length in [1, 1000, HUGE_TABLE_BYTES_MIN / 8 + 3] {
+            let array = ZeroedArray::<AtomicU64>::new(length);
+            assert_eq!(array.len(), length);
+            assert!(array.iter().all(|x| x.load(Ordering::Relaxed) == 0));
+            array[length - 1].store(7, Ordering::Relaxed);
+            if length * 8 >= HUGE_TABLE_BYTES_MIN {
+                assert_eq!(array.as_ptr() as usize % HUGE_PAGE_BYTES, 0);
+            }
+        }
+    }
+}

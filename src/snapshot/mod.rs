@@ -1,0 +1,249 @@
+//! Snapshots: the state at a point in the log, so that recovery replays only
+//! the log's tail (docs/snapshot-format.md).
+//!
+//! - `format`: the file, byte by byte; the rkyv item types.
+//! - `writer`: taking one in the background while reservations go on; retiring
+//!   older snapshots and the log segments they make unnecessary.
+//! - this file: finding snapshots, checking one completely before anything is
+//!   restored from it, and restoring it into a fresh engine.
+
+pub mod format;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use crate::inventory::{Inventory, SlotIndex};
+use crate::snapshot::format::{
+    align_chunk, chunk_kind, inventory_digest, parse_snapshot_file_name, ArchivedCapacityImage, ArchivedPersonImage,
+    ChunkHeader, SnapshotHeader, CHUNK_HEADER_BYTES, SNAPSHOT_HEADER_BYTES, TEMPORARY_SUFFIX,
+};
+use crate::state::{Engine, LogUnavailable, PersonKey};
+
+pub use writer::{retire, take_snapshot, SnapshotSummary};
+
+/// When snapshots are taken and how many are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotOptions {
+    /// Take one in the background once this many records were logged since
+    /// the last one; 0: never in the background (`DurableEngine::take_snapshot` still works).
+    pub every_records: u64,
+    /// Snapshots kept; log segments behind the oldest kept one are removed. At
+    /// least 2 by default, so that a damaged newest snapshot leaves the older
+    /// one and the log to recover from.
+    pub keep: usize,
+}
+
+impl Default for SnapshotOptions {
+    fn default() -> Self {
+        SnapshotOptions { every_records: 1 << 23, keep: 2 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot I/O on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("snapshot {path} is not valid at byte {offset}: {reason}")]
+    Invalid { path: PathBuf, offset: u64, reason: String },
+    #[error("snapshot {path} was refused by the state machine: {reason}")]
+    Rejected { path: PathBuf, reason: String },
+    #[error("the log could not make the snapshot's records durable ({0:?}); the snapshot was discarded")]
+    LogUnavailable(LogUnavailable),
+}
+
+/// The snapshot files of a directory, by start lsn, oldest first. Leftover
+/// temporary files (a snapshot cut short by a crash) are not listed.
+pub fn list_snapshots(directory: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotError> {
+    let io = |source| SnapshotError::Io { path: directory.to_path_buf(), source };
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(e)),
+    };
+    let mut snapshots = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io)?;
+        if let Some(start_lsn) = entry.file_name().to_str().and_then(parse_snapshot_file_name) {
+            snapshots.push((start_lsn, entry.path()));
+        }
+    }
+    snapshots.sort();
+    Ok(snapshots)
+}
+
+/// Removes temporary files left by a snapshot a crash cut short; returns them.
+pub fn remove_temporary_files(directory: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
+    let io = |source| SnapshotError::Io { path: directory.to_path_buf(), source };
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return Ok(removed);
+    };
+    for entry in entries {
+        let path = entry.map_err(io)?.path();
+        if path.to_str().is_some_and(|p| p.ends_with(TEMPORARY_SUFFIX)) {
+            std::fs::remove_file(&path).map_err(io)?;
+            removed.push(path);
+        }
+    }
+    Ok(removed)
+}
+
+struct Chunk {
+    kind: u8,
+    body_offset: usize,
+    body_bytes: usize,
+}
+
+/// A snapshot file whose every byte has been checked: header, chunk headers,
+/// checksums and rkyv archives. Restoring from it can still fail on content
+/// that does not fit the engine (a person twice, a slot over capacity).
+pub struct CheckedSnapshot {
+    pub path: PathBuf,
+    pub header: SnapshotHeader,
+    map: memmap2::Mmap,
+    chunks: Vec<Chunk>,
+}
+
+type People = rkyv::Archived<Vec<format::PersonImage>>;
+type Capacities = rkyv::Archived<Vec<format::CapacityImage>>;
+
+fn people_of(bytes: &[u8]) -> Result<&[ArchivedPersonImage], rkyv::rancor::Error> {
+    rkyv::access::<People, rkyv::rancor::Error>(bytes).map(|people| people.as_slice())
+}
+
+fn capacities_of(bytes: &[u8]) -> Result<&[ArchivedCapacityImage], rkyv::rancor::Error> {
+    rkyv::access::<Capacities, rkyv::rancor::Error>(bytes).map(|capacities| capacities.as_slice())
+}
+
+impl CheckedSnapshot {
+    /// Reads and checks the snapshot at `path` for this campaign and inventory.
+    pub fn open(path: &Path, campaign_id: u32, inventory: &Inventory) -> Result<CheckedSnapshot, SnapshotError> {
+        let io = |source| SnapshotError::Io { path: path.to_path_buf(), source };
+        let invalid = |offset: usize, reason: String| SnapshotError::Invalid {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: snapshot files are written once, completely, before being
+        // renamed into place, and never modified afterwards; this process is
+        // the only writer of its data directory.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+        let header = SnapshotHeader::decode(&map).map_err(|reason| invalid(0, reason))?;
+        if header.campaign_id != campaign_id {
+            return Err(invalid(12, format!("of campaign {}, campaign.toml says {campaign_id}", header.campaign_id)));
+        }
+        if header.inventory_slots != inventory.slot_count()
+            || header.inventory_digest != inventory_digest(inventory.initial_capacity())
+        {
+            return Err(invalid(44, "taken of a different inventory than the campaign's now".into()));
+        }
+        let mut chunks = Vec::with_capacity(header.chunk_count as usize);
+        let mut position = SNAPSHOT_HEADER_BYTES;
+        let mut people_count = 0u64;
+        for _ in 0..header.chunk_count {
+            let chunk_header =
+                ChunkHeader::decode(&map[position.min(map.len())..]).map_err(|r| invalid(position, r))?;
+            let body_offset = position + CHUNK_HEADER_BYTES;
+            let body_bytes = chunk_header.body_bytes as usize;
+            let body = map.get(body_offset..body_offset + body_bytes).ok_or_else(|| {
+                invalid(position, format!("chunk of {body_bytes} bytes runs past the end of the file"))
+            })?;
+            if crc32c::crc32c(body) != chunk_header.body_crc {
+                return Err(invalid(position, "chunk checksum mismatch".into()));
+            }
+            let items = match chunk_header.kind {
+                chunk_kind::PEOPLE => people_of(body).map(|people| people.len()),
+                _ => capacities_of(body).map(|capacities| capacities.len()),
+            }
+            .map_err(|e| invalid(body_offset, format!("chunk archive does not check: {e}")))?;
+            if items != chunk_header.item_count as usize {
+                return Err(invalid(
+                    position,
+                    format!("chunk holds {items} items, its header says {}", chunk_header.item_count),
+                ));
+            }
+            if chunk_header.kind == chunk_kind::PEOPLE {
+                people_count += items as u64;
+            }
+            chunks.push(Chunk { kind: chunk_header.kind, body_offset, body_bytes });
+            let padding_start = body_offset + body_bytes;
+            position = align_chunk(padding_start);
+            // Padding is outside every checksum: it must be zeros, so that no byte goes unchecked.
+            if map.get(padding_start..position).is_none_or(|padding| padding.iter().any(|b| *b != 0)) {
+                return Err(invalid(padding_start, "chunk padding is missing or not zero".into()));
+            }
+        }
+        if position != map.len() {
+            return Err(invalid(
+                position.min(map.len()),
+                format!("{} bytes after the last chunk", map.len().abs_diff(position)),
+            ));
+        }
+        if people_count != header.people_count {
+            return Err(invalid(
+                32,
+                format!("{people_count} people in the chunks, the header says {}", header.people_count),
+            ));
+        }
+        Ok(CheckedSnapshot { path: path.to_path_buf(), header, map, chunks })
+    }
+
+    fn body(&self, chunk: &Chunk) -> &[u8] {
+        &self.map[chunk.body_offset..chunk.body_offset + chunk.body_bytes]
+    }
+
+    /// Restores the snapshot into a freshly built engine, people on `threads` threads.
+    pub fn restore(&self, engine: &Engine, threads: usize) -> Result<(), SnapshotError> {
+        let rejected = |reason: String| SnapshotError::Rejected { path: self.path.clone(), reason };
+        for chunk in self.chunks.iter().filter(|c| c.kind == chunk_kind::CAPACITIES) {
+            let capacities = capacities_of(self.body(chunk)).map_err(|e| rejected(e.to_string()))?;
+            for image in capacities {
+                engine
+                    .restore_capacity(SlotIndex(image.slot.to_native()), image.capacity.to_native())
+                    .map_err(rejected)?;
+            }
+        }
+        let people: Vec<&Chunk> = self.chunks.iter().filter(|c| c.kind == chunk_kind::PEOPLE).collect();
+        let threads = threads.clamp(1, people.len().max(1));
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|worker| {
+                    let people = &people;
+                    scope.spawn(move || {
+                        people
+                            .iter()
+                            .skip(worker)
+                            .step_by(threads)
+                            .try_for_each(|chunk| self.restore_people(engine, chunk))
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .filter_map(|w| w.join().unwrap_or_else(|_| Err("restore thread panicked".into())).err())
+                .collect()
+        });
+        match failures.into_iter().next() {
+            None => Ok(()),
+            Some(reason) => Err(rejected(reason)),
+        }
+    }
+
+    fn restore_people(&self, engine: &Engine, chunk: &Chunk) -> Result<(), String> {
+        /// How many people ahead the cache lines are asked for: holders' slots are
+        /// random, so each restore would otherwise wait for a cache miss.
+        const PREFETCH_AHEAD: usize = 16;
+        let people = people_of(self.body(chunk)).map_err(|e| e.to_string())?;
+        for (index, image) in people.iter().enumerate() {
+            if let Some(ahead) = people.get(index + PREFETCH_AHEAD) {
+                let key =
+                    PersonKey(u128::from(ahead.key_high.to_native()) << 64 | u128::from(ahead.key_low.to_native()));
+                engine.prefetch_person_and_slot(key, ahead.slot.to_native());
+            }
+            let (key, record) = image.person()?;
+            engine.restore_person(key, record)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,157 @@
+//! Snapshots as the state machine sees them: what a snapshot captures, and how
+//! a snapshot plus the log records written while it was captured rebuild the
+//! state. The file format and its I/O live in `src/snapshot/`.
+//!
+//! A snapshot is *fuzzy*: it is captured while reservations go on. Its taker
+//! reads `start_lsn` (the next sequence number) first, then reads every person
+//! under their latch, then reads `end_lsn`. Each person is therefore seen in
+//! some state between record `start_lsn - 1` and record `end_lsn - 1`, and
+//! nothing of records from `end_lsn` on. Entries state facts absolutely ("this
+//! person now holds S"), so applying the window `start_lsn..end_lsn` over the
+//! snapshot *by overwriting* gives each person the state of their last record
+//! in the window, or the snapshot's if they have none there: exactly the state
+//! after record `end_lsn - 1`. From `end_lsn` on, replay is strict again.
+//!
+//! Seats are not stored: seats left = capacity − holders, counted at restore.
+//! Inside the window a slot's count may pass below zero for a while (a person
+//! seen after a cancel, another seen after taking that seat, the window
+//! replaying the first booking again), so the window moves seats with
+//! wrapping arithmetic that keeps `left = capacity − holders` exact, and every
+//! slot it touched is checked to lie within `0..=capacity` at the window's end.
+
+use crate::inventory::SlotIndex;
+use crate::state::engine::Engine;
+use crate::state::entry::{Entry, Lsn};
+use crate::state::people::{CommandKind, LastCommand, PersonKey, PersonRecord};
+use crate::state::replay::ReplayError;
+use crate::state::slot_counters::SLOT_CAPACITY_MAX;
+
+impl Engine {
+    /// Calls `visit` with every person who has a history, each read under their
+    /// latch. People who were only ever refused hold nothing and are skipped.
+    pub fn capture_people(&self, mut visit: impl FnMut(PersonKey, PersonRecord)) {
+        self.people.for_each(|key, record| {
+            if record.last.is_some() {
+                visit(key, record);
+            }
+        });
+    }
+
+    /// The slots whose capacity differs from the inventory's, read while no
+    /// capacity change is under way: a change whose record was numbered before
+    /// the caller read `start_lsn` is therefore included.
+    pub fn capture_capacities(&self) -> Vec<(SlotIndex, u32)> {
+        let _serialized = self.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
+        let initial = self.inventory().initial_capacity();
+        (0..self.slots.len())
+            .filter(|slot| self.slots.capacity(*slot) != initial[*slot as usize])
+            .map(|slot| (SlotIndex(slot), self.slots.capacity(slot)))
+            .collect()
+    }
+
+    /// Restores one slot's capacity into a freshly built engine (before any person).
+    pub fn restore_capacity(&self, slot: SlotIndex, capacity: u32) -> Result<(), String> {
+        if !self.inventory().contains(slot) {
+            return Err(format!("capacity of {slot}, which is outside the inventory"));
+        }
+        let current = self.slots.capacity(slot.0);
+        if capacity < current || capacity > SLOT_CAPACITY_MAX {
+            return Err(format!("{slot} capacity {capacity}: below the inventory's {current} or above the maximum"));
+        }
+        self.slots.add_capacity(slot.0, capacity - current).map(|_| ()).ok_or_else(|| format!("{slot} overflows"))
+    }
+
+    /// Restores one person into a freshly built engine. Safe to call from
+    /// several threads at once (the tables are the same lock-free ones).
+    pub fn restore_person(&self, key: PersonKey, record: PersonRecord) -> Result<(), String> {
+        let Some(last) = record.last else {
+            return Err(format!("person {:#x} has no history", key.0));
+        };
+        if key.0 == 0 {
+            return Err("the zero person key".into());
+        }
+        if !self.inventory().contains(last.slot) {
+            return Err(format!("person {:#x} names {}, outside the inventory", key.0, last.slot));
+        }
+        let holds_expected = last.kind != CommandKind::Cancel;
+        if record.holds.is_some() != holds_expected || record.holds.is_some_and(|held| held != last.slot) {
+            return Err(format!("person {:#x}: holds {:?} after a {:?}", key.0, record.holds, last.kind));
+        }
+        let latch =
+            self.people.latch_or_insert(key).map_err(|full| format!("people table full ({})", full.people_max))?;
+        if latch.record().last.is_some() {
+            return Err(format!("person {:#x} appears twice", key.0));
+        }
+        if let Some(held) = record.holds {
+            self.slots.take(held.0).map_err(|_| format!("{held} has more holders than seats"))?;
+        }
+        latch.commit(record);
+        Ok(())
+    }
+
+    /// Applies a record of the snapshot window by overwriting (see the module
+    /// comment). `touched` collects the slots whose seats moved.
+    pub fn replay_in_window(&self, lsn: Lsn, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), ReplayError> {
+        let error = |reason: String| ReplayError { lsn, reason };
+        let check_slot = |slot: SlotIndex| {
+            if self.inventory().contains(slot) {
+                Ok(())
+            } else {
+                Err(error(format!("{slot} is outside the inventory")))
+            }
+        };
+        let (person, record) = match *entry {
+            Entry::CapacityAdded { slot, capacity, .. } => {
+                check_slot(slot)?;
+                if capacity > SLOT_CAPACITY_MAX {
+                    return Err(error(format!("{slot} capacity {capacity} is above the maximum")));
+                }
+                self.slots.set_capacity_wrapping(slot.0, capacity);
+                touched.push(slot.0);
+                return Ok(());
+            }
+            Entry::Reserved { person, slot, idempotency_key, .. } => {
+                (person, person_after(CommandKind::Reserve, slot, idempotency_key))
+            }
+            Entry::Changed { person, slot, idempotency_key, .. } => {
+                (person, person_after(CommandKind::Change, slot, idempotency_key))
+            }
+            Entry::Cancelled { person, slot, idempotency_key, .. } => {
+                (person, person_after(CommandKind::Cancel, slot, idempotency_key))
+            }
+        };
+        check_slot(record.last.map_or(SlotIndex(0), |last| last.slot))?;
+        let latch = self
+            .people
+            .latch_or_insert(person)
+            .map_err(|full| error(format!("the people table is full ({})", full.people_max)))?;
+        if let Some(old) = latch.record().holds {
+            self.slots.give_wrapping(old.0);
+            touched.push(old.0);
+        }
+        if let Some(new) = record.holds {
+            self.slots.take_wrapping(new.0);
+            touched.push(new.0);
+        }
+        latch.commit(record);
+        Ok(())
+    }
+
+    /// After the window: every slot it touched has seats left within its capacity.
+    pub fn check_window(&self, touched: &[u32]) -> Result<(), String> {
+        match touched.iter().find(|slot| !self.slots.is_consistent(**slot)) {
+            None => Ok(()),
+            Some(slot) => Err(format!(
+                "{} ends the snapshot window with more holders than its {} seats",
+                SlotIndex(*slot),
+                self.slots.capacity(*slot)
+            )),
+        }
+    }
+}
+
+/// A person's whole state after a command of `kind` on `slot`.
+fn person_after(kind: CommandKind, slot: SlotIndex, idempotency_key: u64) -> PersonRecord {
+    let holds = (kind != CommandKind::Cancel).then_some(slot);
+    PersonRecord { holds, last: Some(LastCommand { kind, idempotency_key, slot }) }
+}

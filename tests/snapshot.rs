@@ -1,0 +1,295 @@
+//! Snapshots: recovery from the newest snapshot plus the log's tail gives the
+//! same state as the log alone; snapshots taken while threads book are exact;
+//! damaged snapshots are passed over or refused, never trusted; segments
+//! behind the kept snapshots are removed and never needed again.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use yeyak::durable::{DurableEngine, DurableOptions, SNAPSHOT_DIRECTORY};
+use yeyak::inventory::SlotIndex;
+use yeyak::snapshot::{list_snapshots, CheckedSnapshot, SnapshotOptions};
+use yeyak::state::LogicalState;
+
+fn options(keep: usize) -> DurableOptions {
+    DurableOptions { log: small_log_options(), snapshots: SnapshotOptions { every_records: 0, keep } }
+}
+
+/// Reserves, cancels, changes and adds capacity, from `first` to `first + count`.
+fn book_some(engine: &DurableEngine, now: i64, first: u64, count: u64) {
+    for index in first..first + count {
+        let _ = engine.reserve(&booking(index, (index * 7 % 300) as u32, 1), now);
+        if index % 5 == 0 {
+            let _ = engine.cancel(&cancelling(index, 2), now);
+        }
+        if index % 7 == 1 {
+            let _ = engine.change(&booking(index, 400 + (index % 50) as u32, 3), now);
+        }
+    }
+    engine.add_capacity(SlotIndex((first % 300) as u32), 2, 42).unwrap();
+}
+
+fn reopen(directory: &Path, options: DurableOptions) -> (DurableEngine, yeyak::durable::RecoveryReport) {
+    DurableEngine::open(directory, options, false).unwrap()
+}
+
+/// A copy of a data directory, without its snapshots.
+fn copy_without_snapshots(from: &Path) -> tempfile::TempDir {
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(from.join("campaign.toml"), copy.path().join("campaign.toml")).unwrap();
+    std::fs::create_dir(copy.path().join("log")).unwrap();
+    for entry in std::fs::read_dir(from.join("log")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.path().join("log").join(entry.file_name())).unwrap();
+    }
+    copy
+}
+
+#[test]
+fn snapshot_plus_tail_equals_the_log_alone() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(usize::MAX));
+    book_some(&engine, now, 0, 300);
+    let summary = engine.take_snapshot().unwrap().expect("records were logged");
+    assert!(summary.header.people_count > 200, "{:?}", summary.header);
+    assert_eq!(engine.take_snapshot().unwrap(), None, "nothing new to snapshot");
+    book_some(&engine, now, 300, 100);
+    let before = engine.engine().logical_state();
+    engine.close().unwrap();
+
+    let (engine, report) = reopen(directory.path(), options(usize::MAX));
+    let (path, header) = report.snapshot.clone().expect("recovered from the snapshot");
+    assert_eq!(path, summary.path);
+    assert_eq!(report.records_replayed, report.next_lsn - header.start_lsn);
+    assert_eq!(report.records_skipped, header.start_lsn - 1);
+    assert_eq!(engine.engine().logical_state(), before);
+    drop(engine);
+
+    let log_only = copy_without_snapshots(directory.path());
+    let (engine, report) = reopen(log_only.path(), options(usize::MAX));
+    assert!(report.snapshot.is_none());
+    assert_eq!(engine.engine().logical_state(), before);
+}
+
+#[test]
+fn snapshots_taken_while_threads_book_are_exact() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(usize::MAX));
+    let mut snapshots = 0;
+    std::thread::scope(|scope| {
+        for thread in 0..2u64 {
+            let engine = &engine;
+            // Few slots, many people: seats change hands all the time.
+            scope.spawn(move || {
+                for round in 0..3_000u64 {
+                    let index = thread * 1_000_000 + round % 700;
+                    let key = round + 1;
+                    let slot = (round * 13 + thread) as u32 % 40;
+                    let _ = match round % 3 {
+                        0 => engine.reserve(&booking(index, slot, key), now),
+                        1 => engine.change(&booking(index, slot, key), now),
+                        _ => engine.cancel(&cancelling(index, key), now),
+                    };
+                }
+            });
+        }
+        for _ in 0..20 {
+            snapshots += usize::from(engine.take_snapshot().unwrap().is_some());
+        }
+    });
+    assert!(snapshots >= 2, "{snapshots} snapshots while booking");
+    let before = engine.engine().logical_state();
+    engine.close().unwrap();
+    let log_only = copy_without_snapshots(directory.path());
+    // Every snapshot, newest first, must recover the same state with its log tail.
+    let mut listed = list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap();
+    while let Some((_, newest)) = listed.pop() {
+        let (engine, report) = reopen(directory.path(), options(usize::MAX));
+        assert_eq!(report.snapshot.as_ref().map(|(path, _)| path), Some(&newest));
+        assert_eq!(engine.engine().logical_state(), before, "from {}", newest.display());
+        drop(engine);
+        std::fs::remove_file(&newest).unwrap();
+    }
+    let (engine, _) = reopen(log_only.path(), options(usize::MAX));
+    assert_eq!(engine.engine().logical_state(), before);
+}
+
+#[test]
+fn old_snapshots_and_segments_behind_them_are_removed() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(2));
+    for round in 0..5 {
+        book_some(&engine, now, round * 200, 200);
+        engine.take_snapshot().unwrap().expect("records were logged");
+    }
+    let before = engine.engine().logical_state();
+    engine.close().unwrap();
+    let snapshots = list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap();
+    assert_eq!(snapshots.len(), 2);
+    let first_segment = yeyak::log::recovery::list_segments(&directory.path().join("log")).unwrap()[0].0;
+    assert!(first_segment > 1, "segments behind the older snapshot are gone");
+    let (engine, report) = reopen(directory.path(), options(2));
+    assert_eq!(engine.engine().logical_state(), before);
+    assert!(report.records_skipped < 100 * 2, "the segments left start near the snapshot: {report:?}");
+}
+
+#[test]
+fn a_damaged_newest_snapshot_is_passed_over_for_the_older_one() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(2));
+    book_some(&engine, now, 0, 200);
+    let older = engine.take_snapshot().unwrap().unwrap();
+    book_some(&engine, now, 200, 200);
+    let newer = engine.take_snapshot().unwrap().unwrap();
+    book_some(&engine, now, 400, 10);
+    let before = engine.engine().logical_state();
+    engine.close().unwrap();
+
+    let mut bytes = std::fs::read(&newer.path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x10;
+    std::fs::write(&newer.path, &bytes).unwrap();
+    let (engine, report) = reopen(directory.path(), options(2));
+    assert_eq!(report.snapshot.as_ref().map(|(path, _)| path), Some(&older.path));
+    assert!(report.snapshots_passed_over[0].contains("not valid"), "{:?}", report.snapshots_passed_over);
+    assert_eq!(engine.engine().logical_state(), before);
+}
+
+#[test]
+fn without_a_valid_snapshot_a_log_that_starts_late_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(1));
+    for round in 0..3 {
+        book_some(&engine, now, round * 200, 200);
+        engine.take_snapshot().unwrap().unwrap();
+    }
+    engine.close().unwrap();
+    for (_, path) in list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap() {
+        std::fs::write(&path, b"not a snapshot").unwrap();
+    }
+    let error = DurableEngine::open(directory.path(), options(1), false).err().expect("refused");
+    let message = error.to_string();
+    assert!(message.contains("the log begins at record") && message.contains("not valid"), "{message}");
+}
+
+#[test]
+fn every_bit_flip_and_every_cut_of_a_snapshot_is_caught() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(usize::MAX));
+    book_some(&engine, now, 0, 40);
+    let summary = engine.take_snapshot().unwrap().unwrap();
+    let inventory = yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap();
+    engine.close().unwrap();
+    let good = std::fs::read(&summary.path).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("snapshot.ysnap");
+    let check = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).unwrap();
+        CheckedSnapshot::open(&path, rules.campaign_id, &inventory)
+    };
+    assert!(check(&good).is_ok());
+    for bit in 0..good.len() * 8 {
+        let mut bad = good.clone();
+        bad[bit / 8] ^= 1 << (bit % 8);
+        assert!(check(&bad).is_err(), "flipping bit {bit} went unnoticed");
+    }
+    for length in 0..good.len() {
+        assert!(check(&good[..length]).is_err(), "cut at {length} went unnoticed");
+    }
+}
+
+#[test]
+fn background_snapshots_and_a_leftover_temporary_file() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let background =
+        DurableOptions { log: small_log_options(), snapshots: SnapshotOptions { every_records: 100, keep: 2 } };
+    let (engine, _) = reopen(directory.path(), background);
+    book_some(&engine, now, 0, 400);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while engine.snapshot_state().taken == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(engine.snapshot_state().taken > 0, "{:?}", engine.snapshot_state());
+    let before: LogicalState = engine.engine().logical_state();
+    engine.close().unwrap();
+    let leftover = directory.path().join(SNAPSHOT_DIRECTORY).join("snapshot-00000000000000099999.ysnap.tmp");
+    std::fs::write(&leftover, b"cut short by a crash").unwrap();
+    let (engine, report) = reopen(directory.path(), background);
+    assert!(report.snapshot.is_some());
+    assert!(!leftover.exists(), "the leftover temporary file is removed at start");
+    assert_eq!(engine.engine().logical_state(), before);
+}
+
+#[test]
+fn a_snapshot_of_another_inventory_is_not_used() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(usize::MAX));
+    book_some(&engine, now, 0, 50);
+    engine.take_snapshot().unwrap().unwrap();
+    engine.close().unwrap();
+    // The same campaign with one more site: the snapshot no longer fits it.
+    let grown = small_campaign_toml().replace("sites = 20", "sites = 21");
+    std::fs::write(directory.path().join("campaign.toml"), grown).unwrap();
+    let (_, report) = reopen(directory.path(), options(usize::MAX));
+    assert!(report.snapshot.is_none());
+    assert!(report.snapshots_passed_over[0].contains("different inventory"), "{:?}", report.snapshots_passed_over);
+}
+
+/// The window case the design note in src/state/restore.rs describes: a seat
+/// changes hands inside the window, the snapshot saw both people after it.
+#[test]
+fn a_window_where_a_seat_changes_hands_replays_exactly() {
+    use yeyak::state::{CommandKind, Engine, Entry, LastCommand, PersonRecord};
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let inventory = yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap();
+    let engine = Engine::new(rules, inventory);
+    let slot = (0..300).map(SlotIndex).find(|s| engine.slot_seats(*s).unwrap().1 == 1).expect("a one-seat slot");
+    let (alice, bob, carol) = (person(1), person(2), person(3));
+    let record = |kind, key| PersonRecord {
+        holds: (kind != CommandKind::Cancel).then_some(slot),
+        last: Some(LastCommand { kind, idempotency_key: key, slot }),
+    };
+    // Log: 1 Alice reserves, 2 Alice cancels, 3 Bob reserves. The snapshot
+    // started before record 1 and saw Alice after 2 and Bob after 3.
+    engine.restore_person(alice, record(CommandKind::Cancel, 2)).unwrap();
+    engine.restore_person(bob, record(CommandKind::Reserve, 3)).unwrap();
+    let entry = |person, key, cancel| {
+        if cancel {
+            Entry::Cancelled { person, slot, idempotency_key: key, operator_id: 0 }
+        } else {
+            Entry::Reserved { person, slot, idempotency_key: key, operator_id: 0 }
+        }
+    };
+    let mut touched = Vec::new();
+    engine.replay_in_window(1, &entry(alice, 1, false), &mut touched).unwrap();
+    assert!(engine.check_window(&touched).is_err(), "mid-window the seat is counted twice");
+    engine.replay_in_window(2, &entry(alice, 2, true), &mut touched).unwrap();
+    engine.replay_in_window(3, &entry(bob, 3, false), &mut touched).unwrap();
+    engine.check_window(&touched).unwrap();
+    assert_eq!(engine.slot_seats(slot), Some((0, 1)));
+    let state = engine.logical_state();
+    assert_eq!(state.people[&alice], record(CommandKind::Cancel, 2));
+    assert_eq!(state.people[&bob], record(CommandKind::Reserve, 3));
+    // A window that ends with two holders of the one seat is refused.
+    engine.replay_in_window(4, &entry(carol, 1, false), &mut touched).unwrap();
+    assert!(engine.check_window(&touched).unwrap_err().contains("more holders"));
+}
