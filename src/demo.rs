@@ -15,6 +15,7 @@ use crate::durable::{DurableEngine, OpenError, RecoveryReport};
 use crate::inventory::SlotIndex;
 use crate::log::LogOptions;
 use crate::rules::Channel;
+use crate::snapshot::SnapshotSummary;
 use crate::state::{BookingRequest, CancelRequest, Outcome, PersonKey, ResultCode};
 
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +32,8 @@ pub struct DemoSummary {
     pub attempts: u64,
     pub results: BTreeMap<ResultCode, u64>,
     pub booking_time: Duration,
+    /// The snapshot taken while the crowd booked (none if nothing was logged).
+    pub snapshot: Option<Result<SnapshotSummary, String>>,
     pub reservations_held: u64,
     pub people_known: u64,
     pub restart: RecoveryReport,
@@ -161,6 +164,7 @@ pub fn run_demo(
     let seed = options.seed ^ first_open.next_lsn;
     let threads = u64::from(options.threads.max(1));
     let started = Instant::now();
+    let mut snapshot = None;
     let crowds: Vec<Crowd<'_>> = std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|thread| {
@@ -184,6 +188,7 @@ pub fn run_demo(
                 })
             })
             .collect();
+        snapshot = Some(snapshot_while_booking(&engine, &workers, first_open.next_lsn + options.people / 3));
         workers.into_iter().map(|w| w.join().expect("demo crowd threads do not panic")).collect()
     });
     let booking_time = started.elapsed();
@@ -207,11 +212,26 @@ pub fn run_demo(
         attempts,
         results,
         booking_time,
+        snapshot: snapshot.flatten(),
         reservations_held,
         people_known,
         restart,
         recovered_state_equal,
     })
+}
+
+/// Once the log passes `at_lsn` (or the crowd is done), takes a snapshot
+/// while the crowd goes on booking; a failure is reported, not fatal.
+fn snapshot_while_booking<T>(
+    engine: &DurableEngine,
+    workers: &[std::thread::ScopedJoinHandle<'_, T>],
+    at_lsn: u64,
+) -> Option<Result<SnapshotSummary, String>> {
+    use crate::state::Journal;
+    while engine.log().next_lsn() < at_lsn && !workers.iter().all(|w| w.is_finished()) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    engine.take_snapshot().map_err(|e| e.to_string()).transpose()
 }
 
 /// The first evening's opening, for the summary.

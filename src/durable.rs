@@ -29,6 +29,8 @@ use crate::state::{
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
 pub const SNAPSHOT_DIRECTORY: &str = "snapshots";
+/// Held locked (flock) by the one engine that has the data directory open.
+pub const LOCK_FILE: &str = "lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -46,6 +48,8 @@ pub enum OpenError {
     LogOptions(#[from] crate::log::writer::LogOptionsError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    #[error("{path} is locked: another yeyak has this data directory open; stop it first")]
+    Locked { path: PathBuf },
     #[error(
         "the log begins at record {first_lsn}, and no snapshot covers the records before it ({}); \
          restore the snapshots directory from a copy",
@@ -95,6 +99,8 @@ pub struct RecoveryReport {
 
 /// The engine and its log, shared with the background snapshot thread.
 struct Core {
+    /// The data directory's lock, held as long as the engine lives.
+    _lock: std::fs::File,
     engine: Engine,
     log: LogWriter,
     snapshot_directory: PathBuf,
@@ -144,6 +150,27 @@ pub fn load_campaign(data_directory: &Path, create_demo: bool) -> Result<(Campai
     let text = std::fs::read_to_string(&path).map_err(io)?;
     let rules = CampaignRules::parse(&text).map_err(|source| OpenError::Config { path: path.clone(), source })?;
     Ok((rules, created))
+}
+
+/// Takes the data directory's lock, so that two engines never write one log.
+fn lock_data_directory(data_directory: &Path) -> Result<std::fs::File, OpenError> {
+    use std::os::fd::AsRawFd;
+    let path = data_directory.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| OpenError::Io { path: path.clone(), source })?;
+    // SAFETY: `flock` on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(OpenError::Locked { path });
+        }
+        return Err(OpenError::Io { path, source: error });
+    }
+    Ok(file)
 }
 
 /// The number of the first record the log holds, if it has a segment.
@@ -214,6 +241,7 @@ impl DurableEngine {
         options.log.check()?;
         let started = Instant::now();
         let (rules, created_demo_campaign) = load_campaign(data_directory, create_demo)?;
+        let lock = lock_data_directory(data_directory)?;
         let inventory = Inventory::load(&rules, data_directory)?;
         let campaign_id = rules.campaign_id;
         let engine = Engine::new(rules, inventory);
@@ -250,6 +278,7 @@ impl DurableEngine {
         };
         let snapshot_state = SnapshotState { attempted_lsn: from_lsn, ..SnapshotState::default() };
         let core = Arc::new(Core {
+            _lock: lock,
             engine,
             log,
             snapshot_directory,

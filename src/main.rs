@@ -113,7 +113,7 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     if first.created_demo_campaign {
         println!("created the demo campaign in {}/campaign.toml", args.data_dir.display());
     }
-    println!("opened in {:.2?}: {} log records replayed", first.elapsed, first.records_replayed);
+    println!("opened {}", describe_recovery(first));
     println!(
         "{} simulated people made {} requests in {:.2?} ({:.0} durable answers/s):",
         args.people,
@@ -125,9 +125,20 @@ fn demo(args: DemoArgs) -> Result<(), String> {
         let label = if *code == ResultCode::Ok { "ok" } else { code.name() };
         println!("  {label:<24} {count:>10}");
     }
+    match &summary.snapshot {
+        Some(Ok(snapshot)) => println!(
+            "snapshot taken while the crowd booked: {} people, {:.1} MiB in {:.2?} ({})",
+            snapshot.header.people_count,
+            snapshot.size_bytes as f64 / f64::from(1 << 20),
+            snapshot.elapsed,
+            snapshot.path.display()
+        ),
+        Some(Err(error)) => println!("snapshot failed (the log still holds everything): {error}"),
+        None => println!("no snapshot: nothing new was logged"),
+    }
     println!("reservations held now: {} (people known: {})", summary.reservations_held, summary.people_known);
     let restart = &summary.restart;
-    println!("restarted from the log in {:.2?}: {} records replayed", restart.elapsed, restart.records_replayed);
+    println!("restarted {}", describe_recovery(restart));
     println!(
         "recovered state equal to the state before the restart: {}",
         if summary.recovered_state_equal { "yes" } else { "NO" }
@@ -137,6 +148,32 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     } else {
         Err("the recovered state differs: please report this".into())
     }
+}
+
+/// "in 0.7 s from snapshot … (N people) and M log records after it".
+fn describe_recovery(report: &yeyak::durable::RecoveryReport) -> String {
+    let mut text = match &report.snapshot {
+        Some((path, header)) => format!(
+            "in {:.2?} from snapshot {} ({} people) and {} log records after it",
+            report.elapsed,
+            path.display(),
+            header.people_count,
+            report.records_replayed
+        ),
+        None => format!("in {:.2?} from the log: {} records replayed", report.elapsed, report.records_replayed),
+    };
+    for passed_over in &report.snapshots_passed_over {
+        text.push_str(&format!("\n  snapshot passed over: {passed_over}"));
+    }
+    if let Some(tail) = &report.torn_tail {
+        text.push_str(&format!(
+            "\n  torn tail cut at byte {} of {}: {}",
+            tail.offset,
+            tail.path.display(),
+            tail.defect
+        ));
+    }
+    text
 }
 
 fn verify(data_dir: PathBuf) -> Result<(), String> {
@@ -173,6 +210,39 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
         return Err(format!("{bad_entries} records have checksums but payloads this yeyak cannot read"));
     }
     println!("log ok");
+    verify_snapshots(&data_dir)
+}
+
+/// Checks every snapshot of a data directory as start-up would; changes nothing.
+fn verify_snapshots(data_dir: &std::path::Path) -> Result<(), String> {
+    let snapshots = yeyak::snapshot::list_snapshots(&data_dir.join(yeyak::durable::SNAPSHOT_DIRECTORY))
+        .map_err(|e| e.to_string())?;
+    if snapshots.is_empty() {
+        println!("no snapshots");
+        return Ok(());
+    }
+    let (rules, _) = yeyak::durable::load_campaign(data_dir, false).map_err(|e| e.to_string())?;
+    let inventory = yeyak::inventory::Inventory::load(&rules, data_dir).map_err(|e| e.to_string())?;
+    let mut invalid = 0;
+    for (_, path) in snapshots {
+        match yeyak::snapshot::CheckedSnapshot::open(&path, rules.campaign_id, &inventory) {
+            Ok(checked) => println!(
+                "{}: records below {} (captured while {}..{} were logged), {} people: ok",
+                path.display(),
+                checked.header.start_lsn,
+                checked.header.start_lsn,
+                checked.header.end_lsn,
+                checked.header.people_count
+            ),
+            Err(error) => {
+                println!("{error}");
+                invalid += 1;
+            }
+        }
+    }
+    if invalid > 0 {
+        return Err(format!("{invalid} snapshots are not valid (start-up passes them over)"));
+    }
     Ok(())
 }
 

@@ -80,3 +80,14 @@ fn failed_sync_is_never_acknowledged_nor_retried() {
     assert_eq!(engine.reserve(&booking(2, 3, 1), now), Err(Refusal::LogUnavailable(LogUnavailable::IoFailed)));
     assert!(engine.log().failure().unwrap().contains("syncing"));
 }
+
+#[test]
+fn a_data_directory_is_opened_by_one_engine_at_a_time() {
+    let directory = tempfile::tempdir().unwrap();
+    write_small_campaign(directory.path());
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let second = DurableEngine::open(directory.path(), small_log_options(), false).err().expect("refused");
+    assert!(second.to_string().contains("another yeyak has this data directory open"), "{second}");
+    engine.close().unwrap();
+    assert!(DurableEngine::open(directory.path(), small_log_options(), false).is_ok(), "the lock goes with the engine");
+}
