@@ -53,6 +53,9 @@ enum Command {
         /// Take a background snapshot every this many records (0: none).
         #[arg(long, default_value_t = 0)]
         snapshot_every: u64,
+        /// Records the log's ring holds (a power of two); default: LogOptions' default.
+        #[arg(long)]
+        ring_records: Option<u32>,
     },
     /// Time from start to serving: recover a data directory written by `durable --keep`.
     Recovery {
@@ -73,8 +76,11 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Reserve { people, batch } => reserve(people, batch),
-        Command::Durable { people, batch, write_mode, data_dir, keep, snapshot_every } => {
-            durable(people, batch, write_mode, data_dir, keep, snapshot_every)
+        Command::Durable { people, batch, write_mode, data_dir, keep, snapshot_every, ring_records } => {
+            let log = LogOptions { durability: Durability::Sync, write_mode, ..LogOptions::default() };
+            let log = LogOptions { ring_records: ring_records.unwrap_or(log.ring_records), ..log };
+            let options = DurableOptions { log, snapshots: SnapshotOptions { every_records: snapshot_every, keep: 2 } };
+            durable(people, batch, options, data_dir, keep)
         }
         Command::Recovery { data_dir, without_snapshots } => recovery(data_dir, without_snapshots),
         Command::Memory { people } => memory(people),
@@ -159,7 +165,7 @@ fn reserve(people: u64, batch: usize) {
     println!("  {booked} reservations in {seconds:.3} s = {:.2} M reservations/s", booked as f64 / seconds / 1e6);
 }
 
-fn durable(people: u64, batch: usize, write_mode: WriteMode, data_dir: PathBuf, keep: bool, snapshot_every: u64) {
+fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf, keep: bool) {
     let _ = std::fs::remove_dir_all(&data_dir);
     std::fs::create_dir_all(&data_dir).expect("can create the data directory");
     let rules = national_rules(people);
@@ -169,10 +175,6 @@ fn durable(people: u64, batch: usize, write_mode: WriteMode, data_dir: PathBuf, 
             .replace("people_max = 20_000_000", &format!("people_max = {}", people.max(1))),
     )
     .expect("writable");
-    let options = DurableOptions {
-        log: LogOptions { durability: Durability::Sync, write_mode, ..LogOptions::default() },
-        snapshots: SnapshotOptions { every_records: snapshot_every, keep: 2 },
-    };
     let (engine, _) = DurableEngine::open(&data_dir, options, false).expect("opens");
     let requests = crowd(engine.engine().inventory(), people);
     let now_ms = open_evening_ms(&rules);
@@ -194,7 +196,10 @@ fn durable(people: u64, batch: usize, write_mode: WriteMode, data_dir: PathBuf, 
     let stats = engine.log().stats();
     let groups = stats.groups.load(std::sync::atomic::Ordering::Relaxed);
     let sync_nanos = stats.sync_nanos_total.load(std::sync::atomic::Ordering::Relaxed);
-    println!("durable reserve (in process, 1 booking thread + flusher): people={people} batch={batch} write_mode={write_mode:?}");
+    println!(
+        "durable reserve (in process, 1 booking thread + flusher): people={people} batch={batch} write_mode={:?} ring_records={}",
+        options.log.write_mode, options.log.ring_records
+    );
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s; {groups} groups ({:.0} records/group), mean sync {:.1} µs",
         booked as f64 / seconds / 1e6, booked as f64 / groups.max(1) as f64, sync_nanos as f64 / groups.max(1) as f64 / 1e3);
     let snapshots = engine.snapshot_state();
