@@ -182,11 +182,14 @@ fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf
     // Answers are released a batch at a time once durable; the next batch is
     // applied while the flusher syncs (a server pipelines the same way).
     let mut pending = std::collections::VecDeque::new();
+    let mut waited = std::time::Duration::ZERO;
     let booked = book_all(engine.engine(), engine.log(), &requests, batch, now_ms, |durable_after| {
         pending.push_back(durable_after);
         while pending.len() > 64 {
             let oldest = pending.pop_front().expect("non-empty");
+            let wait_started = Instant::now();
             engine.log().wait_durable(oldest).expect("the disk works");
+            waited += wait_started.elapsed();
         }
     });
     for durable_after in pending {
@@ -202,6 +205,7 @@ fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf
     );
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s; {groups} groups ({:.0} records/group), mean sync {:.1} µs",
         booked as f64 / seconds / 1e6, booked as f64 / groups.max(1) as f64, sync_nanos as f64 / groups.max(1) as f64 / 1e3);
+    println!("  the booking thread waited for durability {:.3} s of {seconds:.3} s", waited.as_secs_f64());
     let snapshots = engine.snapshot_state();
     if let Some(last) = &snapshots.last {
         println!(

@@ -130,13 +130,18 @@ struct Shared {
     taken_lsn: CachePadded<AtomicU64>,
     /// Every record numbered below this is durable (written, when durability is off).
     durable_lsn: CachePadded<AtomicU64>,
-    state: AtomicU8,
+    /// Read by every append; written only when the log fails or closes. On a
+    /// line of its own, so that the flusher's writes to the fields below never
+    /// make appenders miss on it.
+    state: CachePadded<AtomicU8>,
     failure: Mutex<Option<String>>,
-    flusher_parked: AtomicBool,
+    /// Written by the flusher when it sleeps and wakes, read by every append.
+    flusher_parked: CachePadded<AtomicBool>,
     flusher_wake: (Mutex<()>, Condvar),
-    durable_waiters: AtomicU64,
+    durable_waiters: CachePadded<AtomicU64>,
     durable_changed: (Mutex<()>, Condvar),
-    stats: LogStats,
+    /// Written by the flusher once a group.
+    stats: CachePadded<LogStats>,
 }
 
 impl Shared {
@@ -149,8 +154,10 @@ impl Shared {
         }
     }
 
+    /// Wakes a sleeping flusher. Only the first appender to see it asleep pays
+    /// for the wake-up (a futex call); the others find the flag cleared.
     fn wake_flusher(&self) {
-        if self.flusher_parked.load(Ordering::SeqCst) {
+        if self.flusher_parked.load(Ordering::SeqCst) && self.flusher_parked.swap(false, Ordering::SeqCst) {
             self.wake_flusher_now();
         }
     }
@@ -216,13 +223,13 @@ impl LogWriter {
             next_lsn: CachePadded::new(AtomicU64::new(next_lsn)),
             taken_lsn: CachePadded::new(AtomicU64::new(next_lsn)),
             durable_lsn: CachePadded::new(AtomicU64::new(next_lsn)),
-            state: AtomicU8::new(RUNNING),
+            state: CachePadded::new(AtomicU8::new(RUNNING)),
             failure: Mutex::new(None),
-            flusher_parked: AtomicBool::new(false),
+            flusher_parked: CachePadded::new(AtomicBool::new(false)),
             flusher_wake: (Mutex::new(()), Condvar::new()),
-            durable_waiters: AtomicU64::new(0),
+            durable_waiters: CachePadded::new(AtomicU64::new(0)),
             durable_changed: (Mutex::new(()), Condvar::new()),
-            stats: LogStats::default(),
+            stats: CachePadded::new(LogStats::default()),
         });
         let flusher = Flusher {
             shared: Arc::clone(&shared),
