@@ -10,6 +10,7 @@
 //! | state machine | [`state`] | [`state::Engine`]: lock-free slot counters, the people table, reserve / cancel / change; hands [`state::Entry`]s to a [`state::Journal`] |
 //! | log | [`log`] | the append-only segmented log: record format, group-commit writer, recovery, retention |
 //! | snapshot | [`snapshot`] | the state at a point of the log (rkyv chunks), taken in the background; recovery = snapshot + log tail |
+//! | protocol | [`protocol`] | the wire format (docs/protocol.md): frames, command bodies, answers; bytes in, bytes out, no I/O |
 //! | durable engine | [`durable`] | opens a data directory: recovers the engine from the newest snapshot and the log, then serves commands whose answers wait for durability; takes snapshots in the background |
 //! | demo | [`demo`] | the simulated booking evening the `yeyak` binary runs on its defaults |
 //!
@@ -27,6 +28,7 @@ pub mod durable;
 pub mod inventory;
 pub mod log;
 pub mod memory;
+pub mod protocol;
 pub mod rules;
 pub mod snapshot;
 pub mod state;

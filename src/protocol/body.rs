@@ -1,0 +1,380 @@
+//! Request bodies: fixed-width fields, little-endian (docs/protocol.md, "Bodies").
+//! Every `decode` checks the exact length and every field's range and never
+//! panics; every `encode` writes exactly what `decode` reads.
+
+use crate::calendar::Date;
+use crate::inventory::SlotIndex;
+use crate::rules::Channel;
+use crate::state::{BookingRequest, CancelRequest, PersonKey};
+
+/// Dates on the wire lie in 1900-01-01..=2099-12-31 (days since 1970-01-01).
+pub const DATE_DAYS_MIN: i32 = -25_567;
+pub const DATE_DAYS_MAX: i32 = 47_481;
+
+/// Why a body is not what its opcode needs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body of {found} bytes; this command's body has {expected}")]
+    Length { expected: usize, found: usize },
+    #[error("{field}: {reason}")]
+    Field { field: &'static str, reason: String },
+}
+
+/// A cursor over a body: reads fixed-width little-endian fields.
+pub struct Reader<'a> {
+    bytes: &'a [u8],
+    position: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A reader over a body that must be exactly `expected` bytes long.
+    pub fn exact(bytes: &'a [u8], expected: usize) -> Result<Reader<'a>, BodyError> {
+        if bytes.len() != expected {
+            return Err(BodyError::Length { expected, found: bytes.len() });
+        }
+        Ok(Reader { bytes, position: 0 })
+    }
+
+    /// A reader over a body of at least `minimum` bytes; the caller checks the rest.
+    pub fn at_least(bytes: &'a [u8], minimum: usize) -> Result<Reader<'a>, BodyError> {
+        if bytes.len() < minimum {
+            return Err(BodyError::Length { expected: minimum, found: bytes.len() });
+        }
+        Ok(Reader { bytes, position: 0 })
+    }
+
+    pub fn take<const N: usize>(&mut self) -> Result<[u8; N], BodyError> {
+        let end = self.position + N;
+        let slice =
+            self.bytes.get(self.position..end).ok_or(BodyError::Length { expected: end, found: self.bytes.len() })?;
+        self.position = end;
+        let mut array = [0; N];
+        array.copy_from_slice(slice);
+        Ok(array)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, BodyError> {
+        Ok(self.take::<1>()?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, BodyError> {
+        self.take().map(u16::from_le_bytes)
+    }
+    pub fn u32(&mut self) -> Result<u32, BodyError> {
+        self.take().map(u32::from_le_bytes)
+    }
+    pub fn i32(&mut self) -> Result<i32, BodyError> {
+        self.take().map(i32::from_le_bytes)
+    }
+    pub fn u64(&mut self) -> Result<u64, BodyError> {
+        self.take().map(u64::from_le_bytes)
+    }
+    pub fn i64(&mut self) -> Result<i64, BodyError> {
+        self.take().map(i64::from_le_bytes)
+    }
+    pub fn u128(&mut self) -> Result<u128, BodyError> {
+        self.take().map(u128::from_le_bytes)
+    }
+
+    /// Reserved bytes must be zero.
+    pub fn zeros(&mut self, count: usize, field: &'static str) -> Result<(), BodyError> {
+        let end = self.position + count;
+        let slice =
+            self.bytes.get(self.position..end).ok_or(BodyError::Length { expected: end, found: self.bytes.len() })?;
+        self.position = end;
+        if slice.iter().any(|b| *b != 0) {
+            return Err(field_error(field, "reserved bytes must be zero".into()));
+        }
+        Ok(())
+    }
+
+    pub fn date(&mut self, field: &'static str) -> Result<Date, BodyError> {
+        let days = self.i32()?;
+        if !(DATE_DAYS_MIN..=DATE_DAYS_MAX).contains(&days) {
+            return Err(field_error(field, format!("{days} days is outside 1900-01-01..=2099-12-31")));
+        }
+        Ok(Date::from_days_since_epoch(days))
+    }
+
+    pub fn remaining(&self) -> &'a [u8] {
+        &self.bytes[self.position..]
+    }
+}
+
+fn field_error(field: &'static str, reason: String) -> BodyError {
+    BodyError::Field { field, reason }
+}
+
+fn put_date(out: &mut Vec<u8>, date: Date) {
+    out.extend_from_slice(&date.days_since_epoch().to_le_bytes());
+}
+
+/// RESERVE and CHANGE (40 bytes); CANCEL uses the same layout with slot 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Booking {
+    pub person: PersonKey,
+    pub birth_date: Date,
+    pub slot: SlotIndex,
+    pub idempotency_key: u64,
+    pub channel: Channel,
+}
+
+impl Booking {
+    pub const BYTES: usize = 40;
+
+    pub fn decode(bytes: &[u8]) -> Result<Booking, BodyError> {
+        let mut reader = Reader::exact(bytes, Self::BYTES)?;
+        let person = PersonKey(reader.u128()?);
+        let birth_date = reader.date("birth date")?;
+        let slot = SlotIndex(reader.u32()?);
+        let idempotency_key = reader.u64()?;
+        let channel_byte = reader.u8()?;
+        reader.zeros(3, "booking reserved bytes")?;
+        let operator_id = reader.u32()?;
+        let channel = match (channel_byte, operator_id) {
+            (0, 0) => Channel::Person,
+            (1, 0) => Channel::FamilyProxy,
+            (2, operator_id) if operator_id != 0 => Channel::Operator { operator_id },
+            (0 | 1, _) => {
+                return Err(field_error("operator id", "must be 0 unless the channel is 2 (operator)".into()))
+            }
+            (2, _) => return Err(field_error("operator id", "must not be 0 for the operator channel".into())),
+            (other, _) => return Err(field_error("channel", format!("{other}; 0 person, 1 family proxy, 2 operator"))),
+        };
+        Ok(Booking { person, birth_date, slot, idempotency_key, channel })
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.person.0.to_le_bytes());
+        put_date(out, self.birth_date);
+        out.extend_from_slice(&self.slot.0.to_le_bytes());
+        out.extend_from_slice(&self.idempotency_key.to_le_bytes());
+        let (channel, operator_id) = match self.channel {
+            Channel::Person => (0u8, 0u32),
+            Channel::FamilyProxy => (1, 0),
+            Channel::Operator { operator_id } => (2, operator_id),
+        };
+        out.extend_from_slice(&[channel, 0, 0, 0]);
+        out.extend_from_slice(&operator_id.to_le_bytes());
+    }
+
+    pub fn request(&self) -> BookingRequest {
+        BookingRequest {
+            person: self.person,
+            birth_date: self.birth_date,
+            slot: self.slot,
+            idempotency_key: self.idempotency_key,
+            channel: self.channel,
+        }
+    }
+
+    pub fn cancel_request(&self) -> CancelRequest {
+        CancelRequest {
+            person: self.person,
+            birth_date: self.birth_date,
+            idempotency_key: self.idempotency_key,
+            channel: self.channel,
+        }
+    }
+}
+
+/// GET_RESERVATION (16 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PersonQuery {
+    pub person: PersonKey,
+}
+
+impl PersonQuery {
+    pub const BYTES: usize = 16;
+
+    pub fn decode(bytes: &[u8]) -> Result<PersonQuery, BodyError> {
+        let mut reader = Reader::exact(bytes, Self::BYTES)?;
+        Ok(PersonQuery { person: PersonKey(reader.u128()?) })
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.person.0.to_le_bytes());
+    }
+}
+
+/// SITE_AVAILABILITY (8 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteQuery {
+    pub site_id: u32,
+    pub date: Date,
+}
+
+impl SiteQuery {
+    pub const BYTES: usize = 8;
+
+    pub fn decode(bytes: &[u8]) -> Result<SiteQuery, BodyError> {
+        let mut reader = Reader::exact(bytes, Self::BYTES)?;
+        Ok(SiteQuery { site_id: reader.u32()?, date: reader.date("date")? })
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.site_id.to_le_bytes());
+        put_date(out, self.date);
+    }
+}
+
+/// REGION_AVAILABILITY (16 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RegionQuery {
+    pub region_id: u16,
+    pub date: Date,
+    pub cursor: u32,
+    pub limit: u32,
+}
+
+impl RegionQuery {
+    pub const BYTES: usize = 16;
+
+    pub fn decode(bytes: &[u8]) -> Result<RegionQuery, BodyError> {
+        let mut reader = Reader::exact(bytes, Self::BYTES)?;
+        let region_id = reader.u16()?;
+        reader.zeros(2, "region query reserved bytes")?;
+        Ok(RegionQuery { region_id, date: reader.date("date")?, cursor: reader.u32()?, limit: reader.u32()? })
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.region_id.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        put_date(out, self.date);
+        out.extend_from_slice(&self.cursor.to_le_bytes());
+        out.extend_from_slice(&self.limit.to_le_bytes());
+    }
+}
+
+/// ADD_CAPACITY (8 bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CapacityAddition {
+    pub slot: SlotIndex,
+    pub seats: u32,
+}
+
+impl CapacityAddition {
+    pub const BYTES: usize = 8;
+
+    pub fn decode(bytes: &[u8]) -> Result<CapacityAddition, BodyError> {
+        let mut reader = Reader::exact(bytes, Self::BYTES)?;
+        Ok(CapacityAddition { slot: SlotIndex(reader.u32()?), seats: reader.u32()? })
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.slot.0.to_le_bytes());
+        out.extend_from_slice(&self.seats.to_le_bytes());
+    }
+}
+
+/// One command of a BATCH, its body not yet decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchItem<'a> {
+    pub opcode: u8,
+    pub body: &'a [u8],
+}
+
+/// Splits a BATCH body into its items; refuses the whole batch if any item
+/// cannot be read, if it has more than `commands_max` items, or if an item's
+/// opcode may not be batched.
+pub fn split_batch(bytes: &[u8], commands_max: u16) -> Result<Vec<BatchItem<'_>>, BodyError> {
+    let mut reader = Reader::at_least(bytes, 4)?;
+    let count = reader.u16()?;
+    reader.zeros(2, "batch reserved bytes")?;
+    if count > commands_max {
+        return Err(field_error("batch count", format!("{count} commands; at most {commands_max}")));
+    }
+    let mut items = Vec::with_capacity(usize::from(count));
+    for index in 0..count {
+        let opcode = reader.u8()?;
+        reader.zeros(1, "batch item reserved byte")?;
+        let length = usize::from(reader.u16()?);
+        if !crate::protocol::opcode::batchable(opcode) {
+            return Err(field_error(
+                "batch item opcode",
+                format!("item {index}: opcode {opcode:#04x} cannot be batched"),
+            ));
+        }
+        let rest = reader.remaining();
+        let body = rest.get(..length).ok_or_else(|| {
+            field_error("batch item length", format!("item {index} says {length} bytes, {} remain", rest.len()))
+        })?;
+        reader.position += length;
+        items.push(BatchItem { opcode, body });
+    }
+    if !reader.remaining().is_empty() {
+        return Err(field_error("batch", format!("{} bytes after the last item", reader.remaining().len())));
+    }
+    Ok(items)
+}
+
+/// Appends a BATCH (or BatchReply) header for `count` items.
+pub fn put_batch_header(out: &mut Vec<u8>, count: u16) {
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(&[0, 0]);
+}
+
+/// Appends one batch item, its body written by `write_body`.
+pub fn put_batch_item(out: &mut Vec<u8>, opcode: u8, write_body: impl FnOnce(&mut Vec<u8>)) {
+    out.extend_from_slice(&[opcode, 0, 0, 0]);
+    let start = out.len();
+    write_body(out);
+    let length = u16::try_from(out.len() - start).expect("batch item bodies are small and fixed-size");
+    out[start - 2..start].copy_from_slice(&length.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn booking(channel: Channel) -> Booking {
+        Booking {
+            person: PersonKey(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
+            birth_date: Date::from_days_since_epoch(7439),
+            slot: SlotIndex(42),
+            idempotency_key: 9,
+            channel,
+        }
+    }
+
+    #[test]
+    fn bookings_round_trip_and_refuse_bad_channels() {
+        for channel in [Channel::Person, Channel::FamilyProxy, Channel::Operator { operator_id: 5 }] {
+            let mut bytes = Vec::new();
+            booking(channel).encode(&mut bytes);
+            assert_eq!(bytes.len(), Booking::BYTES);
+            assert_eq!(Booking::decode(&bytes), Ok(booking(channel)));
+        }
+        let mut bytes = Vec::new();
+        booking(Channel::Person).encode(&mut bytes);
+        bytes[32] = 2; // operator channel with operator 0
+        assert!(matches!(Booking::decode(&bytes), Err(BodyError::Field { field: "operator id", .. })));
+        bytes[32] = 3;
+        assert!(matches!(Booking::decode(&bytes), Err(BodyError::Field { field: "channel", .. })));
+        assert_eq!(Booking::decode(&bytes[..39]), Err(BodyError::Length { expected: 40, found: 39 }));
+        bytes[32] = 0;
+        bytes[16..20].copy_from_slice(&i32::MAX.to_le_bytes());
+        assert!(matches!(Booking::decode(&bytes), Err(BodyError::Field { field: "birth date", .. })));
+    }
+
+    #[test]
+    fn batches_split_and_refuse_bad_items() {
+        let mut body = Vec::new();
+        put_batch_header(&mut body, 2);
+        put_batch_item(&mut body, crate::protocol::opcode::RESERVE, |out| booking(Channel::Person).encode(out));
+        put_batch_item(&mut body, crate::protocol::opcode::GET_RESERVATION, |out| {
+            PersonQuery { person: PersonKey(3) }.encode(out)
+        });
+        let items = split_batch(&body, 4096).unwrap();
+        assert_eq!(items.len(), 2);
+        assert_eq!(Booking::decode(items[0].body), Ok(booking(Channel::Person)));
+        assert_eq!(PersonQuery::decode(items[1].body), Ok(PersonQuery { person: PersonKey(3) }));
+        assert!(split_batch(&body, 1).is_err(), "over the count limit");
+        assert!(split_batch(&body[..body.len() - 1], 4096).is_err(), "cut short");
+        let mut extra = body.clone();
+        extra.push(0);
+        assert!(split_batch(&extra, 4096).is_err(), "trailing bytes");
+        let mut nested = body.clone();
+        nested[4] = crate::protocol::opcode::BATCH;
+        assert!(split_batch(&nested, 4096).is_err(), "a batch inside a batch");
+    }
+}
