@@ -12,6 +12,7 @@
 //! | snapshot | [`snapshot`] | the state at a point of the log (rkyv chunks), taken in the background; recovery = snapshot + log tail |
 //! | protocol | [`protocol`] | the wire format (docs/protocol.md): frames, command bodies, answers; bytes in, bytes out, no I/O |
 //! | durable engine | [`durable`] | opens a data directory: recovers the engine from the newest snapshot and the log, then serves commands whose answers wait for durability; takes snapshots in the background |
+//! | server | [`server`] | TCP connections (tokio), the bounded ingress queue, the engine thread that applies requests and releases replies once durable |
 //! | demo | [`demo`] | the simulated booking evening the `yeyak` binary runs on its defaults |
 //!
 //! Where a reservation goes: `durable::DurableEngine::reserve` →
@@ -22,6 +23,7 @@
 //! `docs/architecture.md` for the picture.
 
 pub mod calendar;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod durable;
@@ -30,6 +32,7 @@ pub mod log;
 pub mod memory;
 pub mod protocol;
 pub mod rules;
+pub mod server;
 pub mod snapshot;
 pub mod state;
 pub mod sync;

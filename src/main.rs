@@ -6,6 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[path = "cli/client.rs"]
+mod client;
+#[path = "cli/start.rs"]
+mod start;
+
 use yeyak::demo::{run_demo, DemoOptions};
 use yeyak::log::recovery::{recover, RecoveryMode};
 use yeyak::log::{Durability, LogOptions, WriteMode};
@@ -33,6 +38,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serves the binary protocol (docs/protocol.md) on the data directory's campaign.
+    Start(start::StartArgs),
+    /// Books by hand against a running `yeyak start`.
+    Client(client::ClientArgs),
     /// Looks into the log of a data directory.
     #[command(subcommand)]
     Log(LogCommand),
@@ -87,6 +96,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => demo(cli.demo),
+        Some(Command::Start(args)) => start::start(args),
+        Some(Command::Client(args)) => client::run(args),
         Some(Command::Log(LogCommand::Verify { data_dir })) => verify(data_dir),
         Some(Command::Log(LogCommand::Dump { data_dir, from, limit })) => dump(data_dir, from, limit),
     };

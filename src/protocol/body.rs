@@ -277,6 +277,15 @@ pub struct BatchItem<'a> {
 /// cannot be read, if it has more than `commands_max` items, or if an item's
 /// opcode may not be batched.
 pub fn split_batch(bytes: &[u8], commands_max: u16) -> Result<Vec<BatchItem<'_>>, BodyError> {
+    split_items(bytes, commands_max, true)
+}
+
+/// Splits a BatchReply body into its items (the client's side of `split_batch`).
+pub fn split_reply_batch(bytes: &[u8]) -> Result<Vec<BatchItem<'_>>, BodyError> {
+    split_items(bytes, crate::protocol::BATCH_COMMANDS_MAX, false)
+}
+
+fn split_items(bytes: &[u8], commands_max: u16, requests: bool) -> Result<Vec<BatchItem<'_>>, BodyError> {
     let mut reader = Reader::at_least(bytes, 4)?;
     let count = reader.u16()?;
     reader.zeros(2, "batch reserved bytes")?;
@@ -288,7 +297,7 @@ pub fn split_batch(bytes: &[u8], commands_max: u16) -> Result<Vec<BatchItem<'_>>
         let opcode = reader.u8()?;
         reader.zeros(1, "batch item reserved byte")?;
         let length = usize::from(reader.u16()?);
-        if !crate::protocol::opcode::batchable(opcode) {
+        if requests && !crate::protocol::opcode::batchable(opcode) {
             return Err(field_error(
                 "batch item opcode",
                 format!("item {index}: opcode {opcode:#04x} cannot be batched"),

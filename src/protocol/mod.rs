@@ -5,6 +5,7 @@
 pub mod answer;
 pub mod body;
 pub mod frame;
+pub mod handshake;
 
 pub use answer::Answer;
 pub use body::{BodyError, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery};

@@ -1,0 +1,152 @@
+//! `yeyak client`: book by hand from the shell, against a running `yeyak start`,
+//! with the gateway key (or, with --operator, the operator key) read from the
+//! data directory's keys.toml.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use yeyak::calendar::Date;
+use yeyak::client::Client;
+use yeyak::inventory::SlotIndex;
+use yeyak::protocol::body::{Booking, PersonQuery};
+use yeyak::protocol::handshake::Role;
+use yeyak::rules::Channel;
+use yeyak::server::keys::KeyRing;
+use yeyak::state::PersonKey;
+
+#[derive(clap::Args, Debug)]
+pub struct ClientArgs {
+    /// Where keys.toml is (the server's data directory).
+    #[arg(long, env = "YEYAK_DATA_DIR", default_value = "yeyak-data", global = true)]
+    pub data_dir: PathBuf,
+    #[arg(long, env = "YEYAK_ADDRESS", default_value = "127.0.0.1:7878", global = true)]
+    pub address: SocketAddr,
+    /// Connect as the operator of the first operator key (books are recorded under it).
+    #[arg(long, global = true)]
+    pub operator: bool,
+    #[command(subcommand)]
+    pub command: ClientCommand,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PersonArgs {
+    /// The person key: the gateway's keyed hash of the resident number, as hex (not 0).
+    #[arg(long, value_parser = parse_person)]
+    pub person: PersonKey,
+    /// Birth date, YYYY-MM-DD.
+    #[arg(long, value_parser = parse_date)]
+    pub birth_date: Date,
+    /// Makes retries safe: the same key returns the first answer.
+    #[arg(long, default_value_t = 1)]
+    pub idempotency_key: u64,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Books a slot.
+    Reserve {
+        #[command(flatten)]
+        person: PersonArgs,
+        #[arg(long)]
+        slot: u32,
+    },
+    /// Moves a reservation to another slot (the old one is kept unless the new one is booked).
+    Change {
+        #[command(flatten)]
+        person: PersonArgs,
+        #[arg(long)]
+        slot: u32,
+    },
+    /// Gives a reservation up.
+    Cancel {
+        #[command(flatten)]
+        person: PersonArgs,
+    },
+    /// The slot a person holds.
+    Get {
+        #[arg(long, value_parser = parse_person)]
+        person: PersonKey,
+    },
+    /// The engine's counters.
+    Stats,
+}
+
+fn parse_person(text: &str) -> Result<PersonKey, String> {
+    u128::from_str_radix(text.trim_start_matches("0x"), 16)
+        .ok()
+        .filter(|key| *key != 0)
+        .map(PersonKey)
+        .ok_or_else(|| format!("`{text}` is not a non-zero hex person key"))
+}
+
+fn parse_date(text: &str) -> Result<Date, String> {
+    Date::parse(text).map_err(|e| e.to_string())
+}
+
+const STATS_NAMES: [&str; 18] = [
+    "reservations",
+    "cancellations",
+    "changes",
+    "refusals",
+    "requests",
+    "connections open",
+    "connections refused",
+    "ingress queue depth",
+    "ingress queue capacity",
+    "log next lsn",
+    "log durable lsn",
+    "log syncs",
+    "sync mean µs",
+    "sync max µs",
+    "snapshots taken",
+    "uptime ms",
+    "bad frames",
+    "overloaded",
+];
+
+pub fn run(args: ClientArgs) -> Result<(), String> {
+    let (keys, _) = KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?;
+    let role = if args.operator { Role::Operator } else { Role::Gateway };
+    let (key_id, key) = keys.first(role).ok_or_else(|| format!("no {role:?} key in keys.toml"))?;
+    let mut client = Client::connect(args.address, role, key_id, key).map_err(|e| e.to_string())?;
+    let channel = if args.operator { Channel::Operator { operator_id: key_id } } else { Channel::Person };
+    let booking = |person: &PersonArgs, slot: u32| Booking {
+        person: person.person,
+        birth_date: person.birth_date,
+        slot: SlotIndex(slot),
+        idempotency_key: person.idempotency_key,
+        channel,
+    };
+    let show = |result: Result<Result<SlotIndex, yeyak::state::Refusal>, yeyak::client::ClientError>| match result {
+        Ok(Ok(slot)) => {
+            println!("ok: {slot}");
+            Ok(())
+        }
+        Ok(Err(refusal)) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
+        Err(error) => Err(error.to_string()),
+    };
+    match args.command {
+        ClientCommand::Reserve { person, slot } => show(client.reserve(&booking(&person, slot))),
+        ClientCommand::Change { person, slot } => show(client.change(&booking(&person, slot))),
+        ClientCommand::Cancel { person } => show(client.cancel(&booking(&person, 0))),
+        ClientCommand::Get { person } => {
+            match client.reservation(&PersonQuery { person }).map_err(|e| e.to_string())? {
+                Ok(Some(slot)) => {
+                    println!("holds {slot}");
+                    Ok(())
+                }
+                Ok(None) => {
+                    println!("holds no reservation");
+                    Ok(())
+                }
+                Err(refusal) => Err(format!("refused: {refusal}")),
+            }
+        }
+        ClientCommand::Stats => {
+            for (name, value) in STATS_NAMES.iter().zip(client.stats().map_err(|e| e.to_string())?) {
+                println!("{name:<24} {value}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! A blocking client: connect and authenticate, then send requests (pipelined:
+//! many may be sent before their replies are read) and read replies.
+//!
+//! This is the first client step: the shell client and the tests use it. The
+//! async client with pooling and automatic batching for gateways follows it
+//! (issue "Binary protocol, network server, client library").
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+
+use crate::inventory::SlotIndex;
+use crate::protocol::body::{put_batch_header, put_batch_item, Booking, PersonQuery};
+use crate::protocol::frame::{flag, PROTOCOL_VERSION};
+use crate::protocol::handshake::{nonce, proof, Challenge, Hello, Role};
+use crate::protocol::{decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX};
+use crate::state::Refusal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the engine sent a bad frame: {0}")]
+    Frame(FrameError),
+    #[error("the engine closed the connection")]
+    Closed,
+    #[error("the engine refused the request whole: {} (code {}){}", crate::protocol::code::name(.0.code).or(.0.to_refusal().map(|_| "state machine refusal")).unwrap_or("unknown"), .0.code, if .0.value != 0 { format!(", limit {}", .0.value) } else { String::new() })]
+    Refused(Answer),
+    #[error("the engine's reply does not read: {0}")]
+    BadReply(String),
+    #[error("authentication failed: the engine does not accept this key")]
+    Unauthenticated,
+    #[error("no random bytes from the OS: {0}")]
+    Random(getrandom::Error),
+}
+
+pub struct Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    next_request_id: u64,
+}
+
+/// A reply frame: its header and body.
+pub type Reply = (FrameHeader, Vec<u8>);
+
+impl Client {
+    /// Connects and proves to hold `key` for `role` and `key_id`.
+    pub fn connect(address: SocketAddr, role: Role, key_id: u32, key: &[u8]) -> Result<Client, ClientError> {
+        let stream = TcpStream::connect(address)?;
+        stream.set_nodelay(true)?;
+        let mut client = Client { stream, buffer: Vec::with_capacity(64 * 1024), next_request_id: 1 };
+        let client_nonce = nonce().map_err(ClientError::Random)?;
+        let hello = Hello { version_min: PROTOCOL_VERSION, version_max: PROTOCOL_VERSION, role, key_id, client_nonce };
+        let (header, body) = client.call(opcode::HELLO, |out| hello.encode(out))?;
+        if header.opcode != opcode::HELLO {
+            return Err(ClientError::BadReply(format!("opcode {:#04x} in answer to HELLO", header.opcode)));
+        }
+        let challenge = Challenge::decode(&body).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        let proof = proof(key, &hello, &challenge.server_nonce);
+        let (_, body) = client.call(opcode::PROOF, |out| out.extend_from_slice(&proof))?;
+        let (welcome, _) = Answer::decode(&body).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        if !welcome.is_ok() {
+            return Err(ClientError::Unauthenticated);
+        }
+        Ok(client)
+    }
+
+    /// Sends a request without waiting; returns its request id.
+    pub fn send(&mut self, opcode: u8, write_body: impl FnOnce(&mut Vec<u8>)) -> Result<u64, ClientError> {
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, opcode, 0, request_id, write_body);
+        self.stream.write_all(&frame)?;
+        Ok(request_id)
+    }
+
+    /// Sends raw bytes (for tests of bad frames).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        Ok(self.stream.write_all(bytes)?)
+    }
+
+    /// Reads the next reply frame, whatever request it answers.
+    pub fn receive(&mut self) -> Result<Reply, ClientError> {
+        loop {
+            match decode_frame(&self.buffer, FRAME_BODY_BYTES_MAX) {
+                Ok((header, body)) => {
+                    let reply = (header, body.to_vec());
+                    self.buffer.drain(..crate::protocol::FRAME_HEADER_BYTES + reply.1.len());
+                    if header.flags & flag::REPLY == 0 {
+                        return Err(ClientError::BadReply("a frame without the REPLY flag".into()));
+                    }
+                    return Ok(reply);
+                }
+                Err(FrameError::Incomplete { .. }) => {}
+                Err(error) => return Err(ClientError::Frame(error)),
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let read = self.stream.read(&mut chunk)?;
+            if read == 0 {
+                return Err(ClientError::Closed);
+            }
+            self.buffer.extend_from_slice(&chunk[..read]);
+        }
+    }
+
+    /// Sends a request and waits for its reply; an ERROR frame becomes `Refused`.
+    pub fn call(&mut self, opcode: u8, write_body: impl FnOnce(&mut Vec<u8>)) -> Result<Reply, ClientError> {
+        let request_id = self.send(opcode, write_body)?;
+        let (header, body) = self.receive()?;
+        if header.opcode == opcode::ERROR {
+            let (answer, _) = Answer::decode(&body).map_err(|e| ClientError::BadReply(e.to_string()))?;
+            return Err(ClientError::Refused(answer));
+        }
+        if header.request_id != request_id {
+            return Err(ClientError::BadReply(format!(
+                "reply to request {} while waiting for {request_id}",
+                header.request_id
+            )));
+        }
+        Ok((header, body))
+    }
+
+    fn answer_of(
+        &mut self,
+        opcode: u8,
+        write_body: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(Answer, Vec<u8>), ClientError> {
+        let (_, body) = self.call(opcode, write_body)?;
+        let (answer, rest) = Answer::decode(&body).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        Ok((answer, rest.to_vec()))
+    }
+
+    fn slot_result(answer: Answer) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+        if answer.is_ok() {
+            return Ok(Ok(SlotIndex(answer.value)));
+        }
+        answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer))
+    }
+
+    pub fn reserve(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+        let (answer, _) = self.answer_of(opcode::RESERVE, |out| booking.encode(out))?;
+        Self::slot_result(answer)
+    }
+
+    pub fn change(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+        let (answer, _) = self.answer_of(opcode::CHANGE, |out| booking.encode(out))?;
+        Self::slot_result(answer)
+    }
+
+    pub fn cancel(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+        let (answer, _) = self.answer_of(opcode::CANCEL, |out| booking.encode(out))?;
+        Self::slot_result(answer)
+    }
+
+    /// The slot a person holds, if any.
+    pub fn reservation(&mut self, query: &PersonQuery) -> Result<Result<Option<SlotIndex>, Refusal>, ClientError> {
+        let (answer, _) = self.answer_of(opcode::GET_RESERVATION, |out| query.encode(out))?;
+        if answer.is_ok() {
+            let holds = answer.flags & crate::protocol::answer::answer_flag::HOLDS != 0;
+            return Ok(Ok(holds.then_some(SlotIndex(answer.value))));
+        }
+        answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer))
+    }
+
+    /// Books many at once in one BATCH frame; answers in the same order.
+    pub fn reserve_batch(&mut self, bookings: &[Booking]) -> Result<Vec<Answer>, ClientError> {
+        let count = u16::try_from(bookings.len()).map_err(|_| ClientError::BadReply("batch too large".into()))?;
+        let (_, body) = self.call(opcode::BATCH, |out| {
+            put_batch_header(out, count);
+            for booking in bookings {
+                put_batch_item(out, opcode::RESERVE, |out| booking.encode(out));
+            }
+        })?;
+        let items =
+            crate::protocol::body::split_reply_batch(&body).map_err(|e| ClientError::BadReply(e.to_string()))?;
+        items
+            .iter()
+            .map(|item| Answer::decode(item.body).map(|(a, _)| a).map_err(|e| ClientError::BadReply(e.to_string())))
+            .collect()
+    }
+
+    /// The STATS counters, in docs/protocol.md's order.
+    pub fn stats(&mut self) -> Result<Vec<u64>, ClientError> {
+        let (_, body) = self.call(opcode::STATS, |_| {})?;
+        Ok(body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+    }
+}

@@ -1,0 +1,213 @@
+//! The engine thread: takes jobs from the ingress queue, applies them to the
+//! state machine, and releases each reply once every log record it depends on
+//! is durable (group commit: one sync releases many replies).
+//!
+//! Replies are encoded into one arena as they are computed and wait there in
+//! order; `durable_after` never decreases along the queue (one thread draws
+//! every number), so releasing is a walk from the front.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::durable::DurableEngine;
+use crate::protocol::body::{
+    put_batch_header, put_batch_item, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery,
+};
+use crate::protocol::frame::flag;
+use crate::protocol::{encode_frame, opcode, Answer};
+use crate::server::connection::Outbox;
+use crate::server::Shared;
+use crate::state::{Journal, Lsn, Refusal};
+
+/// A decoded command, ready for the state machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Reserve(Booking),
+    Change(Booking),
+    Cancel(Booking),
+    Get(PersonQuery),
+    Site(SiteQuery),
+    Region(RegionQuery),
+    AddCapacity(CapacityAddition),
+}
+
+impl Command {
+    pub fn opcode(&self) -> u8 {
+        match self {
+            Command::Reserve(_) => opcode::RESERVE,
+            Command::Change(_) => opcode::CHANGE,
+            Command::Cancel(_) => opcode::CANCEL,
+            Command::Get(_) => opcode::GET_RESERVATION,
+            Command::Site(_) => opcode::SITE_AVAILABILITY,
+            Command::Region(_) => opcode::REGION_AVAILABILITY,
+            Command::AddCapacity(_) => opcode::ADD_CAPACITY,
+        }
+    }
+}
+
+pub enum Work {
+    One(Command),
+    Batch(Vec<Command>),
+}
+
+/// One request from a connection, decoded and checked, for the engine thread.
+pub struct Job {
+    pub outbox: Arc<Outbox>,
+    pub request_id: u64,
+    /// The operator of an operator connection (0 for a gateway): recorded for capacity changes.
+    pub operator_id: u32,
+    pub work: Work,
+}
+
+struct PendingReply {
+    outbox: Arc<Outbox>,
+    request_id: u64,
+    bytes: Range<usize>,
+    durable_after: Lsn,
+}
+
+/// Replies computed but not yet durable, in order.
+#[derive(Default)]
+pub struct Pending {
+    arena: Vec<u8>,
+    replies: VecDeque<PendingReply>,
+}
+
+impl Pending {
+    pub fn is_empty(&self) -> bool {
+        self.replies.is_empty()
+    }
+
+    /// Hands every reply whose records are durable to its connection. If the
+    /// log failed, the replies still waiting never will be durable: each is
+    /// answered LOG_UNAVAILABLE instead (an ERROR frame for the whole request).
+    /// Returns how many replies were released.
+    pub fn release(&mut self, engine: &DurableEngine) -> usize {
+        let durable = engine.log().durable_lsn();
+        let failed = engine.log().writable().err();
+        let mut released = 0;
+        while let Some(front) = self.replies.front() {
+            if front.durable_after <= durable {
+                front.outbox.push(&self.arena[front.bytes.clone()]);
+            } else if let Some(why) = failed {
+                let mut frame = Vec::new();
+                let answer = Answer::refusal(&Refusal::LogUnavailable(why));
+                encode_frame(&mut frame, opcode::ERROR, flag::REPLY, front.request_id, |out| answer.encode(out));
+                front.outbox.push(&frame);
+            } else {
+                break;
+            }
+            front.outbox.finish_request();
+            self.replies.pop_front();
+            released += 1;
+        }
+        if self.replies.is_empty() {
+            self.arena.clear();
+        }
+        released
+    }
+}
+
+/// Applies one job at `now_ms` and queues its reply.
+pub fn apply(engine: &DurableEngine, shared: &Shared, job: Job, now_ms: i64, pending: &mut Pending) {
+    let start = pending.arena.len();
+    let mut durable_after = engine.log().next_lsn();
+    match &job.work {
+        Work::One(command) => {
+            encode_frame(&mut pending.arena, command.opcode(), flag::REPLY, job.request_id, |out| {
+                durable_after = durable_after.max(apply_command(engine, shared, command, job.operator_id, now_ms, out));
+            });
+        }
+        Work::Batch(commands) => {
+            encode_frame(&mut pending.arena, opcode::BATCH, flag::REPLY, job.request_id, |out| {
+                put_batch_header(out, commands.len() as u16);
+                for command in commands {
+                    put_batch_item(out, command.opcode(), |out| {
+                        let after = apply_command(engine, shared, command, job.operator_id, now_ms, out);
+                        durable_after = durable_after.max(after);
+                    });
+                }
+            });
+        }
+    }
+    let bytes = start..pending.arena.len();
+    pending.replies.push_back(PendingReply { outbox: job.outbox, request_id: job.request_id, bytes, durable_after });
+}
+
+/// Runs one command, writes its reply body, returns its `durable_after`.
+fn apply_command(
+    durable: &DurableEngine,
+    shared: &Shared,
+    command: &Command,
+    operator_id: u32,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) -> Lsn {
+    let engine = durable.engine();
+    let log = durable.log();
+    let counters = &shared.counters;
+    let outcome = match command {
+        Command::Reserve(booking) => engine.reserve(log, &booking.request(), now_ms),
+        Command::Change(booking) => engine.change(log, &booking.request(), now_ms),
+        Command::Cancel(booking) => engine.cancel(log, &booking.cancel_request(), now_ms),
+        Command::Get(query) => {
+            let outcome = engine.reservation_of(log, query.person);
+            let answer = match outcome.result {
+                Ok(Some(slot)) => Answer { flags: crate::protocol::answer::answer_flag::HOLDS, ..Answer::ok(slot.0) },
+                Ok(None) => Answer::ok(0),
+                Err(refusal) => Answer::refusal(&refusal),
+            };
+            answer.encode(out);
+            return outcome.durable_after;
+        }
+        Command::Site(query) => {
+            match engine.site_availability(query.site_id, query.date) {
+                Ok(site) => {
+                    Answer::ok(0).encode(out);
+                    out.extend_from_slice(&site.first_slot.0.to_le_bytes());
+                    out.extend_from_slice(&(site.remaining.len() as u16).to_le_bytes());
+                    out.extend_from_slice(&[0, 0]);
+                    for seats in site.remaining {
+                        out.extend_from_slice(&seats.to_le_bytes());
+                    }
+                }
+                Err(refusal) => Answer::refusal(&refusal).encode(out),
+            }
+            return log.next_lsn();
+        }
+        Command::Region(query) => {
+            match engine.region_availability(query.region_id, query.date, query.cursor, query.limit) {
+                Ok(page) => {
+                    Answer::ok(0).encode(out);
+                    out.extend_from_slice(&page.next_cursor.unwrap_or(u32::MAX).to_le_bytes());
+                    out.extend_from_slice(&(page.sites.len() as u32).to_le_bytes());
+                    for (site_id, seats) in page.sites {
+                        out.extend_from_slice(&site_id.to_le_bytes());
+                        out.extend_from_slice(&seats.to_le_bytes());
+                    }
+                }
+                Err(refusal) => Answer::refusal(&refusal).encode(out),
+            }
+            return log.next_lsn();
+        }
+        Command::AddCapacity(addition) => {
+            let outcome = engine.add_capacity(log, addition.slot, addition.seats, operator_id);
+            let answer = match outcome.result {
+                Ok(capacity) => Answer::ok(capacity),
+                Err(refusal) => Answer::refusal(&refusal),
+            };
+            answer.encode(out);
+            return outcome.durable_after;
+        }
+    };
+    match (&outcome.result, command) {
+        (Ok(_), Command::Reserve(_)) => counters.reservations.fetch_add(1, Ordering::Relaxed),
+        (Ok(_), Command::Change(_)) => counters.changes.fetch_add(1, Ordering::Relaxed),
+        (Ok(_), _) => counters.cancellations.fetch_add(1, Ordering::Relaxed),
+        (Err(_), _) => counters.refusals.fetch_add(1, Ordering::Relaxed),
+    };
+    Answer::of_slot(&outcome.result).encode(out);
+    outcome.durable_after
+}

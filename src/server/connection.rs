@@ -1,0 +1,320 @@
+//! One client connection: the handshake, then a reader that decodes frames
+//! into jobs for the engine thread, and a writer that sends what the engine
+//! thread (or the reader, for refusals) puts into the connection's outbox.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::protocol::body::{split_batch, BodyError, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery};
+use crate::protocol::frame::{flag, PROTOCOL_VERSION};
+use crate::protocol::handshake::{nonce, verify_proof, Challenge, Hello, Role, PROOF_BYTES};
+use crate::protocol::{code, decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, BATCH_COMMANDS_MAX};
+use crate::server::apply::{Command, Job, Work};
+use crate::server::Shared;
+
+/// Bytes waiting to be written to one connection, and its requests in flight.
+pub struct Outbox {
+    bytes: Mutex<Vec<u8>>,
+    ready: tokio::sync::Notify,
+    in_flight: AtomicU32,
+    closed: AtomicBool,
+}
+
+impl Outbox {
+    fn new() -> Outbox {
+        Outbox {
+            bytes: Mutex::new(Vec::new()),
+            ready: tokio::sync::Notify::new(),
+            in_flight: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a frame for writing (from any thread).
+    pub fn push(&self, frame: &[u8]) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(frame);
+        self.ready.notify_one();
+    }
+
+    /// One request of this connection has its reply.
+    pub fn finish_request(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn take(&self, into: &mut Vec<u8>) {
+        into.clear();
+        std::mem::swap(&mut *self.bytes.lock().unwrap_or_else(|p| p.into_inner()), into);
+    }
+}
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum End {
+    /// The peer closed, or the server is shutting down.
+    Closed,
+    /// A protocol error was answered with an ERROR frame; the connection is closed.
+    Refused,
+}
+
+fn error_frame(request_id: u64, answer: Answer) -> Vec<u8> {
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, opcode::ERROR, flag::REPLY, request_id, |out| answer.encode(out));
+    frame
+}
+
+fn reply_frame(opcode: u8, request_id: u64, write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, opcode, flag::REPLY, request_id, write);
+    frame
+}
+
+/// Reads frames from a socket into a buffer.
+struct FrameReader {
+    read: OwnedReadHalf,
+    shared: Arc<Shared>,
+    buffer: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    /// The next frame's header and body (copied out), or why there is none.
+    async fn next(&mut self, body_max: u32) -> Result<Option<(FrameHeader, Vec<u8>)>, FrameError> {
+        loop {
+            match decode_frame(&self.buffer[self.start..], body_max) {
+                Ok((header, body)) => {
+                    let body = body.to_vec();
+                    self.start += crate::protocol::FRAME_HEADER_BYTES + body.len();
+                    return Ok(Some((header, body)));
+                }
+                Err(FrameError::Incomplete { .. }) => {}
+                Err(error) => return Err(error),
+            }
+            if self.start > 0 {
+                self.buffer.drain(..self.start);
+                self.start = 0;
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            // At shutdown, stop waiting for a peer that sends nothing.
+            let stop = self.shared.stop_readers.notified();
+            tokio::pin!(stop);
+            stop.as_mut().enable();
+            if self.shared.stopping.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            tokio::select! {
+                _ = stop => return Ok(None),
+                read = self.read.read(&mut chunk) => match read {
+                    Ok(0) | Err(_) => return Ok(None),
+                    Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
+                },
+            }
+        }
+    }
+}
+
+/// Serves one connection until it closes, then releases its slot.
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    let outbox = Arc::new(Outbox::new());
+    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbox)));
+    let mut reader = FrameReader { read, shared: Arc::clone(&shared), buffer: Vec::with_capacity(64 * 1024), start: 0 };
+    let end = match handshake(&mut reader, &outbox, &shared).await {
+        Ok(Some(operator_id)) => read_loop(&mut reader, &outbox, &shared, operator_id).await,
+        Ok(None) => End::Closed,
+        Err(end) => end,
+    };
+    tracing::debug!(?end, "connection ends");
+    // Requests already queued are answered (at shutdown too) before the writer stops.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while outbox.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    // Let the writer send what is queued (an ERROR frame, replies), then stop.
+    outbox.closed.store(true, Ordering::Release);
+    outbox.ready.notify_one();
+    let _ = writer.await;
+    shared.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn write_loop(mut write: OwnedWriteHalf, outbox: Arc<Outbox>) {
+    let mut bytes = Vec::with_capacity(64 * 1024);
+    loop {
+        outbox.ready.notified().await;
+        outbox.take(&mut bytes);
+        if !bytes.is_empty() && write.write_all(&bytes).await.is_err() {
+            outbox.closed.store(true, Ordering::Release);
+            return;
+        }
+        if outbox.closed.load(Ordering::Acquire) {
+            outbox.take(&mut bytes);
+            let _ = write.write_all(&bytes).await;
+            let _ = write.shutdown().await;
+            return;
+        }
+    }
+}
+
+/// HELLO → CHALLENGE → PROOF → WELCOME. Returns the operator id (0 for a
+/// gateway) once the peer proved it holds a key; `Ok(None)` if it left.
+async fn handshake(reader: &mut FrameReader, outbox: &Outbox, shared: &Shared) -> Result<Option<u32>, End> {
+    let refuse = |request_id: u64, code: u8, small: u16| {
+        outbox.push(&error_frame(request_id, Answer::protocol(code, small, 0)));
+        End::Refused
+    };
+    let Some((header, body)) = next_frame(reader, outbox, shared).await? else {
+        return Ok(None);
+    };
+    if header.opcode != opcode::HELLO {
+        return Err(refuse(header.request_id, code::UNAUTHENTICATED, 0));
+    }
+    let hello = Hello::decode(&body).map_err(|_| refuse(header.request_id, code::MALFORMED, 0))?;
+    if !(hello.version_min..=hello.version_max).contains(&PROTOCOL_VERSION) {
+        return Err(refuse(header.request_id, code::UNSUPPORTED_VERSION, u16::from(PROTOCOL_VERSION)));
+    }
+    let server_nonce = nonce().map_err(|_| refuse(header.request_id, code::SHUTTING_DOWN, 0))?;
+    let challenge = Challenge { version: PROTOCOL_VERSION, server_nonce };
+    outbox.push(&reply_frame(opcode::HELLO, header.request_id, |out| challenge.encode(out)));
+    let Some((header, body)) = next_frame(reader, outbox, shared).await? else {
+        return Ok(None);
+    };
+    let proven = header.opcode == opcode::PROOF
+        && body.len() == PROOF_BYTES
+        && shared.keys.key(hello.role, hello.key_id).is_some_and(|key| verify_proof(key, &hello, &server_nonce, &body));
+    if !proven {
+        tracing::warn!(role = ?hello.role, key_id = hello.key_id, "a peer failed to authenticate");
+        outbox.push(&reply_frame(opcode::PROOF, header.request_id, |out| {
+            Answer::protocol(code::UNAUTHENTICATED, 0, 0).encode(out)
+        }));
+        return Err(End::Refused);
+    }
+    outbox.push(&reply_frame(opcode::PROOF, header.request_id, |out| Answer::ok(0).encode(out)));
+    Ok(Some(if hello.role == Role::Operator { hello.key_id } else { 0 }))
+}
+
+/// The next frame; a frame error is answered and ends the connection.
+async fn next_frame(
+    reader: &mut FrameReader,
+    outbox: &Outbox,
+    shared: &Shared,
+) -> Result<Option<(FrameHeader, Vec<u8>)>, End> {
+    match reader.next(shared.config.frame_body_bytes_max).await {
+        Ok(frame) => Ok(frame),
+        Err(error) => {
+            shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+            let code = error.code().unwrap_or(code::MALFORMED);
+            let value = match error {
+                FrameError::TooLarge { limit, .. } => limit,
+                _ => 0,
+            };
+            let small = if code == code::UNSUPPORTED_VERSION { u16::from(PROTOCOL_VERSION) } else { 0 };
+            outbox.push(&error_frame(0, Answer::protocol(code, small, value)));
+            Err(End::Refused)
+        }
+    }
+}
+
+async fn read_loop(reader: &mut FrameReader, outbox: &Arc<Outbox>, shared: &Arc<Shared>, operator_id: u32) -> End {
+    loop {
+        if shared.stopping.load(Ordering::Acquire) {
+            return End::Closed;
+        }
+        let (header, body) = match next_frame(reader, outbox, shared).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return End::Closed,
+            Err(end) => return end,
+        };
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let request_id = header.request_id;
+        let work = match header.opcode {
+            opcode::PING => {
+                outbox.push(&reply_frame(opcode::PING, request_id, |_| {}));
+                continue;
+            }
+            opcode::STATS => {
+                outbox.push(&reply_frame(opcode::STATS, request_id, |out| shared.counters.encode(shared, out)));
+                continue;
+            }
+            opcode::BATCH => match batch(&body, operator_id) {
+                Ok(commands) => Work::Batch(commands),
+                Err((code, value)) => {
+                    outbox.push(&error_frame(request_id, Answer::protocol(code, 0, value)));
+                    return End::Refused;
+                }
+            },
+            other => match command(other, &body, operator_id) {
+                Ok(command) => Work::One(command),
+                Err(code) => {
+                    let small = if code == code::UNKNOWN_OPCODE { u16::from(other) } else { 0 };
+                    outbox.push(&error_frame(request_id, Answer::protocol(code, small, 0)));
+                    if code == code::NOT_ALLOWED {
+                        continue;
+                    }
+                    return End::Refused;
+                }
+            },
+        };
+        if outbox.in_flight.load(Ordering::Acquire) >= shared.config.in_flight_max {
+            outbox.push(&error_frame(
+                request_id,
+                Answer::protocol(code::TOO_MANY_IN_FLIGHT, 0, shared.config.in_flight_max),
+            ));
+            continue;
+        }
+        outbox.in_flight.fetch_add(1, Ordering::AcqRel);
+        let job = Job { outbox: Arc::clone(outbox), request_id, operator_id, work };
+        if let Err(job) = shared.ingress.push(job) {
+            job.outbox.finish_request();
+            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            outbox.push(&error_frame(request_id, Answer::protocol(code::OVERLOADED, 0, 0)));
+            continue;
+        }
+        shared.wake_engine();
+    }
+}
+
+/// Decodes one command; `Err` carries the result code to refuse it with.
+fn command(opcode_byte: u8, body: &[u8], operator_id: u32) -> Result<Command, u8> {
+    let malformed = |_: BodyError| code::MALFORMED;
+    Ok(match opcode_byte {
+        opcode::RESERVE => Command::Reserve(Booking::decode(body).map_err(malformed)?),
+        opcode::CHANGE => Command::Change(Booking::decode(body).map_err(malformed)?),
+        opcode::CANCEL => Command::Cancel(Booking::decode(body).map_err(malformed)?),
+        opcode::GET_RESERVATION => Command::Get(PersonQuery::decode(body).map_err(malformed)?),
+        opcode::SITE_AVAILABILITY => Command::Site(SiteQuery::decode(body).map_err(malformed)?),
+        opcode::REGION_AVAILABILITY => Command::Region(RegionQuery::decode(body).map_err(malformed)?),
+        opcode::ADD_CAPACITY if operator_id == 0 => return Err(code::NOT_ALLOWED),
+        opcode::ADD_CAPACITY => Command::AddCapacity(CapacityAddition::decode(body).map_err(malformed)?),
+        _ => return Err(code::UNKNOWN_OPCODE),
+    })
+    .and_then(|command| match command {
+        // A gateway books for people it verified; only operators book as operators (R10).
+        Command::Reserve(b) | Command::Change(b) | Command::Cancel(b)
+            if operator_id == 0 && matches!(b.channel, crate::rules::Channel::Operator { .. }) =>
+        {
+            Err(code::NOT_ALLOWED)
+        }
+        // An operator's bookings carry the operator's own id.
+        Command::Reserve(b) | Command::Change(b) | Command::Cancel(b)
+            if operator_id != 0 && b.channel.operator_id() != operator_id =>
+        {
+            Err(code::NOT_ALLOWED)
+        }
+        command => Ok(command),
+    })
+}
+
+fn batch(body: &[u8], operator_id: u32) -> Result<Vec<Command>, (u8, u32)> {
+    let items = split_batch(body, BATCH_COMMANDS_MAX).map_err(|error| match error {
+        BodyError::Field { field: "batch count", .. } => (code::BATCH_TOO_LARGE, u32::from(BATCH_COMMANDS_MAX)),
+        _ => (code::MALFORMED, 0),
+    })?;
+    items.iter().map(|item| command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))).collect()
+}

@@ -1,0 +1,317 @@
+//! The network server: connections on a tokio runtime (one network thread),
+//! a bounded ingress queue (crossbeam's `ArrayQueue`), and one engine thread
+//! that applies requests and releases replies once durable.
+//!
+//! ```text
+//! socket → connection reader (decode, check) → ingress queue ─┐  full: OVERLOADED at once
+//!                                                             ▼
+//!                                     engine thread: apply → pending replies
+//!                                                             │  log durable_lsn passes them
+//! socket ← connection writer ← outbox ←───────────────────────┘
+//! ```
+//!
+//! One engine thread draws every log number, so replies leave in log order and
+//! the sequence counter never bounces between cores (docs/benchmarks.md).
+
+pub mod apply;
+pub mod connection;
+pub mod keys;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::durable::DurableEngine;
+use crate::server::apply::{Job, Pending};
+use crate::server::keys::KeyRing;
+use crate::state::Journal;
+
+/// Where the engine's "now" comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Clock {
+    /// The system clock.
+    System,
+    /// SIMULATED time: starts at `start_ms` when the server starts and runs at
+    /// the real pace. For the demo campaign (2021) and tests; printed at start.
+    Simulated { start_ms: i64, since: Instant },
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> i64 {
+        match self {
+            Clock::System => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_millis() as i64),
+            Clock::Simulated { start_ms, since } => start_ms + since.elapsed().as_millis() as i64,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Connections open at once; one more is refused TOO_MANY_CONNECTIONS.
+    pub connections_max: u32,
+    /// Requests one connection may have waiting for replies.
+    pub in_flight_max: u32,
+    /// Requests the ingress queue holds; one more is answered OVERLOADED.
+    pub ingress_queue_jobs: usize,
+    /// The largest frame body accepted (at most `FRAME_BODY_BYTES_MAX`).
+    pub frame_body_bytes_max: u32,
+    pub clock: Clock,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7878)),
+            connections_max: 10_000,
+            in_flight_max: 4096,
+            ingress_queue_jobs: 65_536,
+            frame_body_bytes_max: crate::protocol::FRAME_BODY_BYTES_MAX,
+            clock: Clock::System,
+        }
+    }
+}
+
+/// Counters for the STATS opcode.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub reservations: AtomicU64,
+    pub cancellations: AtomicU64,
+    pub changes: AtomicU64,
+    pub refusals: AtomicU64,
+    pub requests: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub overloaded: AtomicU64,
+}
+
+impl Counters {
+    /// The STATS body: 18 u64, in docs/protocol.md's order.
+    fn encode(&self, shared: &Shared, out: &mut Vec<u8>) {
+        let log = shared.engine.log();
+        let stats = log.stats();
+        let groups = stats.groups.load(Ordering::Relaxed);
+        let sync_mean_us = stats.sync_nanos_total.load(Ordering::Relaxed) / groups.max(1) / 1000;
+        let values = [
+            self.reservations.load(Ordering::Relaxed),
+            self.cancellations.load(Ordering::Relaxed),
+            self.changes.load(Ordering::Relaxed),
+            self.refusals.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+            self.connections_open.load(Ordering::Relaxed),
+            self.connections_refused.load(Ordering::Relaxed),
+            shared.ingress.len() as u64,
+            shared.ingress.capacity() as u64,
+            log.next_lsn(),
+            log.durable_lsn(),
+            groups,
+            sync_mean_us,
+            stats.sync_nanos_max.load(Ordering::Relaxed) / 1000,
+            shared.engine.snapshot_state().taken,
+            shared.started.elapsed().as_millis() as u64,
+            self.bad_frames.load(Ordering::Relaxed),
+            self.overloaded.load(Ordering::Relaxed),
+        ];
+        for value in values {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+}
+
+/// What the network thread, the connections and the engine thread share.
+pub struct Shared {
+    pub engine: Arc<DurableEngine>,
+    pub keys: KeyRing,
+    pub config: ServerConfig,
+    pub ingress: ArrayQueue<Job>,
+    pub counters: Counters,
+    /// Set at shutdown: stop accepting and reading; drain what is queued.
+    pub stopping: AtomicBool,
+    stop_accepting: tokio::sync::Notify,
+    /// Wakes every connection reader waiting for its peer at shutdown.
+    stop_readers: tokio::sync::Notify,
+    engine_thread: OnceLock<std::thread::Thread>,
+    engine_parked: AtomicBool,
+    started: Instant,
+}
+
+impl Shared {
+    /// Wakes the engine thread if it sleeps (after a job was queued).
+    fn wake_engine(&self) {
+        if self.engine_parked.load(Ordering::SeqCst) && self.engine_parked.swap(false, Ordering::SeqCst) {
+            if let Some(thread) = self.engine_thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+}
+
+/// A running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    local_address: SocketAddr,
+    network: Option<JoinHandle<()>>,
+    engine_thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds `config.listen` and starts serving `engine`.
+    pub fn start(engine: DurableEngine, keys: KeyRing, config: ServerConfig) -> std::io::Result<Server> {
+        let listener = std::net::TcpListener::bind(config.listen)?;
+        listener.set_nonblocking(true)?;
+        let local_address = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            engine: Arc::new(engine),
+            keys,
+            config,
+            ingress: ArrayQueue::new(config.ingress_queue_jobs.max(1)),
+            counters: Counters::default(),
+            stopping: AtomicBool::new(false),
+            stop_accepting: tokio::sync::Notify::new(),
+            stop_readers: tokio::sync::Notify::new(),
+            engine_thread: OnceLock::new(),
+            engine_parked: AtomicBool::new(false),
+            started: Instant::now(),
+        });
+        let engine_shared = Arc::clone(&shared);
+        let engine_thread =
+            std::thread::Builder::new().name("yeyak-engine".into()).spawn(move || engine_loop(&engine_shared))?;
+        let _ = shared.engine_thread.set(engine_thread.thread().clone());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+        let network_shared = Arc::clone(&shared);
+        let network = std::thread::Builder::new()
+            .name("yeyak-network".into())
+            .spawn(move || runtime.block_on(accept_loop(listener, network_shared)))?;
+        Ok(Server { shared, local_address, network: Some(network), engine_thread: Some(engine_thread) })
+    }
+
+    pub fn local_address(&self) -> SocketAddr {
+        self.local_address
+    }
+
+    pub fn engine(&self) -> &DurableEngine {
+        &self.shared.engine
+    }
+
+    /// Stops accepting and reading, answers every request already queued once
+    /// it is durable, makes the log durable and closes it.
+    pub fn shutdown(mut self) -> Result<(), crate::state::Refusal> {
+        self.stop();
+        let shared = Arc::clone(&self.shared);
+        drop(self);
+        // The threads are joined, so these are the last references, unless a
+        // connection task outlived the network thread's grace period.
+        match Arc::try_unwrap(shared).map(|shared| Arc::try_unwrap(shared.engine)) {
+            Ok(Ok(engine)) => engine.close(),
+            Ok(Err(engine)) => engine.log().close().map_err(crate::state::Refusal::LogUnavailable),
+            Err(shared) => shared.engine.log().close().map_err(crate::state::Refusal::LogUnavailable),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stop_accepting.notify_one();
+        self.shared.stop_readers.notify_waiters();
+        if let Some(network) = self.network.take() {
+            let _ = network.join();
+        }
+        if let Some(thread) = self.shared.engine_thread.get() {
+            thread.unpark();
+        }
+        if let Some(engine_thread) = self.engine_thread.take() {
+            let _ = engine_thread.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.network.is_some() {
+            self.stop();
+        }
+    }
+}
+
+async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "cannot serve on the listening socket");
+            return;
+        }
+    };
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shared.stop_accepting.notified() => break,
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let open = shared.counters.connections_open.fetch_add(1, Ordering::Relaxed);
+                if open >= u64::from(shared.config.connections_max) {
+                    shared.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
+                    shared.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+                    connections.spawn(refuse_connection(stream, shared.config.connections_max));
+                    continue;
+                }
+                connections.spawn(connection::serve(stream, Arc::clone(&shared)));
+            }
+        }
+    }
+    drop(listener);
+    // Readers see `stopping` at their next frame; give them until their peers' data runs out.
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} }).await;
+}
+
+async fn refuse_connection(mut stream: tokio::net::TcpStream, limit: u32) {
+    use tokio::io::AsyncWriteExt;
+    let mut frame = Vec::new();
+    let answer = crate::protocol::Answer::protocol(crate::protocol::code::TOO_MANY_CONNECTIONS, 0, limit);
+    crate::protocol::encode_frame(
+        &mut frame,
+        crate::protocol::opcode::ERROR,
+        crate::protocol::frame::flag::REPLY,
+        0,
+        |out| answer.encode(out),
+    );
+    let _ = stream.write_all(&frame).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Jobs applied before replies are looked at again.
+const APPLY_ROUND_JOBS_MAX: usize = 1024;
+
+fn engine_loop(shared: &Shared) {
+    let engine = &*shared.engine;
+    let mut pending = Pending::default();
+    loop {
+        let now_ms = shared.config.clock.now_ms();
+        let mut applied = 0;
+        while applied < APPLY_ROUND_JOBS_MAX {
+            let Some(job) = shared.ingress.pop() else { break };
+            apply::apply(engine, shared, job, now_ms, &mut pending);
+            applied += 1;
+        }
+        let released = pending.release(engine);
+        if applied > 0 || released > 0 {
+            continue;
+        }
+        if shared.stopping.load(Ordering::Acquire) && pending.is_empty() && shared.ingress.is_empty() {
+            return;
+        }
+        // Nothing to do: sleep until a job arrives (or briefly, while replies wait for a sync).
+        shared.engine_parked.store(true, Ordering::SeqCst);
+        if shared.ingress.is_empty() {
+            let nap = if pending.is_empty() { Duration::from_millis(10) } else { Duration::from_micros(50) };
+            std::thread::park_timeout(nap);
+        }
+        shared.engine_parked.store(false, Ordering::SeqCst);
+    }
+}

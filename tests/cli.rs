@@ -1,0 +1,111 @@
+//! The commands a newcomer runs, as processes: `yeyak start` on a fresh data
+//! directory, `yeyak client` against it, SIGTERM for a graceful stop, and a
+//! restart that still holds the booking.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const YEYAK: &str = env!("CARGO_BIN_EXE_yeyak");
+
+/// Starts `yeyak start` on an ephemeral port; returns it and the address it serves on.
+// The child is handed to the caller, which waits for it in `terminate`.
+#[allow(clippy::zombie_processes)]
+fn start(data_dir: &std::path::Path) -> (Child, String, BufReader<std::process::ChildStdout>) {
+    let mut child = Command::new(YEYAK)
+        .args(["start", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
+            let status = child.wait();
+            panic!("yeyak start ended before serving: {status:?}");
+        }
+        if let Some(rest) = line.strip_prefix("serving on ") {
+            let address = rest.split_whitespace().next().unwrap().to_string();
+            return (child, address, stdout);
+        }
+    }
+}
+
+fn client(data_dir: &std::path::Path, address: &str, args: &[&str]) -> (bool, String) {
+    let output = Command::new(YEYAK)
+        .arg("client")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--address", address])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    (output.status.success(), text)
+}
+
+fn terminate(mut child: Child, mut stdout: BufReader<std::process::ChildStdout>) -> String {
+    // SAFETY: sending SIGTERM to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "exit 0 after SIGTERM: {rest}");
+    rest
+}
+
+/// A small copy of the demo campaign, so that start-up is quick in the test.
+fn small_data_dir() -> tempfile::TempDir {
+    let directory = tempfile::tempdir().unwrap();
+    let campaign = yeyak::config::DEMO_CAMPAIGN_TOML
+        .replace("sites = 15000", "sites = 20")
+        .replace("people_max = 20_000_000", "people_max = 100_000");
+    std::fs::write(directory.path().join("campaign.toml"), campaign).unwrap();
+    directory
+}
+
+#[test]
+fn start_book_from_the_shell_stop_and_restart() {
+    let directory = small_data_dir();
+    let (child, address, stdout) = start(directory.path());
+    assert!(directory.path().join("keys.toml").exists(), "keys generated on first start");
+    let (ok, text) = client(
+        directory.path(),
+        &address,
+        &["reserve", "--person", "0xabc", "--birth-date", "1990-05-15", "--slot", "100"],
+    );
+    assert!(ok && text.contains("ok: slot #100"), "{text}");
+    let (ok, text) = client(
+        directory.path(),
+        &address,
+        &["reserve", "--person", "0xabd", "--birth-date", "1960-01-01", "--slot", "100"],
+    );
+    assert!(!ok && text.contains("not eligible"), "{text}");
+    let (ok, text) =
+        client(directory.path(), &address, &["reserve", "--person", "0", "--birth-date", "1990-05-15", "--slot", "1"]);
+    assert!(!ok && text.contains("not a non-zero hex person key"), "{text}");
+    let rest = terminate(child, stdout);
+    assert!(rest.contains("stopped cleanly"), "{rest}");
+
+    let (child, address, stdout) = start(directory.path());
+    let (ok, text) = client(directory.path(), &address, &["get", "--person", "0xabc"]);
+    assert!(ok && text.contains("holds slot #100"), "{text}");
+    terminate(child, stdout);
+}
+
+#[test]
+fn production_mode_refuses_to_start_without_keys() {
+    let directory = small_data_dir();
+    let output = Command::new(YEYAK)
+        .args(["start", "--production", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(directory.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("no keys in"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,253 @@
+//! The server over loopback: every command through the client, pipelining,
+//! batches, bad frames answered and closed while others keep booking, the
+//! handshake, the connection cap, and a shutdown under load after which every
+//! acknowledged reservation is present.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use common::*;
+use yeyak::client::{Client, ClientError};
+use yeyak::durable::DurableEngine;
+use yeyak::inventory::SlotIndex;
+use yeyak::protocol::body::{Booking, PersonQuery};
+use yeyak::protocol::handshake::Role;
+use yeyak::protocol::{code, opcode};
+use yeyak::rules::Channel;
+use yeyak::server::keys::{KeyRing, DEMO_OPERATOR_ID};
+use yeyak::server::{Clock, Server, ServerConfig};
+use yeyak::state::Refusal;
+
+struct Running {
+    server: Server,
+    keys: KeyRing,
+    _directory: Option<tempfile::TempDir>,
+}
+
+fn start_in(directory: &std::path::Path, config: ServerConfig) -> (Server, KeyRing) {
+    let rules = write_small_campaign(directory);
+    let (engine, _) = DurableEngine::open(directory, small_log_options(), false).unwrap();
+    let (keys, _) = KeyRing::load(directory, true).unwrap();
+    let clock = Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
+    let config = ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), clock, ..config };
+    (Server::start(engine, keys.clone(), config).unwrap(), keys)
+}
+
+fn start(config: ServerConfig) -> Running {
+    let directory = tempfile::tempdir().unwrap();
+    let (server, keys) = start_in(directory.path(), config);
+    Running { server, keys, _directory: Some(directory) }
+}
+
+fn gateway(server: &Server, keys: &KeyRing) -> Client {
+    let (id, key) = keys.first(Role::Gateway).unwrap();
+    Client::connect(server.local_address(), Role::Gateway, id, key).unwrap()
+}
+
+fn wire_booking(index: u64, slot: u32, key: u64) -> Booking {
+    let request = booking(index, slot, key);
+    Booking {
+        person: request.person,
+        birth_date: request.birth_date,
+        slot: request.slot,
+        idempotency_key: key,
+        channel: Channel::Person,
+    }
+}
+
+#[test]
+fn every_command_through_the_client() {
+    let running = start(ServerConfig::default());
+    let mut client = gateway(&running.server, &running.keys);
+    assert_eq!(client.reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)));
+    assert_eq!(client.reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)), "a retry gets the first answer");
+    assert_eq!(client.reserve(&wire_booking(1, 6, 2)).unwrap(), Err(Refusal::AlreadyBooked { existing: SlotIndex(5) }));
+    let query = PersonQuery { person: person(1) };
+    assert_eq!(client.reservation(&query).unwrap(), Ok(Some(SlotIndex(5))));
+    assert_eq!(client.change(&wire_booking(1, 7, 3)).unwrap(), Ok(SlotIndex(7)));
+    assert_eq!(client.cancel(&wire_booking(1, 0, 4)).unwrap(), Ok(SlotIndex(7)));
+    assert_eq!(client.reservation(&query).unwrap(), Ok(None));
+    assert_eq!(
+        client.reserve(&wire_booking(2, 99_999_999, 1)).unwrap(),
+        Err(Refusal::UnknownSlot { slot: 99_999_999 })
+    );
+    let answers =
+        client.reserve_batch(&[wire_booking(3, 10, 1), wire_booking(4, 11, 1), wire_booking(3, 12, 2)]).unwrap();
+    let codes: Vec<u8> = answers.iter().map(|a| a.code).collect();
+    assert_eq!(codes, [0, 0, 41], "third: already booked");
+    let stats = client.stats().unwrap();
+    assert_eq!(stats.len(), 18);
+    assert!(stats[0] >= 3, "reservations counted: {stats:?}");
+    // A gateway may not run operator commands, nor book as an operator; the connection goes on.
+    let refused = client.call(opcode::ADD_CAPACITY, |out| out.extend_from_slice(&[0; 8])).unwrap_err();
+    assert!(matches!(refused, ClientError::Refused(answer) if answer.code == code::NOT_ALLOWED));
+    let as_operator = Booking { channel: Channel::Operator { operator_id: 7 }, ..wire_booking(5, 1, 1) };
+    assert!(matches!(client.reserve(&as_operator), Err(ClientError::Refused(a)) if a.code == code::NOT_ALLOWED));
+    assert_eq!(client.reserve(&wire_booking(5, 1, 1)).unwrap(), Ok(SlotIndex(1)));
+    // An operator adds capacity, recorded under the operator's id.
+    let key = running.keys.key(Role::Operator, DEMO_OPERATOR_ID).unwrap();
+    let mut operator = Client::connect(running.server.local_address(), Role::Operator, DEMO_OPERATOR_ID, key).unwrap();
+    let (_, body) = operator
+        .call(opcode::ADD_CAPACITY, |out| {
+            yeyak::protocol::CapacityAddition { slot: SlotIndex(1), seats: 3 }.encode(out)
+        })
+        .unwrap();
+    let (answer, _) = yeyak::protocol::Answer::decode(&body).unwrap();
+    assert!(answer.is_ok() && answer.value >= 4, "{answer:?}");
+    running.server.shutdown().unwrap();
+}
+
+#[test]
+fn ten_thousand_pipelined_requests_on_one_connection() {
+    let running = start(ServerConfig { in_flight_max: 10_000, ..ServerConfig::default() });
+    let mut client = gateway(&running.server, &running.keys);
+    let mut sent = Vec::new();
+    for index in 0..10_000u64 {
+        let booking = wire_booking(100 + index, (index % 10_000) as u32, 1);
+        sent.push(client.send(opcode::RESERVE, |out| booking.encode(out)).unwrap());
+    }
+    let mut ok = 0;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..sent.len() {
+        let (header, body) = client.receive().unwrap();
+        assert_eq!(header.opcode, opcode::RESERVE);
+        assert!(seen.insert(header.request_id), "each request answered once");
+        ok += usize::from(yeyak::protocol::Answer::decode(&body).unwrap().0.is_ok());
+    }
+    assert_eq!(seen.len(), 10_000);
+    assert!(ok > 9_000, "{ok} booked");
+    running.server.shutdown().unwrap();
+}
+
+#[test]
+fn bad_frames_are_answered_and_closed_while_others_keep_booking() {
+    let running = start(ServerConfig::default());
+    let mut good = gateway(&running.server, &running.keys);
+    let mut valid = Vec::new();
+    yeyak::protocol::encode_frame(&mut valid, opcode::PING, 0, 5, |_| {});
+    let cases: Vec<(&str, Vec<u8>, u8)> = vec![
+        ("http", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), code::MALFORMED),
+        (
+            "version",
+            {
+                let mut f = valid.clone();
+                f[2] = 9;
+                f
+            },
+            code::UNSUPPORTED_VERSION,
+        ),
+        (
+            "checksum",
+            {
+                let mut f = valid.clone();
+                f[21] ^= 1;
+                f
+            },
+            code::BAD_CHECKSUM,
+        ),
+        (
+            "oversized",
+            {
+                let mut f = valid.clone();
+                f[16..20].copy_from_slice(&u32::MAX.to_le_bytes());
+                f
+            },
+            code::FRAME_TOO_LARGE,
+        ),
+        (
+            "unknown opcode",
+            {
+                let mut f = Vec::new();
+                yeyak::protocol::encode_frame(&mut f, 0x66, 0, 1, |_| {});
+                f
+            },
+            code::UNKNOWN_OPCODE,
+        ),
+        (
+            "short body",
+            {
+                let mut f = Vec::new();
+                yeyak::protocol::encode_frame(&mut f, opcode::RESERVE, 0, 1, |o| o.extend_from_slice(&[1; 39]));
+                f
+            },
+            code::MALFORMED,
+        ),
+    ];
+    for (index, (name, bytes, expected)) in cases.into_iter().enumerate() {
+        let mut bad = gateway(&running.server, &running.keys);
+        bad.send_raw(&bytes).unwrap();
+        let (header, body) = bad.receive().unwrap();
+        assert_eq!(header.opcode, opcode::ERROR, "{name}");
+        assert_eq!(yeyak::protocol::Answer::decode(&body).unwrap().0.code, expected, "{name}");
+        assert!(matches!(bad.receive(), Err(ClientError::Closed) | Err(ClientError::Io(_))), "{name}: closed after");
+        let booked = good.reserve(&wire_booking(500 + index as u64, 200 + index as u32, 1)).unwrap();
+        assert!(booked.is_ok(), "{name}: the other client goes on: {booked:?}");
+    }
+    running.server.shutdown().unwrap();
+}
+
+#[test]
+fn only_proven_keys_get_in_and_connections_are_capped() {
+    let running = start(ServerConfig { connections_max: 3, ..ServerConfig::default() });
+    let address = running.server.local_address();
+    let (id, key) = running.keys.first(Role::Gateway).unwrap();
+    let wrong = vec![0x55; 32];
+    assert!(matches!(Client::connect(address, Role::Gateway, id, &wrong), Err(ClientError::Unauthenticated)));
+    assert!(
+        matches!(Client::connect(address, Role::Operator, id, key), Err(ClientError::Unauthenticated)),
+        "a gateway key is no operator key"
+    );
+    // Skipping the handshake: UNAUTHENTICATED.
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut frame = Vec::new();
+    yeyak::protocol::encode_frame(&mut frame, opcode::RESERVE, 0, 1, |out| wire_booking(1, 1, 1).encode(out));
+    std::io::Write::write_all(&mut stream, &frame).unwrap();
+    let mut reply = vec![0; 40];
+    std::io::Read::read_exact(&mut stream, &mut reply).unwrap();
+    assert_eq!(reply[3], opcode::ERROR);
+    assert_eq!(reply[24], code::UNAUTHENTICATED);
+    drop(stream);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let _kept: Vec<Client> = (0..3).map(|_| gateway(&running.server, &running.keys)).collect();
+    match Client::connect(address, Role::Gateway, id, key) {
+        Err(ClientError::Refused(answer)) => assert_eq!((answer.code, answer.value), (code::TOO_MANY_CONNECTIONS, 3)),
+        other => panic!("a fourth connection: {:?}", other.map(|_| ())),
+    }
+    drop(_kept);
+    running.server.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_under_load_keeps_every_acknowledged_reservation() {
+    let directory = tempfile::tempdir().unwrap();
+    let (server, keys) = start_in(directory.path(), ServerConfig::default());
+    let address = server.local_address();
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for thread in 0..2u64 {
+            let (keys, acknowledged) = (&keys, &acknowledged);
+            scope.spawn(move || {
+                let (id, key) = keys.first(Role::Gateway).unwrap();
+                let mut client = Client::connect(address, Role::Gateway, id, key).unwrap();
+                for index in 0..100_000u64 {
+                    let person_index = thread * 1_000_000 + index;
+                    match client.reserve(&wire_booking(person_index, (person_index % 10_000) as u32, 1)) {
+                        Ok(Ok(slot)) => acknowledged.lock().unwrap().push((person_index, slot)),
+                        Ok(Err(_)) => {}
+                        Err(_) => return, // the server went away: stop
+                    }
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        server.shutdown().unwrap();
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(!acknowledged.is_empty());
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    for (index, slot) in &acknowledged {
+        assert_eq!(engine.reservation_of(person(*index)), Ok(Some(*slot)), "person {index}");
+    }
+}
