@@ -65,6 +65,22 @@ enum Command {
         #[arg(long)]
         without_snapshots: bool,
     },
+    /// Durable reservations/s end to end over loopback: an in-process server on a fresh
+    /// data directory, and client threads in the same process, each connection pipelined.
+    Wire {
+        #[arg(long, default_value_t = 4_000_000)]
+        people: u64,
+        /// Reservations per frame: 1 sends RESERVE frames, more sends BATCH frames.
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+        /// Frames each connection keeps in flight.
+        #[arg(long, default_value_t = 16)]
+        depth: usize,
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        #[arg(long, default_value = "/tmp/yeyak-bench-wire")]
+        data_dir: PathBuf,
+    },
     /// Resident memory of the demo inventory (8.1 M slots) and a people table filled with `people`.
     Memory {
         #[arg(long, default_value_t = 52_000_000)]
@@ -84,6 +100,9 @@ fn main() {
         }
         Command::Recovery { data_dir, without_snapshots } => recovery(data_dir, without_snapshots),
         Command::Memory { people } => memory(people),
+        Command::Wire { people, batch, depth, connections, data_dir } => {
+            wire(people, batch, depth, connections, data_dir)
+        }
     }
 }
 
@@ -290,4 +309,93 @@ fn memory(people: u64) {
         engine.reservations_count()
     );
     println!("  resident {:.2} GiB (bar: 4 GiB for 52 M people + 8 M slots)", rss as f64 / (1u64 << 30) as f64);
+}
+
+fn wire(people: u64, batch: usize, depth: usize, connections: usize, data_dir: PathBuf) {
+    use yeyak::protocol::body::{put_batch_header, put_batch_item, Booking};
+    use yeyak::protocol::handshake::Role;
+    use yeyak::protocol::opcode;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    std::fs::create_dir_all(&data_dir).expect("can create the data directory");
+    let rules = national_rules(people);
+    std::fs::write(
+        data_dir.join("campaign.toml"),
+        yeyak::config::DEMO_CAMPAIGN_TOML
+            .replace("people_max = 20_000_000", &format!("people_max = {}", people.max(1))),
+    )
+    .expect("writable");
+    let (engine, _) = DurableEngine::open(&data_dir, LogOptions::default(), false).expect("opens");
+    let requests = crowd(engine.engine().inventory(), people);
+    let (keys, _) = yeyak::server::keys::KeyRing::load(&data_dir, true).expect("keys");
+    let clock = yeyak::server::Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
+    let config = yeyak::server::ServerConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        clock,
+        in_flight_max: depth as u32 * 2,
+        ..yeyak::server::ServerConfig::default()
+    };
+    let server = yeyak::server::Server::start(engine, keys.clone(), config).expect("serves");
+    let address = server.local_address();
+    let per_connection = requests.len().div_ceil(connections);
+    let started = Instant::now();
+    let booked: u64 = std::thread::scope(|scope| {
+        let workers: Vec<_> = requests
+            .chunks(per_connection)
+            .map(|share| {
+                let keys = &keys;
+                scope.spawn(move || {
+                    let (id, key) = keys.first(Role::Gateway).expect("a gateway key");
+                    let mut client = yeyak::client::Client::connect(address, Role::Gateway, id, key).expect("connects");
+                    let frames: Vec<&[BookingRequest]> = share.chunks(batch).collect();
+                    let wire = |request: &BookingRequest| Booking {
+                        person: request.person,
+                        birth_date: request.birth_date,
+                        slot: request.slot,
+                        idempotency_key: request.idempotency_key,
+                        channel: request.channel,
+                    };
+                    let (mut sent, mut received, mut ok) = (0, 0, 0u64);
+                    while received < frames.len() {
+                        while sent < frames.len() && sent - received < depth {
+                            let frame = frames[sent];
+                            if batch == 1 {
+                                client.send(opcode::RESERVE, |out| wire(&frame[0]).encode(out)).expect("sends");
+                            } else {
+                                client
+                                    .send(opcode::BATCH, |out| {
+                                        put_batch_header(out, frame.len() as u16);
+                                        for request in frame {
+                                            put_batch_item(out, opcode::RESERVE, |out| wire(request).encode(out));
+                                        }
+                                    })
+                                    .expect("sends");
+                            }
+                            sent += 1;
+                        }
+                        let (header, body) = client.receive().expect("a reply");
+                        assert_ne!(header.opcode, opcode::ERROR, "the request was refused whole");
+                        // Every answer's first byte is its result code: count the OK ones.
+                        ok += if batch == 1 {
+                            u64::from(body[0] == 0)
+                        } else {
+                            yeyak::protocol::body::split_reply_batch(&body)
+                                .expect("a batch reply")
+                                .iter()
+                                .filter(|item| item.body[0] == 0)
+                                .count() as u64
+                        };
+                        received += 1;
+                    }
+                    ok
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("client threads do not panic")).sum()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(booked, people, "every request was for a free seat");
+    println!("wire (loopback, in-process server and clients): people={people} batch={batch} depth={depth} connections={connections}");
+    println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s", booked as f64 / seconds / 1e6);
+    server.shutdown().expect("closes");
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
