@@ -108,9 +108,19 @@ fn main() {
 
 /// The demo campaign at national scale, with room for `people`.
 fn national_rules(people: u64) -> CampaignRules {
-    let text = yeyak::config::DEMO_CAMPAIGN_TOML
-        .replace("people_max = 20_000_000", &format!("people_max = {}", people.max(1)));
-    CampaignRules::parse(&text).expect("the demo campaign with a larger people_max is valid")
+    CampaignRules::parse(&national_campaign_toml(people)).expect("the demo campaign with a larger people_max is valid")
+}
+
+fn national_campaign_toml(people: u64) -> String {
+    yeyak::config::DEMO_CAMPAIGN_TOML.replace("people_max = 20_000_000", &format!("people_max = {}", people.max(1)))
+}
+
+/// Empties `data_dir` and writes the national demo campaign with room for `people` into it.
+fn fresh_data_directory(data_dir: &std::path::Path, people: u64) -> CampaignRules {
+    let _ = std::fs::remove_dir_all(data_dir);
+    std::fs::create_dir_all(data_dir).expect("can create the data directory");
+    std::fs::write(data_dir.join("campaign.toml"), national_campaign_toml(people)).expect("writable");
+    national_rules(people)
 }
 
 /// The first evening after the rotation: everyone eligible may book.
@@ -185,15 +195,7 @@ fn reserve(people: u64, batch: usize) {
 }
 
 fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf, keep: bool) {
-    let _ = std::fs::remove_dir_all(&data_dir);
-    std::fs::create_dir_all(&data_dir).expect("can create the data directory");
-    let rules = national_rules(people);
-    std::fs::write(
-        data_dir.join("campaign.toml"),
-        yeyak::config::DEMO_CAMPAIGN_TOML
-            .replace("people_max = 20_000_000", &format!("people_max = {}", people.max(1))),
-    )
-    .expect("writable");
+    let rules = fresh_data_directory(&data_dir, people);
     let (engine, _) = DurableEngine::open(&data_dir, options, false).expect("opens");
     let requests = crowd(engine.engine().inventory(), people);
     let now_ms = open_evening_ms(&rules);
@@ -315,15 +317,7 @@ fn wire(people: u64, batch: usize, depth: usize, connections: usize, data_dir: P
     use yeyak::protocol::body::{put_batch_header, put_batch_item, Booking};
     use yeyak::protocol::handshake::Role;
     use yeyak::protocol::opcode;
-    let _ = std::fs::remove_dir_all(&data_dir);
-    std::fs::create_dir_all(&data_dir).expect("can create the data directory");
-    let rules = national_rules(people);
-    std::fs::write(
-        data_dir.join("campaign.toml"),
-        yeyak::config::DEMO_CAMPAIGN_TOML
-            .replace("people_max = 20_000_000", &format!("people_max = {}", people.max(1))),
-    )
-    .expect("writable");
+    let rules = fresh_data_directory(&data_dir, people);
     let (engine, _) = DurableEngine::open(&data_dir, LogOptions::default(), false).expect("opens");
     let requests = crowd(engine.engine().inventory(), people);
     let (keys, _) = yeyak::server::keys::KeyRing::load(&data_dir, true).expect("keys");

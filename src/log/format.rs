@@ -61,11 +61,13 @@ impl std::fmt::Display for RecordDefect {
     }
 }
 
-fn u32_le(bytes: &[u8]) -> u32 {
+/// A little-endian u32 from the first 4 bytes (shared with the snapshot format).
+pub(crate) fn u32_le(bytes: &[u8]) -> u32 {
     u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
 }
 
-fn u64_le(bytes: &[u8]) -> u64 {
+/// A little-endian u64 from the first 8 bytes.
+pub(crate) fn u64_le(bytes: &[u8]) -> u64 {
     let mut word = [0; 8];
     word.copy_from_slice(&bytes[..8]);
     u64::from_le_bytes(word)

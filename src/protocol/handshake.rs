@@ -75,27 +75,26 @@ impl Challenge {
     }
 }
 
-/// The proof a client sends: HMAC-SHA256 under `key` of the context, the
-/// role, the key id and both nonces.
-pub fn proof(key: &[u8], hello: &Hello, server_nonce: &[u8; NONCE_BYTES]) -> [u8; PROOF_BYTES] {
+/// The MAC of a handshake: HMAC-SHA256 under `key` of the context, the role,
+/// the key id and both nonces.
+fn handshake_mac(key: &[u8], hello: &Hello, server_nonce: &[u8; NONCE_BYTES]) -> Hmac<Sha256> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(PROOF_CONTEXT);
     mac.update(&[hello.role as u8]);
     mac.update(&hello.key_id.to_le_bytes());
     mac.update(&hello.client_nonce);
     mac.update(server_nonce);
-    mac.finalize().into_bytes().into()
+    mac
+}
+
+/// The proof a client sends.
+pub fn proof(key: &[u8], hello: &Hello, server_nonce: &[u8; NONCE_BYTES]) -> [u8; PROOF_BYTES] {
+    handshake_mac(key, hello, server_nonce).finalize().into_bytes().into()
 }
 
 /// Checks a proof in constant time.
 pub fn verify_proof(key: &[u8], hello: &Hello, server_nonce: &[u8; NONCE_BYTES], proof_bytes: &[u8]) -> bool {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
-    mac.update(PROOF_CONTEXT);
-    mac.update(&[hello.role as u8]);
-    mac.update(&hello.key_id.to_le_bytes());
-    mac.update(&hello.client_nonce);
-    mac.update(server_nonce);
-    mac.verify_slice(proof_bytes).is_ok()
+    handshake_mac(key, hello, server_nonce).verify_slice(proof_bytes).is_ok()
 }
 
 /// A fresh random nonce from the OS.

@@ -7,6 +7,7 @@
 //! several threads.
 
 use crate::inventory::SlotIndex;
+use crate::log::format::{u32_le, u64_le};
 use crate::state::{CommandKind, LastCommand, PersonKey, PersonRecord};
 
 pub const SNAPSHOT_MAGIC: [u8; 8] = *b"YEYAKSNP";
@@ -107,16 +108,6 @@ pub struct SnapshotHeader {
     pub inventory_slots: u32,
     /// CRC32C of the inventory's initial capacities (u32 LE each).
     pub inventory_digest: u32,
-}
-
-fn u32_le(bytes: &[u8]) -> u32 {
-    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
-}
-
-fn u64_le(bytes: &[u8]) -> u64 {
-    let mut word = [0; 8];
-    word.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(word)
 }
 
 impl SnapshotHeader {
