@@ -109,3 +109,38 @@ fn production_mode_refuses_to_start_without_keys() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[test]
+fn the_config_file_is_read_and_flags_win_over_it() {
+    let directory = small_data_dir();
+    let config = directory.path().join("yeyak.toml");
+    let write = |text: String| std::fs::write(&config, text).unwrap();
+    write(format!("[server]\nproduction = true\ndata_dir = {:?}\nlisten = \"127.0.0.1:0\"\n", directory.path()));
+    let output = Command::new(YEYAK).args(["start", "--config"]).arg(&config).output().unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no keys in"), "the file's production = true took effect");
+    write("[server]\nlisten = \"not an address\"\n".into());
+    let output = Command::new(YEYAK).args(["start", "--config"]).arg(&config).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("yeyak.toml"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    write("[server]\nlisten_on = \"127.0.0.1:0\"\n".into());
+    let output = Command::new(YEYAK).args(["start", "--config"]).arg(&config).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("listen_on"), "unknown fields are refused by name");
+    // The flag wins over the file: the file's address is bad, the flag's is good.
+    write(format!("[server]\nlisten = \"203.0.113.1:1\"\ndata_dir = {:?}\n", directory.path()));
+    let mut child = Command::new(YEYAK)
+        .args(["start", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("serving on") {}
+    assert!(line.contains("serving on 127.0.0.1:"), "{line}");
+    terminate(child, stdout);
+}

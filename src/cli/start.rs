@@ -13,7 +13,8 @@ use yeyak::log::{Durability, LogOptions, WriteMode};
 use yeyak::server::keys::KeyRing;
 use yeyak::server::{Clock, Server, ServerConfig};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum ClockChoice {
     /// SIMULATED: the campaign's first evening open to everyone, 20:00 local, running at real pace.
     CampaignOpen,
@@ -21,31 +22,107 @@ pub enum ClockChoice {
     System,
 }
 
-#[derive(clap::Args, Debug)]
+/// `yeyak start`'s settings. Each comes from, in this order of precedence: its
+/// flag, its environment variable, the `[server]` table of the `--config`
+/// file, the built-in default (docs/configuration.md, "Serving").
+#[derive(clap::Args, Debug, Default)]
 pub struct StartArgs {
-    /// The data directory; created with the demo campaign and generated keys if it has none.
-    #[arg(long, env = "YEYAK_DATA_DIR", default_value = "yeyak-data")]
-    pub data_dir: PathBuf,
-    /// Address to serve the binary protocol on.
-    #[arg(long, env = "YEYAK_LISTEN", default_value = "127.0.0.1:7878")]
-    pub listen: SocketAddr,
-    #[arg(long, env = "YEYAK_CLOCK", value_enum, default_value_t = ClockChoice::CampaignOpen)]
-    pub clock: ClockChoice,
-    /// `sync`: answers wait for fdatasync (default); `none`: for trying things only.
-    #[arg(long, env = "YEYAK_DURABILITY", value_enum, default_value_t = Durability::Sync)]
-    pub durability: Durability,
+    /// A TOML file with a [server] table of these settings.
+    #[arg(long, env = "YEYAK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The data directory; created with the demo campaign and generated keys if it has none [default: yeyak-data].
+    #[arg(long, env = "YEYAK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to serve the binary protocol on [default: 127.0.0.1:7878].
+    #[arg(long, env = "YEYAK_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Where "now" comes from [default: campaign-open].
+    #[arg(long, env = "YEYAK_CLOCK", value_enum)]
+    pub clock: Option<ClockChoice>,
+    /// `sync`: answers wait for fdatasync; `none`: for trying things only [default: sync].
+    #[arg(long, env = "YEYAK_DURABILITY", value_enum)]
+    pub durability: Option<Durability>,
     /// Refuse to start without a campaign and keys already in the data directory.
     #[arg(long, env = "YEYAK_PRODUCTION")]
     pub production: bool,
-    #[arg(long, env = "YEYAK_CONNECTIONS_MAX", default_value_t = ServerConfig::default().connections_max)]
-    pub connections_max: u32,
-    #[arg(long, env = "YEYAK_IN_FLIGHT_MAX", default_value_t = ServerConfig::default().in_flight_max)]
-    pub in_flight_max: u32,
-    #[arg(long, env = "YEYAK_INGRESS_QUEUE_JOBS", default_value_t = ServerConfig::default().ingress_queue_jobs)]
-    pub ingress_queue_jobs: usize,
+    /// Connections open at once [default: 10000].
+    #[arg(long, env = "YEYAK_CONNECTIONS_MAX")]
+    pub connections_max: Option<u32>,
+    /// Requests one connection may have waiting for replies [default: 4096].
+    #[arg(long, env = "YEYAK_IN_FLIGHT_MAX")]
+    pub in_flight_max: Option<u32>,
+    /// Requests the ingress queue holds before OVERLOADED [default: 65536].
+    #[arg(long, env = "YEYAK_INGRESS_QUEUE_JOBS")]
+    pub ingress_queue_jobs: Option<usize>,
+}
+
+/// The `[server]` table of a configuration file.
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    clock: Option<ClockChoice>,
+    durability: Option<Durability>,
+    production: Option<bool>,
+    connections_max: Option<u32>,
+    in_flight_max: Option<u32>,
+    ingress_queue_jobs: Option<usize>,
+}
+
+#[derive(serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    server: ServerFile,
+}
+
+/// The settings once flags, environment, file and defaults are merged.
+#[derive(Debug)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub clock: ClockChoice,
+    pub durability: Durability,
+    pub production: bool,
+    pub server: ServerConfig,
+}
+
+impl StartArgs {
+    pub fn settings(self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                toml::from_str::<ConfigFile>(&text).map_err(|e| format!("{}: {e}", path.display()))?.server
+            }
+            None => ServerFile::default(),
+        };
+        let defaults = ServerConfig::default();
+        let server = ServerConfig {
+            connections_max: self.connections_max.or(file.connections_max).unwrap_or(defaults.connections_max),
+            in_flight_max: self.in_flight_max.or(file.in_flight_max).unwrap_or(defaults.in_flight_max),
+            ingress_queue_jobs: self
+                .ingress_queue_jobs
+                .or(file.ingress_queue_jobs)
+                .unwrap_or(defaults.ingress_queue_jobs),
+            ..defaults
+        };
+        if server.connections_max == 0 || server.in_flight_max == 0 || server.ingress_queue_jobs == 0 {
+            return Err("connections_max, in_flight_max and ingress_queue_jobs must be at least 1".into());
+        }
+        Ok(Settings {
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("yeyak-data")),
+            listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
+            clock: self.clock.or(file.clock).unwrap_or(ClockChoice::CampaignOpen),
+            durability: self.durability.or(file.durability).unwrap_or(Durability::Sync),
+            production: self.production || file.production.unwrap_or(false),
+            server,
+        })
+    }
 }
 
 pub fn start(args: StartArgs) -> Result<(), String> {
+    let args = args.settings()?;
     let demo = !args.production;
     let log = LogOptions { durability: args.durability, write_mode: WriteMode::Pwrite, ..LogOptions::default() };
     let (engine, report) =
@@ -76,38 +153,49 @@ pub fn start(args: StartArgs) -> Result<(), String> {
         "recovered {} records in {:.2?}; durability {:?}; campaign \"{}\"",
         report.records_replayed, report.elapsed, args.durability, rules.name
     );
-    let config = ServerConfig {
-        listen: args.listen,
-        connections_max: args.connections_max,
-        in_flight_max: args.in_flight_max,
-        ingress_queue_jobs: args.ingress_queue_jobs,
-        clock,
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig { listen: args.listen, clock, ..args.server };
+    let mut signals = Signals::catch()?;
     let server = Server::start(engine, keys, config).map_err(|e| format!("cannot serve on {}: {e}", args.listen))?;
     println!("serving on {} (yeyak client --help to book from the shell)", server.local_address());
-    wait_for_signal()?;
+    signals.wait();
     println!("shutting down: answering what is in flight, making the log durable (a second signal exits at once)");
-    std::thread::spawn(|| {
-        if wait_for_signal().is_ok() {
-            eprintln!("second signal: exiting now; the log recovers at the next start");
-            std::process::exit(130);
-        }
+    std::thread::spawn(move || {
+        signals.wait();
+        eprintln!("second signal: exiting now; the log recovers at the next start");
+        std::process::exit(130);
     });
     server.shutdown().map_err(|e| format!("the log could not be closed cleanly: {e}"))?;
     println!("stopped cleanly");
     Ok(())
 }
 
-/// Blocks until SIGINT or SIGTERM.
-fn wait_for_signal() -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(|e| e.to_string())?;
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(|e| e.to_string())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result.map_err(|e| e.to_string()),
-            _ = terminate.recv() => Ok(()),
-        }
-    })
+/// SIGINT and SIGTERM, caught from creation on (so a signal that arrives as
+/// the server starts is not the default "terminate now").
+struct Signals {
+    runtime: tokio::runtime::Runtime,
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> Result<Signals, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build().map_err(|e| e.to_string())?;
+        let _entered = runtime.enter();
+        let interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+        let terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+        drop(_entered);
+        Ok(Signals { runtime, interrupt, terminate })
+    }
+
+    /// Blocks until the next SIGINT or SIGTERM.
+    fn wait(&mut self) {
+        let Signals { runtime, interrupt, terminate } = self;
+        runtime.block_on(async {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        });
+    }
 }
