@@ -16,6 +16,7 @@ use crate::inventory::{Inventory, InventoryError, SlotIndex};
 use crate::log::format::RECORD_HEADER_BYTES;
 use crate::log::recovery::{list_segments, recover_with_lookahead, RecoveredLog};
 use crate::log::retention::read_segment_header;
+use crate::log::storage::sync_directory;
 use crate::log::{FileStorage, LogOptions, LogStorage, LogWriter, RecoveryError, RecoveryMode, TornTail};
 use crate::snapshot::format::SnapshotHeader;
 use crate::snapshot::{
@@ -56,6 +57,13 @@ pub enum OpenError {
         if passed_over.is_empty() { "there is none".to_string() } else { passed_over.join("; ") }
     )]
     LogStartsLate { first_lsn: u64, passed_over: Vec<String> },
+    #[error(
+        "the log holds no segment, but its numbering reached segment {next_segment_index}: its earlier \
+         segments were removed behind snapshots, and no snapshot can be used ({}); restore the snapshots \
+         directory from a copy",
+        if passed_over.is_empty() { "there is none".to_string() } else { passed_over.join("; ") }
+    )]
+    LogRetiredWithoutSnapshot { next_segment_index: u64, passed_over: Vec<String> },
     #[error(
         "the snapshot {path} holds the effects of records up to {}, but the log ends at record {}: \
          records a snapshot relied on are missing from the log",
@@ -106,7 +114,9 @@ struct Core {
     snapshot_directory: PathBuf,
     log_directory: PathBuf,
     snapshot_options: SnapshotOptions,
-    /// Serializes snapshots; holds the start lsn of the newest one attempted.
+    /// Held while a snapshot is taken: one at a time.
+    snapshot_lock: Mutex<()>,
+    /// What snapshots did; locked only briefly (STATS reads it).
     snapshot_state: Mutex<SnapshotState>,
 }
 
@@ -183,36 +193,73 @@ fn first_log_lsn(log_directory: &Path) -> Result<Option<u64>, OpenError> {
     Ok(read_segment_header(path).ok().map(|header| header.first_lsn))
 }
 
-/// Restores the newest usable snapshot into `engine`. A snapshot that fails
-/// its checks is passed over (and reported) for an older one; one that passes
-/// them but cannot be restored stops start-up, the engine being half-filled.
+/// The engine after the newest usable snapshot was restored into it.
+struct Restored {
+    engine: Engine,
+    snapshot: Option<UsedSnapshot>,
+    /// Slots whose count went below zero at restore: the window must mend them.
+    wrapped_slots: Vec<u32>,
+    passed_over: Vec<String>,
+}
+
+/// Restores the newest usable snapshot into an engine from `build_engine`. A
+/// snapshot that fails its checks, or whose content the engine refuses, is
+/// passed over (renamed `*.invalid`, so that it no longer counts among the
+/// kept ones, and reported) for an older one, in a fresh engine.
 fn restore_newest_snapshot(
-    engine: &Engine,
+    build_engine: &dyn Fn() -> Result<Engine, OpenError>,
     snapshot_directory: &Path,
     log_first_lsn: Option<u64>,
-) -> Result<(Option<UsedSnapshot>, Vec<String>), OpenError> {
+) -> Result<Restored, OpenError> {
     let mut passed_over = Vec::new();
+    let mut engine = build_engine()?;
     for (start_lsn, path) in list_snapshots(snapshot_directory)?.into_iter().rev() {
         if let Some(first) = log_first_lsn.filter(|first| *first > start_lsn) {
             passed_over.push(format!("{}: the log begins at record {first}, after it", path.display()));
             continue;
         }
-        match CheckedSnapshot::open(&path, engine.rules().campaign_id, engine.inventory()) {
-            Ok(checked) => {
-                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-                checked.restore(engine, threads)?;
-                return Ok((Some((path, checked.header)), passed_over));
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let restored = CheckedSnapshot::open(&path, engine.rules().campaign_id, engine.inventory())
+            .and_then(|checked| checked.restore(&engine, threads).map(|wrapped| (checked.header, wrapped)));
+        match restored {
+            Ok((header, wrapped_slots)) => {
+                return Ok(Restored { engine, snapshot: Some((path, header)), wrapped_slots, passed_over });
             }
             Err(error) => {
-                tracing::warn!(%error, "passing over a snapshot that fails its checks");
+                tracing::warn!(%error, "passing over a snapshot");
                 passed_over.push(error.to_string());
+                set_aside_invalid(&path)?;
+                if matches!(error, SnapshotError::Rejected { .. }) {
+                    // Half restored: start again from an empty engine.
+                    engine = build_engine()?;
+                }
             }
         }
     }
     if let Some(first) = log_first_lsn.filter(|first| *first > 1) {
         return Err(OpenError::LogStartsLate { first_lsn: first, passed_over });
     }
-    Ok((None, passed_over))
+    Ok(Restored { engine, snapshot: None, wrapped_slots: Vec::new(), passed_over })
+}
+
+/// Renames a snapshot that failed to `<name>.invalid`: kept for inspection,
+/// never listed (nor counted among the kept snapshots) again.
+fn set_aside_invalid(path: &Path) -> Result<(), OpenError> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".invalid");
+    std::fs::rename(path, &aside).map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
+    let directory = path.parent().unwrap_or(Path::new("."));
+    sync_directory(directory).map_err(|source| OpenError::Io { path: directory.to_path_buf(), source })
+}
+
+/// Creates a directory and makes its entry in the parent durable.
+fn create_durable_directory(directory: &Path) -> Result<(), OpenError> {
+    let io = |source| OpenError::Io { path: directory.to_path_buf(), source };
+    if directory.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(directory).map_err(io)?;
+    sync_directory(directory.parent().unwrap_or(Path::new("."))).map_err(io)
 }
 
 impl DurableEngine {
@@ -242,18 +289,19 @@ impl DurableEngine {
         let started = Instant::now();
         let (rules, created_demo_campaign) = load_campaign(data_directory, create_demo)?;
         let lock = lock_data_directory(data_directory)?;
-        let inventory = Inventory::load(&rules, data_directory)?;
         let campaign_id = rules.campaign_id;
-        let engine = Engine::new(rules, inventory);
+        let build_engine = || -> Result<Engine, OpenError> {
+            Ok(Engine::new(rules.clone(), Inventory::load(&rules, data_directory)?))
+        };
         let log_directory = data_directory.join(LOG_DIRECTORY);
-        std::fs::create_dir_all(&log_directory)
-            .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
+        create_durable_directory(&log_directory)?;
         let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
         remove_temporary_files(&snapshot_directory)?;
-        let (snapshot, snapshots_passed_over) =
-            restore_newest_snapshot(&engine, &snapshot_directory, first_log_lsn(&log_directory)?)?;
-        let recovered = replay_log(&engine, &log_directory, snapshot.as_ref())?;
+        let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_log_lsn(&log_directory)?)?;
+        let Restored { engine, snapshot, wrapped_slots, passed_over: snapshots_passed_over } = restored;
+        let mut recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots)?;
         let from_lsn = snapshot.as_ref().map_or(1, |(_, header)| header.start_lsn);
+        check_log_reaches_back(&mut recovered, snapshot.as_ref(), &snapshots_passed_over)?;
         if let Some(header) = recovered.segments.first().map(|s| s.header) {
             if header.campaign_id != campaign_id {
                 return Err(OpenError::Recovery(RecoveryError::Corrupt {
@@ -284,6 +332,7 @@ impl DurableEngine {
             snapshot_directory,
             log_directory,
             snapshot_options: options.snapshots,
+            snapshot_lock: Mutex::new(()),
             snapshot_state: Mutex::new(snapshot_state),
         });
         let snapshotter = (options.snapshots.every_records > 0).then(|| Snapshotter::start(Arc::clone(&core)));
@@ -307,7 +356,7 @@ impl DurableEngine {
 
     /// What the snapshots taken since start-up did.
     pub fn snapshot_state(&self) -> SnapshotState {
-        self.core.snapshot_state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.core.state().clone()
     }
 
     /// Releases an outcome once it is durable; if it never can be, the answer
@@ -369,6 +418,33 @@ impl Drop for DurableEngine {
     }
 }
 
+/// After recovery: the log must reach back to where replay started. A log whose
+/// first segments were removed (behind snapshots) and which holds nothing now
+/// (its only segment's creation was cut short) starts after the snapshot's
+/// window, or is refused without a snapshot.
+fn check_log_reaches_back(
+    recovered: &mut RecoveredLog,
+    snapshot: Option<&UsedSnapshot>,
+    passed_over: &[String],
+) -> Result<(), OpenError> {
+    let from_lsn = snapshot.map_or(1, |(_, header)| header.start_lsn);
+    match (recovered.segments.first(), snapshot) {
+        (Some(first), _) if first.header.first_lsn > from_lsn => {
+            Err(OpenError::LogStartsLate { first_lsn: first.header.first_lsn, passed_over: passed_over.to_vec() })
+        }
+        (None, None) if recovered.next_segment_index > 1 => Err(OpenError::LogRetiredWithoutSnapshot {
+            next_segment_index: recovered.next_segment_index,
+            passed_over: passed_over.to_vec(),
+        }),
+        (None, Some((_, header))) => {
+            // `replay_log` refused a window the log lacks; an empty one leaves the numbering at its end.
+            recovered.next_lsn = recovered.next_lsn.max(header.end_lsn);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Replays the log into `engine` from `from_lsn`: records below `end_lsn`
 /// form the snapshot's window and overwrite (src/state/restore.rs), later
 /// ones replay strictly.
@@ -376,10 +452,12 @@ fn replay_log(
     engine: &Engine,
     log_directory: &Path,
     snapshot: Option<&UsedSnapshot>,
+    wrapped_slots: Vec<u32>,
 ) -> Result<RecoveredLog, OpenError> {
     let (from_lsn, end_lsn) = snapshot.map_or((1, 1), |(_, header)| (header.start_lsn, header.end_lsn));
-    let mut touched = Vec::new();
-    let mut window_open = end_lsn > from_lsn;
+    // Slots that went below zero at restore are checked with those the window touches.
+    let mut window_open = end_lsn > from_lsn || !wrapped_slots.is_empty();
+    let mut touched = wrapped_slots;
     let recovered = recover_with_lookahead(
         log_directory,
         RecoveryMode::TruncateTornTail,
@@ -422,12 +500,13 @@ fn replay_log(
 
 impl Core {
     fn take_snapshot(&self) -> Result<Option<SnapshotSummary>, SnapshotError> {
-        let mut state = self.snapshot_state.lock().unwrap_or_else(|p| p.into_inner());
-        state.attempted_lsn = self.log.next_lsn();
+        let _one_at_a_time = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.state().attempted_lsn = self.log.next_lsn();
         let result = take_snapshot(&self.engine, &self.log, &self.snapshot_directory).and_then(|taken| {
             retire(&self.snapshot_directory, &self.log_directory, self.snapshot_options.keep)?;
             Ok(taken)
         });
+        let mut state = self.state();
         match &result {
             Ok(Some(summary)) => {
                 state.taken += 1;
@@ -448,9 +527,13 @@ impl Core {
         result
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, SnapshotState> {
+        self.snapshot_state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Whether enough was logged since the last attempt for a snapshot.
     fn snapshot_due(&self) -> bool {
-        let attempted = self.snapshot_state.lock().unwrap_or_else(|p| p.into_inner()).attempted_lsn;
+        let attempted = self.state().attempted_lsn;
         self.log.durable_lsn().saturating_sub(attempted) >= self.snapshot_options.every_records
     }
 }

@@ -163,6 +163,14 @@ fn a_damaged_newest_snapshot_is_passed_over_for_the_older_one() {
     assert_eq!(report.snapshot.as_ref().map(|(path, _)| path), Some(&older.path));
     assert!(report.snapshots_passed_over[0].contains("not valid"), "{:?}", report.snapshots_passed_over);
     assert_eq!(engine.engine().logical_state(), before);
+    // The damaged one is set aside, so it no longer counts among the two kept.
+    let set_aside = format!("{}.invalid", newer.path.display());
+    assert!(std::path::Path::new(&set_aside).exists());
+    book_some(&engine, now, 500, 20);
+    let newest = engine.take_snapshot().unwrap().unwrap();
+    let kept: Vec<_> =
+        list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap().into_iter().map(|(_, p)| p).collect();
+    assert_eq!(kept, [older.path.clone(), newest.path.clone()], "two good snapshots kept");
 }
 
 #[test]
@@ -196,7 +204,7 @@ fn every_bit_flip_and_every_cut_of_a_snapshot_is_caught() {
     engine.close().unwrap();
     let good = std::fs::read(&summary.path).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let path = scratch.path().join("snapshot.ysnap");
+    let path = scratch.path().join(summary.path.file_name().unwrap());
     let check = |bytes: &[u8]| {
         std::fs::write(&path, bytes).unwrap();
         CheckedSnapshot::open(&path, rules.campaign_id, &inventory)
@@ -270,8 +278,8 @@ fn a_window_where_a_seat_changes_hands_replays_exactly() {
     };
     // Log: 1 Alice reserves, 2 Alice cancels, 3 Bob reserves. The snapshot
     // started before record 1 and saw Alice after 2 and Bob after 3.
-    engine.restore_person(alice, record(CommandKind::Cancel, 2)).unwrap();
-    engine.restore_person(bob, record(CommandKind::Reserve, 3)).unwrap();
+    assert_eq!(engine.restore_person(alice, record(CommandKind::Cancel, 2)).unwrap(), None);
+    assert_eq!(engine.restore_person(bob, record(CommandKind::Reserve, 3)).unwrap(), None);
     let entry = |person, key, cancel| {
         if cancel {
             Entry::Cancelled { person, slot, idempotency_key: key, operator_id: 0 }
@@ -292,4 +300,35 @@ fn a_window_where_a_seat_changes_hands_replays_exactly() {
     // A window that ends with two holders of the one seat is refused.
     engine.replay_in_window(4, &entry(carol, 1, false), &mut touched).unwrap();
     assert!(engine.check_window(&touched).unwrap_err().contains("more holders"));
+}
+
+/// The other order (found in review): the scan saw Alice *before* she gave her
+/// seat up and Bob after he took it, so the snapshot holds two people in a
+/// one-seat slot. Restore must accept it, and the window must mend it.
+#[test]
+fn a_snapshot_with_more_holders_than_seats_is_mended_by_its_window() {
+    use yeyak::state::{CommandKind, Engine, Entry, LastCommand, PersonRecord};
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let inventory = yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap();
+    let engine = Engine::new(rules, inventory);
+    let slot = (0..300).map(SlotIndex).find(|s| engine.slot_seats(*s).unwrap().1 == 1).expect("a one-seat slot");
+    let (alice, bob) = (person(1), person(2));
+    let record = |kind, key| PersonRecord {
+        holds: (kind != CommandKind::Cancel).then_some(slot),
+        last: Some(LastCommand { kind, idempotency_key: key, slot }),
+    };
+    // Log: 1 Alice reserves (before the snapshot), 2 Alice cancels, 3 Bob reserves (the window).
+    assert_eq!(engine.restore_person(alice, record(CommandKind::Reserve, 1)).unwrap(), None);
+    let wrapped = engine.restore_person(bob, record(CommandKind::Reserve, 3)).unwrap();
+    assert_eq!(wrapped, Some(slot.0), "the second holder of one seat wraps the count");
+    let mut touched: Vec<u32> = wrapped.into_iter().collect();
+    assert!(engine.check_window(&touched).is_err());
+    let cancel = Entry::Cancelled { person: alice, slot, idempotency_key: 2, operator_id: 0 };
+    let reserve = Entry::Reserved { person: bob, slot, idempotency_key: 3, operator_id: 0 };
+    engine.replay_in_window(2, &cancel, &mut touched).unwrap();
+    engine.replay_in_window(3, &reserve, &mut touched).unwrap();
+    engine.check_window(&touched).unwrap();
+    assert_eq!(engine.slot_seats(slot), Some((0, 1)));
+    assert_eq!(engine.logical_state().people[&alice], record(CommandKind::Cancel, 2));
 }

@@ -189,8 +189,22 @@ pub fn recover_with_lookahead(
     let mut position = 0;
     while position < listed.len() {
         let (index, path) = &listed[position];
-        let segment = MappedSegment::open(path)?;
         let corrupt = |offset: u64, reason: String| RecoveryError::Corrupt { path: path.clone(), offset, reason };
+        // A segment wholly behind `from_lsn` is passed over from its header
+        // alone (a 64-byte read), never mapped.
+        if let Ok(header) = crate::log::retention::read_segment_header(path) {
+            if let Some(next_first_lsn) = wholly_before(&listed[position + 1..], &header, from_lsn) {
+                check_header(&header, *index, position == 0, recovered.next_lsn).map_err(|r| corrupt(0, r))?;
+                let records = next_first_lsn - header.first_lsn;
+                recovered.records_skipped += records;
+                recovered.next_lsn = next_first_lsn;
+                recovered.next_segment_index = index + 1;
+                recovered.segments.push(SegmentSummary { path: path.clone(), header, records });
+                position += 1;
+                continue;
+            }
+        }
+        let segment = MappedSegment::open(path)?;
         let header = match segment.header() {
             Ok(header) => header,
             // A segment whose creation was cut short by a crash: only the last one can be.
@@ -206,14 +220,6 @@ pub fn recover_with_lookahead(
         recovered.next_lsn = header.first_lsn;
         recovered.next_segment_index = index + 1;
         let capacity = segment.record_count_capacity();
-        if let Some(next_first_lsn) = wholly_before(&listed[position + 1..], &header, from_lsn) {
-            let records = next_first_lsn - header.first_lsn;
-            recovered.records_skipped += records;
-            recovered.next_lsn = next_first_lsn;
-            recovered.segments.push(SegmentSummary { path: path.clone(), header, records });
-            position += 1;
-            continue;
-        }
         let first_index = entry_index(&segment, &header, from_lsn);
         recovered.next_lsn += first_index;
         recovered.records_skipped += first_index;

@@ -72,6 +72,9 @@ impl ArchivedPersonImage {
     /// The person and record this image stands for; `Err` names what is wrong.
     pub fn person(&self) -> Result<(PersonKey, PersonRecord), String> {
         let key = PersonKey(u128::from(self.key_high.to_native()) << 64 | u128::from(self.key_low.to_native()));
+        if key.0 == 0 {
+            return Err("a person with the zero key".into());
+        }
         let kind = match self.kind {
             1 => CommandKind::Reserve,
             2 => CommandKind::Cancel,

@@ -138,7 +138,13 @@ impl CheckedSnapshot {
         {
             return Err(invalid(44, "taken of a different inventory than the campaign's now".into()));
         }
-        let mut chunks = Vec::with_capacity(header.chunk_count as usize);
+        if path.file_name().and_then(|n| n.to_str()).and_then(format::parse_snapshot_file_name)
+            != Some(header.start_lsn)
+        {
+            return Err(invalid(16, format!("starts at record {}, its file name says otherwise", header.start_lsn)));
+        }
+        // A chunk takes at least its 16-byte header: a count beyond that is a lie, not an allocation.
+        let mut chunks = Vec::with_capacity((header.chunk_count as usize).min(map.len() / CHUNK_HEADER_BYTES));
         let mut position = SNAPSHOT_HEADER_BYTES;
         let mut people_count = 0u64;
         for _ in 0..header.chunk_count {
@@ -153,10 +159,24 @@ impl CheckedSnapshot {
                 return Err(invalid(position, "chunk checksum mismatch".into()));
             }
             let items = match chunk_header.kind {
-                chunk_kind::PEOPLE => people_of(body).map(|people| people.len()),
-                _ => capacities_of(body).map(|capacities| capacities.len()),
+                chunk_kind::PEOPLE => people_of(body).map(|people| {
+                    let slots = inventory.slot_count();
+                    let bad = people.iter().find_map(|image| match image.person() {
+                        Err(reason) => Some(reason),
+                        Ok((key, _)) if image.slot.to_native() >= slots => {
+                            Some(format!("person {:#x} names slot #{}, outside the inventory", key.0, image.slot))
+                        }
+                        Ok(_) => None,
+                    });
+                    (people.len(), bad)
+                }),
+                _ => capacities_of(body).map(|capacities| (capacities.len(), None)),
             }
             .map_err(|e| invalid(body_offset, format!("chunk archive does not check: {e}")))?;
+            let items = match items {
+                (_, Some(reason)) => return Err(invalid(body_offset, reason)),
+                (count, None) => count,
+            };
             if items != chunk_header.item_count as usize {
                 return Err(invalid(
                     position,
@@ -193,8 +213,11 @@ impl CheckedSnapshot {
         &self.map[chunk.body_offset..chunk.body_offset + chunk.body_bytes]
     }
 
-    /// Restores the snapshot into a freshly built engine, people on `threads` threads.
-    pub fn restore(&self, engine: &Engine, threads: usize) -> Result<(), SnapshotError> {
+    /// Restores the snapshot into a freshly built engine, people on `threads`
+    /// threads. Returns the slots whose count went below zero (more holders
+    /// than seats, as a fuzzy snapshot may show): the log window must bring
+    /// them back, and `Engine::check_window` checks that it did.
+    pub fn restore(&self, engine: &Engine, threads: usize) -> Result<Vec<u32>, SnapshotError> {
         let rejected = |reason: String| SnapshotError::Rejected { path: self.path.clone(), reason };
         for chunk in self.chunks.iter().filter(|c| c.kind == chunk_kind::CAPACITIES) {
             let capacities = capacities_of(self.body(chunk)).map_err(|e| rejected(e.to_string()))?;
@@ -206,31 +229,29 @@ impl CheckedSnapshot {
         }
         let people: Vec<&Chunk> = self.chunks.iter().filter(|c| c.kind == chunk_kind::PEOPLE).collect();
         let threads = threads.clamp(1, people.len().max(1));
-        let failures: Vec<String> = std::thread::scope(|scope| {
+        let results: Vec<Result<Vec<u32>, String>> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..threads)
                 .map(|worker| {
                     let people = &people;
                     scope.spawn(move || {
-                        people
-                            .iter()
-                            .skip(worker)
-                            .step_by(threads)
-                            .try_for_each(|chunk| self.restore_people(engine, chunk))
+                        let mut wrapped = Vec::new();
+                        for chunk in people.iter().skip(worker).step_by(threads) {
+                            self.restore_people(engine, chunk, &mut wrapped)?;
+                        }
+                        Ok(wrapped)
                     })
                 })
                 .collect();
-            workers
-                .into_iter()
-                .filter_map(|w| w.join().unwrap_or_else(|_| Err("restore thread panicked".into())).err())
-                .collect()
+            workers.into_iter().map(|w| w.join().unwrap_or_else(|_| Err("restore thread panicked".into()))).collect()
         });
-        match failures.into_iter().next() {
-            None => Ok(()),
-            Some(reason) => Err(rejected(reason)),
+        let mut wrapped = Vec::new();
+        for result in results {
+            wrapped.extend(result.map_err(rejected)?);
         }
+        Ok(wrapped)
     }
 
-    fn restore_people(&self, engine: &Engine, chunk: &Chunk) -> Result<(), String> {
+    fn restore_people(&self, engine: &Engine, chunk: &Chunk, wrapped: &mut Vec<u32>) -> Result<(), String> {
         /// How many people ahead the cache lines are asked for: holders' slots are
         /// random, so each restore would otherwise wait for a cache miss.
         const PREFETCH_AHEAD: usize = 16;
@@ -242,7 +263,7 @@ impl CheckedSnapshot {
                 engine.prefetch_person_and_slot(key, ahead.slot.to_native());
             }
             let (key, record) = image.person()?;
-            engine.restore_person(key, record)?;
+            wrapped.extend(engine.restore_person(key, record)?);
         }
         Ok(())
     }

@@ -82,7 +82,10 @@ pub fn take_snapshot(
 ) -> Result<Option<SnapshotSummary>, SnapshotError> {
     let started = Instant::now();
     let io = |source| SnapshotError::Io { path: directory.to_path_buf(), source };
-    std::fs::create_dir_all(directory).map_err(io)?;
+    if !directory.is_dir() {
+        std::fs::create_dir_all(directory).map_err(io)?;
+        sync_directory(directory.parent().unwrap_or(Path::new("."))).map_err(io)?;
+    }
     let start_lsn = log.next_lsn();
     let newest = crate::snapshot::list_snapshots(directory)?.last().map(|(start, _)| *start);
     if newest.is_some_and(|newest| newest >= start_lsn) {

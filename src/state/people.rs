@@ -285,12 +285,14 @@ impl PeopleTable {
         self.latch(key).map(|latch| latch.record())
     }
 
-    /// Calls `visit` for every person, each read under their latch.
+    /// Calls `visit` for every person, each read under their latch. The latch
+    /// is released before `visit` runs, so a slow visitor (a snapshot writing
+    /// a chunk) never holds up a command on that person.
     pub fn for_each(&self, mut visit: impl FnMut(PersonKey, PersonRecord)) {
         for bucket in self.buckets.iter() {
             if Self::published_state(bucket) != 0 {
-                let latch = Self::latch_bucket(bucket);
-                visit(bucket.key(), latch.record());
+                let record = Self::latch_bucket(bucket).record();
+                visit(bucket.key(), record);
             }
         }
     }

@@ -13,11 +13,14 @@
 //! after record `end_lsn - 1`. From `end_lsn` on, replay is strict again.
 //!
 //! Seats are not stored: seats left = capacity − holders, counted at restore.
-//! Inside the window a slot's count may pass below zero for a while (a person
-//! seen after a cancel, another seen after taking that seat, the window
-//! replaying the first booking again), so the window moves seats with
+//! The snapshot itself may hold more people in a slot than it has seats (the
+//! scan saw Alice before she gave her seat up and Bob after he took it), and
+//! inside the window a count may pass below zero for a while (the window
+//! replaying Alice's booking again). So restore and window move seats with
 //! wrapping arithmetic that keeps `left = capacity − holders` exact, and every
-//! slot it touched is checked to lie within `0..=capacity` at the window's end.
+//! slot that went below zero at restore or that the window touched is checked
+//! to lie within `0..=capacity` at the window's end. A slot neither touched
+//! nor wrapped holds what the snapshot says, which was true at some moment.
 
 use crate::inventory::SlotIndex;
 use crate::state::engine::Engine;
@@ -63,7 +66,9 @@ impl Engine {
 
     /// Restores one person into a freshly built engine. Safe to call from
     /// several threads at once (the tables are the same lock-free ones).
-    pub fn restore_person(&self, key: PersonKey, record: PersonRecord) -> Result<(), String> {
+    /// Returns the slot the person holds if its count went below zero: the
+    /// caller checks it after the window (`check_window`).
+    pub fn restore_person(&self, key: PersonKey, record: PersonRecord) -> Result<Option<u32>, String> {
         let Some(last) = record.last else {
             return Err(format!("person {:#x} has no history", key.0));
         };
@@ -82,11 +87,9 @@ impl Engine {
         if latch.record().last.is_some() {
             return Err(format!("person {:#x} appears twice", key.0));
         }
-        if let Some(held) = record.holds {
-            self.slots.take(held.0).map_err(|_| format!("{held} has more holders than seats"))?;
-        }
+        let wrapped = record.holds.filter(|held| self.slots.take_wrapping(held.0)).map(|held| held.0);
         latch.commit(record);
-        Ok(())
+        Ok(wrapped)
     }
 
     /// Applies a record of the snapshot window by overwriting (see the module
@@ -103,8 +106,11 @@ impl Engine {
         let (person, record) = match *entry {
             Entry::CapacityAdded { slot, capacity, .. } => {
                 check_slot(slot)?;
-                if capacity > SLOT_CAPACITY_MAX {
-                    return Err(error(format!("{slot} capacity {capacity} is above the maximum")));
+                let initial = self.inventory().initial_capacity()[slot.0 as usize];
+                if capacity > SLOT_CAPACITY_MAX || capacity < initial {
+                    return Err(error(format!(
+                        "{slot} capacity {capacity}: above the maximum or below the inventory's {initial}"
+                    )));
                 }
                 self.slots.set_capacity_wrapping(slot.0, capacity);
                 touched.push(slot.0);
@@ -130,14 +136,15 @@ impl Engine {
             touched.push(old.0);
         }
         if let Some(new) = record.holds {
-            self.slots.take_wrapping(new.0);
+            let _wrapped = self.slots.take_wrapping(new.0);
             touched.push(new.0);
         }
         latch.commit(record);
         Ok(())
     }
 
-    /// After the window: every slot it touched has seats left within its capacity.
+    /// After the window: every slot it touched, or that went below zero at
+    /// restore, has seats left within its capacity.
     pub fn check_window(&self, touched: &[u32]) -> Result<(), String> {
         match touched.iter().find(|slot| !self.slots.is_consistent(**slot)) {
             None => Ok(()),

@@ -121,8 +121,9 @@ impl SlotCounters {
     /// Snapshot-window replay only (src/state/restore.rs): takes a seat with
     /// no zero check. The count may wrap below zero for a while; it is whole
     /// again once the window is replayed, and `is_consistent` checks that.
-    pub fn take_wrapping(&self, slot: u32) {
-        self.cells[slot as usize].remaining.fetch_sub(1, Ordering::Relaxed);
+    /// Returns whether the count went below zero (wrapped).
+    pub fn take_wrapping(&self, slot: u32) -> bool {
+        self.cells[slot as usize].remaining.fetch_sub(1, Ordering::Relaxed) == 0
     }
 
     /// Snapshot-window replay only: gives a seat back with no check.
@@ -174,8 +175,8 @@ mod tests {
     #[test]
     fn wrapping_moves_go_below_zero_and_come_back() {
         let counters = SlotCounters::new(&[1]);
-        counters.take_wrapping(0);
-        counters.take_wrapping(0);
+        assert!(!counters.take_wrapping(0));
+        assert!(counters.take_wrapping(0), "the second seat of one wraps");
         assert!(!counters.is_consistent(0), "two seats taken from one");
         counters.set_capacity_wrapping(0, 3);
         assert_eq!((counters.remaining(0), counters.capacity(0)), (1, 3));
