@@ -13,6 +13,7 @@
 //! | protocol | [`protocol`] | the wire format (docs/protocol.md): frames, command bodies, answers; bytes in, bytes out, no I/O |
 //! | durable engine | [`durable`] | opens a data directory: recovers the engine from the newest snapshot and the log, then serves commands whose answers wait for durability; takes snapshots in the background |
 //! | server | [`server`] | TCP connections (tokio), the bounded ingress queue, the engine thread that applies requests and releases replies once durable |
+//! | clients | [`client`], [`async_client`] | blocking client (shell, tests); async pooled client that batches concurrent calls and retries idempotently (gateways) |
 //! | demo | [`demo`] | the simulated booking evening the `yeyak` binary runs on its defaults |
 //!
 //! Where a reservation goes: `durable::DurableEngine::reserve` →
@@ -22,6 +23,7 @@
 //! them → the answer is released once its record is durable. See
 //! `docs/architecture.md` for the picture.
 
+pub mod async_client;
 pub mod calendar;
 pub mod client;
 pub mod config;

@@ -251,3 +251,50 @@ fn shutdown_under_load_keeps_every_acknowledged_reservation() {
         assert_eq!(engine.reservation_of(person(*index)), Ok(Some(*slot)), "person {index}");
     }
 }
+
+#[test]
+fn the_async_client_batches_concurrent_calls_and_survives_a_restart() {
+    let directory = tempfile::tempdir().unwrap();
+    let (server, keys) = start_in(directory.path(), ServerConfig::default());
+    let address = server.local_address();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let (id, key) = keys.first(Role::Gateway).unwrap();
+    let key = key.to_vec();
+    let client =
+        runtime.block_on(yeyak::async_client::AsyncClient::connect(address, Role::Gateway, id, &key, 2)).unwrap();
+    let booked = runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..2_000u64 {
+            let client = client.clone();
+            tasks.spawn(async move { client.reserve(&wire_booking(10_000 + index, (index % 5_000) as u32, 1)).await });
+        }
+        let mut booked = 0;
+        while let Some(result) = tasks.join_next().await {
+            booked += usize::from(result.unwrap().unwrap().is_ok());
+        }
+        booked
+    });
+    assert!(booked > 1_900, "{booked} booked");
+    let requests = gateway(&server, &keys).stats().unwrap()[4];
+    assert!(requests < 1_000, "2,000 concurrent calls went in {requests} frames: batched");
+    let first = runtime.block_on(client.reserve(&wire_booking(99, 42, 7))).unwrap();
+    assert_eq!(first, Ok(SlotIndex(42)));
+
+    // The engine restarts on the same address; the client reconnects, and a
+    // retry of an acknowledged booking gets its first answer.
+    server.shutdown().unwrap();
+    let rules = yeyak::config::CampaignRules::parse(&small_campaign_toml()).unwrap();
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let clock = Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
+    let config = ServerConfig { listen: address, clock, ..ServerConfig::default() };
+    let server = Server::start(engine, keys.clone(), config).unwrap();
+    let again = runtime.block_on(client.reserve(&wire_booking(99, 42, 7))).unwrap();
+    assert_eq!(again, first, "the retry after the restart returns the first answer");
+    assert_eq!(
+        runtime.block_on(client.reservation(&PersonQuery { person: person(99) })).unwrap(),
+        Ok(Some(SlotIndex(42)))
+    );
+    drop(client);
+    drop(runtime);
+    server.shutdown().unwrap();
+}

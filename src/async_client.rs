@@ -1,0 +1,381 @@
+//! The async client a gateway uses: a pool of authenticated connections that
+//! packs concurrent calls into BATCH frames, pipelines them, reconnects with
+//! backoff, and retries booking commands (they carry idempotency keys, so a
+//! retry never books twice: the engine answers a retry with the first answer).
+//!
+//! ```text
+//! call ─┐                         ┌─ one connection task per pooled connection:
+//! call ─┼─ mpsc (bounded) ───────►│  drain waiting calls (up to BATCH_COMMANDS_MAX)
+//! call ─┘                         │  → one RESERVE/… frame, or one BATCH frame
+//!                                 │  replies matched by request id → each call's oneshot
+//! ```
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::inventory::SlotIndex;
+use crate::protocol::body::{put_batch_header, put_batch_item, split_reply_batch, Booking, PersonQuery};
+use crate::protocol::frame::{flag, PROTOCOL_VERSION};
+use crate::protocol::handshake::{nonce, proof, Challenge, Hello, Role};
+use crate::protocol::{
+    code, decode_frame, encode_frame, opcode, Answer, FrameError, BATCH_COMMANDS_MAX, FRAME_BODY_BYTES_MAX,
+    FRAME_HEADER_BYTES,
+};
+use crate::state::Refusal;
+
+/// Calls waiting for a connection, per connection: beyond it, callers wait (backpressure).
+pub const CALLS_QUEUED_MAX: usize = 65_536;
+/// How often a booking command is tried before its error is returned.
+pub const ATTEMPTS_MAX: u32 = 5;
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AsyncClientError {
+    #[error("the engine could not be reached: {0}")]
+    Unreachable(String),
+    #[error("the connection closed before the reply came")]
+    Closed,
+    #[error("the engine refused the request whole: {}", code::name(.0.code).unwrap_or("state machine refusal"))]
+    Refused(Answer),
+    #[error("authentication failed: the engine does not accept this key")]
+    Unauthenticated,
+    #[error("the engine's reply does not read: {0}")]
+    BadReply(String),
+}
+
+impl AsyncClientError {
+    /// Worth another attempt with the same idempotency key.
+    fn retryable(&self) -> bool {
+        match self {
+            AsyncClientError::Unreachable(_) | AsyncClientError::Closed => true,
+            AsyncClientError::Refused(answer) => {
+                matches!(answer.code, code::OVERLOADED | code::TOO_MANY_IN_FLIGHT | code::SHUTTING_DOWN)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A command as it goes into a frame: opcode and fixed-size body.
+#[derive(Clone, Copy)]
+struct Call {
+    opcode: u8,
+    body: [u8; Booking::BYTES],
+    body_bytes: usize,
+}
+
+struct Pending {
+    call: Call,
+    reply: oneshot::Sender<Result<Answer, AsyncClientError>>,
+}
+
+/// Where to connect and with which key.
+#[derive(Clone)]
+struct Credentials {
+    address: SocketAddr,
+    role: Role,
+    key_id: u32,
+    key: Arc<Vec<u8>>,
+}
+
+/// A pool of connections; clone it freely (it is a handle).
+#[derive(Clone)]
+pub struct AsyncClient {
+    queues: Arc<Vec<mpsc::Sender<Pending>>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl AsyncClient {
+    /// Opens `connections` connections (each authenticated) and their tasks
+    /// on the current tokio runtime. Fails if the first connection fails.
+    pub async fn connect(
+        address: SocketAddr,
+        role: Role,
+        key_id: u32,
+        key: &[u8],
+        connections: usize,
+    ) -> Result<AsyncClient, AsyncClientError> {
+        let credentials = Credentials { address, role, key_id, key: Arc::new(key.to_vec()) };
+        let mut queues = Vec::new();
+        for _ in 0..connections.max(1) {
+            let stream = open(&credentials).await?;
+            let (sender, receiver) = mpsc::channel(CALLS_QUEUED_MAX);
+            tokio::spawn(connection_task(credentials.clone(), Some(stream), receiver));
+            queues.push(sender);
+        }
+        Ok(AsyncClient { queues: Arc::new(queues), next: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    async fn call_once(&self, call: Call) -> Result<Answer, AsyncClientError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
+        let (reply, answer) = oneshot::channel();
+        self.queues[index].send(Pending { call, reply }).await.map_err(|_| AsyncClientError::Closed)?;
+        answer.await.map_err(|_| AsyncClientError::Closed)?
+    }
+
+    /// Sends a call, retrying with backoff while the error is transient.
+    async fn call(&self, call: Call) -> Result<Answer, AsyncClientError> {
+        let mut backoff = BACKOFF_FIRST;
+        let mut attempt = 1;
+        loop {
+            match self.call_once(call).await {
+                Err(error) if error.retryable() && attempt < ATTEMPTS_MAX => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn booking_call(opcode: u8, booking: &Booking) -> Call {
+        let mut bytes = Vec::with_capacity(Booking::BYTES);
+        booking.encode(&mut bytes);
+        let mut body = [0; Booking::BYTES];
+        body.copy_from_slice(&bytes);
+        Call { opcode, body, body_bytes: Booking::BYTES }
+    }
+
+    async fn slot_command(
+        &self,
+        opcode: u8,
+        booking: &Booking,
+    ) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
+        let answer = self.call(Self::booking_call(opcode, booking)).await?;
+        if answer.is_ok() {
+            return Ok(Ok(SlotIndex(answer.value)));
+        }
+        answer.to_refusal().map(Err).ok_or(AsyncClientError::Refused(answer))
+    }
+
+    pub async fn reserve(&self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
+        self.slot_command(opcode::RESERVE, booking).await
+    }
+
+    pub async fn change(&self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
+        self.slot_command(opcode::CHANGE, booking).await
+    }
+
+    pub async fn cancel(&self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
+        self.slot_command(opcode::CANCEL, booking).await
+    }
+
+    pub async fn reservation(
+        &self,
+        query: &PersonQuery,
+    ) -> Result<Result<Option<SlotIndex>, Refusal>, AsyncClientError> {
+        let mut bytes = Vec::new();
+        query.encode(&mut bytes);
+        let mut body = [0; Booking::BYTES];
+        body[..bytes.len()].copy_from_slice(&bytes);
+        let answer = self.call(Call { opcode: opcode::GET_RESERVATION, body, body_bytes: bytes.len() }).await?;
+        if answer.is_ok() {
+            let holds = answer.flags & crate::protocol::answer::answer_flag::HOLDS != 0;
+            return Ok(Ok(holds.then_some(SlotIndex(answer.value))));
+        }
+        answer.to_refusal().map(Err).ok_or(AsyncClientError::Refused(answer))
+    }
+}
+
+/// Connects and authenticates one connection.
+async fn open(credentials: &Credentials) -> Result<TcpStream, AsyncClientError> {
+    let unreachable = |e: std::io::Error| AsyncClientError::Unreachable(e.to_string());
+    let mut stream = TcpStream::connect(credentials.address).await.map_err(unreachable)?;
+    stream.set_nodelay(true).map_err(unreachable)?;
+    let client_nonce = nonce().map_err(|e| AsyncClientError::Unreachable(e.to_string()))?;
+    let hello = Hello {
+        version_min: PROTOCOL_VERSION,
+        version_max: PROTOCOL_VERSION,
+        role: credentials.role,
+        key_id: credentials.key_id,
+        client_nonce,
+    };
+    let mut buffer = Vec::new();
+    let mut frame = Vec::new();
+    encode_frame(&mut frame, opcode::HELLO, 0, 1, |out| hello.encode(out));
+    stream.write_all(&frame).await.map_err(unreachable)?;
+    let (opcode_seen, body) = read_frame(&mut stream, &mut buffer).await?;
+    if opcode_seen != opcode::HELLO {
+        return Err(AsyncClientError::Unauthenticated);
+    }
+    let challenge = Challenge::decode(&body).map_err(|e| AsyncClientError::BadReply(e.to_string()))?;
+    let proof = proof(&credentials.key, &hello, &challenge.server_nonce);
+    frame.clear();
+    encode_frame(&mut frame, opcode::PROOF, 0, 2, |out| out.extend_from_slice(&proof));
+    stream.write_all(&frame).await.map_err(unreachable)?;
+    let (_, body) = read_frame(&mut stream, &mut buffer).await?;
+    match Answer::decode(&body) {
+        Ok((welcome, _)) if welcome.is_ok() => Ok(stream),
+        _ => Err(AsyncClientError::Unauthenticated),
+    }
+}
+
+/// Reads one whole frame (the handshake's), returning its opcode and body.
+async fn read_frame(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(u8, Vec<u8>), AsyncClientError> {
+    loop {
+        match decode_frame(buffer, FRAME_BODY_BYTES_MAX) {
+            Ok((header, body)) => {
+                let result = (header.opcode, body.to_vec());
+                buffer.drain(..FRAME_HEADER_BYTES + result.1.len());
+                return Ok(result);
+            }
+            Err(FrameError::Incomplete { .. }) => {}
+            Err(error) => return Err(AsyncClientError::BadReply(error.to_string())),
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err(AsyncClientError::Closed),
+            Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+        }
+    }
+}
+
+type InFlight = Arc<Mutex<HashMap<u64, Vec<oneshot::Sender<Result<Answer, AsyncClientError>>>>>>;
+
+/// Runs one pooled connection: packs waiting calls into frames, and
+/// reconnects (failing the calls in flight, which their callers retry).
+async fn connection_task(credentials: Credentials, mut stream: Option<TcpStream>, mut calls: mpsc::Receiver<Pending>) {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let current = match stream.take() {
+            Some(stream) => stream,
+            None => match open(&credentials).await {
+                Ok(stream) => {
+                    backoff = BACKOFF_FIRST;
+                    stream
+                }
+                Err(error) => {
+                    // Fail what waits, so callers see the outage and may retry.
+                    while let Ok(pending) = calls.try_recv() {
+                        let _ = pending.reply.send(Err(error.clone()));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    if calls.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        let in_flight: InFlight = Arc::new(Mutex::new(HashMap::new()));
+        let (read, mut write) = current.into_split();
+        let mut reader = tokio::spawn(read_replies(read, Arc::clone(&in_flight)));
+        // Whichever ends first: the writer (client dropped, or a write failed)
+        // or the reader (the engine closed the connection).
+        let stopped = tokio::select! {
+            stopped = write_calls(&mut write, &mut calls, &in_flight) => stopped,
+            _ = &mut reader => false,
+        };
+        reader.abort();
+        for (_, replies) in in_flight.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            for reply in replies {
+                let _ = reply.send(Err(AsyncClientError::Closed));
+            }
+        }
+        if stopped {
+            return;
+        }
+    }
+}
+
+/// Writes frames until the connection fails (`false`) or the client is dropped (`true`).
+async fn write_calls(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    calls: &mut mpsc::Receiver<Pending>,
+    in_flight: &InFlight,
+) -> bool {
+    let mut request_id = 0u64;
+    let mut frame = Vec::new();
+    let mut batch = Vec::with_capacity(usize::from(BATCH_COMMANDS_MAX));
+    loop {
+        let Some(first) = calls.recv().await else {
+            return true;
+        };
+        batch.push(first);
+        while batch.len() < usize::from(BATCH_COMMANDS_MAX) {
+            match calls.try_recv() {
+                Ok(pending) => batch.push(pending),
+                Err(_) => break,
+            }
+        }
+        request_id += 1;
+        frame.clear();
+        if let [single] = batch.as_slice() {
+            let call = single.call;
+            encode_frame(&mut frame, call.opcode, 0, request_id, |out| {
+                out.extend_from_slice(&call.body[..call.body_bytes])
+            });
+        } else {
+            encode_frame(&mut frame, opcode::BATCH, 0, request_id, |out| {
+                put_batch_header(out, batch.len() as u16);
+                for pending in &batch {
+                    let call = pending.call;
+                    put_batch_item(out, call.opcode, |out| out.extend_from_slice(&call.body[..call.body_bytes]));
+                }
+            });
+        }
+        let replies = batch.drain(..).map(|pending| pending.reply).collect();
+        in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(request_id, replies);
+        if write.write_all(&frame).await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Reads reply frames and hands each answer to its caller.
+async fn read_replies(mut read: tokio::net::tcp::OwnedReadHalf, in_flight: InFlight) {
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        loop {
+            let (header, body) = match decode_frame(&buffer, FRAME_BODY_BYTES_MAX) {
+                Ok(frame) => frame,
+                Err(FrameError::Incomplete { .. }) => break,
+                Err(_) => return,
+            };
+            let consumed = FRAME_HEADER_BYTES + body.len();
+            let replies = in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&header.request_id);
+            if let Some(replies) = replies {
+                deliver(header.opcode, header.flags, body, replies);
+            }
+            buffer.drain(..consumed);
+        }
+        match read.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(count) => buffer.extend_from_slice(&chunk[..count]),
+        }
+    }
+}
+
+fn deliver(opcode_seen: u8, flags: u16, body: &[u8], replies: Vec<oneshot::Sender<Result<Answer, AsyncClientError>>>) {
+    let bad = |reason: String| AsyncClientError::BadReply(reason);
+    let answers: Vec<Result<Answer, AsyncClientError>> = if flags & flag::REPLY == 0 {
+        vec![Err(bad("a frame without the REPLY flag".into())); replies.len()]
+    } else if opcode_seen == opcode::ERROR {
+        let answer = Answer::decode(body).map(|(a, _)| a);
+        vec![answer.map_err(|e| bad(e.to_string())).and_then(|a| Err(AsyncClientError::Refused(a))); replies.len()]
+    } else if opcode_seen == opcode::BATCH {
+        match split_reply_batch(body) {
+            Ok(items) if items.len() == replies.len() => items
+                .iter()
+                .map(|item| Answer::decode(item.body).map(|(a, _)| a).map_err(|e| bad(e.to_string())))
+                .collect(),
+            _ => vec![Err(bad("a batch reply that does not match its batch".into())); replies.len()],
+        }
+    } else {
+        vec![Answer::decode(body).map(|(a, _)| a).map_err(|e| bad(e.to_string())); replies.len()]
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
+}
