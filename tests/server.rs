@@ -78,8 +78,13 @@ fn every_command_through_the_client() {
     let codes: Vec<u8> = answers.iter().map(|a| a.code).collect();
     assert_eq!(codes, [0, 0, 41], "third: already booked");
     let stats = client.stats().unwrap();
-    assert_eq!(stats.len(), 18);
+    assert_eq!(stats.len(), 20);
     assert!(stats[0] >= 3, "reservations counted: {stats:?}");
+    let (p50, p99, p999, max) = (stats[12], stats[13], stats[14], stats[15]);
+    assert!(
+        stats[11] > 0 && p50 > 0 && p50 <= p99 && p99 <= p999 && p999 <= max + max / 100 + 1,
+        "sync percentiles: {stats:?}"
+    );
     // A gateway may not run operator commands, nor book as an operator; the connection goes on.
     let refused = client.call(opcode::ADD_CAPACITY, |out| out.extend_from_slice(&[0; 8])).unwrap_err();
     assert!(matches!(refused, ClientError::Refused(answer) if answer.code == code::NOT_ALLOWED));

@@ -83,7 +83,7 @@ fn parse_date(text: &str) -> Result<Date, String> {
     Date::parse(text).map_err(|e| e.to_string())
 }
 
-const STATS_NAMES: [&str; 18] = [
+const STATS_NAMES: [&str; 20] = [
     "reservations",
     "cancellations",
     "changes",
@@ -96,7 +96,9 @@ const STATS_NAMES: [&str; 18] = [
     "log next lsn",
     "log durable lsn",
     "log syncs",
-    "sync mean µs",
+    "sync p50 µs",
+    "sync p99 µs",
+    "sync p999 µs",
     "sync max µs",
     "snapshots taken",
     "uptime ms",

@@ -114,12 +114,43 @@ const FAILED_IO: u8 = 3;
 const CLOSED: u8 = 4;
 
 /// Counters for the `stats` command and the benchmarks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LogStats {
     pub records_durable: AtomicU64,
     pub groups: AtomicU64,
     pub sync_nanos_total: AtomicU64,
     pub sync_nanos_max: AtomicU64,
+    /// Every sync's latency in µs (1 µs to 60 s, 3 significant digits); the
+    /// flusher records, STATS reads.
+    sync_micros: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Default for LogStats {
+    fn default() -> Self {
+        let histogram = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds");
+        LogStats {
+            records_durable: AtomicU64::new(0),
+            groups: AtomicU64::new(0),
+            sync_nanos_total: AtomicU64::new(0),
+            sync_nanos_max: AtomicU64::new(0),
+            sync_micros: Mutex::new(histogram),
+        }
+    }
+}
+
+impl LogStats {
+    /// Sync latency at the given quantiles (0.5, 0.99, …), in µs; 0 before the first sync.
+    pub fn sync_micros_at(&self, quantiles: &[f64]) -> Vec<u64> {
+        let histogram = self.sync_micros.lock().unwrap_or_else(|p| p.into_inner());
+        quantiles.iter().map(|q| histogram.value_at_quantile(*q)).collect()
+    }
+
+    fn record_sync(&self, nanos: u64) {
+        self.sync_nanos_total.fetch_add(nanos, Ordering::Relaxed);
+        self.sync_nanos_max.fetch_max(nanos, Ordering::Relaxed);
+        let micros = (nanos / 1000).clamp(1, 60_000_000);
+        self.sync_micros.lock().unwrap_or_else(|p| p.into_inner()).saturating_record(micros);
+    }
 }
 
 struct Shared {
@@ -465,9 +496,7 @@ impl Flusher {
         let started = Instant::now();
         segment.sync().map_err(|e| (e, "syncing log records"))?;
         let nanos = started.elapsed().as_nanos() as u64;
-        let stats = &self.shared.stats;
-        stats.sync_nanos_total.fetch_add(nanos, Ordering::Relaxed);
-        stats.sync_nanos_max.fetch_max(nanos, Ordering::Relaxed);
+        self.shared.stats.record_sync(nanos);
         Ok(())
     }
 }

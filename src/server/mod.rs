@@ -93,12 +93,12 @@ pub struct Counters {
 }
 
 impl Counters {
-    /// The STATS body: 18 u64, in docs/protocol.md's order.
+    /// The STATS body: 20 u64, in docs/protocol.md's order.
     fn encode(&self, shared: &Shared, out: &mut Vec<u8>) {
         let log = shared.engine.log();
         let stats = log.stats();
         let groups = stats.groups.load(Ordering::Relaxed);
-        let sync_mean_us = stats.sync_nanos_total.load(Ordering::Relaxed) / groups.max(1) / 1000;
+        let percentiles = stats.sync_micros_at(&[0.5, 0.99, 0.999]);
         let values = [
             self.reservations.load(Ordering::Relaxed),
             self.cancellations.load(Ordering::Relaxed),
@@ -112,7 +112,9 @@ impl Counters {
             log.next_lsn(),
             log.durable_lsn(),
             groups,
-            sync_mean_us,
+            percentiles[0],
+            percentiles[1],
+            percentiles[2],
             stats.sync_nanos_max.load(Ordering::Relaxed) / 1000,
             shared.engine.snapshot_state().taken,
             shared.started.elapsed().as_millis() as u64,
