@@ -36,6 +36,8 @@ pub enum ClientError {
 pub struct Client {
     stream: TcpStream,
     buffer: Vec<u8>,
+    /// Frames sent but not yet written: written together before the next read.
+    unwritten: Vec<u8>,
     next_request_id: u64,
 }
 
@@ -47,7 +49,8 @@ impl Client {
     pub fn connect(address: SocketAddr, role: Role, key_id: u32, key: &[u8]) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(address)?;
         stream.set_nodelay(true)?;
-        let mut client = Client { stream, buffer: Vec::with_capacity(64 * 1024), next_request_id: 1 };
+        let mut client =
+            Client { stream, buffer: Vec::with_capacity(64 * 1024), unwritten: Vec::new(), next_request_id: 1 };
         let client_nonce = nonce().map_err(ClientError::Random)?;
         let hello = Hello { version_min: PROTOCOL_VERSION, version_max: PROTOCOL_VERSION, role, key_id, client_nonce };
         let (header, body) = client.call(opcode::HELLO, |out| hello.encode(out))?;
@@ -64,23 +67,48 @@ impl Client {
         Ok(client)
     }
 
-    /// Sends a request without waiting; returns its request id.
+    /// Queues a request without waiting; returns its request id. Queued
+    /// requests go out together (one write) at the next `flush` or `receive`,
+    /// or once 64 KiB are queued.
     pub fn send(&mut self, opcode: u8, write_body: impl FnOnce(&mut Vec<u8>)) -> Result<u64, ClientError> {
         let request_id = self.next_request_id;
         self.next_request_id += 1;
-        let mut frame = Vec::new();
-        encode_frame(&mut frame, opcode, 0, request_id, write_body);
-        self.stream.write_all(&frame)?;
+        encode_frame(&mut self.unwritten, opcode, 0, request_id, write_body);
+        if self.unwritten.len() >= 64 * 1024 {
+            self.flush()?;
+        }
         Ok(request_id)
+    }
+
+    /// The authenticated socket, for load generators that read and write it
+    /// from two threads. Queued requests are written first.
+    pub fn into_stream(mut self) -> Result<TcpStream, ClientError> {
+        self.flush()?;
+        if !self.buffer.is_empty() {
+            return Err(ClientError::BadReply("unread replies".into()));
+        }
+        Ok(self.stream)
+    }
+
+    /// Writes every queued request.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if !self.unwritten.is_empty() {
+            self.stream.write_all(&self.unwritten)?;
+            self.unwritten.clear();
+        }
+        Ok(())
     }
 
     /// Sends raw bytes (for tests of bad frames).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        self.flush()?;
         Ok(self.stream.write_all(bytes)?)
     }
 
-    /// Reads the next reply frame, whatever request it answers.
+    /// Reads the next reply frame, whatever request it answers (writing the
+    /// queued requests first).
     pub fn receive(&mut self) -> Result<Reply, ClientError> {
+        self.flush()?;
         loop {
             match decode_frame(&self.buffer, FRAME_BODY_BYTES_MAX) {
                 Ok((header, body)) => {

@@ -81,6 +81,18 @@ enum Command {
         #[arg(long, default_value = "/tmp/yeyak-bench-wire")]
         data_dir: PathBuf,
     },
+    /// Latency at a fixed offered rate, open loop (coordinated-omission safe): one
+    /// RESERVE per frame sent on schedule whatever the replies do; latency is
+    /// measured from each request's scheduled time to its reply.
+    Latency {
+        /// Requests per second offered.
+        #[arg(long, default_value_t = 130_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value = "/tmp/yeyak-bench-latency")]
+        data_dir: PathBuf,
+    },
     /// Resident memory of the demo inventory (8.1 M slots) and a people table filled with `people`.
     Memory {
         #[arg(long, default_value_t = 52_000_000)]
@@ -103,6 +115,7 @@ fn main() {
         Command::Wire { people, batch, depth, connections, data_dir } => {
             wire(people, batch, depth, connections, data_dir)
         }
+        Command::Latency { rate, seconds, data_dir } => latency(rate, seconds, data_dir),
     }
 }
 
@@ -317,18 +330,7 @@ fn wire(people: u64, batch: usize, depth: usize, connections: usize, data_dir: P
     use yeyak::protocol::body::{put_batch_header, put_batch_item, Booking};
     use yeyak::protocol::handshake::Role;
     use yeyak::protocol::opcode;
-    let rules = fresh_data_directory(&data_dir, people);
-    let (engine, _) = DurableEngine::open(&data_dir, LogOptions::default(), false).expect("opens");
-    let requests = crowd(engine.engine().inventory(), people);
-    let (keys, _) = yeyak::server::keys::KeyRing::load(&data_dir, true).expect("keys");
-    let clock = yeyak::server::Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
-    let config = yeyak::server::ServerConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        clock,
-        in_flight_max: depth as u32 * 2,
-        ..yeyak::server::ServerConfig::default()
-    };
-    let server = yeyak::server::Server::start(engine, keys.clone(), config).expect("serves");
+    let (server, keys, requests) = serve_fresh(people, &data_dir, depth as u32 * 2);
     let address = server.local_address();
     let per_connection = requests.len().div_ceil(connections);
     let started = Instant::now();
@@ -390,6 +392,98 @@ fn wire(people: u64, batch: usize, depth: usize, connections: usize, data_dir: P
     assert_eq!(booked, people, "every request was for a free seat");
     println!("wire (loopback, in-process server and clients): people={people} batch={batch} depth={depth} connections={connections}");
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s", booked as f64 / seconds / 1e6);
+    server.shutdown().expect("closes");
+    let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// Starts an in-process server on a fresh national data directory; returns it,
+/// its keys and the crowd of requests (one free seat each).
+fn serve_fresh(
+    people: u64,
+    data_dir: &std::path::Path,
+    in_flight_max: u32,
+) -> (yeyak::server::Server, yeyak::server::keys::KeyRing, Vec<BookingRequest>) {
+    let rules = fresh_data_directory(data_dir, people);
+    let (engine, _) = DurableEngine::open(data_dir, LogOptions::default(), false).expect("opens");
+    let requests = crowd(engine.engine().inventory(), people);
+    let (keys, _) = yeyak::server::keys::KeyRing::load(data_dir, true).expect("keys");
+    let clock = yeyak::server::Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
+    let config = yeyak::server::ServerConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        clock,
+        in_flight_max,
+        ..yeyak::server::ServerConfig::default()
+    };
+    let server = yeyak::server::Server::start(engine, keys.clone(), config).expect("serves");
+    (server, keys, requests)
+}
+
+fn latency(rate: u64, seconds: u64, data_dir: PathBuf) {
+    use std::io::{Read, Write};
+    use yeyak::protocol::body::Booking;
+    use yeyak::protocol::handshake::Role;
+    let total = rate * seconds;
+    let (server, keys, requests) = serve_fresh(total, &data_dir, u32::MAX);
+    let (id, key) = keys.first(Role::Gateway).expect("a gateway key");
+    let client = yeyak::client::Client::connect(server.local_address(), Role::Gateway, id, key).expect("connects");
+    let mut writer = client.into_stream().expect("a stream");
+    let mut reader = writer.try_clone().expect("a second handle");
+    let interval_nanos = 1_000_000_000 / rate.max(1);
+    let started = Instant::now();
+    let receiver = std::thread::spawn(move || {
+        let mut histogram = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
+        let mut buffer = Vec::with_capacity(1 << 20);
+        let mut chunk = vec![0u8; 1 << 16];
+        let mut received = 0;
+        while received < total {
+            let read = reader.read(&mut chunk).expect("reads");
+            assert!(read > 0, "the server closed the connection");
+            buffer.extend_from_slice(&chunk[..read]);
+            let mut start = 0;
+            while let Ok((header, body)) = yeyak::protocol::decode_frame(&buffer[start..], u32::MAX) {
+                // Request ids count from 1 in send order: request n was due at n × interval.
+                let due_nanos = (header.request_id - 1) * interval_nanos;
+                let now_nanos = started.elapsed().as_nanos() as u64;
+                histogram.saturating_record(now_nanos.saturating_sub(due_nanos).max(1000) / 1000);
+                start += yeyak::protocol::FRAME_HEADER_BYTES + body.len();
+                received += 1;
+            }
+            buffer.drain(..start);
+        }
+        histogram
+    });
+    let mut frames = Vec::with_capacity(1 << 16);
+    for (index, request) in requests.iter().enumerate() {
+        let due = std::time::Duration::from_nanos(index as u64 * interval_nanos);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            if !frames.is_empty() {
+                writer.write_all(&frames).expect("writes");
+                frames.clear();
+            }
+            std::thread::sleep(wait);
+        }
+        let booking = Booking {
+            person: request.person,
+            birth_date: request.birth_date,
+            slot: request.slot,
+            idempotency_key: request.idempotency_key,
+            channel: request.channel,
+        };
+        yeyak::protocol::encode_frame(&mut frames, yeyak::protocol::opcode::RESERVE, 0, index as u64 + 1, |out| {
+            booking.encode(out)
+        });
+    }
+    writer.write_all(&frames).expect("writes");
+    let histogram = receiver.join().expect("the receiver does not panic");
+    let achieved = total as f64 / started.elapsed().as_secs_f64();
+    println!("latency (loopback, open loop, one RESERVE per frame, one connection): offered {rate}/s for {seconds} s");
+    println!(
+        "  achieved {achieved:.0}/s; latency µs: p50 {} p99 {} p999 {} max {}",
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99),
+        histogram.value_at_quantile(0.999),
+        histogram.max()
+    );
     server.shutdown().expect("closes");
     let _ = std::fs::remove_dir_all(&data_dir);
 }

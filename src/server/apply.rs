@@ -88,20 +88,28 @@ impl Pending {
         let durable = engine.log().durable_lsn();
         let failed = engine.log().writable().err();
         let mut released = 0;
+        // Each connection's writer is woken once for its whole run of replies.
+        let mut to_wake: Vec<Arc<Outbox>> = Vec::new();
         while let Some(front) = self.replies.front() {
             if front.durable_after <= durable {
-                front.outbox.push(&self.arena[front.bytes.clone()]);
+                front.outbox.push_quietly(&self.arena[front.bytes.clone()]);
             } else if let Some(why) = failed {
                 let mut frame = Vec::new();
                 let answer = Answer::refusal(&Refusal::LogUnavailable(why));
                 encode_frame(&mut frame, opcode::ERROR, flag::REPLY, front.request_id, |out| answer.encode(out));
-                front.outbox.push(&frame);
+                front.outbox.push_quietly(&frame);
             } else {
                 break;
             }
             front.outbox.finish_request();
+            if !to_wake.iter().any(|outbox| Arc::ptr_eq(outbox, &front.outbox)) {
+                to_wake.push(Arc::clone(&front.outbox));
+            }
             self.replies.pop_front();
             released += 1;
+        }
+        for outbox in to_wake {
+            outbox.wake();
         }
         if self.replies.is_empty() {
             self.arena.clear();

@@ -34,12 +34,22 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame for writing (from any thread).
+    /// Queues a frame for writing (from any thread) and wakes the writer.
     pub fn push(&self, frame: &[u8]) {
+        self.push_quietly(frame);
+        self.wake();
+    }
+
+    /// Queues a frame without waking the writer: the engine thread queues a
+    /// run of replies, then wakes each writer once (`wake`).
+    pub fn push_quietly(&self, frame: &[u8]) {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
         self.bytes.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(frame);
+    }
+
+    pub fn wake(&self) {
         self.ready.notify_one();
     }
 
