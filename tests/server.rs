@@ -17,6 +17,7 @@ use yeyak::protocol::handshake::Role;
 use yeyak::protocol::{code, opcode};
 use yeyak::rules::Channel;
 use yeyak::server::keys::{KeyRing, DEMO_OPERATOR_ID};
+use yeyak::server::reactor::Reactor;
 use yeyak::server::{Clock, Server, ServerConfig};
 use yeyak::state::Refusal;
 
@@ -59,7 +60,20 @@ fn wire_booking(index: u64, slot: u32, key: u64) -> Booking {
 
 #[test]
 fn every_command_through_the_client() {
-    let running = start(ServerConfig::default());
+    every_command_through_the_client_on(Reactor::Tokio);
+}
+
+#[test]
+fn every_command_through_the_client_on_io_uring() {
+    if !yeyak::server::reactor::uring_available() {
+        eprintln!("io_uring is not available here: the tokio-uring reactor goes untested");
+        return;
+    }
+    every_command_through_the_client_on(Reactor::Uring);
+}
+
+fn every_command_through_the_client_on(reactor: Reactor) {
+    let running = start(ServerConfig { reactor, ..ServerConfig::default() });
     let mut client = gateway(&running.server, &running.keys);
     assert_eq!(client.reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)));
     assert_eq!(client.reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)), "a retry gets the first answer");
@@ -106,7 +120,20 @@ fn every_command_through_the_client() {
 
 #[test]
 fn ten_thousand_pipelined_requests_on_one_connection() {
-    let running = start(ServerConfig { in_flight_max: 10_000, ..ServerConfig::default() });
+    ten_thousand_pipelined_requests_on_one_connection_on(Reactor::Tokio);
+}
+
+#[test]
+fn ten_thousand_pipelined_requests_on_one_connection_on_io_uring() {
+    if !yeyak::server::reactor::uring_available() {
+        eprintln!("io_uring is not available here: the tokio-uring reactor goes untested");
+        return;
+    }
+    ten_thousand_pipelined_requests_on_one_connection_on(Reactor::Uring);
+}
+
+fn ten_thousand_pipelined_requests_on_one_connection_on(reactor: Reactor) {
+    let running = start(ServerConfig { in_flight_max: 10_000, reactor, ..ServerConfig::default() });
     let mut client = gateway(&running.server, &running.keys);
     let mut sent = Vec::new();
     for index in 0..10_000u64 {
@@ -128,7 +155,20 @@ fn ten_thousand_pipelined_requests_on_one_connection() {
 
 #[test]
 fn bad_frames_are_answered_and_closed_while_others_keep_booking() {
-    let running = start(ServerConfig::default());
+    bad_frames_are_answered_and_closed_while_others_keep_booking_on(Reactor::Tokio);
+}
+
+#[test]
+fn bad_frames_are_answered_and_closed_while_others_keep_booking_on_io_uring() {
+    if !yeyak::server::reactor::uring_available() {
+        eprintln!("io_uring is not available here: the tokio-uring reactor goes untested");
+        return;
+    }
+    bad_frames_are_answered_and_closed_while_others_keep_booking_on(Reactor::Uring);
+}
+
+fn bad_frames_are_answered_and_closed_while_others_keep_booking_on(reactor: Reactor) {
+    let running = start(ServerConfig { reactor, ..ServerConfig::default() });
     let mut good = gateway(&running.server, &running.keys);
     let mut valid = Vec::new();
     yeyak::protocol::encode_frame(&mut valid, opcode::PING, 0, 5, |_| {});
@@ -226,8 +266,21 @@ fn only_proven_keys_get_in_and_connections_are_capped() {
 
 #[test]
 fn shutdown_under_load_keeps_every_acknowledged_reservation() {
+    shutdown_under_load_keeps_every_acknowledged_reservation_on(Reactor::Tokio);
+}
+
+#[test]
+fn shutdown_under_load_keeps_every_acknowledged_reservation_on_io_uring() {
+    if !yeyak::server::reactor::uring_available() {
+        eprintln!("io_uring is not available here: the tokio-uring reactor goes untested");
+        return;
+    }
+    shutdown_under_load_keeps_every_acknowledged_reservation_on(Reactor::Uring);
+}
+
+fn shutdown_under_load_keeps_every_acknowledged_reservation_on(reactor: Reactor) {
     let directory = tempfile::tempdir().unwrap();
-    let (server, keys) = start_in(directory.path(), ServerConfig::default());
+    let (server, keys) = start_in(directory.path(), ServerConfig { reactor, ..ServerConfig::default() });
     let address = server.local_address();
     let acknowledged = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| {

@@ -80,6 +80,8 @@ enum Command {
         connections: usize,
         #[arg(long, default_value = "/tmp/yeyak-bench-wire")]
         data_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = yeyak::server::reactor::Reactor::Tokio)]
+        reactor: yeyak::server::reactor::Reactor,
     },
     /// Latency at a fixed offered rate, open loop (coordinated-omission safe): one
     /// RESERVE per frame sent on schedule whatever the replies do; latency is
@@ -92,6 +94,8 @@ enum Command {
         seconds: u64,
         #[arg(long, default_value = "/tmp/yeyak-bench-latency")]
         data_dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = yeyak::server::reactor::Reactor::Tokio)]
+        reactor: yeyak::server::reactor::Reactor,
     },
     /// Resident memory of the demo inventory (8.1 M slots) and a people table filled with `people`.
     Memory {
@@ -112,10 +116,10 @@ fn main() {
         }
         Command::Recovery { data_dir, without_snapshots } => recovery(data_dir, without_snapshots),
         Command::Memory { people } => memory(people),
-        Command::Wire { people, batch, depth, connections, data_dir } => {
-            wire(people, batch, depth, connections, data_dir)
+        Command::Wire { people, batch, depth, connections, data_dir, reactor } => {
+            wire(people, batch, depth, connections, data_dir, reactor)
         }
-        Command::Latency { rate, seconds, data_dir } => latency(rate, seconds, data_dir),
+        Command::Latency { rate, seconds, data_dir, reactor } => latency(rate, seconds, data_dir, reactor),
     }
 }
 
@@ -326,11 +330,18 @@ fn memory(people: u64) {
     println!("  resident {:.2} GiB (bar: 4 GiB for 52 M people + 8 M slots)", rss as f64 / (1u64 << 30) as f64);
 }
 
-fn wire(people: u64, batch: usize, depth: usize, connections: usize, data_dir: PathBuf) {
+fn wire(
+    people: u64,
+    batch: usize,
+    depth: usize,
+    connections: usize,
+    data_dir: PathBuf,
+    reactor: yeyak::server::reactor::Reactor,
+) {
     use yeyak::protocol::body::{put_batch_header, put_batch_item, Booking};
     use yeyak::protocol::handshake::Role;
     use yeyak::protocol::opcode;
-    let (server, keys, requests) = serve_fresh(people, &data_dir, depth as u32 * 2);
+    let (server, keys, requests) = serve_fresh(people, &data_dir, depth as u32 * 2, reactor);
     let address = server.local_address();
     let per_connection = requests.len().div_ceil(connections);
     let started = Instant::now();
@@ -390,7 +401,7 @@ fn wire(people: u64, batch: usize, depth: usize, connections: usize, data_dir: P
     });
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(booked, people, "every request was for a free seat");
-    println!("wire (loopback, in-process server and clients): people={people} batch={batch} depth={depth} connections={connections}");
+    println!("wire (loopback, in-process server and clients): people={people} batch={batch} depth={depth} connections={connections} reactor={reactor:?}");
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s", booked as f64 / seconds / 1e6);
     server.shutdown().expect("closes");
     let _ = std::fs::remove_dir_all(&data_dir);
@@ -402,6 +413,7 @@ fn serve_fresh(
     people: u64,
     data_dir: &std::path::Path,
     in_flight_max: u32,
+    reactor: yeyak::server::reactor::Reactor,
 ) -> (yeyak::server::Server, yeyak::server::keys::KeyRing, Vec<BookingRequest>) {
     let rules = fresh_data_directory(data_dir, people);
     let (engine, _) = DurableEngine::open(data_dir, LogOptions::default(), false).expect("opens");
@@ -412,18 +424,19 @@ fn serve_fresh(
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         clock,
         in_flight_max,
+        reactor,
         ..yeyak::server::ServerConfig::default()
     };
     let server = yeyak::server::Server::start(engine, keys.clone(), config).expect("serves");
     (server, keys, requests)
 }
 
-fn latency(rate: u64, seconds: u64, data_dir: PathBuf) {
+fn latency(rate: u64, seconds: u64, data_dir: PathBuf, reactor: yeyak::server::reactor::Reactor) {
     use std::io::{Read, Write};
     use yeyak::protocol::body::Booking;
     use yeyak::protocol::handshake::Role;
     let total = rate * seconds;
-    let (server, keys, requests) = serve_fresh(total, &data_dir, u32::MAX);
+    let (server, keys, requests) = serve_fresh(total, &data_dir, u32::MAX, reactor);
     let (id, key) = keys.first(Role::Gateway).expect("a gateway key");
     let client = yeyak::client::Client::connect(server.local_address(), Role::Gateway, id, key).expect("connects");
     let mut writer = client.into_stream().expect("a stream");
@@ -476,7 +489,7 @@ fn latency(rate: u64, seconds: u64, data_dir: PathBuf) {
     writer.write_all(&frames).expect("writes");
     let histogram = receiver.join().expect("the receiver does not panic");
     let achieved = total as f64 / started.elapsed().as_secs_f64();
-    println!("latency (loopback, open loop, one RESERVE per frame, one connection): offered {rate}/s for {seconds} s");
+    println!("latency (loopback, open loop, one RESERVE per frame, one connection, {reactor:?} reactor): offered {rate}/s for {seconds} s");
     println!(
         "  achieved {achieved:.0}/s; latency µs: p50 {} p99 {} p999 {} max {}",
         histogram.value_at_quantile(0.5),

@@ -54,6 +54,9 @@ pub struct StartArgs {
     /// Requests the ingress queue holds before OVERLOADED [default: 65536].
     #[arg(long, env = "YEYAK_INGRESS_QUEUE_JOBS")]
     pub ingress_queue_jobs: Option<usize>,
+    /// The network I/O reactor: tokio (epoll) or uring (tokio-uring) [default: tokio].
+    #[arg(long, env = "YEYAK_REACTOR", value_enum)]
+    pub reactor: Option<yeyak::server::reactor::Reactor>,
 }
 
 /// The `[server]` table of a configuration file.
@@ -68,6 +71,7 @@ struct ServerFile {
     connections_max: Option<u32>,
     in_flight_max: Option<u32>,
     ingress_queue_jobs: Option<usize>,
+    reactor: Option<yeyak::server::reactor::Reactor>,
 }
 
 #[derive(serde::Deserialize, Debug, Default)]
@@ -105,6 +109,7 @@ impl StartArgs {
                 .ingress_queue_jobs
                 .or(file.ingress_queue_jobs)
                 .unwrap_or(defaults.ingress_queue_jobs),
+            reactor: self.reactor.or(file.reactor).unwrap_or(defaults.reactor),
             ..defaults
         };
         if server.connections_max == 0 || server.in_flight_max == 0 || server.ingress_queue_jobs == 0 {
@@ -156,7 +161,11 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     let config = ServerConfig { listen: args.listen, clock, ..args.server };
     let mut signals = Signals::catch()?;
     let server = Server::start(engine, keys, config).map_err(|e| format!("cannot serve on {}: {e}", args.listen))?;
-    println!("serving on {} (yeyak client --help to book from the shell)", server.local_address());
+    println!(
+        "serving on {} ({:?} reactor; yeyak client --help to book from the shell)",
+        server.local_address(),
+        config.reactor
+    );
     signals.wait();
     println!("shutting down: answering what is in flight, making the log durable (a second signal exits at once)");
     std::thread::spawn(move || {

@@ -5,9 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use crate::server::reactor::{ReadBytes, WriteBytes};
 
 use crate::protocol::body::{split_batch, BodyError, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery};
 use crate::protocol::frame::{flag, PROTOCOL_VERSION};
@@ -86,14 +84,14 @@ fn reply_frame(opcode: u8, request_id: u64, write: impl FnOnce(&mut Vec<u8>)) ->
 }
 
 /// Reads frames from a socket into a buffer.
-struct FrameReader {
-    read: OwnedReadHalf,
+struct FrameReader<R> {
+    read: R,
     shared: Arc<Shared>,
     buffer: Vec<u8>,
     start: usize,
 }
 
-impl FrameReader {
+impl<R: ReadBytes> FrameReader<R> {
     /// The next frame's header and body (copied out), or why there is none.
     async fn next(&mut self, body_max: u32) -> Result<Option<(FrameHeader, Vec<u8>)>, FrameError> {
         loop {
@@ -110,7 +108,6 @@ impl FrameReader {
                 self.buffer.drain(..self.start);
                 self.start = 0;
             }
-            let mut chunk = [0u8; 64 * 1024];
             // At shutdown, stop waiting for a peer that sends nothing.
             let stop = self.shared.stop_readers.notified();
             tokio::pin!(stop);
@@ -120,21 +117,20 @@ impl FrameReader {
             }
             tokio::select! {
                 _ = stop => return Ok(None),
-                read = self.read.read(&mut chunk) => match read {
+                read = self.read.read_into(&mut self.buffer) => match read {
                     Ok(0) | Err(_) => return Ok(None),
-                    Ok(read) => self.buffer.extend_from_slice(&chunk[..read]),
+                    Ok(_) => {}
                 },
             }
         }
     }
 }
 
-/// Serves one connection until it closes, then releases its slot.
-pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
-    let _ = stream.set_nodelay(true);
-    let (read, write) = stream.into_split();
+/// Serves one connection until it closes, then releases its slot. Runs on a
+/// single-threaded reactor (tokio's or tokio-uring's), inside a `LocalSet`.
+pub(crate) async fn serve<R: ReadBytes + 'static, W: WriteBytes + 'static>(read: R, write: W, shared: Arc<Shared>) {
     let outbox = Arc::new(Outbox::new());
-    let writer = tokio::spawn(write_loop(write, Arc::clone(&outbox)));
+    let writer = tokio::task::spawn_local(write_loop(write, Arc::clone(&outbox)));
     let mut reader = FrameReader { read, shared: Arc::clone(&shared), buffer: Vec::with_capacity(64 * 1024), start: 0 };
     let end = match handshake(&mut reader, &outbox, &shared).await {
         Ok(Some(operator_id)) => read_loop(&mut reader, &outbox, &shared, operator_id).await,
@@ -154,19 +150,23 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     shared.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn write_loop(mut write: OwnedWriteHalf, outbox: Arc<Outbox>) {
+async fn write_loop<W: WriteBytes>(mut write: W, outbox: Arc<Outbox>) {
     let mut bytes = Vec::with_capacity(64 * 1024);
     loop {
         outbox.ready.notified().await;
         outbox.take(&mut bytes);
-        if !bytes.is_empty() && write.write_all(&bytes).await.is_err() {
-            outbox.closed.store(true, Ordering::Release);
-            return;
+        if !bytes.is_empty() {
+            let (written, buffer) = write.write_bytes(bytes).await;
+            bytes = buffer;
+            if written.is_err() {
+                outbox.closed.store(true, Ordering::Release);
+                return;
+            }
         }
         if outbox.closed.load(Ordering::Acquire) {
             outbox.take(&mut bytes);
-            let _ = write.write_all(&bytes).await;
-            let _ = write.shutdown().await;
+            let _ = write.write_bytes(bytes).await;
+            write.finish().await;
             return;
         }
     }
@@ -174,7 +174,11 @@ async fn write_loop(mut write: OwnedWriteHalf, outbox: Arc<Outbox>) {
 
 /// HELLO → CHALLENGE → PROOF → WELCOME. Returns the operator id (0 for a
 /// gateway) once the peer proved it holds a key; `Ok(None)` if it left.
-async fn handshake(reader: &mut FrameReader, outbox: &Outbox, shared: &Shared) -> Result<Option<u32>, End> {
+async fn handshake<R: ReadBytes>(
+    reader: &mut FrameReader<R>,
+    outbox: &Outbox,
+    shared: &Shared,
+) -> Result<Option<u32>, End> {
     let refuse = |request_id: u64, code: u8, small: u16| {
         outbox.push(&error_frame(request_id, Answer::protocol(code, small, 0)));
         End::Refused
@@ -210,8 +214,8 @@ async fn handshake(reader: &mut FrameReader, outbox: &Outbox, shared: &Shared) -
 }
 
 /// The next frame; a frame error is answered and ends the connection.
-async fn next_frame(
-    reader: &mut FrameReader,
+async fn next_frame<R: ReadBytes>(
+    reader: &mut FrameReader<R>,
     outbox: &Outbox,
     shared: &Shared,
 ) -> Result<Option<(FrameHeader, Vec<u8>)>, End> {
@@ -231,7 +235,12 @@ async fn next_frame(
     }
 }
 
-async fn read_loop(reader: &mut FrameReader, outbox: &Arc<Outbox>, shared: &Arc<Shared>, operator_id: u32) -> End {
+async fn read_loop<R: ReadBytes>(
+    reader: &mut FrameReader<R>,
+    outbox: &Arc<Outbox>,
+    shared: &Arc<Shared>,
+    operator_id: u32,
+) -> End {
     loop {
         if shared.stopping.load(Ordering::Acquire) {
             return End::Closed;

@@ -16,6 +16,7 @@
 pub mod apply;
 pub mod connection;
 pub mod keys;
+pub mod reactor;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -63,6 +64,8 @@ pub struct ServerConfig {
     /// The largest frame body accepted (at most `FRAME_BODY_BYTES_MAX`).
     pub frame_body_bytes_max: u32,
     pub clock: Clock,
+    /// The I/O reactor of the network thread.
+    pub reactor: reactor::Reactor,
 }
 
 impl Default for ServerConfig {
@@ -74,6 +77,7 @@ impl Default for ServerConfig {
             ingress_queue_jobs: 65_536,
             frame_body_bytes_max: crate::protocol::FRAME_BODY_BYTES_MAX,
             clock: Clock::System,
+            reactor: reactor::Reactor::Tokio,
         }
     }
 }
@@ -136,7 +140,7 @@ pub struct Shared {
     pub counters: Counters,
     /// Set at shutdown: stop accepting and reading; drain what is queued.
     pub stopping: AtomicBool,
-    stop_accepting: tokio::sync::Notify,
+    pub(crate) stop_accepting: tokio::sync::Notify,
     /// Wakes every connection reader waiting for its peer at shutdown.
     stop_readers: tokio::sync::Notify,
     engine_thread: OnceLock<std::thread::Thread>,
@@ -186,11 +190,15 @@ impl Server {
         let engine_thread =
             std::thread::Builder::new().name("yeyak-engine".into()).spawn(move || engine_loop(&engine_shared))?;
         let _ = shared.engine_thread.set(engine_thread.thread().clone());
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
+        if config.reactor == reactor::Reactor::Uring && !reactor::uring_available() {
+            return Err(std::io::Error::other("io_uring is not available to this process: use the tokio reactor"));
+        }
         let network_shared = Arc::clone(&shared);
-        let network = std::thread::Builder::new()
-            .name("yeyak-network".into())
-            .spawn(move || runtime.block_on(accept_loop(listener, network_shared)))?;
+        let network = std::thread::Builder::new().name("yeyak-network".into()).spawn(move || {
+            if let Err(error) = reactor::run(config.reactor, listener, network_shared) {
+                tracing::error!(%error, "the network thread stopped");
+            }
+        })?;
         Ok(Server { shared, local_address, network: Some(network), engine_thread: Some(engine_thread) })
     }
 
@@ -239,52 +247,6 @@ impl Drop for Server {
             self.stop();
         }
     }
-}
-
-async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Shared>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%error, "cannot serve on the listening socket");
-            return;
-        }
-    };
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shared.stop_accepting.notified() => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let open = shared.counters.connections_open.fetch_add(1, Ordering::Relaxed);
-                if open >= u64::from(shared.config.connections_max) {
-                    shared.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
-                    shared.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
-                    connections.spawn(refuse_connection(stream, shared.config.connections_max));
-                    continue;
-                }
-                connections.spawn(connection::serve(stream, Arc::clone(&shared)));
-            }
-        }
-    }
-    drop(listener);
-    // Readers see `stopping` at their next frame; give them until their peers' data runs out.
-    let _ =
-        tokio::time::timeout(Duration::from_secs(5), async { while connections.join_next().await.is_some() {} }).await;
-}
-
-async fn refuse_connection(mut stream: tokio::net::TcpStream, limit: u32) {
-    use tokio::io::AsyncWriteExt;
-    let mut frame = Vec::new();
-    let answer = crate::protocol::Answer::protocol(crate::protocol::code::TOO_MANY_CONNECTIONS, 0, limit);
-    crate::protocol::encode_frame(
-        &mut frame,
-        crate::protocol::opcode::ERROR,
-        crate::protocol::frame::flag::REPLY,
-        0,
-        |out| answer.encode(out),
-    );
-    let _ = stream.write_all(&frame).await;
-    let _ = stream.shutdown().await;
 }
 
 /// Jobs applied before replies are looked at again.
