@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use crate::inventory::SlotIndex;
-use crate::protocol::body::{put_batch_header, put_batch_item, Booking, PersonQuery};
+use crate::protocol::body::{put_batch_header, put_batch_item, Booking, PersonQuery, RegionQuery, SiteQuery};
 use crate::protocol::frame::{flag, PROTOCOL_VERSION};
 use crate::protocol::handshake::{nonce, proof, Challenge, Hello, Role};
 use crate::protocol::{decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX};
@@ -43,6 +43,20 @@ pub struct Client {
 
 /// A reply frame: its header and body.
 pub type Reply = (FrameHeader, Vec<u8>);
+
+/// SITE_AVAILABILITY's answer: the day's first slot and the seats left in each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteSeats {
+    pub first_slot: SlotIndex,
+    pub seats: Vec<u32>,
+}
+
+/// REGION_AVAILABILITY's answer: (site id, seats left that day), and the next page's cursor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionSeats {
+    pub sites: Vec<(u32, u32)>,
+    pub next_cursor: Option<u32>,
+}
 
 impl Client {
     /// Connects and proves to hold `key` for `role` and `key_id`.
@@ -188,6 +202,38 @@ impl Client {
             return Ok(Ok(holds.then_some(SlotIndex(answer.value))));
         }
         answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer))
+    }
+
+    /// Seats left in each time slot of a site on a day: (first slot, seats per slot).
+    pub fn site_availability(&mut self, query: &SiteQuery) -> Result<Result<SiteSeats, Refusal>, ClientError> {
+        let (answer, rest) = self.answer_of(opcode::SITE_AVAILABILITY, |out| query.encode(out))?;
+        if !answer.is_ok() {
+            return answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer));
+        }
+        let bad = |e: crate::protocol::BodyError| ClientError::BadReply(e.to_string());
+        let mut reader = crate::protocol::body::Reader::at_least(&rest, 8).map_err(bad)?;
+        let first_slot = SlotIndex(reader.u32().map_err(bad)?);
+        let count = reader.u16().map_err(bad)?;
+        reader.zeros(2, "site seats reserved bytes").map_err(bad)?;
+        let seats = (0..count).map(|_| reader.u32()).collect::<Result<Vec<u32>, _>>().map_err(bad)?;
+        Ok(Ok(SiteSeats { first_slot, seats }))
+    }
+
+    /// One page of the sites of a region with seats left on a day.
+    pub fn region_availability(&mut self, query: &RegionQuery) -> Result<Result<RegionSeats, Refusal>, ClientError> {
+        let (answer, rest) = self.answer_of(opcode::REGION_AVAILABILITY, |out| query.encode(out))?;
+        if !answer.is_ok() {
+            return answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer));
+        }
+        let bad = |e: crate::protocol::BodyError| ClientError::BadReply(e.to_string());
+        let mut reader = crate::protocol::body::Reader::at_least(&rest, 8).map_err(bad)?;
+        let next_cursor = reader.u32().map_err(bad)?;
+        let count = reader.u32().map_err(bad)?;
+        let sites = (0..count)
+            .map(|_| Ok((reader.u32()?, reader.u32()?)))
+            .collect::<Result<Vec<(u32, u32)>, crate::protocol::BodyError>>()
+            .map_err(bad)?;
+        Ok(Ok(RegionSeats { sites, next_cursor: (next_cursor != u32::MAX).then_some(next_cursor) }))
     }
 
     /// Books many at once in one BATCH frame; answers in the same order.

@@ -144,3 +144,49 @@ fn the_config_file_is_read_and_flags_win_over_it() {
     assert!(line.contains("serving on 127.0.0.1:"), "{line}");
     terminate(child, stdout);
 }
+
+/// SIGTERM while two clients book as fast as they can: the process exits 0,
+/// and every reservation it acknowledged is there after a restart.
+#[test]
+fn sigterm_under_load_keeps_every_acknowledged_reservation() {
+    use yeyak::protocol::handshake::Role;
+    let directory = small_data_dir();
+    let (child, address, stdout) = start(directory.path());
+    let address: std::net::SocketAddr = address.parse().unwrap();
+    let (keys, _) = yeyak::server::keys::KeyRing::load(directory.path(), false).unwrap();
+    let acknowledged = std::sync::Mutex::new(Vec::new());
+    let birth_date = yeyak::calendar::Date::parse("1990-05-15").unwrap();
+    std::thread::scope(|scope| {
+        for thread in 0..2u128 {
+            let (keys, acknowledged) = (&keys, &acknowledged);
+            scope.spawn(move || {
+                let (id, key) = keys.first(Role::Gateway).unwrap();
+                let mut client = yeyak::client::Client::connect(address, Role::Gateway, id, key).unwrap();
+                for index in 0..1_000_000u128 {
+                    let person = yeyak::state::PersonKey((thread << 64) | (index + 1));
+                    let booking = yeyak::protocol::body::Booking {
+                        person,
+                        birth_date,
+                        slot: yeyak::inventory::SlotIndex((index % 10_000) as u32),
+                        idempotency_key: 1,
+                        channel: yeyak::rules::Channel::Person,
+                    };
+                    match client.reserve(&booking) {
+                        Ok(Ok(slot)) => acknowledged.lock().unwrap().push((person, slot)),
+                        Ok(Err(_)) => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        terminate(child, stdout);
+    });
+    let acknowledged = acknowledged.into_inner().unwrap();
+    assert!(acknowledged.len() > 100, "{} acknowledged", acknowledged.len());
+    let (engine, _) =
+        yeyak::durable::DurableEngine::open(directory.path(), yeyak::log::LogOptions::default(), false).unwrap();
+    for (person, slot) in acknowledged {
+        assert_eq!(engine.reservation_of(person), Ok(Some(slot)));
+    }
+}

@@ -91,6 +91,19 @@ fn every_command_through_the_client_on(reactor: Reactor) {
         client.reserve_batch(&[wire_booking(3, 10, 1), wire_booking(4, 11, 1), wire_booking(3, 12, 2)]).unwrap();
     let codes: Vec<u8> = answers.iter().map(|a| a.code).collect();
     assert_eq!(codes, [0, 0, 41], "third: already booked");
+    // Availability: slot 10 lost a seat to person 3.
+    let date = yeyak::calendar::Date::parse("2021-08-26").unwrap();
+    let site = client.site_availability(&yeyak::protocol::SiteQuery { site_id: 1, date }).unwrap().unwrap();
+    assert_eq!((site.first_slot, site.seats.len()), (SlotIndex(0), 18));
+    let engine_view = running.server.engine().engine().site_availability(1, date).unwrap();
+    assert_eq!(site.seats, engine_view.remaining);
+    let query = yeyak::protocol::RegionQuery { region_id: 1, date, cursor: 0, limit: 3 };
+    let page = client.region_availability(&query).unwrap().unwrap();
+    assert_eq!((page.sites.len(), page.next_cursor), (3, Some(3)));
+    let too_large = yeyak::protocol::RegionQuery { limit: 100_000, ..query };
+    assert!(matches!(client.region_availability(&too_large).unwrap(), Err(Refusal::PageTooLarge { .. })));
+    let unknown = client.site_availability(&yeyak::protocol::SiteQuery { site_id: 999, date }).unwrap();
+    assert_eq!(unknown, Err(Refusal::UnknownSite { site_id: 999 }));
     let stats = client.stats().unwrap();
     assert_eq!(stats.len(), 20);
     assert!(stats[0] >= 3, "reservations counted: {stats:?}");

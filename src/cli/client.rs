@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use yeyak::calendar::Date;
 use yeyak::client::Client;
 use yeyak::inventory::SlotIndex;
-use yeyak::protocol::body::{Booking, PersonQuery};
+use yeyak::protocol::body::{Booking, PersonQuery, RegionQuery, SiteQuery};
 use yeyak::protocol::handshake::Role;
 use yeyak::rules::Channel;
 use yeyak::server::keys::KeyRing;
@@ -66,6 +66,26 @@ pub enum ClientCommand {
     Get {
         #[arg(long, value_parser = parse_person)]
         person: PersonKey,
+    },
+    /// Seats left in each time slot of a site on a day.
+    Site {
+        #[arg(long)]
+        site: u32,
+        /// YYYY-MM-DD.
+        #[arg(long, value_parser = parse_date)]
+        date: Date,
+    },
+    /// Sites of a region with seats left on a day, a page at a time.
+    Region {
+        #[arg(long)]
+        region: u16,
+        #[arg(long, value_parser = parse_date)]
+        date: Date,
+        /// The page to start at (the previous page says the next one).
+        #[arg(long, default_value_t = 0)]
+        cursor: u32,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
     },
     /// The engine's counters.
     Stats,
@@ -139,6 +159,33 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
                 }
                 Ok(None) => {
                     println!("holds no reservation");
+                    Ok(())
+                }
+                Err(refusal) => Err(format!("refused: {refusal}")),
+            }
+        }
+        ClientCommand::Site { site, date } => {
+            match client.site_availability(&SiteQuery { site_id: site, date }).map_err(|e| e.to_string())? {
+                Ok(seats) => {
+                    for (offset, left) in seats.seats.iter().enumerate() {
+                        println!("{}: {left} seats left", SlotIndex(seats.first_slot.0 + offset as u32));
+                    }
+                    Ok(())
+                }
+                Err(refusal) => Err(format!("refused: {refusal}")),
+            }
+        }
+        ClientCommand::Region { region, date, cursor, limit } => {
+            let query = RegionQuery { region_id: region, date, cursor, limit };
+            match client.region_availability(&query).map_err(|e| e.to_string())? {
+                Ok(page) => {
+                    for (site, left) in &page.sites {
+                        println!("site {site}: {left} seats left");
+                    }
+                    match page.next_cursor {
+                        Some(next) => println!("more: --cursor {next}"),
+                        None => println!("(last page)"),
+                    }
                     Ok(())
                 }
                 Err(refusal) => Err(format!("refused: {refusal}")),
