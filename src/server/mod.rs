@@ -255,13 +255,23 @@ const APPLY_ROUND_JOBS_MAX: usize = 1024;
 fn engine_loop(shared: &Shared) {
     let engine = &*shared.engine;
     let mut pending = Pending::default();
+    let mut round: std::collections::VecDeque<Job> = std::collections::VecDeque::with_capacity(APPLY_ROUND_JOBS_MAX);
     loop {
         let now_ms = shared.config.clock.now_ms();
-        let mut applied = 0;
-        while applied < APPLY_ROUND_JOBS_MAX {
+        // Take a round of jobs first, so the lines of the next few can be asked for ahead.
+        while round.len() < APPLY_ROUND_JOBS_MAX {
             let Some(job) = shared.ingress.pop() else { break };
+            round.push_back(job);
+        }
+        let applied = round.len();
+        for job in round.iter().take(apply::PREFETCH_AHEAD) {
+            apply::prefetch_job(engine, job);
+        }
+        while let Some(job) = round.pop_front() {
+            if let Some(ahead) = round.get(apply::PREFETCH_AHEAD - 1) {
+                apply::prefetch_job(engine, ahead);
+            }
             apply::apply(engine, shared, job, now_ms, &mut pending);
-            applied += 1;
         }
         let released = pending.release(engine);
         if applied > 0 || released > 0 {
