@@ -119,22 +119,29 @@ impl Client {
         Ok(self.stream.write_all(bytes)?)
     }
 
+    /// A reply already read from the socket, if a whole one is there; never blocks.
+    pub fn receive_buffered(&mut self) -> Result<Option<Reply>, ClientError> {
+        match decode_frame(&self.buffer, FRAME_BODY_BYTES_MAX) {
+            Ok((header, body)) => {
+                let reply = (header, body.to_vec());
+                self.buffer.drain(..crate::protocol::FRAME_HEADER_BYTES + reply.1.len());
+                if header.flags & flag::REPLY == 0 {
+                    return Err(ClientError::BadReply("a frame without the REPLY flag".into()));
+                }
+                Ok(Some(reply))
+            }
+            Err(FrameError::Incomplete { .. }) => Ok(None),
+            Err(error) => Err(ClientError::Frame(error)),
+        }
+    }
+
     /// Reads the next reply frame, whatever request it answers (writing the
     /// queued requests first).
     pub fn receive(&mut self) -> Result<Reply, ClientError> {
         self.flush()?;
         loop {
-            match decode_frame(&self.buffer, FRAME_BODY_BYTES_MAX) {
-                Ok((header, body)) => {
-                    let reply = (header, body.to_vec());
-                    self.buffer.drain(..crate::protocol::FRAME_HEADER_BYTES + reply.1.len());
-                    if header.flags & flag::REPLY == 0 {
-                        return Err(ClientError::BadReply("a frame without the REPLY flag".into()));
-                    }
-                    return Ok(reply);
-                }
-                Err(FrameError::Incomplete { .. }) => {}
-                Err(error) => return Err(ClientError::Frame(error)),
+            if let Some(reply) = self.receive_buffered()? {
+                return Ok(reply);
             }
             let mut chunk = [0u8; 64 * 1024];
             let read = self.stream.read(&mut chunk)?;

@@ -379,19 +379,23 @@ fn wire(
                             }
                             sent += 1;
                         }
-                        let (header, body) = client.receive().expect("a reply");
-                        assert_ne!(header.opcode, opcode::ERROR, "the request was refused whole");
-                        // Every answer's first byte is its result code: count the OK ones.
-                        ok += if batch == 1 {
-                            u64::from(body[0] == 0)
-                        } else {
-                            yeyak::protocol::body::split_reply_batch(&body)
-                                .expect("a batch reply")
-                                .iter()
-                                .filter(|item| item.body[0] == 0)
-                                .count() as u64
-                        };
-                        received += 1;
+                        // One blocking read, then every reply it brought, before sending more.
+                        let mut reply = Some(client.receive().expect("a reply"));
+                        while let Some((header, body)) = reply {
+                            assert_ne!(header.opcode, opcode::ERROR, "the request was refused whole");
+                            // Every answer's first byte is its result code: count the OK ones.
+                            ok += if batch == 1 {
+                                u64::from(body[0] == 0)
+                            } else {
+                                yeyak::protocol::body::split_reply_batch(&body)
+                                    .expect("a batch reply")
+                                    .iter()
+                                    .filter(|item| item.body[0] == 0)
+                                    .count() as u64
+                            };
+                            received += 1;
+                            reply = client.receive_buffered().expect("a reply");
+                        }
                     }
                     ok
                 })
