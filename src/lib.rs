@@ -12,16 +12,18 @@
 //! | snapshot | [`snapshot`] | the state at a point of the log (rkyv chunks), taken in the background; recovery = snapshot + log tail |
 //! | protocol | [`protocol`] | the wire format (docs/protocol.md): frames, command bodies, answers; bytes in, bytes out, no I/O |
 //! | durable engine | [`durable`] | opens a data directory: recovers the engine from the newest snapshot and the log, then serves commands whose answers wait for durability; takes snapshots in the background |
-//! | server | [`server`] | TCP connections (tokio), the bounded ingress queue, the engine thread that applies requests and releases replies once durable |
+//! | server | [`server`] | TCP connections (tokio or tokio-uring, one network thread), the bounded ingress queue, the engine thread that applies requests and releases replies once durable; keys and the handshake |
 //! | clients | [`client`], [`async_client`] | blocking client (shell, tests); async pooled client that batches concurrent calls and retries idempotently (gateways) |
 //! | demo | [`demo`] | the simulated booking evening the `yeyak` binary runs on its defaults |
 //!
-//! Where a reservation goes: `durable::DurableEngine::reserve` →
-//! `state::Engine::reserve` (rules → person latch → slot counter `take` →
-//! `Journal::append` draws a sequence number and queues the record in the
-//! log's ring) → the log's flusher thread writes a group of records and syncs
-//! them → the answer is released once its record is durable. See
-//! `docs/architecture.md` for the picture.
+//! Where a reservation goes, over the network: a gateway's frame is decoded by
+//! `server::connection` → a job in the ingress queue → the engine thread
+//! (`server::apply`) calls `state::Engine::reserve` (rules → person latch →
+//! slot counter `take` → `Journal::append` draws a sequence number and queues
+//! the record in the log's ring) → the log's flusher thread writes a group of
+//! records and syncs them → the reply is released to the connection once its
+//! record is durable. In process, `durable::DurableEngine::reserve` does the
+//! same without the network. See `docs/architecture.md` for the picture.
 
 pub mod async_client;
 pub mod calendar;
