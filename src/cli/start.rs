@@ -36,7 +36,7 @@ pub struct StartArgs {
     /// Address to serve the binary protocol on [default: 127.0.0.1:7878].
     #[arg(long, env = "YEYAK_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// Where "now" comes from [default: campaign-open].
+    /// Where "now" comes from [default: campaign-open; system with --production].
     #[arg(long, env = "YEYAK_CLOCK", value_enum)]
     pub clock: Option<ClockChoice>,
     /// `sync`: answers wait for fdatasync; `none`: for trying things only [default: sync].
@@ -115,12 +115,18 @@ impl StartArgs {
         if server.connections_max == 0 || server.in_flight_max == 0 || server.ingress_queue_jobs == 0 {
             return Err("connections_max, in_flight_max and ingress_queue_jobs must be at least 1".into());
         }
+        let production = self.production || file.production.unwrap_or(false);
         Ok(Settings {
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("yeyak-data")),
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
-            clock: self.clock.or(file.clock).unwrap_or(ClockChoice::CampaignOpen),
+            // A production engine reads the system clock unless told otherwise.
+            clock: self.clock.or(file.clock).unwrap_or(if production {
+                ClockChoice::System
+            } else {
+                ClockChoice::CampaignOpen
+            }),
             durability: self.durability.or(file.durability).unwrap_or(Durability::Sync),
-            production: self.production || file.production.unwrap_or(false),
+            production,
             server,
         })
     }
