@@ -398,10 +398,15 @@ impl DurableEngine {
         self.release_read(self.core.engine.reservation_of(&self.core.log, person))
     }
 
-    /// Stops the snapshot thread (letting a snapshot under way finish), makes
+    /// Stops the snapshot thread (letting a snapshot under way finish), takes
+    /// a last snapshot if `SnapshotOptions::on_close` says so, makes
     /// everything appended durable and stops the log writer.
     pub fn close(mut self) -> Result<(), Refusal> {
         self.stop_snapshotter();
+        if self.core.snapshot_options.on_close && self.core.log.writable().is_ok() {
+            // A failure is logged; the log still holds everything.
+            let _ = self.core.take_snapshot();
+        }
         self.core.log.close().map_err(Refusal::LogUnavailable)
     }
 

@@ -87,6 +87,8 @@ fn start_book_from_the_shell_stop_and_restart() {
     assert!(!ok && text.contains("not a non-zero hex person key"), "{text}");
     let rest = terminate(child, stdout);
     assert!(rest.contains("stopped cleanly"), "{rest}");
+    let snapshots = yeyak::snapshot::list_snapshots(&directory.path().join("snapshots")).unwrap();
+    assert_eq!(snapshots.len(), 1, "a clean stop leaves a snapshot, so the next start replays no log");
 
     let (child, address, stdout) = start(directory.path());
     let (ok, text) = client(directory.path(), &address, &["get", "--person", "0xabc"]);

@@ -132,7 +132,10 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
     let now = open_evening_ms(&rules);
-    let options = DurableOptions { log: small_log_options(), snapshots: SnapshotOptions { every_records: 0, keep: 2 } };
+    let options = DurableOptions {
+        log: small_log_options(),
+        snapshots: SnapshotOptions { every_records: 0, keep: 2, on_close: false },
+    };
     let (mut engine, _) = DurableEngine::open(directory.path(), options, false).unwrap();
     let capacities = |engine: &DurableEngine| -> BTreeMap<u32, u32> {
         (0..SLOTS).map(|s| (s, engine.engine().slot_seats(SlotIndex(s)).unwrap().1)).collect()

@@ -14,7 +14,7 @@ use yeyak::snapshot::{list_snapshots, CheckedSnapshot, SnapshotOptions};
 use yeyak::state::LogicalState;
 
 fn options(keep: usize) -> DurableOptions {
-    DurableOptions { log: small_log_options(), snapshots: SnapshotOptions { every_records: 0, keep } }
+    DurableOptions { log: small_log_options(), snapshots: SnapshotOptions { every_records: 0, keep, on_close: false } }
 }
 
 /// Reserves, cancels, changes and adds capacity, from `first` to `first + count`.
@@ -225,8 +225,10 @@ fn background_snapshots_and_a_leftover_temporary_file() {
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
     let now = open_evening_ms(&rules);
-    let background =
-        DurableOptions { log: small_log_options(), snapshots: SnapshotOptions { every_records: 100, keep: 2 } };
+    let background = DurableOptions {
+        log: small_log_options(),
+        snapshots: SnapshotOptions { every_records: 100, keep: 2, on_close: false },
+    };
     let (engine, _) = reopen(directory.path(), background);
     book_some(&engine, now, 0, 400);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

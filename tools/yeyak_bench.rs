@@ -56,6 +56,9 @@ enum Command {
         /// Records the log's ring holds (a power of two); default: LogOptions' default.
         #[arg(long)]
         ring_records: Option<u32>,
+        /// Take a snapshot when closing (as `yeyak start` does at a clean stop).
+        #[arg(long)]
+        snapshot_on_close: bool,
     },
     /// Time from start to serving: recover a data directory written by `durable --keep`.
     Recovery {
@@ -108,10 +111,22 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Reserve { people, batch } => reserve(people, batch),
-        Command::Durable { people, batch, write_mode, data_dir, keep, snapshot_every, ring_records } => {
+        Command::Durable {
+            people,
+            batch,
+            write_mode,
+            data_dir,
+            keep,
+            snapshot_every,
+            ring_records,
+            snapshot_on_close,
+        } => {
             let log = LogOptions { durability: Durability::Sync, write_mode, ..LogOptions::default() };
             let log = LogOptions { ring_records: ring_records.unwrap_or(log.ring_records), ..log };
-            let options = DurableOptions { log, snapshots: SnapshotOptions { every_records: snapshot_every, keep: 2 } };
+            let options = DurableOptions {
+                log,
+                snapshots: SnapshotOptions { every_records: snapshot_every, keep: 2, on_close: snapshot_on_close },
+            };
             durable(people, batch, options, data_dir, keep)
         }
         Command::Recovery { data_dir, without_snapshots } => recovery(data_dir, without_snapshots),

@@ -136,9 +136,10 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     let args = args.settings()?;
     let demo = !args.production;
     let log = LogOptions { durability: args.durability, write_mode: WriteMode::Pwrite, ..LogOptions::default() };
+    // A clean stop leaves a snapshot, so the next start replays no log.
+    let snapshots = yeyak::snapshot::SnapshotOptions { on_close: true, ..yeyak::snapshot::SnapshotOptions::default() };
     let (engine, report) =
-        DurableEngine::open(&args.data_dir, DurableOptions { log, ..DurableOptions::default() }, demo)
-            .map_err(|e| e.to_string())?;
+        DurableEngine::open(&args.data_dir, DurableOptions { log, snapshots }, demo).map_err(|e| e.to_string())?;
     if report.created_demo_campaign {
         println!("created the demo campaign in {}/campaign.toml", args.data_dir.display());
     }

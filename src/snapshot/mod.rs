@@ -31,11 +31,14 @@ pub struct SnapshotOptions {
     /// least 2 by default, so that a damaged newest snapshot leaves the older
     /// one and the log to recover from.
     pub keep: usize,
+    /// Take one when the engine closes cleanly, so that the next start
+    /// replays no log (the server sets it; tests that cut logs do not).
+    pub on_close: bool,
 }
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        SnapshotOptions { every_records: 1 << 23, keep: 2 }
+        SnapshotOptions { every_records: 1 << 23, keep: 2, on_close: false }
     }
 }
 
