@@ -507,7 +507,8 @@ impl Core {
     fn take_snapshot(&self) -> Result<Option<SnapshotSummary>, SnapshotError> {
         let _one_at_a_time = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
         self.state().attempted_lsn = self.log.next_lsn();
-        let result = take_snapshot(&self.engine, &self.log, &self.snapshot_directory).and_then(|taken| {
+        let reserve = self.snapshot_options.free_space_reserve_bytes;
+        let result = take_snapshot(&self.engine, &self.log, &self.snapshot_directory, reserve).and_then(|taken| {
             retire(&self.snapshot_directory, &self.log_directory, self.snapshot_options.keep)?;
             Ok(taken)
         });

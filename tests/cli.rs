@@ -33,6 +33,15 @@ fn start(data_dir: &std::path::Path) -> (Child, String, BufReader<std::process::
     }
 }
 
+fn free_bytes(path: &std::path::Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct and reads the NUL-terminated path.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stats) }, 0);
+    (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64)
+}
+
 fn client(data_dir: &std::path::Path, address: &str, args: &[&str]) -> (bool, String) {
     let output = Command::new(YEYAK)
         .arg("client")
@@ -88,7 +97,11 @@ fn start_book_from_the_shell_stop_and_restart() {
     let rest = terminate(child, stdout);
     assert!(rest.contains("stopped cleanly"), "{rest}");
     let snapshots = yeyak::snapshot::list_snapshots(&directory.path().join("snapshots")).unwrap();
-    assert_eq!(snapshots.len(), 1, "a clean stop leaves a snapshot, so the next start replays no log");
+    // A clean stop leaves a snapshot, so the next start replays no log; on a
+    // nearly full disk the snapshot is (rightly) refused to keep room for the log.
+    if free_bytes(directory.path()) > 2 * yeyak::snapshot::FREE_SPACE_RESERVE_BYTES {
+        assert_eq!(snapshots.len(), 1, "a clean stop leaves a snapshot");
+    }
 
     let (child, address, stdout) = start(directory.path());
     let (ok, text) = client(directory.path(), &address, &["get", "--person", "0xabc"]);

@@ -14,7 +14,10 @@ use yeyak::snapshot::{list_snapshots, CheckedSnapshot, SnapshotOptions};
 use yeyak::state::LogicalState;
 
 fn options(keep: usize) -> DurableOptions {
-    DurableOptions { log: small_log_options(), snapshots: SnapshotOptions { every_records: 0, keep, on_close: false } }
+    DurableOptions {
+        log: small_log_options(),
+        snapshots: SnapshotOptions { every_records: 0, keep, ..SnapshotOptions::default() },
+    }
 }
 
 /// Reserves, cancels, changes and adds capacity, from `first` to `first + count`.
@@ -227,7 +230,7 @@ fn background_snapshots_and_a_leftover_temporary_file() {
     let now = open_evening_ms(&rules);
     let background = DurableOptions {
         log: small_log_options(),
-        snapshots: SnapshotOptions { every_records: 100, keep: 2, on_close: false },
+        snapshots: SnapshotOptions { every_records: 100, keep: 2, ..SnapshotOptions::default() },
     };
     let (engine, _) = reopen(directory.path(), background);
     book_some(&engine, now, 0, 400);
@@ -333,4 +336,26 @@ fn a_snapshot_with_more_holders_than_seats_is_mended_by_its_window() {
     engine.check_window(&touched).unwrap();
     assert_eq!(engine.slot_seats(slot), Some((0, 1)));
     assert_eq!(engine.logical_state().people[&alice], record(CommandKind::Cancel, 2));
+}
+
+#[test]
+fn a_snapshot_that_would_eat_the_log_s_room_is_not_taken() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    // A reserve larger than any disk: every snapshot would eat into it.
+    let greedy = DurableOptions {
+        log: small_log_options(),
+        snapshots: SnapshotOptions {
+            every_records: 0,
+            free_space_reserve_bytes: u64::MAX / 2,
+            ..SnapshotOptions::default()
+        },
+    };
+    let (engine, _) = reopen(directory.path(), greedy);
+    book_some(&engine, now, 0, 50);
+    let error = engine.take_snapshot().unwrap_err();
+    assert!(error.to_string().contains("no room for a snapshot"), "{error}");
+    assert!(list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap().is_empty());
+    assert!(engine.reserve(&booking(999, 7, 1), now).is_ok(), "bookings go on");
 }

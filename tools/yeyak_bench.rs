@@ -125,7 +125,12 @@ fn main() {
             let log = LogOptions { ring_records: ring_records.unwrap_or(log.ring_records), ..log };
             let options = DurableOptions {
                 log,
-                snapshots: SnapshotOptions { every_records: snapshot_every, keep: 2, on_close: snapshot_on_close },
+                snapshots: SnapshotOptions {
+                    every_records: snapshot_every,
+                    keep: 2,
+                    on_close: snapshot_on_close,
+                    ..SnapshotOptions::default()
+                },
             };
             durable(people, batch, options, data_dir, keep)
         }

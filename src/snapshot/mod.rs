@@ -34,11 +34,22 @@ pub struct SnapshotOptions {
     /// Take one when the engine closes cleanly, so that the next start
     /// replays no log (the server sets it; tests that cut logs do not).
     pub on_close: bool,
+    /// Free space a snapshot must leave on the disk, for the log's next
+    /// segments: a snapshot that would eat into it is not taken.
+    pub free_space_reserve_bytes: u64,
 }
+
+/// The default `free_space_reserve_bytes`: room for about two default log segments.
+pub const FREE_SPACE_RESERVE_BYTES: u64 = 512 << 20;
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
-        SnapshotOptions { every_records: 1 << 23, keep: 2, on_close: false }
+        SnapshotOptions {
+            every_records: 1 << 23,
+            keep: 2,
+            on_close: false,
+            free_space_reserve_bytes: FREE_SPACE_RESERVE_BYTES,
+        }
     }
 }
 
@@ -52,6 +63,11 @@ pub enum SnapshotError {
     Rejected { path: PathBuf, reason: String },
     #[error("the log could not make the snapshot's records durable ({0:?}); the snapshot was discarded")]
     LogUnavailable(LogUnavailable),
+    #[error(
+        "no room for a snapshot in {path}: it needs about {needed_bytes} bytes and {available_bytes} are free, \
+         of which {reserve_bytes} are kept for the log; free space (the log still holds everything)"
+    )]
+    DiskSpace { path: PathBuf, needed_bytes: u64, available_bytes: u64, reserve_bytes: u64 },
 }
 
 /// The snapshot files of a directory, by start lsn, oldest first. Leftover

@@ -79,6 +79,7 @@ pub fn take_snapshot(
     engine: &Engine,
     log: &LogWriter,
     directory: &Path,
+    free_space_reserve_bytes: u64,
 ) -> Result<Option<SnapshotSummary>, SnapshotError> {
     let started = Instant::now();
     let io = |source| SnapshotError::Io { path: directory.to_path_buf(), source };
@@ -91,6 +92,7 @@ pub fn take_snapshot(
     if newest.is_some_and(|newest| newest >= start_lsn) {
         return Ok(None);
     }
+    check_free_space(directory, engine.people_count(), free_space_reserve_bytes)?;
     let path = directory.join(snapshot_file_name(start_lsn));
     let temporary = directory.join(format!("{}{TEMPORARY_SUFFIX}", snapshot_file_name(start_lsn)));
     let written = write_temporary(engine, log, &temporary, start_lsn);
@@ -104,6 +106,32 @@ pub fn take_snapshot(
     std::fs::rename(&temporary, &path).map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
     sync_directory(directory).map_err(io)?;
     Ok(Some(SnapshotSummary { path, header, size_bytes, elapsed: started.elapsed() }))
+}
+
+/// Refuses a snapshot that would leave less than `reserve_bytes` free: the
+/// log needs the room more than recovery needs the snapshot.
+fn check_free_space(directory: &Path, people: u64, reserve_bytes: u64) -> Result<(), SnapshotError> {
+    use std::os::unix::ffi::OsStrExt;
+    let io = |source| SnapshotError::Io { path: directory.to_path_buf(), source };
+    let path = std::ffi::CString::new(directory.as_os_str().as_bytes()).map_err(|e| io(std::io::Error::other(e)))?;
+    // SAFETY: `statvfs` fills the zeroed struct we pass and reads the
+    // NUL-terminated path, which lives until the call returns.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    let available_bytes = (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64);
+    // 32 bytes a person in the archive, plus chunk headers and slack.
+    let needed_bytes = people.saturating_mul(34).saturating_add(1 << 20);
+    if available_bytes < needed_bytes.saturating_add(reserve_bytes) {
+        return Err(SnapshotError::DiskSpace {
+            path: directory.to_path_buf(),
+            needed_bytes,
+            available_bytes,
+            reserve_bytes,
+        });
+    }
+    Ok(())
 }
 
 fn write_temporary(
