@@ -134,7 +134,12 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
     let now = open_evening_ms(&rules);
     let options = DurableOptions {
         log: small_log_options(),
-        snapshots: SnapshotOptions { every_records: 0, keep: 2, ..SnapshotOptions::default() },
+        snapshots: SnapshotOptions {
+            every_records: 0,
+            keep: 2,
+            free_space_reserve_bytes: 0,
+            ..SnapshotOptions::default()
+        },
     };
     let (mut engine, _) = DurableEngine::open(directory.path(), options, false).unwrap();
     let capacities = |engine: &DurableEngine| -> BTreeMap<u32, u32> {

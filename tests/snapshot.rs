@@ -13,10 +13,17 @@ use yeyak::inventory::SlotIndex;
 use yeyak::snapshot::{list_snapshots, CheckedSnapshot, SnapshotOptions};
 use yeyak::state::LogicalState;
 
+/// Snapshots only when asked, and no free-space reserve: these tests are about
+/// content, not disk space (a CI disk may have less than the default reserve free).
 fn options(keep: usize) -> DurableOptions {
     DurableOptions {
         log: small_log_options(),
-        snapshots: SnapshotOptions { every_records: 0, keep, ..SnapshotOptions::default() },
+        snapshots: SnapshotOptions {
+            every_records: 0,
+            keep,
+            free_space_reserve_bytes: 0,
+            ..SnapshotOptions::default()
+        },
     }
 }
 
@@ -230,7 +237,12 @@ fn background_snapshots_and_a_leftover_temporary_file() {
     let now = open_evening_ms(&rules);
     let background = DurableOptions {
         log: small_log_options(),
-        snapshots: SnapshotOptions { every_records: 100, keep: 2, ..SnapshotOptions::default() },
+        snapshots: SnapshotOptions {
+            every_records: 100,
+            keep: 2,
+            free_space_reserve_bytes: 0,
+            ..SnapshotOptions::default()
+        },
     };
     let (engine, _) = reopen(directory.path(), background);
     book_some(&engine, now, 0, 400);
