@@ -224,6 +224,21 @@ fn bad_frames_are_answered_and_closed_while_others_keep_booking_on(reactor: Reac
             code::UNKNOWN_OPCODE,
         ),
         (
+            "availability in a batch",
+            {
+                let mut f = Vec::new();
+                yeyak::protocol::encode_frame(&mut f, opcode::BATCH, 0, 1, |out| {
+                    yeyak::protocol::body::put_batch_header(out, 1);
+                    yeyak::protocol::body::put_batch_item(out, opcode::REGION_AVAILABILITY, |b| {
+                        let date = yeyak::calendar::Date::parse("2021-08-26").unwrap();
+                        yeyak::protocol::RegionQuery { region_id: 1, date, cursor: 0, limit: 100 }.encode(b)
+                    });
+                });
+                f
+            },
+            code::MALFORMED,
+        ),
+        (
             "short body",
             {
                 let mut f = Vec::new();

@@ -34,9 +34,12 @@ pub mod opcode {
     pub const SESSIONS: std::ops::RangeInclusive<u8> = 0x30..=0x4F;
     pub const WAITING_ROOM: std::ops::RangeInclusive<u8> = 0x50..=0x6F;
 
-    /// Whether a BATCH may carry this opcode.
+    /// Whether a BATCH may carry this opcode: the commands whose replies are a
+    /// fixed 16-byte answer, so that a batch's reply is bounded
+    /// (`BATCH_COMMANDS_MAX` × 20 bytes). Availability queries, whose replies
+    /// grow with the inventory, go in frames of their own.
     pub fn batchable(opcode: u8) -> bool {
-        (0x10..=0x2F).contains(&opcode) || opcode == ADD_CAPACITY
+        matches!(opcode, RESERVE | CANCEL | CHANGE | GET_RESERVATION | ADD_CAPACITY)
     }
 }
 
