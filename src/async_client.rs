@@ -34,6 +34,10 @@ use crate::state::Refusal;
 pub const CALLS_QUEUED_MAX: usize = 65_536;
 /// How often a booking command is tried before its error is returned.
 pub const ATTEMPTS_MAX: u32 = 5;
+/// How long a call waits for its reply before it is failed (and retried).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting and the handshake may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -49,16 +53,21 @@ pub enum AsyncClientError {
     Unauthenticated,
     #[error("the engine's reply does not read: {0}")]
     BadReply(String),
+    #[error("no reply within {0:?}")]
+    TimedOut(Duration),
 }
 
 impl AsyncClientError {
     /// Worth another attempt with the same idempotency key.
     fn retryable(&self) -> bool {
         match self {
-            AsyncClientError::Unreachable(_) | AsyncClientError::Closed => true,
-            AsyncClientError::Refused(answer) => {
-                matches!(answer.code, code::OVERLOADED | code::TOO_MANY_IN_FLIGHT | code::SHUTTING_DOWN)
-            }
+            // Booking commands carry idempotency keys: after a timeout, a retry
+            // returns the first answer if the first attempt was applied.
+            AsyncClientError::Unreachable(_) | AsyncClientError::Closed | AsyncClientError::TimedOut(_) => true,
+            AsyncClientError::Refused(answer) => matches!(
+                answer.code,
+                code::OVERLOADED | code::TOO_MANY_IN_FLIGHT | code::SHUTTING_DOWN | code::TOO_MANY_CONNECTIONS
+            ),
             _ => false,
         }
     }
@@ -117,8 +126,12 @@ impl AsyncClient {
     async fn call_once(&self, call: Call) -> Result<Answer, AsyncClientError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         let (reply, answer) = oneshot::channel();
-        self.queues[index].send(Pending { call, reply }).await.map_err(|_| AsyncClientError::Closed)?;
-        answer.await.map_err(|_| AsyncClientError::Closed)?
+        let queued = tokio::time::timeout(CALL_TIMEOUT, self.queues[index].send(Pending { call, reply }));
+        queued.await.map_err(|_| AsyncClientError::TimedOut(CALL_TIMEOUT))?.map_err(|_| AsyncClientError::Closed)?;
+        match tokio::time::timeout(CALL_TIMEOUT, answer).await {
+            Ok(answer) => answer.map_err(|_| AsyncClientError::Closed)?,
+            Err(_) => Err(AsyncClientError::TimedOut(CALL_TIMEOUT)),
+        }
     }
 
     /// Sends a call, retrying with backoff while the error is transient.
@@ -186,8 +199,14 @@ impl AsyncClient {
     }
 }
 
-/// Connects and authenticates one connection.
+/// Connects and authenticates one connection, within `CONNECT_TIMEOUT`.
 async fn open(credentials: &Credentials) -> Result<TcpStream, AsyncClientError> {
+    tokio::time::timeout(CONNECT_TIMEOUT, open_now(credentials))
+        .await
+        .unwrap_or(Err(AsyncClientError::TimedOut(CONNECT_TIMEOUT)))
+}
+
+async fn open_now(credentials: &Credentials) -> Result<TcpStream, AsyncClientError> {
     let unreachable = |e: std::io::Error| AsyncClientError::Unreachable(e.to_string());
     let mut stream = TcpStream::connect(credentials.address).await.map_err(unreachable)?;
     stream.set_nodelay(true).map_err(unreachable)?;
@@ -204,6 +223,11 @@ async fn open(credentials: &Credentials) -> Result<TcpStream, AsyncClientError> 
     encode_frame(&mut frame, opcode::HELLO, 0, 1, |out| hello.encode(out));
     stream.write_all(&frame).await.map_err(unreachable)?;
     let (opcode_seen, body) = read_frame(&mut stream, &mut buffer).await?;
+    if opcode_seen == opcode::ERROR {
+        // The connection cap, a shutdown: say which, so the caller can retry.
+        let (answer, _) = Answer::decode(&body).map_err(|e| AsyncClientError::BadReply(e.to_string()))?;
+        return Err(AsyncClientError::Refused(answer));
+    }
     if opcode_seen != opcode::HELLO {
         return Err(AsyncClientError::Unauthenticated);
     }

@@ -117,6 +117,9 @@ fn every_command_through_the_client_on(reactor: Reactor) {
     assert!(matches!(refused, ClientError::Refused(answer) if answer.code == code::NOT_ALLOWED));
     let as_operator = Booking { channel: Channel::Operator { operator_id: 7 }, ..wire_booking(5, 1, 1) };
     assert!(matches!(client.reserve(&as_operator), Err(ClientError::Refused(a)) if a.code == code::NOT_ALLOWED));
+    // The same inside a batch refuses the batch, and the connection goes on.
+    let refused = client.reserve_batch(&[wire_booking(6, 2, 1), as_operator]).unwrap_err();
+    assert!(matches!(refused, ClientError::Refused(a) if a.code == code::NOT_ALLOWED));
     assert_eq!(client.reserve(&wire_booking(5, 1, 1)).unwrap(), Ok(SlotIndex(1)));
     // An operator adds capacity, recorded under the operator's id.
     let key = running.keys.key(Role::Operator, DEMO_OPERATOR_ID).unwrap();
@@ -383,4 +386,26 @@ fn the_async_client_batches_concurrent_calls_and_survives_a_restart() {
     drop(client);
     drop(runtime);
     server.shutdown().unwrap();
+}
+
+#[test]
+fn a_peer_that_does_not_complete_the_handshake_is_let_go() {
+    let running = start(ServerConfig::default());
+    let address = running.server.local_address();
+    // A HELLO with a 1 KiB body: before the handshake, bodies over 64 bytes are refused.
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let mut frame = Vec::new();
+    yeyak::protocol::encode_frame(&mut frame, opcode::HELLO, 0, 1, |out| out.extend_from_slice(&[0; 1024]));
+    std::io::Write::write_all(&mut stream, &frame).unwrap();
+    let mut reply = vec![0; 40];
+    std::io::Read::read_exact(&mut stream, &mut reply).unwrap();
+    assert_eq!((reply[3], reply[24]), (opcode::ERROR, code::FRAME_TOO_LARGE));
+    // A peer that says nothing is answered UNAUTHENTICATED and closed after the handshake timeout.
+    let started = Instant::now();
+    let mut silent = std::net::TcpStream::connect(address).unwrap();
+    let mut reply = vec![0; 40];
+    std::io::Read::read_exact(&mut silent, &mut reply).unwrap();
+    assert_eq!((reply[3], reply[24]), (opcode::ERROR, code::UNAUTHENTICATED));
+    assert!(started.elapsed() >= std::time::Duration::from_secs(4), "{:?}", started.elapsed());
+    running.server.shutdown().unwrap();
 }

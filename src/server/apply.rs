@@ -78,6 +78,9 @@ struct PendingReply {
     durable_after: Lsn,
 }
 
+/// Released bytes at the arena's front worth moving the rest down for.
+const ARENA_COMPACT_BYTES_MIN: usize = 1 << 20;
+
 /// Replies computed but not yet durable, in order.
 #[derive(Default)]
 pub struct Pending {
@@ -121,10 +124,25 @@ impl Pending {
         for outbox in to_wake {
             outbox.wake();
         }
-        if self.replies.is_empty() {
-            self.arena.clear();
-        }
+        self.compact();
         released
+    }
+
+    /// Drops the released front of the arena. Under sustained load replies
+    /// are always pending, so waiting for an empty queue to clear it would
+    /// let it grow without end.
+    fn compact(&mut self) {
+        let Some(front) = self.replies.front() else {
+            self.arena.clear();
+            return;
+        };
+        let released = front.bytes.start;
+        if released >= ARENA_COMPACT_BYTES_MIN && released >= self.arena.len() / 2 {
+            self.arena.drain(..released);
+            for reply in &mut self.replies {
+                reply.bytes = reply.bytes.start - released..reply.bytes.end - released;
+            }
+        }
     }
 }
 

@@ -56,11 +56,23 @@ impl Outbox {
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Bytes queued and not yet taken by the writer.
+    fn queued_bytes(&self) -> usize {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     fn take(&self, into: &mut Vec<u8>) {
         into.clear();
         std::mem::swap(&mut *self.bytes.lock().unwrap_or_else(|p| p.into_inner()), into);
     }
 }
+
+/// How long a peer has to complete the handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The largest body before the handshake completes (HELLO is 40 bytes, PROOF 32).
+const HANDSHAKE_BODY_BYTES_MAX: u32 = 64;
+/// Reply bytes a connection may have waiting to be written before its reader pauses.
+const OUTBOX_BYTES_MAX: usize = 4 << 20;
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -132,10 +144,16 @@ pub(crate) async fn serve<R: ReadBytes + 'static, W: WriteBytes + 'static>(read:
     let outbox = Arc::new(Outbox::new());
     let writer = tokio::task::spawn_local(write_loop(write, Arc::clone(&outbox)));
     let mut reader = FrameReader { read, shared: Arc::clone(&shared), buffer: Vec::with_capacity(64 * 1024), start: 0 };
-    let end = match handshake(&mut reader, &outbox, &shared).await {
-        Ok(Some(operator_id)) => read_loop(&mut reader, &outbox, &shared, operator_id).await,
-        Ok(None) => End::Closed,
-        Err(end) => end,
+    // A peer gets HANDSHAKE_TIMEOUT to prove its key: idle sockets do not hold slots.
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut reader, &outbox, &shared)).await;
+    let end = match handshake {
+        Ok(Ok(Some(operator_id))) => read_loop(&mut reader, &outbox, &shared, operator_id).await,
+        Ok(Ok(None)) => End::Closed,
+        Ok(Err(end)) => end,
+        Err(_) => {
+            outbox.push(&error_frame(0, Answer::protocol(code::UNAUTHENTICATED, 0, 0)));
+            End::Refused
+        }
     };
     tracing::debug!(?end, "connection ends");
     // Requests already queued are answered (at shutdown too) before the writer stops.
@@ -183,7 +201,7 @@ async fn handshake<R: ReadBytes>(
         outbox.push(&error_frame(request_id, Answer::protocol(code, small, 0)));
         End::Refused
     };
-    let Some((header, body)) = next_frame(reader, outbox, shared).await? else {
+    let Some((header, body)) = next_frame(reader, outbox, shared, HANDSHAKE_BODY_BYTES_MAX).await? else {
         return Ok(None);
     };
     if header.opcode != opcode::HELLO {
@@ -196,7 +214,7 @@ async fn handshake<R: ReadBytes>(
     let server_nonce = nonce().map_err(|_| refuse(header.request_id, code::SHUTTING_DOWN, 0))?;
     let challenge = Challenge { version: PROTOCOL_VERSION, server_nonce };
     outbox.push(&reply_frame(opcode::HELLO, header.request_id, |out| challenge.encode(out)));
-    let Some((header, body)) = next_frame(reader, outbox, shared).await? else {
+    let Some((header, body)) = next_frame(reader, outbox, shared, HANDSHAKE_BODY_BYTES_MAX).await? else {
         return Ok(None);
     };
     let proven = header.opcode == opcode::PROOF
@@ -218,8 +236,9 @@ async fn next_frame<R: ReadBytes>(
     reader: &mut FrameReader<R>,
     outbox: &Outbox,
     shared: &Shared,
+    body_bytes_max: u32,
 ) -> Result<Option<(FrameHeader, Vec<u8>)>, End> {
-    match reader.next(shared.config.frame_body_bytes_max).await {
+    match reader.next(body_bytes_max).await {
         Ok(frame) => Ok(frame),
         Err(error) => {
             shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +264,15 @@ async fn read_loop<R: ReadBytes>(
         if shared.stopping.load(Ordering::Acquire) {
             return End::Closed;
         }
-        let (header, body) = match next_frame(reader, outbox, shared).await {
+        // A peer that does not read its replies is not read from either: its
+        // outbox stays bounded.
+        while outbox.queued_bytes() > OUTBOX_BYTES_MAX {
+            if outbox.closed.load(Ordering::Acquire) || shared.stopping.load(Ordering::Acquire) {
+                return End::Closed;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        let (header, body) = match next_frame(reader, outbox, shared, shared.config.frame_body_bytes_max).await {
             Ok(Some(frame)) => frame,
             Ok(None) => return End::Closed,
             Err(end) => return end,
@@ -265,6 +292,9 @@ async fn read_loop<R: ReadBytes>(
                 Ok(commands) => Work::Batch(commands),
                 Err((code, value)) => {
                     outbox.push(&error_frame(request_id, Answer::protocol(code, 0, value)));
+                    if code == code::NOT_ALLOWED {
+                        continue;
+                    }
                     return End::Refused;
                 }
             },

@@ -145,6 +145,9 @@ fn too_many_connections_frame(limit: u32) -> Vec<u8> {
     frame
 }
 
+/// How long the accept loop waits after a failed accept (EMFILE, say).
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
+
 /// How long, at shutdown, connections may take to answer what is in flight.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
@@ -161,7 +164,13 @@ async fn accept_tokio(listener: StdListener, shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.stop_accepting.notified() => break,
             accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else { continue };
+                // Finished connections are reaped as new ones come, so their tasks do not pile up.
+                while connections.try_join_next().is_some() {}
+                let Ok((mut stream, _)) = accepted else {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                };
                 if !admit(&shared) {
                     let frame = too_many_connections_frame(shared.config.connections_max);
                     connections.spawn_local(async move {
@@ -187,7 +196,11 @@ async fn accept_uring(listener: StdListener, shared: Arc<Shared>) {
         tokio::select! {
             _ = shared.stop_accepting.notified() => break,
             accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+                while connections.try_join_next().is_some() {}
+                let Ok((stream, _)) = accepted else {
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                };
                 let stream = Rc::new(stream);
                 if !admit(&shared) {
                     let frame = too_many_connections_frame(shared.config.connections_max);

@@ -9,6 +9,9 @@ use crate::state::engine::Engine;
 use crate::state::people::{PersonKey, PersonRecord};
 use crate::state::refusal::Refusal;
 
+/// The most sites one region page looks at (each costs a day of slot counters).
+pub const REGION_SCAN_SITES_MAX: usize = 1024;
+
 /// Seats left in each time slot of one site on one day.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteAvailability {
@@ -75,7 +78,10 @@ impl Engine {
         }
         let mut sites = Vec::new();
         let mut position = cursor as usize;
-        while position < site_indexes.len() && sites.len() < limit as usize {
+        // A page looks at most REGION_SCAN_SITES_MAX sites: in a sold-out region
+        // it comes back short (or empty) with a cursor, instead of scanning them all.
+        let scan_end = position.saturating_add(REGION_SCAN_SITES_MAX).min(site_indexes.len());
+        while position < scan_end && sites.len() < limit as usize {
             let site_index = site_indexes[position];
             let first = inventory.first_slot_of_day(site_index, day_index).0;
             let seats: u32 =
