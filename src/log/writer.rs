@@ -123,7 +123,13 @@ pub struct LogStats {
     /// Every sync's latency in µs (1 µs to 60 s, 3 significant digits); the
     /// flusher records, STATS reads.
     sync_micros: Mutex<hdrhistogram::Histogram<u64>>,
+    /// p50, p99, p999 as last computed, and when: STATS reads these, so that
+    /// frequent STATS calls neither walk the histogram nor hold up the flusher.
+    sync_percentiles: Mutex<(Option<Instant>, [u64; 3])>,
 }
+
+/// How stale the sync percentiles STATS reports may be.
+const SYNC_PERCENTILES_REFRESH: Duration = Duration::from_millis(250);
 
 impl Default for LogStats {
     fn default() -> Self {
@@ -134,6 +140,7 @@ impl Default for LogStats {
             sync_nanos_total: AtomicU64::new(0),
             sync_nanos_max: AtomicU64::new(0),
             sync_micros: Mutex::new(histogram),
+            sync_percentiles: Mutex::new((None, [0; 3])),
         }
     }
 }
@@ -143,6 +150,16 @@ impl LogStats {
     pub fn sync_micros_at(&self, quantiles: &[f64]) -> Vec<u64> {
         let histogram = self.sync_micros.lock().unwrap_or_else(|p| p.into_inner());
         quantiles.iter().map(|q| histogram.value_at_quantile(*q)).collect()
+    }
+
+    /// Sync latency p50, p99 and p999 in µs, recomputed at most every 250 ms.
+    pub fn sync_percentiles(&self) -> [u64; 3] {
+        let mut cached = self.sync_percentiles.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.0.is_none_or(|at| at.elapsed() >= SYNC_PERCENTILES_REFRESH) {
+            let values = self.sync_micros_at(&[0.5, 0.99, 0.999]);
+            *cached = (Some(Instant::now()), [values[0], values[1], values[2]]);
+        }
+        cached.1
     }
 
     fn record_sync(&self, nanos: u64) {

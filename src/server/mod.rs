@@ -102,7 +102,7 @@ impl Counters {
         let log = shared.engine.log();
         let stats = log.stats();
         let groups = stats.groups.load(Ordering::Relaxed);
-        let percentiles = stats.sync_micros_at(&[0.5, 0.99, 0.999]);
+        let percentiles = stats.sync_percentiles();
         let values = [
             self.reservations.load(Ordering::Relaxed),
             self.cancellations.load(Ordering::Relaxed),
@@ -140,6 +140,9 @@ pub struct Shared {
     pub counters: Counters,
     /// Set at shutdown: stop accepting and reading; drain what is queued.
     pub stopping: AtomicBool,
+    /// Set once the network thread has stopped: no job can be queued any more,
+    /// so the engine thread may finish when it has answered the queued ones.
+    network_stopped: AtomicBool,
     pub(crate) stop_accepting: tokio::sync::Notify,
     /// Wakes every connection reader waiting for its peer at shutdown.
     stop_readers: tokio::sync::Notify,
@@ -170,6 +173,10 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen` and starts serving `engine`.
     pub fn start(engine: DurableEngine, keys: KeyRing, config: ServerConfig) -> std::io::Result<Server> {
+        // Checked before any thread starts, so a refusal leaves nothing running.
+        if config.reactor == reactor::Reactor::Uring && !reactor::uring_available() {
+            return Err(std::io::Error::other("io_uring is not available to this process: use the tokio reactor"));
+        }
         let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let local_address = listener.local_addr()?;
@@ -180,6 +187,7 @@ impl Server {
             ingress: ArrayQueue::new(config.ingress_queue_jobs.max(1)),
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
+            network_stopped: AtomicBool::new(false),
             stop_accepting: tokio::sync::Notify::new(),
             stop_readers: tokio::sync::Notify::new(),
             engine_thread: OnceLock::new(),
@@ -190,9 +198,6 @@ impl Server {
         let engine_thread =
             std::thread::Builder::new().name("yeyak-engine".into()).spawn(move || engine_loop(&engine_shared))?;
         let _ = shared.engine_thread.set(engine_thread.thread().clone());
-        if config.reactor == reactor::Reactor::Uring && !reactor::uring_available() {
-            return Err(std::io::Error::other("io_uring is not available to this process: use the tokio reactor"));
-        }
         let network_shared = Arc::clone(&shared);
         let network = std::thread::Builder::new().name("yeyak-network".into()).spawn(move || {
             if let Err(error) = reactor::run(config.reactor, listener, network_shared) {
@@ -232,6 +237,7 @@ impl Server {
         if let Some(network) = self.network.take() {
             let _ = network.join();
         }
+        self.shared.network_stopped.store(true, Ordering::Release);
         if let Some(thread) = self.shared.engine_thread.get() {
             thread.unpark();
         }
@@ -277,7 +283,7 @@ fn engine_loop(shared: &Shared) {
         if applied > 0 || released > 0 {
             continue;
         }
-        if shared.stopping.load(Ordering::Acquire) && pending.is_empty() && shared.ingress.is_empty() {
+        if shared.network_stopped.load(Ordering::Acquire) && pending.is_empty() && shared.ingress.is_empty() {
             return;
         }
         // Nothing to do: sleep until a job arrives (or briefly, while replies wait for a sync).
