@@ -361,7 +361,7 @@ fn wire(
     use yeyak::protocol::body::{put_batch_header, put_batch_item, Booking};
     use yeyak::protocol::handshake::Role;
     use yeyak::protocol::opcode;
-    let (server, keys, requests) = serve_fresh(people, &data_dir, depth as u32 * 2, reactor);
+    let (server, keys, requests) = serve_fresh(people, &data_dir, (depth * batch * 2) as u32, reactor);
     let address = server.local_address();
     let per_connection = requests.len().div_ceil(connections);
     let started = Instant::now();

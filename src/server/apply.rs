@@ -62,6 +62,16 @@ pub enum Work {
     Batch(Vec<Command>),
 }
 
+impl Work {
+    /// How many commands this request carries (its weight in the in-flight count).
+    pub fn commands(&self) -> u32 {
+        match self {
+            Work::One(_) => 1,
+            Work::Batch(commands) => commands.len() as u32,
+        }
+    }
+}
+
 /// One request from a connection, decoded and checked, for the engine thread.
 pub struct Job {
     pub outbox: Arc<Outbox>,
@@ -74,6 +84,7 @@ pub struct Job {
 struct PendingReply {
     outbox: Arc<Outbox>,
     request_id: u64,
+    commands: u32,
     bytes: Range<usize>,
     durable_after: Lsn,
 }
@@ -114,7 +125,7 @@ impl Pending {
             } else {
                 break;
             }
-            front.outbox.finish_request();
+            front.outbox.finish_request(front.commands);
             if !to_wake.iter().any(|outbox| Arc::ptr_eq(outbox, &front.outbox)) {
                 to_wake.push(Arc::clone(&front.outbox));
             }
@@ -175,7 +186,9 @@ pub fn apply(engine: &DurableEngine, shared: &Shared, job: Job, now_ms: i64, pen
         }
     }
     let bytes = start..pending.arena.len();
-    pending.replies.push_back(PendingReply { outbox: job.outbox, request_id: job.request_id, bytes, durable_after });
+    let commands = job.work.commands();
+    let reply = PendingReply { outbox: job.outbox, request_id: job.request_id, commands, bytes, durable_after };
+    pending.replies.push_back(reply);
 }
 
 /// Commands whose cache lines are asked for ahead of applying them: each

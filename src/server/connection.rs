@@ -51,9 +51,9 @@ impl Outbox {
         self.ready.notify_one();
     }
 
-    /// One request of this connection has its reply.
-    pub fn finish_request(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// A request of this connection carrying `commands` commands has its reply.
+    pub fn finish_request(&self, commands: u32) {
+        self.in_flight.fetch_sub(commands, Ordering::AcqRel);
     }
 
     /// Bytes queued and not yet taken by the writer.
@@ -310,17 +310,20 @@ async fn read_loop<R: ReadBytes>(
                 }
             },
         };
-        if outbox.in_flight.load(Ordering::Acquire) >= shared.config.in_flight_max {
+        // In-flight counts commands, not frames: a batch of 4,096 weighs 4,096.
+        let commands = work.commands();
+        let in_flight = outbox.in_flight.load(Ordering::Acquire);
+        if in_flight > 0 && in_flight + commands > shared.config.in_flight_max {
             outbox.push(&error_frame(
                 request_id,
                 Answer::protocol(code::TOO_MANY_IN_FLIGHT, 0, shared.config.in_flight_max),
             ));
             continue;
         }
-        outbox.in_flight.fetch_add(1, Ordering::AcqRel);
+        outbox.in_flight.fetch_add(commands, Ordering::AcqRel);
         let job = Job { outbox: Arc::clone(outbox), request_id, operator_id, work };
         if let Err(job) = shared.ingress.push(job) {
-            job.outbox.finish_request();
+            job.outbox.finish_request(commands);
             shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
             outbox.push(&error_frame(request_id, Answer::protocol(code::OVERLOADED, 0, 0)));
             continue;
