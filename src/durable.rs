@@ -16,7 +16,7 @@ use crate::inventory::{Inventory, InventoryError, SlotIndex};
 use crate::log::format::RECORD_HEADER_BYTES;
 use crate::log::recovery::{list_segments, recover_with_lookahead, RecoveredLog};
 use crate::log::retention::read_segment_header;
-use crate::log::storage::sync_directory;
+use crate::log::storage::{create_directory_durably, sync_directory};
 use crate::log::{FileStorage, LogOptions, LogStorage, LogWriter, RecoveryError, RecoveryMode, TornTail};
 use crate::snapshot::format::SnapshotHeader;
 use crate::snapshot::{
@@ -252,16 +252,6 @@ fn set_aside_invalid(path: &Path) -> Result<(), OpenError> {
     sync_directory(directory).map_err(|source| OpenError::Io { path: directory.to_path_buf(), source })
 }
 
-/// Creates a directory and makes its entry in the parent durable.
-fn create_durable_directory(directory: &Path) -> Result<(), OpenError> {
-    let io = |source| OpenError::Io { path: directory.to_path_buf(), source };
-    if directory.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(directory).map_err(io)?;
-    sync_directory(directory.parent().unwrap_or(Path::new("."))).map_err(io)
-}
-
 impl DurableEngine {
     /// Opens a data directory with the real file storage.
     pub fn open(
@@ -294,7 +284,8 @@ impl DurableEngine {
             Ok(Engine::new(rules.clone(), Inventory::load(&rules, data_directory)?))
         };
         let log_directory = data_directory.join(LOG_DIRECTORY);
-        create_durable_directory(&log_directory)?;
+        create_directory_durably(&log_directory)
+            .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
         let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
         remove_temporary_files(&snapshot_directory)?;
         let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_log_lsn(&log_directory)?)?;

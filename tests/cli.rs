@@ -7,13 +7,19 @@ use std::process::{Child, Command, Stdio};
 
 const YEYAK: &str = env!("CARGO_BIN_EXE_yeyak");
 
-/// Starts `yeyak start` on an ephemeral port; returns it and the address it serves on.
+/// Starts `yeyak start` on an ephemeral port with a data directory.
+fn start(data_dir: &std::path::Path) -> (Child, String, BufReader<std::process::ChildStdout>) {
+    start_with(&["--data-dir".as_ref(), data_dir.as_os_str()])
+}
+
+/// Starts `yeyak start --listen 127.0.0.1:0` with more arguments; returns it
+/// and the address it says it serves on.
 // The child is handed to the caller, which waits for it in `terminate`.
 #[allow(clippy::zombie_processes)]
-fn start(data_dir: &std::path::Path) -> (Child, String, BufReader<std::process::ChildStdout>) {
+fn start_with(args: &[&std::ffi::OsStr]) -> (Child, String, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(YEYAK)
-        .args(["start", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
+        .args(["start", "--listen", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -31,15 +37,6 @@ fn start(data_dir: &std::path::Path) -> (Child, String, BufReader<std::process::
             return (child, address, stdout);
         }
     }
-}
-
-fn free_bytes(path: &std::path::Path) -> u64 {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    // SAFETY: statvfs fills the zeroed struct and reads the NUL-terminated path.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut stats) }, 0);
-    (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64)
 }
 
 fn client(data_dir: &std::path::Path, address: &str, args: &[&str]) -> (bool, String) {
@@ -99,7 +96,7 @@ fn start_book_from_the_shell_stop_and_restart() {
     let snapshots = yeyak::snapshot::list_snapshots(&directory.path().join("snapshots")).unwrap();
     // A clean stop leaves a snapshot, so the next start replays no log; on a
     // nearly full disk the snapshot is (rightly) refused to keep room for the log.
-    if free_bytes(directory.path()) > 2 * yeyak::snapshot::FREE_SPACE_RESERVE_BYTES {
+    if yeyak::log::storage::available_bytes(directory.path()).unwrap() > 2 * yeyak::snapshot::FREE_SPACE_RESERVE_BYTES {
         assert_eq!(snapshots.len(), 1, "a clean stop leaves a snapshot");
     }
 
@@ -146,17 +143,8 @@ fn the_config_file_is_read_and_flags_win_over_it() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("listen_on"), "unknown fields are refused by name");
     // The flag wins over the file: the file's address is bad, the flag's is good.
     write(format!("[server]\nlisten = \"203.0.113.1:1\"\ndata_dir = {:?}\n", directory.path()));
-    let mut child = Command::new(YEYAK)
-        .args(["start", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while stdout.read_line(&mut line).unwrap_or(0) > 0 && !line.contains("serving on") {}
-    assert!(line.contains("serving on 127.0.0.1:"), "{line}");
+    let (child, address, stdout) = start_with(&["--config".as_ref(), config.as_os_str()]);
+    assert!(address.starts_with("127.0.0.1:"), "{address}");
     terminate(child, stdout);
 }
 

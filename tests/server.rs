@@ -48,14 +48,7 @@ fn gateway(server: &Server, keys: &KeyRing) -> Client {
 }
 
 fn wire_booking(index: u64, slot: u32, key: u64) -> Booking {
-    let request = booking(index, slot, key);
-    Booking {
-        person: request.person,
-        birth_date: request.birth_date,
-        slot: request.slot,
-        idempotency_key: key,
-        channel: Channel::Person,
-    }
+    Booking::from(&booking(index, slot, key))
 }
 
 #[test]

@@ -374,13 +374,7 @@ fn wire(
                     let (id, key) = keys.first(Role::Gateway).expect("a gateway key");
                     let mut client = yeyak::client::Client::connect(address, Role::Gateway, id, key).expect("connects");
                     let frames: Vec<&[BookingRequest]> = share.chunks(batch).collect();
-                    let wire = |request: &BookingRequest| Booking {
-                        person: request.person,
-                        birth_date: request.birth_date,
-                        slot: request.slot,
-                        idempotency_key: request.idempotency_key,
-                        channel: request.channel,
-                    };
+                    let wire = Booking::from;
                     let (mut sent, mut received, mut ok) = (0, 0, 0u64);
                     while received < frames.len() {
                         while sent < frames.len() && sent - received < depth {
@@ -499,13 +493,7 @@ fn latency(rate: u64, seconds: u64, data_dir: PathBuf, reactor: yeyak::server::r
             }
             std::thread::sleep(wait);
         }
-        let booking = Booking {
-            person: request.person,
-            birth_date: request.birth_date,
-            slot: request.slot,
-            idempotency_key: request.idempotency_key,
-            channel: request.channel,
-        };
+        let booking = Booking::from(request);
         yeyak::protocol::encode_frame(&mut frames, yeyak::protocol::opcode::RESERVE, 0, index as u64 + 1, |out| {
             booking.encode(out)
         });

@@ -69,6 +69,28 @@ pub fn sync_directory(directory: &Path) -> io::Result<()> {
     File::open(directory)?.sync_all()
 }
 
+/// Creates a directory (if missing) and makes its entry in the parent durable.
+pub fn create_directory_durably(directory: &Path) -> io::Result<()> {
+    if directory.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(directory)?;
+    sync_directory(directory.parent().unwrap_or(Path::new(".")))
+}
+
+/// Bytes an unprivileged writer may still use on the file system of `path`.
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: `statvfs` fills the zeroed struct we pass and reads the
+    // NUL-terminated path, which lives until the call returns.
+    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+}
+
 impl LogStorage for FileStorage {
     fn create_segment(&mut self, header: &SegmentHeader, size_bytes: u64) -> io::Result<Box<dyn SegmentFile>> {
         let path = self.directory.join(segment_file_name(header.segment_index));

@@ -118,6 +118,19 @@ pub struct Booking {
     pub channel: Channel,
 }
 
+impl From<&BookingRequest> for Booking {
+    /// The wire form of a request (a client sends it; `request` reads it back).
+    fn from(request: &BookingRequest) -> Booking {
+        Booking {
+            person: request.person,
+            birth_date: request.birth_date,
+            slot: request.slot,
+            idempotency_key: request.idempotency_key,
+            channel: request.channel,
+        }
+    }
+}
+
 impl Booking {
     pub const BYTES: usize = 40;
 

@@ -60,6 +60,14 @@ pub mod code {
     pub const UNAUTHENTICATED: u8 = 120;
     pub const NOT_ALLOWED: u8 = 121;
 
+    /// Whether an ERROR frame with this code closes the connection
+    /// (docs/protocol.md, "ErrorReply"): the frame could not be read or
+    /// understood, or the peer is not authenticated. Other refusals answer
+    /// the request whole and the connection goes on.
+    pub fn closes_connection(code: u8) -> bool {
+        (MALFORMED..=UNKNOWN_OPCODE).contains(&code) || code == UNAUTHENTICATED
+    }
+
     /// The name of a protocol or server code, for messages.
     pub fn name(code: u8) -> Option<&'static str> {
         Some(match code {

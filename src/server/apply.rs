@@ -17,6 +17,7 @@ use crate::protocol::body::{
 };
 use crate::protocol::frame::flag;
 use crate::protocol::{encode_frame, opcode, Answer};
+use crate::rules::BookingMoment;
 use crate::server::connection::Outbox;
 use crate::server::Shared;
 use crate::state::{Journal, Lsn, Refusal};
@@ -157,14 +158,14 @@ impl Pending {
     }
 }
 
-/// Applies one job at `now_ms` and queues its reply.
-pub fn apply(engine: &DurableEngine, shared: &Shared, job: Job, now_ms: i64, pending: &mut Pending) {
+/// Applies one job at `moment` and queues its reply.
+pub fn apply(engine: &DurableEngine, shared: &Shared, job: Job, moment: &BookingMoment, pending: &mut Pending) {
     let start = pending.arena.len();
     let mut durable_after = engine.log().next_lsn();
     match &job.work {
         Work::One(command) => {
             encode_frame(&mut pending.arena, command.opcode(), flag::REPLY, job.request_id, |out| {
-                durable_after = durable_after.max(apply_command(engine, shared, command, job.operator_id, now_ms, out));
+                durable_after = durable_after.max(apply_command(engine, shared, command, job.operator_id, moment, out));
             });
         }
         Work::Batch(commands) => {
@@ -178,7 +179,7 @@ pub fn apply(engine: &DurableEngine, shared: &Shared, job: Job, now_ms: i64, pen
                         prefetch(engine, ahead);
                     }
                     put_batch_item(out, command.opcode(), |out| {
-                        let after = apply_command(engine, shared, command, job.operator_id, now_ms, out);
+                        let after = apply_command(engine, shared, command, job.operator_id, moment, out);
                         durable_after = durable_after.max(after);
                     });
                 }
@@ -219,16 +220,16 @@ fn apply_command(
     shared: &Shared,
     command: &Command,
     operator_id: u32,
-    now_ms: i64,
+    moment: &BookingMoment,
     out: &mut Vec<u8>,
 ) -> Lsn {
     let engine = durable.engine();
     let log = durable.log();
     let counters = &shared.counters;
     let outcome = match command {
-        Command::Reserve(booking) => engine.reserve(log, &booking.request(), now_ms),
-        Command::Change(booking) => engine.change(log, &booking.request(), now_ms),
-        Command::Cancel(booking) => engine.cancel(log, &booking.cancel_request(), now_ms),
+        Command::Reserve(booking) => engine.reserve_at(log, &booking.request(), moment),
+        Command::Change(booking) => engine.change_at(log, &booking.request(), moment),
+        Command::Cancel(booking) => engine.cancel(log, &booking.cancel_request(), moment.now_ms),
         Command::Get(query) => {
             let outcome = engine.reservation_of(log, query.person);
             let answer = match outcome.result {

@@ -292,10 +292,10 @@ async fn read_loop<R: ReadBytes>(
                 Ok(commands) => Work::Batch(commands),
                 Err((code, value)) => {
                     outbox.push(&error_frame(request_id, Answer::protocol(code, 0, value)));
-                    if code == code::NOT_ALLOWED {
-                        continue;
+                    if code::closes_connection(code) {
+                        return End::Refused;
                     }
-                    return End::Refused;
+                    continue;
                 }
             },
             other => match command(other, &body, operator_id) {
@@ -303,10 +303,10 @@ async fn read_loop<R: ReadBytes>(
                 Err(code) => {
                     let small = if code == code::UNKNOWN_OPCODE { u16::from(other) } else { 0 };
                     outbox.push(&error_frame(request_id, Answer::protocol(code, small, 0)));
-                    if code == code::NOT_ALLOWED {
-                        continue;
+                    if code::closes_connection(code) {
+                        return End::Refused;
                     }
-                    return End::Refused;
+                    continue;
                 }
             },
         };

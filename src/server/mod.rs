@@ -263,7 +263,8 @@ fn engine_loop(shared: &Shared) {
     let mut pending = Pending::default();
     let mut round: std::collections::VecDeque<Job> = std::collections::VecDeque::with_capacity(APPLY_ROUND_JOBS_MAX);
     loop {
-        let now_ms = shared.config.clock.now_ms();
+        // The rules' time-dependent part, once a round rather than once a command.
+        let moment = engine.engine().booking_moment(shared.config.clock.now_ms());
         // Take a round of jobs first, so the lines of the next few can be asked for ahead.
         while round.len() < APPLY_ROUND_JOBS_MAX {
             let Some(job) = shared.ingress.pop() else { break };
@@ -277,7 +278,7 @@ fn engine_loop(shared: &Shared) {
             if let Some(ahead) = round.get(apply::PREFETCH_AHEAD - 1) {
                 apply::prefetch_job(engine, ahead);
             }
-            apply::apply(engine, shared, job, now_ms, &mut pending);
+            apply::apply(engine, shared, job, &moment, &mut pending);
         }
         let released = pending.release(engine);
         if applied > 0 || released > 0 {

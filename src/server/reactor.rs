@@ -151,14 +151,50 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(10);
 /// How long, at shutdown, connections may take to answer what is in flight.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+/// A listening socket of one reactor, handing out connections as the two
+/// halves the connection code reads and writes through.
+pub(crate) trait Acceptor {
+    type Read: ReadBytes + 'static;
+    type Write: WriteBytes + 'static;
+    async fn accept(&self) -> io::Result<(Self::Read, Self::Write)>;
+}
+
+impl Acceptor for tokio::net::TcpListener {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    async fn accept(&self) -> io::Result<(Self::Read, Self::Write)> {
+        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream.into_split())
+    }
+}
+
+impl Acceptor for tokio_uring::net::TcpListener {
+    type Read = UringRead;
+    type Write = UringWrite;
+    async fn accept(&self) -> io::Result<(Self::Read, Self::Write)> {
+        let (stream, _) = tokio_uring::net::TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        let stream = Rc::new(stream);
+        let read = UringRead { stream: Rc::clone(&stream), spare: Vec::with_capacity(READ_CHUNK_BYTES) };
+        Ok((read, UringWrite { stream }))
+    }
+}
+
 async fn accept_tokio(listener: StdListener, shared: Arc<Shared>) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%error, "cannot serve on the listening socket");
-            return;
-        }
-    };
+    match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => accept_loop(listener, shared).await,
+        Err(error) => tracing::error!(%error, "cannot serve on the listening socket"),
+    }
+}
+
+async fn accept_uring(listener: StdListener, shared: Arc<Shared>) {
+    accept_loop(tokio_uring::net::TcpListener::from_std(listener), shared).await
+}
+
+/// Accepts connections until shutdown, then gives them `DRAIN_GRACE` to
+/// answer what they have in flight.
+async fn accept_loop<A: Acceptor>(listener: A, shared: Arc<Shared>) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
@@ -166,7 +202,7 @@ async fn accept_tokio(listener: StdListener, shared: Arc<Shared>) {
             accepted = listener.accept() => {
                 // Finished connections are reaped as new ones come, so their tasks do not pile up.
                 while connections.try_join_next().is_some() {}
-                let Ok((mut stream, _)) = accepted else {
+                let Ok((read, mut write)) = accepted else {
                     // Out of file descriptors, say: back off instead of spinning.
                     tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
                     continue;
@@ -174,45 +210,12 @@ async fn accept_tokio(listener: StdListener, shared: Arc<Shared>) {
                 if !admit(&shared) {
                     let frame = too_many_connections_frame(shared.config.connections_max);
                     connections.spawn_local(async move {
-                        let _ = stream.write_all(&frame).await;
-                        let _ = stream.shutdown().await;
+                        let _ = write.write_bytes(frame).await;
+                        write.finish().await;
+                        drop(read);
                     });
                     continue;
                 }
-                let _ = stream.set_nodelay(true);
-                let (read, write) = stream.into_split();
-                connections.spawn_local(connection::serve(read, write, Arc::clone(&shared)));
-            }
-        }
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(DRAIN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
-}
-
-async fn accept_uring(listener: StdListener, shared: Arc<Shared>) {
-    let listener = tokio_uring::net::TcpListener::from_std(listener);
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = shared.stop_accepting.notified() => break,
-            accepted = listener.accept() => {
-                while connections.try_join_next().is_some() {}
-                let Ok((stream, _)) = accepted else {
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                };
-                let stream = Rc::new(stream);
-                if !admit(&shared) {
-                    let frame = too_many_connections_frame(shared.config.connections_max);
-                    connections.spawn_local(async move {
-                        let _ = stream.write_all(frame).await;
-                        let _ = stream.shutdown(std::net::Shutdown::Both);
-                    });
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                let read = UringRead { stream: Rc::clone(&stream), spare: Vec::with_capacity(READ_CHUNK_BYTES) };
-                let write = UringWrite { stream };
                 connections.spawn_local(connection::serve(read, write, Arc::clone(&shared)));
             }
         }

@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::log::storage::sync_directory;
+use crate::log::storage::{available_bytes, create_directory_durably, sync_directory};
 use crate::log::LogWriter;
 use crate::snapshot::format::{
     align_chunk, chunk_kind, inventory_digest, snapshot_file_name, CapacityImage, ChunkHeader, PersonImage,
@@ -83,10 +83,7 @@ pub fn take_snapshot(
 ) -> Result<Option<SnapshotSummary>, SnapshotError> {
     let started = Instant::now();
     let io = |source| SnapshotError::Io { path: directory.to_path_buf(), source };
-    if !directory.is_dir() {
-        std::fs::create_dir_all(directory).map_err(io)?;
-        sync_directory(directory.parent().unwrap_or(Path::new("."))).map_err(io)?;
-    }
+    create_directory_durably(directory).map_err(io)?;
     let start_lsn = log.next_lsn();
     let newest = crate::snapshot::list_snapshots(directory)?.last().map(|(start, _)| *start);
     if newest.is_some_and(|newest| newest >= start_lsn) {
@@ -111,16 +108,8 @@ pub fn take_snapshot(
 /// Refuses a snapshot that would leave less than `reserve_bytes` free: the
 /// log needs the room more than recovery needs the snapshot.
 fn check_free_space(directory: &Path, people: u64, reserve_bytes: u64) -> Result<(), SnapshotError> {
-    use std::os::unix::ffi::OsStrExt;
-    let io = |source| SnapshotError::Io { path: directory.to_path_buf(), source };
-    let path = std::ffi::CString::new(directory.as_os_str().as_bytes()).map_err(|e| io(std::io::Error::other(e)))?;
-    // SAFETY: `statvfs` fills the zeroed struct we pass and reads the
-    // NUL-terminated path, which lives until the call returns.
-    let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
-        return Err(io(std::io::Error::last_os_error()));
-    }
-    let available_bytes = (stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64);
+    let available_bytes =
+        available_bytes(directory).map_err(|source| SnapshotError::Io { path: directory.to_path_buf(), source })?;
     // 32 bytes a person in the archive, plus chunk headers and slack.
     let needed_bytes = people.saturating_mul(34).saturating_add(1 << 20);
     if available_bytes < needed_bytes.saturating_add(reserve_bytes) {

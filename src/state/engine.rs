@@ -138,6 +138,11 @@ impl Engine {
         Ok(Outcome { result: Ok(slot), durable_after: lsn + 1 })
     }
 
+    /// What the booking rules say at `now_ms`, for `reserve_at` and `change_at`.
+    pub fn booking_moment(&self, now_ms: i64) -> BookingMoment {
+        self.rules.moment(now_ms)
+    }
+
     /// Books `request.slot` for a person who holds nothing (R2, R3).
     pub fn reserve(&self, journal: &impl Journal, request: &BookingRequest, now_ms: i64) -> Outcome<SlotIndex> {
         self.reserve_at(journal, request, &self.rules.moment(now_ms))
@@ -179,7 +184,9 @@ impl Engine {
         self.slots.prefetch(slot);
     }
 
-    fn reserve_at(
+    /// `reserve` with the rules' time-dependent part computed beforehand
+    /// (`booking_moment`), as a caller applying many commands at one instant does.
+    pub fn reserve_at(
         &self,
         journal: &impl Journal,
         request: &BookingRequest,
@@ -230,10 +237,20 @@ impl Engine {
     /// Moves a person's reservation to `request.slot` atomically: the old slot
     /// is kept unless the new one is taken (R3).
     pub fn change(&self, journal: &impl Journal, request: &BookingRequest, now_ms: i64) -> Outcome<SlotIndex> {
+        self.change_at(journal, request, &self.rules.moment(now_ms))
+    }
+
+    /// `change` with the rules' time-dependent part computed beforehand
+    /// (`booking_moment`), as a caller applying many commands at one instant does.
+    pub fn change_at(
+        &self,
+        journal: &impl Journal,
+        request: &BookingRequest,
+        moment: &BookingMoment,
+    ) -> Outcome<SlotIndex> {
         let BookingRequest { person, slot, idempotency_key, .. } = *request;
-        if let Err(refusal) = self
-            .check_booking(request, &self.rules.moment(now_ms))
-            .and_then(|()| journal.writable().map_err(Refusal::LogUnavailable))
+        if let Err(refusal) =
+            self.check_booking(request, moment).and_then(|()| journal.writable().map_err(Refusal::LogUnavailable))
         {
             return self.refuse_unless_retry(
                 journal,

@@ -91,30 +91,7 @@ pub enum ResultCode {
 impl ResultCode {
     /// The code of a byte on the wire, if it is one of the state machine's.
     pub fn from_u8(byte: u8) -> Option<ResultCode> {
-        const ALL: [ResultCode; 21] = [
-            ResultCode::Ok,
-            ResultCode::InvalidPersonKey,
-            ResultCode::InvalidIdempotencyKey,
-            ResultCode::NotEligible,
-            ResultCode::NotYourRotationDay,
-            ResultCode::WindowClosed,
-            ResultCode::ProxyBookingClosed,
-            ResultCode::UnknownSlot,
-            ResultCode::UnknownSite,
-            ResultCode::NotAServiceDay,
-            ResultCode::SlotInPast,
-            ResultCode::UnknownRegion,
-            ResultCode::SlotFull,
-            ResultCode::AlreadyBooked,
-            ResultCode::NoReservation,
-            ResultCode::SameSlot,
-            ResultCode::IdempotencyKeyReused,
-            ResultCode::PeopleTableFull,
-            ResultCode::CapacityOverflow,
-            ResultCode::PageTooLarge,
-            ResultCode::LogUnavailable,
-        ];
-        ALL.into_iter().find(|code| *code as u8 == byte)
+        Self::ALL.into_iter().find(|code| *code as u8 == byte)
     }
 
     pub const ALL: [ResultCode; 21] = [
