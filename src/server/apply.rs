@@ -289,3 +289,40 @@ fn apply_command(
     Answer::of_slot(&outcome.result).encode(out);
     outcome.durable_after
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pend(pending: &mut Pending, outbox: &Arc<Outbox>, request_id: u64, byte: u8) {
+        let start = pending.arena.len();
+        pending.arena.extend_from_slice(&[byte; 100]);
+        let bytes = start..pending.arena.len();
+        let reply = PendingReply { outbox: Arc::clone(outbox), request_id, commands: 1, bytes, durable_after: 9 };
+        pending.replies.push_back(reply);
+    }
+
+    #[test]
+    fn compaction_drops_the_released_front_and_keeps_pending_replies_intact() {
+        let outbox = Arc::new(Outbox::new());
+        // A small released front stays: moving the rest down is not worth it yet.
+        let mut pending = Pending { arena: vec![0xaa; 1000], ..Pending::default() };
+        pend(&mut pending, &outbox, 1, 1);
+        pending.compact();
+        assert_eq!(pending.arena.len(), 1100);
+        // Two MiB released in front of two pending replies: dropped, the replies rebased.
+        pending.arena = vec![0xaa; 2 << 20];
+        pending.replies.clear();
+        pend(&mut pending, &outbox, 1, 1);
+        pend(&mut pending, &outbox, 2, 2);
+        pending.compact();
+        assert_eq!(pending.arena.len(), 200);
+        for (reply, byte) in pending.replies.iter().zip([1u8, 2]) {
+            assert!(pending.arena[reply.bytes.clone()].iter().all(|b| *b == byte), "reply {}", reply.request_id);
+        }
+        // Nothing pending: the arena is emptied.
+        pending.replies.clear();
+        pending.compact();
+        assert!(pending.arena.is_empty());
+    }
+}

@@ -23,7 +23,7 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    fn new() -> Outbox {
+    pub(crate) fn new() -> Outbox {
         Outbox {
             bytes: Mutex::new(Vec::new()),
             ready: tokio::sync::Notify::new(),
