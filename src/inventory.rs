@@ -68,6 +68,11 @@ pub struct Inventory {
     utc_offset: crate::calendar::UtcOffset,
     /// UTC instant of local midnight starting the first service day.
     first_midnight_ms: i64,
+    /// Slots of one site over the whole campaign (`days × slots_per_day`).
+    slots_per_site: u32,
+    /// `slots_per_site` as a multiplier for Lemire's remainder by
+    /// multiplication (`position_in_site`): `u64::MAX / d + 1`.
+    slots_per_site_magic: u64,
     initial_capacity: Vec<u32>,
 }
 
@@ -87,8 +92,10 @@ impl Inventory {
     }
 
     fn empty(rules: &CampaignRules, sites: Vec<Site>) -> Result<Inventory, InventoryError> {
-        let slots_per_site = u64::from(rules.service_days) * u64::from(rules.slots_per_day);
-        let slot_count = sites.len() as u64 * slots_per_site;
+        // Both factors are u16s: the product fits a u32. The rules check that
+        // neither is zero; `max(1)` keeps the remainder's multiplier defined regardless.
+        let slots_per_site = (u32::from(rules.service_days) * u32::from(rules.slots_per_day)).max(1);
+        let slot_count = sites.len() as u64 * u64::from(slots_per_site);
         if slot_count > SLOTS_MAX {
             return Err(InventoryError::Shape(format!("{slot_count} slots; at most {SLOTS_MAX}")));
         }
@@ -112,6 +119,8 @@ impl Inventory {
             utc_offset: rules.utc_offset,
             first_midnight_ms: i64::from(rules.service_first_date.days_since_epoch()) * MS_PER_DAY
                 - i64::from(rules.utc_offset.minutes) * MS_PER_MINUTE,
+            slots_per_site,
+            slots_per_site_magic: (u64::MAX / u64::from(slots_per_site)).wrapping_add(1),
             initial_capacity: vec![0; slot_count as usize],
         })
     }
@@ -249,6 +258,38 @@ impl Inventory {
         self.first_midnight_ms + self.day_start.ms_of_day()
     }
 
+    /// A slot's place among its site's slots: `day_index × slots_per_day +
+    /// time_index`, the order in which they begin. `slot % slots_per_site`
+    /// by two multiplications instead of a division (D. Lemire, "Faster
+    /// remainder by direct computation", 2019): exact for every `u32`.
+    #[inline]
+    pub fn position_in_site(&self, slot: SlotIndex) -> u32 {
+        let low_bits = self.slots_per_site_magic.wrapping_mul(u64::from(slot.0));
+        ((u128::from(low_bits) * u128::from(self.slots_per_site)) >> 64) as u32
+    }
+
+    /// How many of each site's first slots (in `position_in_site` order) have
+    /// begun at `now_ms`: a slot has begun exactly when its position is below
+    /// this. Computed once for many commands at one instant.
+    pub fn slots_begun_per_site(&self, now_ms: i64) -> u32 {
+        let since_midnight = now_ms - self.first_midnight_ms;
+        if since_midnight < 0 {
+            return 0;
+        }
+        let day_index = since_midnight / MS_PER_DAY;
+        if day_index >= i64::from(self.days) {
+            return self.slots_per_site;
+        }
+        let slots_per_day = i64::from(self.slots_per_day);
+        let into_day = since_midnight % MS_PER_DAY - self.day_start.ms_of_day();
+        let begun_today = if into_day < 0 {
+            0
+        } else {
+            (into_day / (i64::from(self.slot_minutes) * MS_PER_MINUTE) + 1).min(slots_per_day)
+        };
+        (day_index * slots_per_day + begun_today) as u32
+    }
+
     /// Milliseconds from the first service day's midnight to a slot's start: cheap,
     /// for the hot path (no site lookup).
     pub fn slot_starts_ms_fast(&self, slot: SlotIndex) -> i64 {
@@ -314,6 +355,46 @@ fn parse_csv_rows(bytes: &[u8]) -> Result<Vec<CsvRow>, InventoryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_begun_agrees_with_each_slots_start() {
+        let rules = CampaignRules::demo();
+        let inventory = Inventory::load(&rules, Path::new(".")).unwrap();
+        let per_site = 30 * 18;
+        let slots: Vec<SlotIndex> =
+            (0..2 * per_site).chain(inventory.slot_count() - per_site..inventory.slot_count()).map(SlotIndex).collect();
+        let first = inventory.first_slot_starts_ms();
+        let mut instants = vec![i64::MIN / 2, first - 1, first, first + 1, first + 30 * MS_PER_DAY, i64::MAX / 2];
+        for slot in &slots[..per_site as usize] {
+            let starts = inventory.slot_starts_ms_fast(*slot);
+            instants.extend([starts - 1, starts, starts + 1]);
+        }
+        for now_ms in instants {
+            let begun = inventory.slots_begun_per_site(now_ms);
+            for slot in &slots {
+                assert_eq!(
+                    inventory.position_in_site(*slot) < begun,
+                    inventory.slot_starts_ms_fast(*slot) <= now_ms,
+                    "{slot} at {now_ms}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn position_in_site_is_the_remainder() {
+        let rules = CampaignRules::demo();
+        let inventory = Inventory::load(&rules, Path::new(".")).unwrap();
+        let mut state = 7u64;
+        for _ in 0..100_000 {
+            state = crate::mix64(state);
+            let slot = state as u32;
+            assert_eq!(inventory.position_in_site(SlotIndex(slot)), slot % 540);
+        }
+        for slot in [0, 539, 540, u32::MAX] {
+            assert_eq!(inventory.position_in_site(SlotIndex(slot)), slot % 540);
+        }
+    }
 
     #[test]
     fn demo_inventory_is_national_scale_and_addresses_round_trip() {

@@ -39,6 +39,7 @@ pub struct BookingWindow {
 }
 
 impl CampaignRules {
+    #[inline]
     pub fn cohort_of(&self, birth_date: Date) -> Option<&Cohort> {
         self.cohorts.iter().find(|c| c.born_from <= birth_date && birth_date <= c.born_to)
     }

@@ -59,6 +59,9 @@ enum Command {
         /// Take a snapshot when closing (as `yeyak start` does at a clean stop).
         #[arg(long)]
         snapshot_on_close: bool,
+        /// `none` writes without syncing: to separate the disk's share from the booking thread's.
+        #[arg(long, value_enum, default_value_t = Durability::Sync)]
+        durability: Durability,
     },
     /// Time from start to serving: recover a data directory written by `durable --keep`.
     Recovery {
@@ -120,8 +123,9 @@ fn main() {
             snapshot_every,
             ring_records,
             snapshot_on_close,
+            durability,
         } => {
-            let log = LogOptions { durability: Durability::Sync, write_mode, ..LogOptions::default() };
+            let log = LogOptions { durability, write_mode, ..LogOptions::default() };
             let log = LogOptions { ring_records: ring_records.unwrap_or(log.ring_records), ..log };
             let options = DurableOptions {
                 log,

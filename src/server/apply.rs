@@ -17,9 +17,9 @@ use crate::protocol::body::{
 };
 use crate::protocol::frame::flag;
 use crate::protocol::{encode_frame, opcode, Answer};
-use crate::rules::BookingMoment;
 use crate::server::connection::Outbox;
 use crate::server::Shared;
+use crate::state::Moment;
 use crate::state::{Journal, Lsn, Refusal};
 
 /// A decoded command, ready for the state machine.
@@ -159,7 +159,7 @@ impl Pending {
 }
 
 /// Applies one job at `moment` and queues its reply.
-pub fn apply(engine: &DurableEngine, shared: &Shared, job: Job, moment: &BookingMoment, pending: &mut Pending) {
+pub fn apply(engine: &DurableEngine, shared: &Shared, job: Job, moment: &Moment, pending: &mut Pending) {
     let start = pending.arena.len();
     let mut durable_after = engine.log().next_lsn();
     match &job.work {
@@ -220,7 +220,7 @@ fn apply_command(
     shared: &Shared,
     command: &Command,
     operator_id: u32,
-    moment: &BookingMoment,
+    moment: &Moment,
     out: &mut Vec<u8>,
 ) -> Lsn {
     let engine = durable.engine();
@@ -229,7 +229,7 @@ fn apply_command(
     let outcome = match command {
         Command::Reserve(booking) => engine.reserve_at(log, &booking.request(), moment),
         Command::Change(booking) => engine.change_at(log, &booking.request(), moment),
-        Command::Cancel(booking) => engine.cancel(log, &booking.cancel_request(), moment.now_ms),
+        Command::Cancel(booking) => engine.cancel(log, &booking.cancel_request(), moment.now_ms()),
         Command::Get(query) => {
             let outcome = engine.reservation_of(log, query.person);
             let answer = match outcome.result {

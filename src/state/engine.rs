@@ -46,6 +46,22 @@ pub struct Outcome<T> {
     pub durable_after: Lsn,
 }
 
+/// What the engine needs to know about one instant, computed once for all
+/// the commands applied at it (`Engine::booking_moment`): the booking rules'
+/// time-dependent part, and which slots have begun.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moment {
+    pub booking: BookingMoment,
+    /// See `Inventory::slots_begun_per_site`.
+    slots_begun_per_site: u32,
+}
+
+impl Moment {
+    pub fn now_ms(&self) -> i64 {
+        self.booking.now_ms
+    }
+}
+
 pub struct Engine {
     rules: CampaignRules,
     inventory: Inventory,
@@ -74,17 +90,30 @@ impl Engine {
         self.people.len()
     }
 
-    /// Checks that hold whatever the person's history: keys, slot, time, rules.
+    /// Checks that hold whatever the person's history: keys, slot, time,
+    /// rules, and that the log takes records.
     #[inline]
-    fn check_booking(&self, request: &BookingRequest, moment: &BookingMoment) -> Result<(), Refusal> {
-        check_keys(request.person, request.idempotency_key)?;
+    fn check_booking(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Result<(), Refusal> {
+        let slot = request.slot;
+        let slot_ok =
+            self.inventory.contains(slot) && self.inventory.position_in_site(slot) >= moment.slots_begun_per_site;
+        if request.person.0 == 0 || request.idempotency_key == 0 || !slot_ok {
+            return Err(self.booking_refusal(request));
+        }
+        self.rules.check_booking_at(&moment.booking, request.birth_date, request.channel)?;
+        journal.writable().map_err(Refusal::LogUnavailable)
+    }
+
+    /// Which of `check_booking`'s first checks refused, in their documented order.
+    #[cold]
+    fn booking_refusal(&self, request: &BookingRequest) -> Refusal {
+        if let Err(refusal) = check_keys(request.person, request.idempotency_key) {
+            return refusal;
+        }
         if !self.inventory.contains(request.slot) {
-            return Err(Refusal::UnknownSlot { slot: request.slot.0 });
+            return Refusal::UnknownSlot { slot: request.slot.0 };
         }
-        if self.slot_begun(request.slot, moment.now_ms) {
-            return Err(Refusal::SlotInPast { slot: request.slot });
-        }
-        self.rules.check_booking_at(moment, request.birth_date, request.channel)
+        Refusal::SlotInPast { slot: request.slot }
     }
 
     #[inline]
@@ -110,6 +139,7 @@ impl Engine {
 
     /// A refused command may still be the retry of an applied one: look that up
     /// before refusing (the first answer wins, R3).
+    #[cold]
     fn refuse_unless_retry(
         &self,
         journal: &impl Journal,
@@ -138,14 +168,14 @@ impl Engine {
         Ok(Outcome { result: Ok(slot), durable_after: lsn + 1 })
     }
 
-    /// What the booking rules say at `now_ms`, for `reserve_at` and `change_at`.
-    pub fn booking_moment(&self, now_ms: i64) -> BookingMoment {
-        self.rules.moment(now_ms)
+    /// What holds at `now_ms` for every command, for `reserve_at` and `change_at`.
+    pub fn booking_moment(&self, now_ms: i64) -> Moment {
+        Moment { booking: self.rules.moment(now_ms), slots_begun_per_site: self.inventory.slots_begun_per_site(now_ms) }
     }
 
     /// Books `request.slot` for a person who holds nothing (R2, R3).
     pub fn reserve(&self, journal: &impl Journal, request: &BookingRequest, now_ms: i64) -> Outcome<SlotIndex> {
-        self.reserve_at(journal, request, &self.rules.moment(now_ms))
+        self.reserve_at(journal, request, &self.booking_moment(now_ms))
     }
 
     /// Books many requests stamped with the same time, as a batch frame
@@ -160,7 +190,7 @@ impl Engine {
         outcomes: &mut Vec<Outcome<SlotIndex>>,
     ) {
         const PREFETCH_AHEAD: usize = 8;
-        let moment = self.rules.moment(now_ms);
+        let moment = self.booking_moment(now_ms);
         for request in requests.iter().take(PREFETCH_AHEAD) {
             self.prefetch(request);
         }
@@ -186,34 +216,18 @@ impl Engine {
 
     /// `reserve` with the rules' time-dependent part computed beforehand
     /// (`booking_moment`), as a caller applying many commands at one instant does.
-    pub fn reserve_at(
-        &self,
-        journal: &impl Journal,
-        request: &BookingRequest,
-        moment: &BookingMoment,
-    ) -> Outcome<SlotIndex> {
+    pub fn reserve_at(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Outcome<SlotIndex> {
         let BookingRequest { person, slot, idempotency_key, .. } = *request;
-        if let Err(refusal) =
-            self.check_booking(request, moment).and_then(|()| journal.writable().map_err(Refusal::LogUnavailable))
-        {
-            return self.refuse_unless_retry(
-                journal,
-                refusal,
-                person,
-                CommandKind::Reserve,
-                idempotency_key,
-                Some(slot),
-            );
+        if let Err(refusal) = self.check_booking(journal, request, moment) {
+            let kind = CommandKind::Reserve;
+            return self.refuse_unless_retry(journal, refusal, person, kind, idempotency_key, Some(slot));
         }
+        let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         let latch = match self.people.latch_or_insert(person) {
             Ok(latch) => latch,
-            Err(full) => {
-                let refusal = Refusal::PeopleTableFull { people_max: full.people_max };
-                return Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
-            }
+            Err(full) => return refused(Refusal::PeopleTableFull { people_max: full.people_max }),
         };
         let record = latch.record();
-        let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         if let Some(answer) = Self::replayed_answer(&record, CommandKind::Reserve, idempotency_key, Some(slot)) {
             return Outcome { result: answer, durable_after: journal.next_lsn() };
         }
@@ -224,34 +238,31 @@ impl Engine {
             return refused(Refusal::SlotFull { slot });
         }
         let entry = Entry::Reserved { person, slot, idempotency_key, operator_id: request.channel.operator_id() };
-        let booked = PersonRecord {
+        let lsn = match journal.append(&entry) {
+            Ok(lsn) => lsn,
+            Err(why) => {
+                self.slots.give(slot.0);
+                return refused(Refusal::LogUnavailable(why));
+            }
+        };
+        latch.commit(PersonRecord {
             holds: Some(slot),
             last: Some(LastCommand { kind: CommandKind::Reserve, idempotency_key, slot }),
-        };
-        Self::appended(journal, latch, &entry, booked, slot).unwrap_or_else(|refusal| {
-            self.slots.give(slot.0);
-            refused(refusal)
-        })
+        });
+        Outcome { result: Ok(slot), durable_after: lsn + 1 }
     }
 
     /// Moves a person's reservation to `request.slot` atomically: the old slot
     /// is kept unless the new one is taken (R3).
     pub fn change(&self, journal: &impl Journal, request: &BookingRequest, now_ms: i64) -> Outcome<SlotIndex> {
-        self.change_at(journal, request, &self.rules.moment(now_ms))
+        self.change_at(journal, request, &self.booking_moment(now_ms))
     }
 
     /// `change` with the rules' time-dependent part computed beforehand
     /// (`booking_moment`), as a caller applying many commands at one instant does.
-    pub fn change_at(
-        &self,
-        journal: &impl Journal,
-        request: &BookingRequest,
-        moment: &BookingMoment,
-    ) -> Outcome<SlotIndex> {
+    pub fn change_at(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Outcome<SlotIndex> {
         let BookingRequest { person, slot, idempotency_key, .. } = *request;
-        if let Err(refusal) =
-            self.check_booking(request, moment).and_then(|()| journal.writable().map_err(Refusal::LogUnavailable))
-        {
+        if let Err(refusal) = self.check_booking(journal, request, moment) {
             return self.refuse_unless_retry(
                 journal,
                 refusal,

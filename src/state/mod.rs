@@ -10,7 +10,7 @@ pub mod replay;
 pub mod restore;
 pub mod slot_counters;
 
-pub use engine::{BookingRequest, CancelRequest, Engine, Outcome};
+pub use engine::{BookingRequest, CancelRequest, Engine, Moment, Outcome};
 pub use entry::{CountingJournal, Entry, Journal, Lsn, MemoryJournal};
 pub use people::{CommandKind, LastCommand, PeopleTable, PersonKey, PersonRecord};
 pub use queries::{LogicalState, RegionPage, SiteAvailability};

@@ -80,6 +80,7 @@ const KIND_MASK: u64 = 0b11 << KIND_SHIFT;
 const SLOT_MASK: u64 = u32::MAX as u64;
 const PAGE_BYTES: usize = 4096;
 
+#[inline]
 fn encode(record: PersonRecord) -> u64 {
     let (kind, slot) = match record.last {
         Some(last) => (last.kind as u64, last.slot.0),
@@ -90,6 +91,7 @@ fn encode(record: PersonRecord) -> u64 {
     PUBLISHED | holds | (kind << KIND_SHIFT) | u64::from(slot)
 }
 
+#[inline]
 fn decode(state: u64, idempotency_key: u64) -> PersonRecord {
     let slot = SlotIndex((state & SLOT_MASK) as u32);
     let kind = match (state & KIND_MASK) >> KIND_SHIFT {
@@ -131,18 +133,25 @@ pub struct PeopleTable {
 }
 
 /// Exclusive access to one person until dropped or committed.
+///
+/// Two words (the bucket and its state before the latch), so that it travels
+/// in registers; the record is decoded only when asked for.
 pub struct PersonLatch<'table> {
     bucket: &'table Bucket,
     state_before: u64,
-    record: PersonRecord,
 }
 
 impl PersonLatch<'_> {
+    #[inline]
     pub fn record(&self) -> PersonRecord {
-        self.record
+        // Written only under the latch, which this thread holds (acquired).
+        let idempotency_key =
+            if self.state_before & KIND_MASK == 0 { 0 } else { self.bucket.idempotency_key.load(Ordering::Relaxed) };
+        decode(self.state_before, idempotency_key)
     }
 
     /// Stores the person's new record and releases the latch.
+    #[inline]
     pub fn commit(self, record: PersonRecord) {
         let key = record.last.map_or(0, |l| l.idempotency_key);
         self.bucket.idempotency_key.store(key, Ordering::Relaxed);
@@ -152,6 +161,7 @@ impl PersonLatch<'_> {
 }
 
 impl Drop for PersonLatch<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.bucket.state.store(self.state_before, Ordering::Release);
     }
@@ -215,37 +225,55 @@ impl PeopleTable {
         }
     }
 
+    #[inline]
+    fn bucket(&self, index: u64) -> &Bucket {
+        debug_assert!(index <= self.bucket_mask);
+        // SAFETY: every index is masked with `bucket_mask`, and the table has
+        // `bucket_mask + 1` buckets (a power of two).
+        unsafe { self.buckets.get_unchecked(index as usize) }
+    }
+
     /// Finds the person's bucket, or the empty bucket where they would go.
+    #[inline]
     fn find(&self, key: PersonKey) -> (&Bucket, u64) {
+        let (low, high) = (key.0 as u64, (key.0 >> 64) as u64);
         let mut index = self.home(key);
         loop {
-            let bucket = &self.buckets[index as usize];
-            let state = Self::published_state(bucket);
-            if state == 0 || bucket.key() == key {
+            let bucket = self.bucket(index);
+            let mut state = bucket.state.load(Ordering::Acquire);
+            if state != 0 && state & PUBLISHED == 0 {
+                state = Self::published_state(bucket);
+            }
+            if state == 0
+                || (bucket.key_low.load(Ordering::Relaxed) == low && bucket.key_high.load(Ordering::Relaxed) == high)
+            {
                 return (bucket, state);
             }
             index = (index + 1) & self.bucket_mask;
         }
     }
 
-    fn latch_bucket(bucket: &Bucket) -> PersonLatch<'_> {
+    #[inline]
+    fn latch_bucket(bucket: &Bucket, mut state: u64) -> PersonLatch<'_> {
         loop {
-            let state = bucket.state.load(Ordering::Relaxed);
             if state & LATCHED == 0 {
                 let latched = state | LATCHED;
-                if bucket.state.compare_exchange_weak(state, latched, Ordering::Acquire, Ordering::Relaxed).is_ok() {
-                    let idempotency_key = bucket.idempotency_key.load(Ordering::Relaxed);
-                    return PersonLatch { bucket, state_before: state, record: decode(state, idempotency_key) };
+                match bucket.state.compare_exchange_weak(state, latched, Ordering::Acquire, Ordering::Relaxed) {
+                    Ok(_) => return PersonLatch { bucket, state_before: state },
+                    Err(now) => state = now,
                 }
+            } else {
+                crate::sync::spin_wait();
+                state = bucket.state.load(Ordering::Relaxed);
             }
-            crate::sync::spin_wait();
         }
     }
 
     /// Latches a person the table already holds.
+    #[inline]
     pub fn latch(&self, key: PersonKey) -> Option<PersonLatch<'_>> {
         let (bucket, state) = self.find(key);
-        (state != 0).then(|| Self::latch_bucket(bucket))
+        (state != 0).then(|| Self::latch_bucket(bucket, state))
     }
 
     /// Latches a person, adding them (with an empty record) if new.
@@ -255,29 +283,41 @@ impl PeopleTable {
     /// published. Undoing is safe for linear probing because a prober that
     /// met the claimed bucket waited for it, and a key is only ever placed
     /// beyond a bucket holding a *published* key, which is never removed.
+    #[inline]
     pub fn latch_or_insert(&self, key: PersonKey) -> Result<PersonLatch<'_>, PeopleTableFull> {
         debug_assert!(key.0 != 0, "the engine refuses the zero key before this");
         loop {
             let (bucket, state) = self.find(key);
             if state != 0 {
-                return Ok(Self::latch_bucket(bucket));
+                return Ok(Self::latch_bucket(bucket, state));
             }
             if bucket.state.compare_exchange(0, LATCHED, Ordering::Acquire, Ordering::Relaxed).is_err() {
                 // Another thread claimed this bucket first: look again, it may be our key.
                 continue;
             }
-            if self.people_count.fetch_add(1, Ordering::Relaxed) >= self.people_max {
-                self.people_count.fetch_sub(1, Ordering::Relaxed);
-                bucket.state.store(0, Ordering::Release);
-                return Err(PeopleTableFull { people_max: self.people_max });
-            }
-            bucket.key_low.store(key.0 as u64, Ordering::Relaxed);
-            bucket.key_high.store((key.0 >> 64) as u64, Ordering::Relaxed);
-            bucket.idempotency_key.store(0, Ordering::Relaxed);
-            let published = encode(PersonRecord::NEW);
-            bucket.state.store(published | LATCHED, Ordering::Release);
-            return Ok(PersonLatch { bucket, state_before: published, record: PersonRecord::NEW });
+            return self.publish_claimed(bucket, key);
         }
+    }
+
+    /// Counts a new person into a bucket this thread claimed, writes the key
+    /// and publishes it, still latched. A fresh bucket's idempotency word is
+    /// already 0 (buckets start zeroed and are never reused).
+    #[inline]
+    fn publish_claimed<'table>(
+        &'table self,
+        bucket: &'table Bucket,
+        key: PersonKey,
+    ) -> Result<PersonLatch<'table>, PeopleTableFull> {
+        if self.people_count.fetch_add(1, Ordering::Relaxed) >= self.people_max {
+            self.people_count.fetch_sub(1, Ordering::Relaxed);
+            bucket.state.store(0, Ordering::Release);
+            return Err(PeopleTableFull { people_max: self.people_max });
+        }
+        bucket.key_low.store(key.0 as u64, Ordering::Relaxed);
+        bucket.key_high.store((key.0 >> 64) as u64, Ordering::Relaxed);
+        let published = encode(PersonRecord::NEW);
+        bucket.state.store(published | LATCHED, Ordering::Release);
+        Ok(PersonLatch { bucket, state_before: published })
     }
 
     /// Reads a person's record, waiting out a command in progress on them.
@@ -290,8 +330,9 @@ impl PeopleTable {
     /// a chunk) never holds up a command on that person.
     pub fn for_each(&self, mut visit: impl FnMut(PersonKey, PersonRecord)) {
         for bucket in self.buckets.iter() {
-            if Self::published_state(bucket) != 0 {
-                let record = Self::latch_bucket(bucket).record();
+            let state = Self::published_state(bucket);
+            if state != 0 {
+                let record = Self::latch_bucket(bucket, state).record();
                 visit(bucket.key(), record);
             }
         }
