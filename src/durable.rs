@@ -370,7 +370,9 @@ impl DurableEngine {
     }
 
     pub fn add_capacity(&self, slot: SlotIndex, seats: u32, operator_id: u32) -> Result<u32, Refusal> {
-        self.release(self.core.engine.add_capacity(&self.core.log, slot, seats, operator_id))
+        // The append lock before the capacity lock, as in a server round.
+        let outcome = self.core.engine.add_capacity(&self.core.log.appender(), slot, seats, operator_id);
+        self.release(outcome)
     }
 
     /// Reads wait for the records they may have seen, so they never show a

@@ -16,7 +16,7 @@ use yeyak::inventory::{Inventory, SlotIndex};
 use yeyak::log::{Durability, LogOptions, WriteMode};
 use yeyak::rules::Channel;
 use yeyak::snapshot::SnapshotOptions;
-use yeyak::state::{BookingRequest, CountingJournal, Engine, Journal, PersonKey};
+use yeyak::state::{BookingRequest, CountingJournal, Engine, Outcome, PersonKey};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -197,19 +197,19 @@ fn crowd(inventory: &Inventory, people: u64) -> Vec<BookingRequest> {
         .collect()
 }
 
+/// Books `requests` a batch at a time through `apply_batch`; `after_batch`
+/// gets each batch's `durable_after`. Returns how many were booked.
 fn book_all(
-    engine: &Engine,
-    journal: &impl Journal,
     requests: &[BookingRequest],
     batch: usize,
-    now_ms: i64,
+    mut apply_batch: impl FnMut(&[BookingRequest], &mut Vec<Outcome<SlotIndex>>),
     mut after_batch: impl FnMut(u64),
 ) -> u64 {
     let mut booked = 0;
     let mut outcomes = Vec::with_capacity(batch);
     for chunk in requests.chunks(batch) {
         outcomes.clear();
-        engine.reserve_batch(journal, chunk, now_ms, &mut outcomes);
+        apply_batch(chunk, &mut outcomes);
         let mut durable_after = 0;
         for outcome in &outcomes {
             booked += u64::from(outcome.result.is_ok());
@@ -228,7 +228,10 @@ fn reserve(people: u64, batch: usize) {
     let engine = Engine::new(rules, inventory);
     let journal = CountingJournal::default();
     let started = Instant::now();
-    let booked = book_all(&engine, &journal, &requests, batch, now_ms, |_| {});
+    let apply_batch = |chunk: &[BookingRequest], outcomes: &mut Vec<_>| {
+        engine.reserve_batch(&journal, chunk, now_ms, outcomes);
+    };
+    let booked = book_all(&requests, batch, apply_batch, |_| {});
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(booked, people, "every request was for a free seat");
     println!("reserve (in process, 1 thread, durability off): people={people} batch={batch}");
@@ -245,7 +248,11 @@ fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf
     // applied while the flusher syncs (a server pipelines the same way).
     let mut pending = std::collections::VecDeque::new();
     let mut waited = std::time::Duration::ZERO;
-    let booked = book_all(engine.engine(), engine.log(), &requests, batch, now_ms, |durable_after| {
+    // A batch appends under one hold of the log's append lock, as a server round does.
+    let apply_batch = |chunk: &[BookingRequest], outcomes: &mut Vec<_>| {
+        engine.engine().reserve_batch(&engine.log().appender(), chunk, now_ms, outcomes);
+    };
+    let booked = book_all(&requests, batch, apply_batch, |durable_after| {
         pending.push_back(durable_after);
         while pending.len() > 64 {
             let oldest = pending.pop_front().expect("non-empty");

@@ -11,4 +11,4 @@ pub mod writer;
 
 pub use recovery::{recover, RecoveredLog, RecoveryError, RecoveryMode, TornTail};
 pub use storage::{FileStorage, LogStorage, SegmentFile, WriteMode};
-pub use writer::{Durability, LogOptions, LogWriter};
+pub use writer::{Appender, Durability, LogOptions, LogWriter};

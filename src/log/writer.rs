@@ -1,11 +1,17 @@
-//! The log writer: many appenders, one flusher thread, group commit.
+//! The log writer: appenders one at a time, one flusher thread, group commit.
 //!
-//! Appenders (`Journal::append`) draw a sequence number from one atomic
-//! counter, encode their record into a ring slot chosen by that number, and
-//! publish the slot by storing the number into it (the LMAX Disruptor's
-//! sequenced ring). The flusher thread takes the longest run of published
-//! records, writes them to the current segment in one call, makes them durable
-//! with one sync, and advances `durable_lsn`. Answers wait for `durable_lsn`.
+//! An appender holds the log's append lock (`LogWriter::appender`, or one
+//! `Journal::append` on the writer itself), draws sequence numbers in order
+//! and encodes each record straight into a ring of 48-byte records, laid out
+//! as they will be on disk. When it lets go it publishes what it wrote by
+//! storing `written_lsn`. The flusher thread takes the published run, writes
+//! it to the current segment straight from the ring (one or two `pwrite`s;
+//! no copy), makes it durable with one sync, and advances `durable_lsn`.
+//! Answers wait for `durable_lsn`.
+//!
+//! A whole batch frame, or a server round, appends under one lock
+//! acquisition with no atomic read-modify-write per record: the lock is the
+//! total order of the log (docs/log-format.md, "Concurrent appenders").
 //!
 //! Sequence numbers are contiguous: every number drawn is written, in order,
 //! before any later one is reported durable; the log never has holes.
@@ -34,7 +40,7 @@ pub enum Durability {
     None,
 }
 
-/// The largest ring the writer accepts, in records (64 bytes each in memory).
+/// The largest ring the writer accepts, in records (48 bytes each in memory).
 pub const RING_RECORDS_MAX: u32 = 1 << 24;
 /// The largest group one sync may cover, in records.
 pub const GROUP_RECORDS_MAX: u32 = 1 << 20;
@@ -91,21 +97,42 @@ impl LogOptions {
     }
 }
 
-#[repr(C, align(64))]
-struct RingSlot {
-    /// The sequence number whose record these bytes hold, stored (release)
-    /// after the bytes; 0 before the first use (sequence numbers start at 1).
-    published: AtomicU64,
-    bytes: UnsafeCell<RecordBytes>,
+/// Records waiting for the flusher, each at `lsn & ring_mask`, byte for byte
+/// as they will be on disk, so that a run of them is written straight from here.
+struct Ring {
+    records: Box<[UnsafeCell<RecordBytes>]>,
 }
 
-// SAFETY: `bytes` of the slot for sequence number `n` is written only by the
-// one appender that drew `n`, and only after the flusher has taken number
-// `n - ring_len` out of the slot (appender acquire-loads `taken_lsn`, which the
-// flusher release-stores after copying). The flusher reads `bytes` only after
-// acquire-loading `published == n`, which the appender release-stores after
-// writing. So a write and a read of the same bytes never overlap.
-unsafe impl Sync for RingSlot {}
+// SAFETY: the bytes of the record numbered `n` are written only by the holder
+// of the append lock, and only once `n - taken_lsn < ring_len` (taken_lsn
+// acquired: the flusher release-stores it after its write of number
+// `n - ring_len` returned). The flusher reads the numbers in
+// `taken_lsn..written_lsn` only, after acquiring `written_lsn`, which the
+// appender release-stores after writing them. Writes and reads never overlap.
+unsafe impl Sync for Ring {}
+
+impl Ring {
+    fn new(records: u32) -> Ring {
+        Ring { records: (0..records).map(|_| UnsafeCell::new([0; RECORD_BYTES])).collect() }
+    }
+
+    /// Where the record at `position` goes; writing through it is safe only
+    /// for the holder of the append lock, once the flusher is done with the
+    /// position (see `unsafe impl Sync for Ring`).
+    fn record_ptr(&self, position: usize) -> *mut RecordBytes {
+        self.records[position].get()
+    }
+
+    /// The bytes of `count` records from `position`, which must not wrap.
+    ///
+    /// # Safety
+    /// The caller is the flusher and the records are published and not yet
+    /// taken (see `unsafe impl Sync for Ring`): nobody writes them meanwhile.
+    unsafe fn bytes(&self, position: usize, count: usize) -> &[u8] {
+        let run = &self.records[position..position + count];
+        std::slice::from_raw_parts(run.as_ptr().cast::<u8>(), count * RECORD_BYTES)
+    }
+}
 
 const RUNNING: u8 = 0;
 const CLOSING: u8 = 1;
@@ -171,10 +198,17 @@ impl LogStats {
 }
 
 struct Shared {
-    ring: Box<[RingSlot]>,
+    ring: Ring,
     ring_mask: u64,
+    /// Held by the one appender at a time; its order is the log's order.
+    append_lock: Mutex<()>,
+    /// The number the next append draws; stored (release) under the append
+    /// lock after each append, so a reader sees every number below it drawn.
     next_lsn: CachePadded<AtomicU64>,
-    /// Every record numbered below this has been copied out of the ring.
+    /// Every record numbered below this is in the ring: stored (release) when
+    /// an appender lets go of the lock, or waits for room.
+    written_lsn: CachePadded<AtomicU64>,
+    /// Every record numbered below this has been written out of the ring.
     taken_lsn: CachePadded<AtomicU64>,
     /// Every record numbered below this is durable (written, when durability is off).
     durable_lsn: CachePadded<AtomicU64>,
@@ -183,7 +217,7 @@ struct Shared {
     /// make appenders miss on it.
     state: CachePadded<AtomicU8>,
     failure: Mutex<Option<String>>,
-    /// Written by the flusher when it sleeps and wakes, read by every append.
+    /// Written by the flusher when it sleeps and wakes, read by every appender.
     flusher_parked: CachePadded<AtomicBool>,
     flusher_wake: (Mutex<()>, Condvar),
     durable_waiters: CachePadded<AtomicU64>,
@@ -247,7 +281,6 @@ struct Flusher {
     next_segment_index: u64,
     segment_records_used: u64,
     segment_records_capacity: u64,
-    buffer: Vec<u8>,
 }
 
 impl LogWriter {
@@ -262,13 +295,12 @@ impl LogWriter {
     ) -> Result<LogWriter, LogOptionsError> {
         options.check()?;
         assert!(next_lsn >= 1, "sequence numbers start at 1");
-        let ring = (0..options.ring_records)
-            .map(|_| RingSlot { published: AtomicU64::new(0), bytes: UnsafeCell::new([0; RECORD_BYTES]) })
-            .collect();
         let shared = Arc::new(Shared {
-            ring,
+            ring: Ring::new(options.ring_records),
             ring_mask: u64::from(options.ring_records) - 1,
+            append_lock: Mutex::new(()),
             next_lsn: CachePadded::new(AtomicU64::new(next_lsn)),
+            written_lsn: CachePadded::new(AtomicU64::new(next_lsn)),
             taken_lsn: CachePadded::new(AtomicU64::new(next_lsn)),
             durable_lsn: CachePadded::new(AtomicU64::new(next_lsn)),
             state: CachePadded::new(AtomicU8::new(RUNNING)),
@@ -288,13 +320,22 @@ impl LogWriter {
             next_segment_index,
             segment_records_used: 0,
             segment_records_capacity: record_area_bytes(options.segment_size_bytes) / RECORD_BYTES as u64,
-            buffer: Vec::with_capacity(options.group_records_max as usize * RECORD_BYTES),
         };
         let handle = std::thread::Builder::new()
             .name("yeyak-log-flusher".into())
             .spawn(move || flusher.run())
             .expect("the OS can start one thread");
         Ok(LogWriter { shared, flusher: Mutex::new(Some(handle)) })
+    }
+
+    /// Takes the append lock for a run of appends (a batch frame, a server
+    /// round): one lock for all of them, and one hand-over to the flusher
+    /// when the appender is dropped. Records are not made durable before
+    /// then, so never wait for durability while holding one. Lock order:
+    /// the append lock before the engine's capacity lock (`Engine::add_capacity`).
+    pub fn appender(&self) -> Appender<'_> {
+        let guard = self.shared.append_lock.lock().unwrap_or_else(|p| p.into_inner());
+        Appender { shared: &self.shared, _guard: guard }
     }
 
     /// Every record numbered below this is durable.
@@ -368,30 +409,77 @@ impl Drop for LogWriter {
     }
 }
 
-impl Journal for LogWriter {
-    fn append(&self, entry: &Entry) -> Result<Lsn, LogUnavailable> {
-        let shared = &*self.shared;
-        if let Some(why) = shared.unavailable() {
-            return Err(why);
+/// Holds the log's append lock; see `LogWriter::appender`.
+pub struct Appender<'log> {
+    shared: &'log Shared,
+    _guard: std::sync::MutexGuard<'log, ()>,
+}
+
+impl Appender<'_> {
+    /// Hands every record appended so far to the flusher.
+    fn publish(&self) {
+        let next = self.shared.next_lsn.load(Ordering::Relaxed);
+        if self.shared.written_lsn.load(Ordering::Relaxed) != next {
+            self.shared.written_lsn.store(next, Ordering::Release);
+            self.shared.wake_flusher();
         }
-        let lsn = shared.next_lsn.fetch_add(1, Ordering::AcqRel);
-        let ring_len = shared.ring_mask + 1;
-        // Backpressure: wait until the flusher has taken the slot's previous record.
-        while lsn - shared.taken_lsn.load(Ordering::Acquire) >= ring_len {
+    }
+
+    /// Waits until the flusher has taken the record `lsn - ring_len` out of
+    /// the ring, publishing what is there first so that it can.
+    #[cold]
+    fn wait_for_room(&self, lsn: Lsn) -> Result<(), LogUnavailable> {
+        let shared = self.shared;
+        self.publish();
+        while lsn - shared.taken_lsn.load(Ordering::Acquire) > shared.ring_mask {
             if let Some(why) = shared.unavailable() {
                 return Err(why);
             }
             shared.wake_flusher();
             std::thread::yield_now();
         }
-        let slot = &shared.ring[(lsn & shared.ring_mask) as usize];
+        Ok(())
+    }
+}
+
+impl Drop for Appender<'_> {
+    fn drop(&mut self) {
+        self.publish();
+    }
+}
+
+impl Journal for Appender<'_> {
+    #[inline]
+    fn append(&self, entry: &Entry) -> Result<Lsn, LogUnavailable> {
+        let shared = self.shared;
+        if let Some(why) = shared.unavailable() {
+            return Err(why);
+        }
+        // Only the holder of the append lock stores `next_lsn`: this is ours.
+        let lsn = shared.next_lsn.load(Ordering::Relaxed);
+        if lsn - shared.taken_lsn.load(Ordering::Acquire) > shared.ring_mask {
+            self.wait_for_room(lsn)?;
+        }
         let record = Record { lsn, kind: entry.kind(), payload: entry.encode() };
-        // SAFETY: see `unsafe impl Sync for RingSlot`: this thread drew `lsn`,
-        // and the wait above proved the flusher is done with the slot.
-        unsafe { record.encode_into(&mut *slot.bytes.get()) };
-        slot.published.store(lsn, Ordering::Release);
-        shared.wake_flusher();
+        // SAFETY: see `unsafe impl Sync for Ring`: this thread holds the
+        // append lock, and the check above proved the flusher is done here.
+        unsafe { record.encode_into(&mut *shared.ring.record_ptr((lsn & shared.ring_mask) as usize)) };
+        shared.next_lsn.store(lsn + 1, Ordering::Release);
         Ok(lsn)
+    }
+
+    fn next_lsn(&self) -> Lsn {
+        self.shared.next_lsn.load(Ordering::Relaxed)
+    }
+
+    fn writable(&self) -> Result<(), LogUnavailable> {
+        self.shared.unavailable().map_or(Ok(()), Err)
+    }
+}
+
+impl Journal for LogWriter {
+    fn append(&self, entry: &Entry) -> Result<Lsn, LogUnavailable> {
+        self.appender().append(entry)
     }
 
     fn next_lsn(&self) -> Lsn {
@@ -405,48 +493,35 @@ impl Journal for LogWriter {
 
 impl Flusher {
     fn run(mut self) {
+        let mut taken = self.shared.taken_lsn.load(Ordering::Relaxed);
         loop {
-            let first = self.shared.taken_lsn.load(Ordering::Relaxed);
-            let count = self.take_group(first);
-            if count == 0 {
-                if self.idle(first) {
+            let published = self.shared.written_lsn.load(Ordering::Acquire);
+            let end = published.min(taken + u64::from(self.options.group_records_max));
+            if end == taken {
+                if self.idle(taken) {
                     break;
                 }
                 continue;
             }
-            let end = first + count;
+            if let Err((error, during)) = self.write_group(taken, end) {
+                self.shared.fail(&error, during);
+                return;
+            }
+            // Written: the ring positions may be reused while the group syncs.
             self.shared.taken_lsn.store(end, Ordering::Release);
-            if let Err((error, during)) = self.write_group(first).and_then(|()| self.sync()) {
+            if let Err((error, during)) = self.sync() {
                 self.shared.fail(&error, during);
                 return;
             }
             let stats = &self.shared.stats;
-            stats.records_durable.fetch_add(count, Ordering::Relaxed);
+            stats.records_durable.fetch_add(end - taken, Ordering::Relaxed);
             stats.groups.fetch_add(1, Ordering::Relaxed);
             self.shared.durable_lsn.store(end, Ordering::Release);
             self.shared.announce_durable();
+            taken = end;
         }
         let _ = self.shared.state.compare_exchange(CLOSING, CLOSED, Ordering::AcqRel, Ordering::Acquire);
         self.shared.announce_durable();
-    }
-
-    /// Copies the run of published records from `first` into the buffer.
-    fn take_group(&mut self, first: Lsn) -> u64 {
-        self.buffer.clear();
-        let mut count = 0;
-        while count < u64::from(self.options.group_records_max) {
-            let lsn = first + count;
-            let slot = &self.shared.ring[(lsn & self.shared.ring_mask) as usize];
-            if slot.published.load(Ordering::Acquire) != lsn {
-                break;
-            }
-            // SAFETY: see `unsafe impl Sync for RingSlot`: `published == lsn`
-            // (acquired) means the appender finished writing these bytes, and no
-            // appender reuses the slot before `taken_lsn` passes `lsn`.
-            self.buffer.extend_from_slice(unsafe { &*slot.bytes.get() });
-            count += 1;
-        }
-        count
     }
 
     /// Nothing to write: stop when closing and drained, else sleep briefly.
@@ -455,17 +530,17 @@ impl Flusher {
         let shared = &self.shared;
         match shared.state.load(Ordering::Acquire) {
             RUNNING => {}
-            CLOSING if shared.next_lsn.load(Ordering::Acquire) > taken => {
-                // An appender drew a number and has not published yet: wait for it.
-                std::thread::yield_now();
-                return false;
+            CLOSING => {
+                // An appender that took the lock before the close was seen
+                // publishes when it lets go: wait for it, then drain.
+                let _no_appender = shared.append_lock.lock().unwrap_or_else(|p| p.into_inner());
+                return shared.written_lsn.load(Ordering::Acquire) == taken;
             }
             _ => return true,
         }
         let guard = shared.flusher_wake.0.lock().unwrap_or_else(|p| p.into_inner());
         shared.flusher_parked.store(true, Ordering::SeqCst);
-        let slot = &shared.ring[(taken & shared.ring_mask) as usize];
-        if slot.published.load(Ordering::SeqCst) != taken && shared.state.load(Ordering::SeqCst) == RUNNING {
+        if shared.written_lsn.load(Ordering::SeqCst) == taken && shared.state.load(Ordering::SeqCst) == RUNNING {
             let _ = shared.flusher_wake.1.wait_timeout(guard, Duration::from_millis(1));
         }
         shared.flusher_parked.store(false, Ordering::SeqCst);
@@ -484,21 +559,27 @@ impl Flusher {
         Ok(())
     }
 
-    fn write_group(&mut self, first: Lsn) -> Result<(), (std::io::Error, &'static str)> {
-        let mut written = 0;
-        let total = (self.buffer.len() / RECORD_BYTES) as u64;
-        while written < total {
+    /// Writes the records numbered `first..end` straight from the ring: one
+    /// write per contiguous run (split where the ring wraps or a segment fills).
+    fn write_group(&mut self, first: Lsn, end: Lsn) -> Result<(), (std::io::Error, &'static str)> {
+        let ring_len = self.shared.ring_mask + 1;
+        let mut lsn = first;
+        while lsn < end {
             if self.segment.is_none() || self.segment_records_used == self.segment_records_capacity {
                 self.sync()?;
-                self.open_next_segment(first + written)?;
+                self.open_next_segment(lsn)?;
             }
-            let count = (total - written).min(self.segment_records_capacity - self.segment_records_used);
-            let bytes = &self.buffer[(written as usize) * RECORD_BYTES..((written + count) as usize) * RECORD_BYTES];
+            let position = lsn & self.shared.ring_mask;
+            let count =
+                (end - lsn).min(self.segment_records_capacity - self.segment_records_used).min(ring_len - position);
+            // SAFETY: `first..end` is published (acquired in `run`) and not yet
+            // taken: no appender writes these positions until `taken_lsn` passes them.
+            let bytes = unsafe { self.shared.ring.bytes(position as usize, count as usize) };
             let offset = SEGMENT_HEADER_BYTES as u64 + self.segment_records_used * RECORD_BYTES as u64;
             let segment = self.segment.as_mut().expect("opened above");
             segment.write_at(offset, bytes).map_err(|e| (e, "writing log records"))?;
             self.segment_records_used += count;
-            written += count;
+            lsn += count;
         }
         Ok(())
     }
@@ -515,5 +596,124 @@ impl Flusher {
         let nanos = started.elapsed().as_nanos() as u64;
         self.shared.stats.record_sync(nanos);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::SlotIndex;
+    use crate::log::recovery::{recover, RecoveryMode};
+    use crate::log::FileStorage;
+    use crate::state::PersonKey;
+
+    fn entry(index: u64) -> Entry {
+        Entry::Reserved {
+            person: PersonKey(u128::from(index) + 1),
+            slot: SlotIndex(index as u32),
+            idempotency_key: index + 1,
+            operator_id: 0,
+        }
+    }
+
+    fn writer(directory: &std::path::Path, ring_records: u32, group_records_max: u32) -> LogWriter {
+        let options = LogOptions {
+            durability: Durability::Sync,
+            write_mode: WriteMode::Pwrite,
+            segment_size_bytes: (SEGMENT_HEADER_BYTES + RECORD_BYTES * 7) as u64,
+            ring_records,
+            group_records_max,
+        };
+        LogWriter::start(Box::new(FileStorage::new(directory, WriteMode::Pwrite)), options, 9, 1, 0).unwrap()
+    }
+
+    /// Every record read back from the directory, in order, as (lsn, entry).
+    fn read_back(directory: &std::path::Path) -> Vec<(Lsn, Entry)> {
+        let mut records = Vec::new();
+        recover(directory, RecoveryMode::ReadOnly, |record| {
+            records.push((record.lsn, Entry::decode(record.kind, &record.payload).unwrap()));
+            Ok(())
+        })
+        .unwrap();
+        records
+    }
+
+    #[test]
+    fn an_appender_longer_than_the_ring_hands_over_as_it_goes() {
+        // A ring of 4 and groups of 3, segments of 7 records: 100 records in
+        // one hold of the lock wrap the ring 25 times and fill 15 segments.
+        let directory = tempfile::tempdir().unwrap();
+        let log = writer(directory.path(), 4, 3);
+        let appender = log.appender();
+        for index in 0..100 {
+            assert_eq!(appender.append(&entry(index)), Ok(index + 1));
+        }
+        drop(appender);
+        log.wait_durable(101).unwrap();
+        log.close().unwrap();
+        let expected: Vec<_> = (0..100).map(|index| (index + 1, entry(index))).collect();
+        assert_eq!(read_back(directory.path()), expected);
+    }
+
+    #[test]
+    fn appenders_on_many_threads_make_one_gapless_order() {
+        let directory = tempfile::tempdir().unwrap();
+        let log = writer(directory.path(), 8, 5);
+        std::thread::scope(|s| {
+            for thread in 0..4u64 {
+                let log = &log;
+                s.spawn(move || {
+                    for step in 0..50 {
+                        let index = thread * 1000 + step;
+                        if step % 3 == 0 {
+                            let appender = log.appender();
+                            appender.append(&entry(index)).unwrap();
+                            appender.append(&entry(index + 500)).unwrap();
+                        } else {
+                            log.append(&entry(index)).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(log.next_lsn(), 1 + 4 * (50 + 17));
+        log.close().unwrap();
+        let records = read_back(directory.path());
+        assert_eq!(records.len(), 4 * 67);
+        assert!(records.iter().enumerate().all(|(index, (lsn, _))| *lsn == index as u64 + 1));
+        // A held appender's records are consecutive.
+        for window in records.windows(2) {
+            if let (Entry::Reserved { idempotency_key: first, .. }, Entry::Reserved { idempotency_key: next, .. }) =
+                (window[0].1, window[1].1)
+            {
+                if (first - 1) % 1000 % 3 == 0 && (first - 1) % 1000 < 500 {
+                    assert_eq!(next, first + 500, "the pair appended under one hold was split");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn closing_waits_for_a_held_appender_then_refuses_more() {
+        let directory = tempfile::tempdir().unwrap();
+        let log = writer(directory.path(), 16, 16);
+        let appender = log.appender();
+        appender.append(&entry(0)).unwrap();
+        std::thread::scope(|s| {
+            let closing = s.spawn(|| log.close());
+            // The flusher cannot finish while the appender is held: records
+            // appended before it let go are still written.
+            std::thread::sleep(Duration::from_millis(20));
+            assert!(!closing.is_finished(), "close finished while an appender held the lock");
+            let second = appender.append(&entry(1));
+            drop(appender);
+            assert_eq!(closing.join().unwrap(), Ok(()));
+            let written = read_back(directory.path());
+            match second {
+                Ok(lsn) => assert_eq!((lsn, written.len()), (2, 2)),
+                Err(why) => assert_eq!((why, written.len()), (LogUnavailable::Closed, 1)),
+            }
+        });
+        assert_eq!(log.append(&entry(2)), Err(LogUnavailable::Closed));
     }
 }

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::durable::DurableEngine;
+use crate::log::Appender;
 use crate::protocol::body::{
     put_batch_header, put_batch_item, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery,
 };
@@ -159,13 +160,21 @@ impl Pending {
 }
 
 /// Applies one job at `moment` and queues its reply.
-pub fn apply(engine: &DurableEngine, shared: &Shared, job: Job, moment: &Moment, pending: &mut Pending) {
+pub fn apply(
+    engine: &DurableEngine,
+    log: &Appender<'_>,
+    shared: &Shared,
+    job: Job,
+    moment: &Moment,
+    pending: &mut Pending,
+) {
     let start = pending.arena.len();
-    let mut durable_after = engine.log().next_lsn();
+    let mut durable_after = log.next_lsn();
     match &job.work {
         Work::One(command) => {
             encode_frame(&mut pending.arena, command.opcode(), flag::REPLY, job.request_id, |out| {
-                durable_after = durable_after.max(apply_command(engine, shared, command, job.operator_id, moment, out));
+                durable_after =
+                    durable_after.max(apply_command(engine, log, shared, command, job.operator_id, moment, out));
             });
         }
         Work::Batch(commands) => {
@@ -179,7 +188,7 @@ pub fn apply(engine: &DurableEngine, shared: &Shared, job: Job, moment: &Moment,
                         prefetch(engine, ahead);
                     }
                     put_batch_item(out, command.opcode(), |out| {
-                        let after = apply_command(engine, shared, command, job.operator_id, moment, out);
+                        let after = apply_command(engine, log, shared, command, job.operator_id, moment, out);
                         durable_after = durable_after.max(after);
                     });
                 }
@@ -217,6 +226,7 @@ pub fn prefetch_job(engine: &DurableEngine, job: &Job) {
 /// Runs one command, writes its reply body, returns its `durable_after`.
 fn apply_command(
     durable: &DurableEngine,
+    log: &Appender<'_>,
     shared: &Shared,
     command: &Command,
     operator_id: u32,
@@ -224,7 +234,6 @@ fn apply_command(
     out: &mut Vec<u8>,
 ) -> Lsn {
     let engine = durable.engine();
-    let log = durable.log();
     let counters = &shared.counters;
     let outcome = match command {
         Command::Reserve(booking) => engine.reserve_at(log, &booking.request(), moment),

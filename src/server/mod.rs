@@ -274,11 +274,16 @@ fn engine_loop(shared: &Shared) {
         for job in round.iter().take(apply::PREFETCH_AHEAD) {
             apply::prefetch_job(engine, job);
         }
-        while let Some(job) = round.pop_front() {
-            if let Some(ahead) = round.get(apply::PREFETCH_AHEAD - 1) {
-                apply::prefetch_job(engine, ahead);
+        if !round.is_empty() {
+            // One hold of the log's append lock for the round; its records go
+            // to the flusher when it is dropped, before replies are looked at.
+            let log = engine.log().appender();
+            while let Some(job) = round.pop_front() {
+                if let Some(ahead) = round.get(apply::PREFETCH_AHEAD - 1) {
+                    apply::prefetch_job(engine, ahead);
+                }
+                apply::apply(engine, &log, shared, job, &moment, &mut pending);
             }
-            apply::apply(engine, shared, job, &moment, &mut pending);
         }
         let released = pending.release(engine);
         if applied > 0 || released > 0 {

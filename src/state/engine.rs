@@ -354,6 +354,10 @@ impl Engine {
     }
 
     /// Adds seats to a slot while running (R1). Returns the new capacity.
+    ///
+    /// Takes the capacity lock, then appends: a caller holding the log's
+    /// append lock (`LogWriter::appender`) passes that appender, never the
+    /// writer itself (which would take the append lock a second time).
     pub fn add_capacity(&self, journal: &impl Journal, slot: SlotIndex, seats: u32, operator_id: u32) -> Outcome<u32> {
         let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         if !self.inventory.contains(slot) {
