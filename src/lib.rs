@@ -29,6 +29,7 @@ pub mod async_client;
 pub mod calendar;
 pub mod client;
 pub mod config;
+pub mod crc;
 pub mod demo;
 pub mod durable;
 pub mod inventory;

@@ -74,13 +74,14 @@ pub(crate) fn u64_le(bytes: &[u8]) -> u64 {
 }
 
 impl Record {
+    #[inline]
     pub fn encode_into(&self, bytes: &mut RecordBytes) {
         bytes[4..6].copy_from_slice(&(RECORD_BYTES as u16).to_le_bytes());
         bytes[6] = self.kind;
         bytes[7] = 0;
         bytes[8..16].copy_from_slice(&self.lsn.to_le_bytes());
         bytes[16..].copy_from_slice(&self.payload);
-        let crc = crc32c::crc32c(&bytes[4..]);
+        let crc = crate::crc::crc32c(&bytes[4..]);
         bytes[0..4].copy_from_slice(&crc.to_le_bytes());
     }
 
@@ -96,7 +97,7 @@ impl Record {
             return Err(RecordDefect::Unwritten);
         }
         let stored = u32_le(&bytes[0..4]);
-        let computed = crc32c::crc32c(&bytes[4..]);
+        let computed = crate::crc::crc32c(&bytes[4..]);
         if stored != computed {
             return Err(RecordDefect::ChecksumMismatch { stored, computed });
         }
@@ -148,7 +149,7 @@ impl SegmentHeader {
         bytes[16..24].copy_from_slice(&self.segment_index.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
         bytes[32..36].copy_from_slice(&self.campaign_id.to_le_bytes());
-        let crc = crc32c::crc32c(&bytes[..60]);
+        let crc = crate::crc::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
         bytes
     }
@@ -157,7 +158,7 @@ impl SegmentHeader {
         if bytes[0..8] != SEGMENT_MAGIC {
             return Err(HeaderDefect::BadMagic);
         }
-        if crc32c::crc32c(&bytes[..60]) != u32_le(&bytes[60..64]) {
+        if crate::crc::crc32c(&bytes[..60]) != u32_le(&bytes[60..64]) {
             return Err(HeaderDefect::ChecksumMismatch);
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
@@ -199,7 +200,7 @@ mod tests {
         let record = Record { lsn: 0x0102, kind: 1, payload: [0xaa; PAYLOAD_BYTES] };
         let bytes = record.encode();
         assert_eq!(&bytes[4..16], &[48, 0, 1, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(u32_le(&bytes[0..4]), crc32c::crc32c(&bytes[4..]));
+        assert_eq!(u32_le(&bytes[0..4]), crate::crc::crc32c(&bytes[4..]));
         assert_eq!(Record::decode(&bytes), Ok(record));
     }
 

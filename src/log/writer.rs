@@ -227,6 +227,7 @@ struct Shared {
 }
 
 impl Shared {
+    #[inline]
     fn unavailable(&self) -> Option<LogUnavailable> {
         match self.state.load(Ordering::Acquire) {
             RUNNING => None,
@@ -468,10 +469,12 @@ impl Journal for Appender<'_> {
         Ok(lsn)
     }
 
+    #[inline]
     fn next_lsn(&self) -> Lsn {
         self.shared.next_lsn.load(Ordering::Relaxed)
     }
 
+    #[inline]
     fn writable(&self) -> Result<(), LogUnavailable> {
         self.shared.unavailable().map_or(Ok(()), Err)
     }

@@ -68,8 +68,8 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 }
 
 fn checksum(header: &[u8], body: &[u8]) -> u32 {
-    let crc = crc32c::crc32c(&header[..20]);
-    crc32c::crc32c_append(crc32c::crc32c_append(crc, &[0; 4]), body)
+    let crc = crate::crc::crc32c(&header[..20]);
+    crate::crc::crc32c_append(crate::crc::crc32c_append(crc, &[0; 4]), body)
 }
 
 /// Reads one frame from the start of `buffer`. On success returns the header

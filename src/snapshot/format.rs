@@ -126,7 +126,7 @@ impl SnapshotHeader {
         bytes[40..44].copy_from_slice(&self.chunk_count.to_le_bytes());
         bytes[44..48].copy_from_slice(&self.inventory_slots.to_le_bytes());
         bytes[48..52].copy_from_slice(&self.inventory_digest.to_le_bytes());
-        let crc = crc32c::crc32c(&bytes[..60]);
+        let crc = crate::crc::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
         bytes
     }
@@ -136,7 +136,7 @@ impl SnapshotHeader {
         if bytes[0..8] != SNAPSHOT_MAGIC {
             return Err("not a yeyak snapshot (bad magic)".into());
         }
-        if crc32c::crc32c(&bytes[..60]) != u32_le(&bytes[60..64]) {
+        if crate::crc::crc32c(&bytes[..60]) != u32_le(&bytes[60..64]) {
             return Err("header checksum mismatch".into());
         }
         let version = u16::from_le_bytes([bytes[8], bytes[9]]);
@@ -232,7 +232,7 @@ pub const TEMPORARY_SUFFIX: &str = ".tmp";
 pub fn inventory_digest(initial_capacity: &[u32]) -> u32 {
     initial_capacity.chunks(4096).fold(0, |crc, chunk| {
         let bytes: Vec<u8> = chunk.iter().flat_map(|c| c.to_le_bytes()).collect();
-        crc32c::crc32c_append(crc, &bytes)
+        crate::crc::crc32c_append(crc, &bytes)
     })
 }
 

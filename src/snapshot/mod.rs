@@ -174,7 +174,7 @@ impl CheckedSnapshot {
             let body = map.get(body_offset..body_offset + body_bytes).ok_or_else(|| {
                 invalid(position, format!("chunk of {body_bytes} bytes runs past the end of the file"))
             })?;
-            if crc32c::crc32c(body) != chunk_header.body_crc {
+            if crate::crc::crc32c(body) != chunk_header.body_crc {
                 return Err(invalid(position, "chunk checksum mismatch".into()));
             }
             let items = match chunk_header.kind {

@@ -59,7 +59,7 @@ impl ChunkWriter {
             body_bytes: u32::try_from(body.len()).map_err(io::Error::other)?,
             kind,
             item_count: item_count as u32,
-            body_crc: crc32c::crc32c(&body),
+            body_crc: crate::crc::crc32c(&body),
         };
         self.out.write_all(&header.encode())?;
         self.out.write_all(&body)?;

@@ -65,6 +65,7 @@ impl Entry {
 
     /// Person entries: person key u128 | slot u32 | operator u32 | idempotency key u64.
     /// Capacity entries: slot u32 | seats u32 | capacity u32 | operator u32 | 16 zero bytes.
+    #[inline]
     pub fn encode(&self) -> [u8; ENTRY_PAYLOAD_BYTES] {
         let mut bytes = [0; ENTRY_PAYLOAD_BYTES];
         match *self {
