@@ -73,6 +73,13 @@ pub(crate) fn u64_le(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(word)
 }
 
+/// The CRC-32C of a record's bytes 4..48 (everything but the CRC itself).
+#[inline]
+fn record_crc(bytes: &RecordBytes) -> u32 {
+    // Always `Some`: a record is longer than its CRC.
+    bytes.last_chunk::<{ RECORD_BYTES - 4 }>().map_or(0, crate::crc::crc32c_fixed)
+}
+
 impl Record {
     #[inline]
     pub fn encode_into(&self, bytes: &mut RecordBytes) {
@@ -81,7 +88,7 @@ impl Record {
         bytes[7] = 0;
         bytes[8..16].copy_from_slice(&self.lsn.to_le_bytes());
         bytes[16..].copy_from_slice(&self.payload);
-        let crc = crate::crc::crc32c(&bytes[4..]);
+        let crc = record_crc(bytes);
         bytes[0..4].copy_from_slice(&crc.to_le_bytes());
     }
 
@@ -97,7 +104,7 @@ impl Record {
             return Err(RecordDefect::Unwritten);
         }
         let stored = u32_le(&bytes[0..4]);
-        let computed = crate::crc::crc32c(&bytes[4..]);
+        let computed = record_crc(bytes);
         if stored != computed {
             return Err(RecordDefect::ChecksumMismatch { stored, computed });
         }
@@ -200,7 +207,7 @@ mod tests {
         let record = Record { lsn: 0x0102, kind: 1, payload: [0xaa; PAYLOAD_BYTES] };
         let bytes = record.encode();
         assert_eq!(&bytes[4..16], &[48, 0, 1, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0]);
-        assert_eq!(u32_le(&bytes[0..4]), crate::crc::crc32c(&bytes[4..]));
+        assert_eq!(u32_le(&bytes[0..4]), crc32c::crc32c(&bytes[4..]));
         assert_eq!(Record::decode(&bytes), Ok(record));
     }
 
