@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use crate::inventory::SlotIndex;
-use crate::protocol::body::{put_batch_header, put_batch_item, Booking, PersonQuery, RegionQuery, SiteQuery};
+use crate::protocol::body::{put_batch_header, put_batch_item, Booking, PersonQuery, RegionQuery, SiteQuery, Stats};
 use crate::protocol::frame::{flag, PROTOCOL_VERSION};
 use crate::protocol::handshake::{nonce, proof, Challenge, Hello, Role};
 use crate::protocol::{decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX};
@@ -260,9 +260,9 @@ impl Client {
             .collect()
     }
 
-    /// The STATS counters, in docs/protocol.md's order.
-    pub fn stats(&mut self) -> Result<Vec<u64>, ClientError> {
+    /// The STATS counters and the refusals by result code (docs/protocol.md, "Stats").
+    pub fn stats(&mut self) -> Result<Stats, ClientError> {
         let (_, body) = self.call(opcode::STATS, |_| {})?;
-        Ok(body.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect())
+        Stats::decode(&body).map_err(|e| ClientError::BadReply(e.to_string()))
     }
 }

@@ -91,6 +91,11 @@ fn start_book_from_the_shell_stop_and_restart() {
     let (ok, text) =
         client(directory.path(), &address, &["reserve", "--person", "0", "--birth-date", "1990-05-15", "--slot", "1"]);
     assert!(!ok && text.contains("not a non-zero hex person key"), "{text}");
+    let (ok, text) = client(directory.path(), &address, &["stats"]);
+    let line =
+        |name: &str| text.lines().find(|l| l.starts_with(name)).map(|l| l.split_whitespace().last().unwrap_or(""));
+    assert!(ok && line("reservations") == Some("1") && line("refusals") == Some("1"), "{text}");
+    assert!(text.contains("refused: not eligible"), "refusals by code: {text}");
     let rest = terminate(child, stdout);
     assert!(rest.contains("stopped cleanly"), "{rest}");
     let snapshots = yeyak::snapshot::list_snapshots(&directory.path().join("snapshots")).unwrap();

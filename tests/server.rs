@@ -19,7 +19,7 @@ use yeyak::rules::Channel;
 use yeyak::server::keys::{KeyRing, DEMO_OPERATOR_ID};
 use yeyak::server::reactor::Reactor;
 use yeyak::server::{Clock, Server, ServerConfig};
-use yeyak::state::Refusal;
+use yeyak::state::{Refusal, ResultCode};
 
 struct Running {
     server: Server,
@@ -98,13 +98,21 @@ fn every_command_through_the_client_on(reactor: Reactor) {
     let unknown = client.site_availability(&yeyak::protocol::SiteQuery { site_id: 999, date }).unwrap();
     assert_eq!(unknown, Err(Refusal::UnknownSite { site_id: 999 }));
     let stats = client.stats().unwrap();
-    assert_eq!(stats.len(), 20);
-    assert!(stats[0] >= 3, "reservations counted: {stats:?}");
-    let (p50, p99, p999, max) = (stats[12], stats[13], stats[14], stats[15]);
+    assert!(stats.counter("reservations").unwrap() >= 3, "reservations counted: {stats:?}");
+    let [p50, p99, p999, max] =
+        ["sync p50 µs", "sync p99 µs", "sync p999 µs", "sync max µs"].map(|name| stats.counter(name).unwrap());
     assert!(
-        stats[11] > 0 && p50 > 0 && p50 <= p99 && p99 <= p999 && p999 <= max + max / 100 + 1,
+        stats.counter("log syncs").unwrap() > 0 && p50 > 0 && p50 <= p99 && p99 <= p999 && p999 <= max + max / 100 + 1,
         "sync percentiles: {stats:?}"
     );
+    // Refusals by result code: each refusal above, and a total that is their sum.
+    let refused = |code: ResultCode| stats.refusals_by_code.iter().find(|(c, _)| *c == code as u8).map(|(_, n)| *n);
+    for code in [ResultCode::UnknownSlot, ResultCode::AlreadyBooked, ResultCode::PageTooLarge, ResultCode::UnknownSite]
+    {
+        assert!(refused(code) >= Some(1), "{code:?} counted: {stats:?}");
+    }
+    let total: u64 = stats.refusals_by_code.iter().map(|(_, n)| n).sum();
+    assert_eq!(stats.counter("refusals"), Some(total));
     // A gateway may not run operator commands, nor book as an operator; the connection goes on.
     let refused = client.call(opcode::ADD_CAPACITY, |out| out.extend_from_slice(&[0; 8])).unwrap_err();
     assert!(matches!(refused, ClientError::Refused(answer) if answer.code == code::NOT_ALLOWED));
@@ -357,7 +365,7 @@ fn the_async_client_batches_concurrent_calls_and_survives_a_restart() {
         booked
     });
     assert!(booked > 1_900, "{booked} booked");
-    let requests = gateway(&server, &keys).stats().unwrap()[4];
+    let requests = gateway(&server, &keys).stats().unwrap().counter("requests").unwrap();
     assert!(requests < 1_000, "2,000 concurrent calls went in {requests} frames: batched");
     let first = runtime.block_on(client.reserve(&wire_booking(99, 42, 7))).unwrap();
     assert_eq!(first, Ok(SlotIndex(42)));

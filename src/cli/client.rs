@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use yeyak::calendar::Date;
 use yeyak::client::Client;
 use yeyak::inventory::SlotIndex;
+use yeyak::protocol::body::STATS_COUNTER_NAMES;
 use yeyak::protocol::body::{Booking, PersonQuery, RegionQuery, SiteQuery};
 use yeyak::protocol::handshake::Role;
 use yeyak::rules::Channel;
@@ -103,29 +104,6 @@ fn parse_date(text: &str) -> Result<Date, String> {
     Date::parse(text).map_err(|e| e.to_string())
 }
 
-const STATS_NAMES: [&str; 20] = [
-    "reservations",
-    "cancellations",
-    "changes",
-    "refusals",
-    "requests",
-    "connections open",
-    "connections refused",
-    "ingress queue depth",
-    "ingress queue capacity",
-    "log next lsn",
-    "log durable lsn",
-    "log syncs",
-    "sync p50 µs",
-    "sync p99 µs",
-    "sync p999 µs",
-    "sync max µs",
-    "snapshots taken",
-    "uptime ms",
-    "bad frames",
-    "overloaded",
-];
-
 pub fn run(args: ClientArgs) -> Result<(), String> {
     let (keys, _) = KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?;
     let role = if args.operator { Role::Operator } else { Role::Gateway };
@@ -192,8 +170,12 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
             }
         }
         ClientCommand::Stats => {
-            for (name, value) in STATS_NAMES.iter().zip(client.stats().map_err(|e| e.to_string())?) {
+            let stats = client.stats().map_err(|e| e.to_string())?;
+            for (name, value) in STATS_COUNTER_NAMES.iter().zip(stats.counters) {
                 println!("{name:<24} {value}");
+            }
+            for (code, count) in stats.refusals_by_code {
+                println!("refused: {:<15} {count}", yeyak::protocol::code_name(code));
             }
             Ok(())
         }

@@ -450,7 +450,7 @@ impl Drop for Appender<'_> {
 }
 
 impl Journal for Appender<'_> {
-    #[inline]
+    #[inline(always)]
     fn append(&self, entry: &Entry) -> Result<Lsn, LogUnavailable> {
         let shared = self.shared;
         if let Some(why) = shared.unavailable() {

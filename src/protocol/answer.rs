@@ -143,12 +143,20 @@ impl Answer {
         })
     }
 
+    #[inline]
+    pub fn to_bytes(&self) -> [u8; Self::BYTES] {
+        let mut bytes = [0; Self::BYTES];
+        bytes[0] = self.code;
+        bytes[1] = self.flags;
+        bytes[2..4].copy_from_slice(&self.small.to_le_bytes());
+        bytes[4..8].copy_from_slice(&self.value.to_le_bytes());
+        bytes[8..16].copy_from_slice(&self.wide.to_le_bytes());
+        bytes
+    }
+
+    #[inline]
     pub fn encode(&self, out: &mut Vec<u8>) {
-        out.push(self.code);
-        out.push(self.flags);
-        out.extend_from_slice(&self.small.to_le_bytes());
-        out.extend_from_slice(&self.value.to_le_bytes());
-        out.extend_from_slice(&self.wide.to_le_bytes());
+        out.extend_from_slice(&self.to_bytes());
     }
 
     /// Reads the answer at the start of a reply body; the rest is returned.

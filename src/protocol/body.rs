@@ -4,6 +4,7 @@
 
 use crate::calendar::Date;
 use crate::inventory::SlotIndex;
+use crate::protocol::answer::Answer;
 use crate::rules::Channel;
 use crate::state::{BookingRequest, CancelRequest, PersonKey};
 
@@ -335,6 +336,104 @@ pub fn put_batch_header(out: &mut Vec<u8>, count: u16) {
     out.extend_from_slice(&[0, 0]);
 }
 
+/// The names of the STATS reply's twenty counters, in their order on the wire.
+pub const STATS_COUNTER_NAMES: [&str; 20] = [
+    "reservations",
+    "cancellations",
+    "changes",
+    "refusals",
+    "requests",
+    "connections open",
+    "connections refused",
+    "ingress queue depth",
+    "ingress queue capacity",
+    "log next lsn",
+    "log durable lsn",
+    "log syncs",
+    "sync p50 µs",
+    "sync p99 µs",
+    "sync p999 µs",
+    "sync max µs",
+    "snapshots taken",
+    "uptime ms",
+    "bad frames",
+    "overloaded",
+];
+
+/// The STATS reply body (docs/protocol.md, "Stats"): twenty counters, then
+/// the refusals by result code.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// In `STATS_COUNTER_NAMES`' order.
+    pub counters: [u64; 20],
+    /// (result code, refusals with it), codes ascending, only codes seen.
+    pub refusals_by_code: Vec<(u8, u64)>,
+}
+
+impl Stats {
+    const COUNTERS_BYTES: usize = 20 * 8;
+    const REFUSAL_BYTES: usize = 16;
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for value in self.counters {
+            out.extend_from_slice(&value.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.refusals_by_code.len() as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for (code, count) in &self.refusals_by_code {
+            out.extend_from_slice(&[*code, 0, 0, 0, 0, 0, 0, 0]);
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Stats, BodyError> {
+        let mut reader = Reader::at_least(bytes, Self::COUNTERS_BYTES + 8)?;
+        let mut stats = Stats::default();
+        for value in &mut stats.counters {
+            *value = reader.u64()?;
+        }
+        let count = reader.u32()?;
+        reader.zeros(4, "refusals_by_code")?;
+        if count > 256 {
+            return Err(field_error("refusals_by_code", format!("{count} entries; there are 256 codes")));
+        }
+        let expected = Self::COUNTERS_BYTES + 8 + count as usize * Self::REFUSAL_BYTES;
+        if bytes.len() != expected {
+            return Err(BodyError::Length { expected, found: bytes.len() });
+        }
+        for _ in 0..count {
+            let code = reader.u8()?;
+            reader.zeros(7, "refusals_by_code")?;
+            let refusals = reader.u64()?;
+            if stats.refusals_by_code.last().is_some_and(|(last, _)| *last >= code) {
+                return Err(field_error("refusals_by_code", format!("code {code} out of order")));
+            }
+            stats.refusals_by_code.push((code, refusals));
+        }
+        Ok(stats)
+    }
+
+    /// A counter by its name in `STATS_COUNTER_NAMES`.
+    pub fn counter(&self, name: &str) -> Option<u64> {
+        STATS_COUNTER_NAMES.iter().position(|n| *n == name).map(|index| self.counters[index])
+    }
+}
+
+/// A batch reply item holding one `Answer`: its 4-byte item header and the answer.
+pub const BATCH_ANSWER_ITEM_BYTES: usize = 4 + Answer::BYTES;
+
+/// Appends one batch reply item holding `answer`, in one write (the engine
+/// thread's path for every batchable command). The same bytes as
+/// `put_batch_item` with `answer.encode` as the body.
+#[inline]
+pub fn put_batch_answer(out: &mut Vec<u8>, opcode: u8, answer: &Answer) {
+    let mut item = [0; BATCH_ANSWER_ITEM_BYTES];
+    item[0] = opcode;
+    item[2..4].copy_from_slice(&(Answer::BYTES as u16).to_le_bytes());
+    item[4..].copy_from_slice(&answer.to_bytes());
+    out.extend_from_slice(&item);
+}
+
 /// Appends one batch item, its body written by `write_body`.
 pub fn put_batch_item(out: &mut Vec<u8>, opcode: u8, write_body: impl FnOnce(&mut Vec<u8>)) {
     out.extend_from_slice(&[opcode, 0, 0, 0]);
@@ -398,5 +497,45 @@ mod tests {
         let mut nested = body.clone();
         nested[4] = crate::protocol::opcode::BATCH;
         assert!(split_batch(&nested, 4096).is_err(), "a batch inside a batch");
+    }
+
+    #[test]
+    fn stats_round_trip_and_reject_bad_bodies() {
+        let mut counters = [0u64; 20];
+        for (index, value) in counters.iter_mut().enumerate() {
+            *value = index as u64 * 1000 + 7;
+        }
+        let stats = Stats { counters, refusals_by_code: vec![(5, 12), (12, 3), (200, 1)] };
+        let mut body = Vec::new();
+        stats.encode(&mut body);
+        assert_eq!(body.len(), 160 + 8 + 3 * 16);
+        assert_eq!(Stats::decode(&body), Ok(stats.clone()));
+        assert_eq!(stats.counter("refusals"), Some(3007));
+        assert_eq!(stats.counter("no such counter"), None);
+        assert!(Stats::decode(&body[..body.len() - 1]).is_err(), "truncated");
+        let mut longer = body.clone();
+        longer.push(0);
+        assert!(Stats::decode(&longer).is_err(), "trailing byte");
+        let mut unordered = Vec::new();
+        Stats { counters, refusals_by_code: vec![(12, 1), (5, 1)] }.encode(&mut unordered);
+        assert!(Stats::decode(&unordered).is_err(), "codes out of order");
+        let mut dirty = body.clone();
+        dirty[160 + 8 + 1] = 1;
+        assert!(Stats::decode(&dirty).is_err(), "reserved byte set");
+        let mut huge = body[..160].to_vec();
+        huge.extend_from_slice(&u32::MAX.to_le_bytes());
+        huge.extend_from_slice(&[0; 4]);
+        assert!(Stats::decode(&huge).is_err(), "absurd count");
+    }
+
+    #[test]
+    fn a_batch_answer_item_is_the_general_item_with_an_answer_body() {
+        let answer = Answer { code: 41, flags: 1, small: 0x0203, value: 0x0405_0607, wide: -5 };
+        let (mut fast, mut general) = (Vec::new(), Vec::new());
+        put_batch_answer(&mut fast, 0x10, &answer);
+        put_batch_item(&mut general, 0x10, |out| answer.encode(out));
+        assert_eq!(fast, general);
+        assert_eq!(fast.len(), BATCH_ANSWER_ITEM_BYTES);
+        assert_eq!(&fast[..4], &[0x10, 0, 16, 0]);
     }
 }

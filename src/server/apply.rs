@@ -8,19 +8,19 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::durable::DurableEngine;
 use crate::log::Appender;
 use crate::protocol::body::{
-    put_batch_header, put_batch_item, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery,
+    put_batch_answer, put_batch_header, put_batch_item, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery,
+    BATCH_ANSWER_ITEM_BYTES,
 };
 use crate::protocol::frame::flag;
-use crate::protocol::{encode_frame, opcode, Answer};
+use crate::protocol::{code, encode_frame, opcode, Answer};
 use crate::server::connection::Outbox;
-use crate::server::Shared;
-use crate::state::Moment;
+use crate::server::stats::Tally;
+use crate::state::{Engine, Moment};
 use crate::state::{Journal, Lsn, Refusal};
 
 /// A decoded command, ready for the state machine.
@@ -163,10 +163,10 @@ impl Pending {
 pub fn apply(
     engine: &DurableEngine,
     log: &Appender<'_>,
-    shared: &Shared,
     job: Job,
     moment: &Moment,
     pending: &mut Pending,
+    tally: &mut Tally,
 ) {
     let start = pending.arena.len();
     let mut durable_after = log.next_lsn();
@@ -174,12 +174,13 @@ pub fn apply(
         Work::One(command) => {
             encode_frame(&mut pending.arena, command.opcode(), flag::REPLY, job.request_id, |out| {
                 durable_after =
-                    durable_after.max(apply_command(engine, log, shared, command, job.operator_id, moment, out));
+                    durable_after.max(apply_command(engine, log, command, job.operator_id, moment, tally, out));
             });
         }
         Work::Batch(commands) => {
             encode_frame(&mut pending.arena, opcode::BATCH, flag::REPLY, job.request_id, |out| {
                 put_batch_header(out, commands.len() as u16);
+                out.reserve(commands.len() * BATCH_ANSWER_ITEM_BYTES);
                 for command in commands.iter().take(PREFETCH_AHEAD) {
                     prefetch(engine, command);
                 }
@@ -187,10 +188,22 @@ pub fn apply(
                     if let Some(ahead) = commands.get(index + PREFETCH_AHEAD) {
                         prefetch(engine, ahead);
                     }
-                    put_batch_item(out, command.opcode(), |out| {
-                        let after = apply_command(engine, log, shared, command, job.operator_id, moment, out);
-                        durable_after = durable_after.max(after);
-                    });
+                    let after = match apply_fixed(engine, log, command, job.operator_id, moment, tally) {
+                        Ok((answer, after)) => {
+                            put_batch_answer(out, command.opcode(), &answer);
+                            after
+                        }
+                        // Batches carry fixed-answer commands only (checked when
+                        // decoded); a query would still be answered in full.
+                        Err(query) => {
+                            let mut after = 0;
+                            put_batch_item(out, command.opcode(), |out| {
+                                after = apply_query(engine, log, query, tally, out)
+                            });
+                            after
+                        }
+                    };
+                    durable_after = durable_after.max(after);
                 }
             });
         }
@@ -227,18 +240,52 @@ pub fn prefetch_job(engine: &DurableEngine, job: &Job) {
 fn apply_command(
     durable: &DurableEngine,
     log: &Appender<'_>,
-    shared: &Shared,
     command: &Command,
     operator_id: u32,
     moment: &Moment,
+    tally: &mut Tally,
     out: &mut Vec<u8>,
 ) -> Lsn {
+    match apply_fixed(durable, log, command, operator_id, moment, tally) {
+        Ok((answer, durable_after)) => {
+            answer.encode(out);
+            durable_after
+        }
+        Err(query) => apply_query(durable, log, query, tally, out),
+    }
+}
+
+/// A query whose reply is longer than one answer.
+enum Query<'c> {
+    Site(&'c SiteQuery),
+    Region(&'c RegionQuery),
+}
+
+/// Runs a command answered by one `Answer` (every batchable command) and
+/// counts it; hands the availability queries back.
+#[inline]
+fn apply_fixed<'c>(
+    durable: &DurableEngine,
+    log: &Appender<'_>,
+    command: &'c Command,
+    operator_id: u32,
+    moment: &Moment,
+    tally: &mut Tally,
+) -> Result<(Answer, Lsn), Query<'c>> {
     let engine = durable.engine();
-    let counters = &shared.counters;
-    let outcome = match command {
-        Command::Reserve(booking) => engine.reserve_at(log, &booking.request(), moment),
-        Command::Change(booking) => engine.change_at(log, &booking.request(), moment),
-        Command::Cancel(booking) => engine.cancel(log, &booking.cancel_request(), moment.now_ms()),
+    let (answer, durable_after) = match command {
+        Command::Reserve(booking) => {
+            let outcome = engine.reserve_at(log, &booking.request(), moment);
+            (Answer::of_slot(&outcome.result), outcome.durable_after)
+        }
+        Command::Change(booking) => {
+            let outcome = engine.change_at(log, &booking.request(), moment);
+            (Answer::of_slot(&outcome.result), outcome.durable_after)
+        }
+        Command::Cancel(booking) => {
+            let outcome = engine.cancel(log, &booking.cancel_request(), moment.now_ms());
+            (Answer::of_slot(&outcome.result), outcome.durable_after)
+        }
         Command::Get(query) => {
             let outcome = engine.reservation_of(log, query.person);
             let answer = match outcome.result {
@@ -246,38 +293,7 @@ fn apply_command(
                 Ok(None) => Answer::ok(0),
                 Err(refusal) => Answer::refusal(&refusal),
             };
-            answer.encode(out);
-            return outcome.durable_after;
-        }
-        Command::Site(query) => {
-            match engine.site_availability(query.site_id, query.date) {
-                Ok(site) => {
-                    Answer::ok(0).encode(out);
-                    out.extend_from_slice(&site.first_slot.0.to_le_bytes());
-                    out.extend_from_slice(&(site.remaining.len() as u16).to_le_bytes());
-                    out.extend_from_slice(&[0, 0]);
-                    for seats in site.remaining {
-                        out.extend_from_slice(&seats.to_le_bytes());
-                    }
-                }
-                Err(refusal) => Answer::refusal(&refusal).encode(out),
-            }
-            return log.next_lsn();
-        }
-        Command::Region(query) => {
-            match engine.region_availability(query.region_id, query.date, query.cursor, query.limit) {
-                Ok(page) => {
-                    Answer::ok(0).encode(out);
-                    out.extend_from_slice(&page.next_cursor.unwrap_or(u32::MAX).to_le_bytes());
-                    out.extend_from_slice(&(page.sites.len() as u32).to_le_bytes());
-                    for (site_id, seats) in page.sites {
-                        out.extend_from_slice(&site_id.to_le_bytes());
-                        out.extend_from_slice(&seats.to_le_bytes());
-                    }
-                }
-                Err(refusal) => Answer::refusal(&refusal).encode(out),
-            }
-            return log.next_lsn();
+            (answer, outcome.durable_after)
         }
         Command::AddCapacity(addition) => {
             let outcome = engine.add_capacity(log, addition.slot, addition.seats, operator_id);
@@ -285,18 +301,70 @@ fn apply_command(
                 Ok(capacity) => Answer::ok(capacity),
                 Err(refusal) => Answer::refusal(&refusal),
             };
-            answer.encode(out);
-            return outcome.durable_after;
+            (answer, outcome.durable_after)
         }
+        Command::Site(query) => return Err(Query::Site(query)),
+        Command::Region(query) => return Err(Query::Region(query)),
     };
-    match (&outcome.result, command) {
-        (Ok(_), Command::Reserve(_)) => counters.reservations.fetch_add(1, Ordering::Relaxed),
-        (Ok(_), Command::Change(_)) => counters.changes.fetch_add(1, Ordering::Relaxed),
-        (Ok(_), _) => counters.cancellations.fetch_add(1, Ordering::Relaxed),
-        (Err(_), _) => counters.refusals.fetch_add(1, Ordering::Relaxed),
+    tally.count(command.opcode(), answer.code);
+    Ok((answer, durable_after))
+}
+
+fn apply_query(
+    durable: &DurableEngine,
+    log: &Appender<'_>,
+    query: Query<'_>,
+    tally: &mut Tally,
+    out: &mut Vec<u8>,
+) -> Lsn {
+    match query {
+        Query::Site(query) => apply_site(durable.engine(), log, query, tally, out),
+        Query::Region(query) => apply_region(durable.engine(), log, query, tally, out),
+    }
+}
+
+/// SITE_AVAILABILITY: an answer, then the site's slots of the day.
+fn apply_site(engine: &Engine, log: &Appender<'_>, query: &SiteQuery, tally: &mut Tally, out: &mut Vec<u8>) -> Lsn {
+    let answer = match engine.site_availability(query.site_id, query.date) {
+        Ok(site) => {
+            Answer::ok(0).encode(out);
+            out.extend_from_slice(&site.first_slot.0.to_le_bytes());
+            out.extend_from_slice(&(site.remaining.len() as u16).to_le_bytes());
+            out.extend_from_slice(&[0, 0]);
+            for seats in site.remaining {
+                out.extend_from_slice(&seats.to_le_bytes());
+            }
+            return counted(tally, opcode::SITE_AVAILABILITY, code::OK, log);
+        }
+        Err(refusal) => Answer::refusal(&refusal),
     };
-    Answer::of_slot(&outcome.result).encode(out);
-    outcome.durable_after
+    answer.encode(out);
+    counted(tally, opcode::SITE_AVAILABILITY, answer.code, log)
+}
+
+/// REGION_AVAILABILITY: an answer, then one page of sites with room.
+fn apply_region(engine: &Engine, log: &Appender<'_>, query: &RegionQuery, tally: &mut Tally, out: &mut Vec<u8>) -> Lsn {
+    let answer = match engine.region_availability(query.region_id, query.date, query.cursor, query.limit) {
+        Ok(page) => {
+            Answer::ok(0).encode(out);
+            out.extend_from_slice(&page.next_cursor.unwrap_or(u32::MAX).to_le_bytes());
+            out.extend_from_slice(&(page.sites.len() as u32).to_le_bytes());
+            for (site_id, seats) in page.sites {
+                out.extend_from_slice(&site_id.to_le_bytes());
+                out.extend_from_slice(&seats.to_le_bytes());
+            }
+            return counted(tally, opcode::REGION_AVAILABILITY, code::OK, log);
+        }
+        Err(refusal) => Answer::refusal(&refusal),
+    };
+    answer.encode(out);
+    counted(tally, opcode::REGION_AVAILABILITY, answer.code, log)
+}
+
+/// Counts a query's answer; a query waits for every record it may have seen.
+fn counted(tally: &mut Tally, query_opcode: u8, answer_code: u8, log: &Appender<'_>) -> Lsn {
+    tally.count(query_opcode, answer_code);
+    log.next_lsn()
 }
 
 #[cfg(test)]

@@ -285,7 +285,7 @@ async fn read_loop<R: ReadBytes>(
                 continue;
             }
             opcode::STATS => {
-                outbox.push(&reply_frame(opcode::STATS, request_id, |out| shared.counters.encode(shared, out)));
+                outbox.push(&reply_frame(opcode::STATS, request_id, |out| shared.counters.stats(shared).encode(out)));
                 continue;
             }
             opcode::BATCH => match batch(&body, operator_id) {

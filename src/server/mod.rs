@@ -17,9 +17,10 @@ pub mod apply;
 pub mod connection;
 pub mod keys;
 pub mod reactor;
+pub mod stats;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use crossbeam_queue::ArrayQueue;
 use crate::durable::DurableEngine;
 use crate::server::apply::{Job, Pending};
 use crate::server::keys::KeyRing;
-use crate::state::Journal;
+use crate::server::stats::{Counters, Tally};
 
 /// Where the engine's "now" comes from.
 #[derive(Clone, Copy, Debug)]
@@ -78,55 +79,6 @@ impl Default for ServerConfig {
             frame_body_bytes_max: crate::protocol::FRAME_BODY_BYTES_MAX,
             clock: Clock::System,
             reactor: reactor::Reactor::Tokio,
-        }
-    }
-}
-
-/// Counters for the STATS opcode.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub reservations: AtomicU64,
-    pub cancellations: AtomicU64,
-    pub changes: AtomicU64,
-    pub refusals: AtomicU64,
-    pub requests: AtomicU64,
-    pub connections_open: AtomicU64,
-    pub connections_refused: AtomicU64,
-    pub bad_frames: AtomicU64,
-    pub overloaded: AtomicU64,
-}
-
-impl Counters {
-    /// The STATS body: 20 u64, in docs/protocol.md's order.
-    fn encode(&self, shared: &Shared, out: &mut Vec<u8>) {
-        let log = shared.engine.log();
-        let stats = log.stats();
-        let groups = stats.groups.load(Ordering::Relaxed);
-        let percentiles = stats.sync_percentiles();
-        let values = [
-            self.reservations.load(Ordering::Relaxed),
-            self.cancellations.load(Ordering::Relaxed),
-            self.changes.load(Ordering::Relaxed),
-            self.refusals.load(Ordering::Relaxed),
-            self.requests.load(Ordering::Relaxed),
-            self.connections_open.load(Ordering::Relaxed),
-            self.connections_refused.load(Ordering::Relaxed),
-            shared.ingress.len() as u64,
-            shared.ingress.capacity() as u64,
-            log.next_lsn(),
-            log.durable_lsn(),
-            groups,
-            percentiles[0],
-            percentiles[1],
-            percentiles[2],
-            stats.sync_nanos_max.load(Ordering::Relaxed) / 1000,
-            shared.engine.snapshot_state().taken,
-            shared.started.elapsed().as_millis() as u64,
-            self.bad_frames.load(Ordering::Relaxed),
-            self.overloaded.load(Ordering::Relaxed),
-        ];
-        for value in values {
-            out.extend_from_slice(&value.to_le_bytes());
         }
     }
 }
@@ -258,9 +210,11 @@ impl Drop for Server {
 /// Jobs applied before replies are looked at again.
 const APPLY_ROUND_JOBS_MAX: usize = 1024;
 
+#[inline(never)] // its own frame in profiles
 fn engine_loop(shared: &Shared) {
     let engine = &*shared.engine;
     let mut pending = Pending::default();
+    let mut tally = Tally::default();
     let mut round: std::collections::VecDeque<Job> = std::collections::VecDeque::with_capacity(APPLY_ROUND_JOBS_MAX);
     loop {
         // The rules' time-dependent part, once a round rather than once a command.
@@ -282,8 +236,9 @@ fn engine_loop(shared: &Shared) {
                 if let Some(ahead) = round.get(apply::PREFETCH_AHEAD - 1) {
                     apply::prefetch_job(engine, ahead);
                 }
-                apply::apply(engine, &log, shared, job, &moment, &mut pending);
+                apply::apply(engine, &log, job, &moment, &mut pending, &mut tally);
             }
+            tally.flush(&shared.counters.engine);
         }
         let released = pending.release(engine);
         if applied > 0 || released > 0 {

@@ -92,7 +92,7 @@ impl Engine {
 
     /// Checks that hold whatever the person's history: keys, slot, time,
     /// rules, and that the log takes records.
-    #[inline]
+    #[inline(always)]
     fn check_booking(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Result<(), Refusal> {
         let slot = request.slot;
         let slot_ok =

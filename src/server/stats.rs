@@ -1,0 +1,173 @@
+//! The counters behind the STATS opcode (docs/protocol.md, "Stats").
+//!
+//! The network thread counts requests, connections, bad frames and
+//! overloads as they happen. The engine thread counts what commands did
+//! (reservations, changes, cancellations, refusals by result code) in a
+//! private `Tally` and adds it to the shared counters once a round, so a
+//! command costs no atomic read-modify-write and no cache line shared with
+//! the network thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::protocol::body::Stats;
+use crate::protocol::code;
+use crate::protocol::opcode;
+use crate::server::Shared;
+use crate::state::Journal;
+
+/// Written by the engine thread only, a round at a time.
+#[derive(Debug)]
+pub struct EngineCounters {
+    pub reservations: AtomicU64,
+    pub cancellations: AtomicU64,
+    pub changes: AtomicU64,
+    pub refusals_by_code: [AtomicU64; 256],
+}
+
+impl Default for EngineCounters {
+    fn default() -> Self {
+        EngineCounters {
+            reservations: AtomicU64::new(0),
+            cancellations: AtomicU64::new(0),
+            changes: AtomicU64::new(0),
+            refusals_by_code: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// Counters for the STATS opcode.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// On lines of their own: the engine thread's.
+    pub engine: CachePadded<EngineCounters>,
+    pub requests: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub overloaded: AtomicU64,
+}
+
+impl Counters {
+    /// The STATS reply, as docs/protocol.md orders it.
+    pub fn stats(&self, shared: &Shared) -> Stats {
+        let log = shared.engine.log();
+        let log_stats = log.stats();
+        let percentiles = log_stats.sync_percentiles();
+        let engine = &self.engine;
+        let refusals_by_code: Vec<(u8, u64)> = (0..=u8::MAX)
+            .map(|code| (code, engine.refusals_by_code[usize::from(code)].load(Ordering::Relaxed)))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        let counters = [
+            engine.reservations.load(Ordering::Relaxed),
+            engine.cancellations.load(Ordering::Relaxed),
+            engine.changes.load(Ordering::Relaxed),
+            refusals_by_code.iter().map(|(_, count)| count).sum(),
+            self.requests.load(Ordering::Relaxed),
+            self.connections_open.load(Ordering::Relaxed),
+            self.connections_refused.load(Ordering::Relaxed),
+            shared.ingress.len() as u64,
+            shared.ingress.capacity() as u64,
+            log.next_lsn(),
+            log.durable_lsn(),
+            log_stats.groups.load(Ordering::Relaxed),
+            percentiles[0],
+            percentiles[1],
+            percentiles[2],
+            log_stats.sync_nanos_max.load(Ordering::Relaxed) / 1000,
+            shared.engine.snapshot_state().taken,
+            shared.started.elapsed().as_millis() as u64,
+            self.bad_frames.load(Ordering::Relaxed),
+            self.overloaded.load(Ordering::Relaxed),
+        ];
+        Stats { counters, refusals_by_code }
+    }
+}
+
+/// What the engine thread's commands did since the last `flush`.
+pub struct Tally {
+    reservations: u64,
+    cancellations: u64,
+    changes: u64,
+    refusals_by_code: [u64; 256],
+    /// One bit per code counted since the last flush.
+    touched: [u64; 4],
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally { reservations: 0, cancellations: 0, changes: 0, refusals_by_code: [0; 256], touched: [0; 4] }
+    }
+}
+
+impl Tally {
+    /// Counts one command's answer.
+    #[inline]
+    pub fn count(&mut self, command_opcode: u8, answer_code: u8) {
+        if answer_code == code::OK {
+            match command_opcode {
+                opcode::RESERVE => self.reservations += 1,
+                opcode::CHANGE => self.changes += 1,
+                opcode::CANCEL => self.cancellations += 1,
+                _ => {}
+            }
+        } else {
+            let index = usize::from(answer_code);
+            self.refusals_by_code[index] += 1;
+            self.touched[index / 64] |= 1 << (index % 64);
+        }
+    }
+
+    /// Adds what was counted to the shared counters and starts again.
+    pub fn flush(&mut self, counters: &EngineCounters) {
+        for (total, counted) in [
+            (&counters.reservations, &mut self.reservations),
+            (&counters.cancellations, &mut self.cancellations),
+            (&counters.changes, &mut self.changes),
+        ] {
+            if *counted > 0 {
+                total.fetch_add(std::mem::take(counted), Ordering::Relaxed);
+            }
+        }
+        for (word_index, word) in self.touched.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                let index = word_index * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let counted = std::mem::take(&mut self.refusals_by_code[index]);
+                counters.refusals_by_code[index].fetch_add(counted, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tally_reaches_the_counters_once_flushed_and_starts_again() {
+        let counters = EngineCounters::default();
+        let mut tally = Tally::default();
+        tally.count(opcode::RESERVE, code::OK);
+        tally.count(opcode::RESERVE, code::OK);
+        tally.count(opcode::CANCEL, code::OK);
+        tally.count(opcode::GET_RESERVATION, code::OK);
+        tally.count(opcode::RESERVE, 12);
+        tally.count(opcode::CHANGE, 12);
+        tally.count(opcode::RESERVE, 255);
+        tally.count(opcode::RESERVE, 1);
+        assert_eq!(counters.reservations.load(Ordering::Relaxed), 0, "nothing before the flush");
+        tally.flush(&counters);
+        tally.flush(&counters);
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        assert_eq!((load(&counters.reservations), load(&counters.cancellations), load(&counters.changes)), (2, 1, 0));
+        let refusals: Vec<(usize, u64)> = (0..256)
+            .map(|code| (code, load(&counters.refusals_by_code[code])))
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        assert_eq!(refusals, vec![(1, 1), (12, 2), (255, 1)]);
+    }
+}
