@@ -54,8 +54,42 @@ impl<T: Zeroable> ZeroedArray<T> {
             std::alloc::handle_alloc_error(layout);
         };
         advise_huge_pages(raw, bytes);
+        prefault(raw, bytes);
         ZeroedArray { pointer, length, layout }
     }
+}
+
+/// Faults every page of `[start, start + bytes)` in now, so that the kernel
+/// zeroes them at start-up rather than in the middle of a flash crowd. The
+/// zeroing of a big table (1.5 GiB at national scale) is the larger part of
+/// starting up, so it is shared among the cores.
+fn prefault(start: *mut u8, bytes: usize) {
+    const PAGE: usize = 4096;
+    let threads = if bytes >= HUGE_TABLE_BYTES_MIN {
+        std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+    } else {
+        1
+    };
+    // Whole huge pages to each thread, so no page is faulted by two.
+    let share = bytes.div_ceil(threads).next_multiple_of(HUGE_PAGE_BYTES);
+    let address = start as usize;
+    let touch = move |from: usize| {
+        for offset in (from..bytes.min(from + share)).step_by(PAGE) {
+            // SAFETY: `offset < bytes`, inside the allocation, which nothing
+            // else references yet; it is zero already, and stays zero.
+            unsafe { ((address + offset) as *mut u8).write_volatile(0) };
+        }
+    };
+    if threads == 1 {
+        touch(0);
+        return;
+    }
+    std::thread::scope(|scope| {
+        for from in (0..bytes).step_by(share).skip(1) {
+            scope.spawn(move || touch(from));
+        }
+        touch(0);
+    });
 }
 
 /// Asks the kernel for huge pages over `[start, start + bytes)`; a hint only.

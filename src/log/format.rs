@@ -99,13 +99,16 @@ impl Record {
     }
 
     /// Checks and decodes one record; never panics, whatever the bytes.
+    #[inline]
     pub fn decode(bytes: &RecordBytes) -> Result<Record, RecordDefect> {
-        if bytes.iter().all(|b| *b == 0) {
-            return Err(RecordDefect::Unwritten);
-        }
         let stored = u32_le(&bytes[0..4]);
         let computed = record_crc(bytes);
         if stored != computed {
+            // All zeros never pass the check (their CRC is not 0): only a
+            // failed check needs telling unwritten space from damage.
+            if bytes.iter().all(|b| *b == 0) {
+                return Err(RecordDefect::Unwritten);
+            }
             return Err(RecordDefect::ChecksumMismatch { stored, computed });
         }
         let length = u16::from_le_bytes([bytes[4], bytes[5]]);
@@ -209,6 +212,8 @@ mod tests {
         assert_eq!(&bytes[4..16], &[48, 0, 1, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0]);
         assert_eq!(u32_le(&bytes[0..4]), crc32c::crc32c(&bytes[4..]));
         assert_eq!(Record::decode(&bytes), Ok(record));
+        assert_ne!(crc32c::crc32c(&[0; RECORD_BYTES - 4]), 0, "decode relies on zeros failing the check");
+        assert_eq!(Record::decode(&[0; RECORD_BYTES]), Err(RecordDefect::Unwritten));
     }
 
     #[test]

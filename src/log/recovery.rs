@@ -149,9 +149,20 @@ impl MappedSegment {
         (index..self.record_count_capacity()).any(|i| Record::decode(self.record_bytes(i)).is_ok())
     }
 
+    /// The end of the last non-zero byte at or after `from` (`from` if none).
+    /// A clean log ends in a preallocated segment's zeros, often hundreds of
+    /// MiB: they are OR-ed a page at a time (vectorized), and only the last
+    /// page with a non-zero byte is searched byte by byte.
     fn last_nonzero_byte_end(&self, from: u64) -> u64 {
-        let bytes = self.bytes();
-        bytes[from as usize..].iter().rposition(|b| *b != 0).map_or(from, |position| from + position as u64 + 1)
+        const PAGE: usize = 4096;
+        let rest = self.bytes().get(from as usize..).unwrap_or_default();
+        let pages = rest.chunks(PAGE);
+        let Some((page_index, page)) = pages.enumerate().rev().find(|(_, page)| page.iter().fold(0, |a, b| a | b) != 0)
+        else {
+            return from;
+        };
+        let within = page.iter().rposition(|b| *b != 0).map_or(0, |position| position + 1);
+        from + (page_index * PAGE + within) as u64
     }
 }
 
@@ -387,4 +398,31 @@ fn zero_range(path: &Path, from: u64, to: u64) -> Result<(), RecoveryError> {
     let zeros = vec![0u8; (to - from) as usize];
     file.write_all_at(&zeros, from).map_err(io_error(path))?;
     file.sync_data().map_err(io_error(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_nonzero_byte_is_found_across_pages() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("segment");
+        let length = 3 * 4096 + 100;
+        for nonzero in [None, Some(0), Some(10), Some(4095), Some(4096), Some(8200), Some(length - 1)] {
+            let mut bytes = vec![0u8; length];
+            if let Some(at) = nonzero {
+                bytes[at] = 0x80;
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let segment = MappedSegment::open(&path).unwrap();
+            for from in [0, 5, 11, 4096, 5000, length as u64] {
+                let expected = match nonzero {
+                    Some(at) if at as u64 >= from => at as u64 + 1,
+                    _ => from,
+                };
+                assert_eq!(segment.last_nonzero_byte_end(from), expected, "non-zero at {nonzero:?}, from {from}");
+            }
+        }
+    }
 }

@@ -78,7 +78,6 @@ const HOLDS: u64 = 1 << 61;
 const KIND_SHIFT: u32 = 32;
 const KIND_MASK: u64 = 0b11 << KIND_SHIFT;
 const SLOT_MASK: u64 = u32::MAX as u64;
-const PAGE_BYTES: usize = 4096;
 
 #[inline]
 fn encode(record: PersonRecord) -> u64 {
@@ -172,13 +171,9 @@ impl PeopleTable {
     /// probes stay short (load factor at most 7/8).
     pub fn new(people_max: u64) -> PeopleTable {
         let bucket_count = (people_max + people_max / 7).max(8).next_power_of_two();
+        // Every page is faulted in now (src/memory.rs), not by the first
+        // booking into it in the middle of a flash crowd.
         let buckets = allocate_buckets(bucket_count as usize);
-        // Touch every page now, so the OS zeroes them at start-up and not in
-        // the middle of a flash crowd (the first booking into a page would
-        // otherwise take a page fault).
-        for bucket in buckets.iter().step_by(PAGE_BYTES / std::mem::size_of::<Bucket>()) {
-            bucket.state.store(0, Ordering::Relaxed);
-        }
         PeopleTable {
             buckets,
             bucket_mask: bucket_count - 1,
