@@ -55,6 +55,10 @@ pub enum AsyncClientError {
     BadReply(String),
     #[error("no reply within {0:?}")]
     TimedOut(Duration),
+    /// Checked before queueing, so that one bad call never fails the batch
+    /// frame it would have shared with others.
+    #[error("the request is not valid and was not sent: {0}")]
+    Invalid(String),
 }
 
 impl AsyncClientError {
@@ -150,12 +154,13 @@ impl AsyncClient {
         }
     }
 
-    fn booking_call(opcode: u8, booking: &Booking) -> Call {
+    fn booking_call(opcode: u8, booking: &Booking) -> Result<Call, AsyncClientError> {
+        booking.check().map_err(|e| AsyncClientError::Invalid(e.to_string()))?;
         let mut bytes = Vec::with_capacity(Booking::BYTES);
         booking.encode(&mut bytes);
         let mut body = [0; Booking::BYTES];
         body.copy_from_slice(&bytes);
-        Call { opcode, body, body_bytes: Booking::BYTES }
+        Ok(Call { opcode, body, body_bytes: Booking::BYTES })
     }
 
     async fn slot_command(
@@ -163,7 +168,7 @@ impl AsyncClient {
         opcode: u8,
         booking: &Booking,
     ) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
-        let answer = self.call(Self::booking_call(opcode, booking)).await?;
+        let answer = self.call(Self::booking_call(opcode, booking)?).await?;
         if answer.is_ok() {
             return Ok(Ok(SlotIndex(answer.value)));
         }

@@ -31,6 +31,8 @@ pub enum ClientError {
     Unauthenticated,
     #[error("no random bytes from the OS: {0}")]
     Random(getrandom::Error),
+    #[error("the request is not valid and was not sent: {0}")]
+    Invalid(crate::protocol::BodyError),
 }
 
 pub struct Client {
@@ -187,16 +189,19 @@ impl Client {
     }
 
     pub fn reserve(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+        booking.check().map_err(ClientError::Invalid)?;
         let (answer, _) = self.answer_of(opcode::RESERVE, |out| booking.encode(out))?;
         Self::slot_result(answer)
     }
 
     pub fn change(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+        booking.check().map_err(ClientError::Invalid)?;
         let (answer, _) = self.answer_of(opcode::CHANGE, |out| booking.encode(out))?;
         Self::slot_result(answer)
     }
 
     pub fn cancel(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+        booking.check().map_err(ClientError::Invalid)?;
         let (answer, _) = self.answer_of(opcode::CANCEL, |out| booking.encode(out))?;
         Self::slot_result(answer)
     }
@@ -246,6 +251,9 @@ impl Client {
     /// Books many at once in one BATCH frame; answers in the same order.
     pub fn reserve_batch(&mut self, bookings: &[Booking]) -> Result<Vec<Answer>, ClientError> {
         let count = u16::try_from(bookings.len()).map_err(|_| ClientError::BadReply("batch too large".into()))?;
+        for booking in bookings {
+            booking.check().map_err(ClientError::Invalid)?;
+        }
         let (_, body) = self.call(opcode::BATCH, |out| {
             put_batch_header(out, count);
             for booking in bookings {

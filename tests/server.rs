@@ -343,6 +343,60 @@ fn shutdown_under_load_keeps_every_acknowledged_reservation_on(reactor: Reactor)
 }
 
 #[test]
+fn a_stopping_engine_answers_what_it_took_then_says_it_is_shutting_down() {
+    let directory = tempfile::tempdir().unwrap();
+    let (server, keys) = start_in(directory.path(), ServerConfig::default());
+    let (id, key) = keys.first(Role::Gateway).unwrap();
+    let mut client = Client::connect(server.local_address(), Role::Gateway, id, key).unwrap();
+    assert_eq!(client.reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)));
+    std::thread::scope(|scope| {
+        scope.spawn(|| server.shutdown().unwrap());
+        let (header, body) = client.receive().unwrap();
+        assert_eq!((header.opcode, header.request_id), (opcode::ERROR, 0));
+        let (answer, _) = yeyak::protocol::Answer::decode(&body).unwrap();
+        assert_eq!(answer.code, code::SHUTTING_DOWN);
+        assert!(
+            matches!(client.receive(), Err(ClientError::Closed | ClientError::Io(_))),
+            "then the connection closes"
+        );
+    });
+}
+
+#[test]
+fn an_invalid_call_fails_alone_and_never_reaches_the_engine() {
+    let directory = tempfile::tempdir().unwrap();
+    let (server, keys) = start_in(directory.path(), ServerConfig::default());
+    let (id, key) = keys.first(Role::Gateway).unwrap();
+    let invalid = Booking { channel: yeyak::rules::Channel::Operator { operator_id: 0 }, ..wire_booking(1, 1, 1) };
+    // The blocking client refuses it before sending; the connection goes on.
+    let mut client = Client::connect(server.local_address(), Role::Gateway, id, key).unwrap();
+    assert!(matches!(client.reserve(&invalid), Err(ClientError::Invalid(_))));
+    assert!(matches!(client.reserve_batch(&[wire_booking(2, 2, 1), invalid]), Err(ClientError::Invalid(_))));
+    assert_eq!(client.reserve(&wire_booking(3, 3, 1)).unwrap(), Ok(SlotIndex(3)));
+    // The async client: calls batched together with it are answered.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let async_client = runtime
+        .block_on(yeyak::async_client::AsyncClient::connect(server.local_address(), Role::Gateway, id, key, 1))
+        .unwrap();
+    let results = runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in 0..50u64 {
+            let async_client = async_client.clone();
+            let booking = if index == 25 { invalid } else { wire_booking(100 + index, 100 + index as u32, 1) };
+            tasks.spawn(async move { (index, async_client.reserve(&booking).await) });
+        }
+        tasks.join_all().await
+    });
+    for (index, result) in results {
+        match result {
+            Err(yeyak::async_client::AsyncClientError::Invalid(_)) => assert_eq!(index, 25),
+            other => assert_eq!(other, Ok(Ok(SlotIndex(100 + index as u32))), "call {index}"),
+        }
+    }
+    assert_eq!(gateway(&server, &keys).stats().unwrap().counter("bad frames"), Some(0));
+}
+
+#[test]
 fn the_async_client_batches_concurrent_calls_and_survives_a_restart() {
     let directory = tempfile::tempdir().unwrap();
     let (server, keys) = start_in(directory.path(), ServerConfig::default());

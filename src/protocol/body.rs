@@ -157,6 +157,16 @@ impl Booking {
         Ok(Booking { person, birth_date, slot, idempotency_key, channel })
     }
 
+    /// Whether the engine will read this booking: its encoding decoded again
+    /// (a birth date outside the protocol's range, or an operator channel
+    /// with operator 0, would be refused as MALFORMED and close the
+    /// connection). Clients check before sending.
+    pub fn check(&self) -> Result<(), BodyError> {
+        let mut bytes = Vec::with_capacity(Self::BYTES);
+        self.encode(&mut bytes);
+        Booking::decode(&bytes).map(|_| ())
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.person.0.to_le_bytes());
         put_date(out, self.birth_date);

@@ -161,6 +161,12 @@ pub(crate) async fn serve<R: ReadBytes + 'static, W: WriteBytes + 'static>(read:
     while outbox.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
+    // A peer still talking to a stopping engine is told why the connection
+    // ends, after its answers: frames it sent that were not read are not
+    // answered, and may be sent again after the restart (same idempotency keys).
+    if matches!(end, End::Closed) && shared.stopping.load(Ordering::Acquire) && !outbox.closed.load(Ordering::Acquire) {
+        outbox.push(&error_frame(0, Answer::protocol(code::SHUTTING_DOWN, 0, 0)));
+    }
     // Let the writer send what is queued (an ERROR frame, replies), then stop.
     outbox.closed.store(true, Ordering::Release);
     outbox.ready.notify_one();
