@@ -106,6 +106,15 @@ impl KeyRing {
                 if entry.id == 0 {
                     return Err(invalid(format!("{role:?} key id 0: ids start at 1")));
                 }
+                // One secret, one holder: a key shared by two entries would let
+                // whoever holds it prove either identity (a gateway posing as an
+                // operator, R10).
+                if let Some(((other_role, other_id), _)) = ring.keys.iter().find(|(_, k)| **k == key) {
+                    return Err(invalid(format!(
+                        "{role:?} {} has the same key as {other_role:?} {other_id}: every key must be its own",
+                        entry.id
+                    )));
+                }
                 if ring.keys.insert((role, entry.id), key).is_some() {
                     return Err(invalid(format!("{role:?} key id {} appears twice", entry.id)));
                 }
@@ -176,5 +185,9 @@ mod tests {
         let none = "[[operator]]\nid = 1\nkey = \"".to_string() + &"ab".repeat(32) + "\"\n";
         assert!(KeyRing::parse(&none, path).unwrap_err().to_string().contains("no [[gateway]]"));
         assert!(format!("{ring:?}").starts_with("KeyRing("), "no key material in Debug");
+        let shared =
+            format!("[[gateway]]\nid = 1\nkey = \"{0}\"\n[[operator]]\nid = 7\nkey = \"{0}\"\n", "cd".repeat(32));
+        let error = KeyRing::parse(&shared, path).unwrap_err().to_string();
+        assert!(error.contains("Operator 7 has the same key as Gateway 1"), "{error}");
     }
 }
