@@ -97,7 +97,7 @@ fn reserve_on_two_threads(count: u64, same_slot: bool) -> Duration {
     if same_slot {
         let capacity = engine.slot_seats(SlotIndex(0)).expect("slot 0 exists").1;
         let seats = yeyak::state::SLOT_CAPACITY_MAX - capacity;
-        assert!(engine.add_capacity(&CountingJournal::default(), SlotIndex(0), seats, 1).result.is_ok());
+        assert!(engine.add_capacity(&CountingJournal::default(), SlotIndex(0), seats, capacity, 1).result.is_ok());
     }
     let per_thread = count.min(PEOPLE_PER_ENGINE / 2);
     let started = Instant::now();

@@ -369,9 +369,18 @@ impl DurableEngine {
         self.release(self.core.engine.cancel(&self.core.log, request, now_ms))
     }
 
-    pub fn add_capacity(&self, slot: SlotIndex, seats: u32, operator_id: u32) -> Result<u32, Refusal> {
+    /// See `Engine::add_capacity`: `expected_capacity` makes a retry safe.
+    pub fn add_capacity(
+        &self,
+        slot: SlotIndex,
+        seats: u32,
+        expected_capacity: u32,
+        operator_id: u32,
+    ) -> Result<u32, Refusal> {
         // The append lock before the capacity lock, as in a server round.
-        let outcome = self.core.engine.add_capacity(&self.core.log.appender(), slot, seats, operator_id);
+        let log = self.core.log.appender();
+        let outcome = self.core.engine.add_capacity(&log, slot, seats, expected_capacity, operator_id);
+        drop(log);
         self.release(outcome)
     }
 

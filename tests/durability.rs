@@ -26,7 +26,8 @@ fn restart_recovers_exactly_the_acknowledged_state() {
     for index in (1..500).step_by(7) {
         let _ = engine.change(&booking(index, 10_500 + (index % 50) as u32, 3), now);
     }
-    engine.add_capacity(yeyak::inventory::SlotIndex(3), 5, 42).unwrap();
+    let capacity = engine.engine().slot_seats(yeyak::inventory::SlotIndex(3)).unwrap().1;
+    engine.add_capacity(yeyak::inventory::SlotIndex(3), 5, capacity, 42).unwrap();
     let before = engine.engine().logical_state();
     assert!(before.reservations() > 300, "{}", before.reservations());
     engine.close().unwrap();

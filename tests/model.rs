@@ -24,10 +24,26 @@ const PEOPLE: u64 = 6;
 
 #[derive(Clone, Debug)]
 enum Command {
-    Reserve { person: u64, slot: u32, key: u64 },
-    Change { person: u64, slot: u32, key: u64 },
-    Cancel { person: u64, key: u64 },
-    AddCapacity { slot: u32, seats: u32 },
+    Reserve {
+        person: u64,
+        slot: u32,
+        key: u64,
+    },
+    Change {
+        person: u64,
+        slot: u32,
+        key: u64,
+    },
+    Cancel {
+        person: u64,
+        key: u64,
+    },
+    /// `seen`: 0 the capacity now, 1 the one before the last change (a retry), 2 a wrong one.
+    AddCapacity {
+        slot: u32,
+        seats: u32,
+        seen: u8,
+    },
     Restart,
     Snapshot,
 }
@@ -40,7 +56,7 @@ fn command() -> impl Strategy<Value = Command> {
         4 => (person.clone(), slot.clone(), key.clone()).prop_map(|(person, slot, key)| Command::Reserve { person, slot, key }),
         2 => (person.clone(), slot.clone(), key.clone()).prop_map(|(person, slot, key)| Command::Change { person, slot, key }),
         2 => (person, key).prop_map(|(person, key)| Command::Cancel { person, key }),
-        1 => (slot, 0..3u32).prop_map(|(slot, seats)| Command::AddCapacity { slot, seats }),
+        1 => (slot, 0..3u32, 0..3u8).prop_map(|(slot, seats, seen)| Command::AddCapacity { slot, seats, seen }),
         1 => Just(Command::Restart),
         1 => Just(Command::Snapshot),
     ]
@@ -120,11 +136,18 @@ impl Model {
         Ok(old)
     }
 
-    fn add_capacity(&mut self, slot: u32, seats: u32) -> u32 {
+    /// Compare-and-add, as docs/protocol.md says for ADD_CAPACITY.
+    fn add_capacity(&mut self, slot: u32, seats: u32, expected: u32) -> Result<u32, Refusal> {
+        let capacity = self.capacity[&slot];
+        if capacity != expected {
+            if seats > 0 && expected + seats == capacity {
+                return Ok(capacity);
+            }
+            return Err(Refusal::CapacityChanged { slot: SlotIndex(slot), capacity });
+        }
         *self.remaining.get_mut(&slot).unwrap() += seats;
-        let capacity = self.capacity.get_mut(&slot).unwrap();
-        *capacity += seats;
-        *capacity
+        *self.capacity.get_mut(&slot).unwrap() += seats;
+        Ok(capacity + seats)
     }
 }
 
@@ -160,9 +183,15 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
                 let got = engine.cancel(&cancelling(p, key), now);
                 prop_assert_eq!(got, model.cancel(person(p), key), "step {}: {:?}", step, command);
             }
-            Command::AddCapacity { slot, seats } => {
-                let got = engine.add_capacity(SlotIndex(slot), seats, 1);
-                prop_assert_eq!(got, Ok(model.add_capacity(slot, seats)), "step {}", step);
+            Command::AddCapacity { slot, seats, seen } => {
+                let now = model.capacity[&slot];
+                let expected = match seen {
+                    0 => now,
+                    1 => now.saturating_sub(seats),
+                    _ => now + 5,
+                };
+                let got = engine.add_capacity(SlotIndex(slot), seats, expected, 1);
+                prop_assert_eq!(got, model.add_capacity(slot, seats, expected), "step {}: {:?}", step, command);
             }
             Command::Restart => {
                 let before = engine.engine().logical_state();

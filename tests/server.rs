@@ -122,16 +122,33 @@ fn every_command_through_the_client_on(reactor: Reactor) {
     let refused = client.reserve_batch(&[wire_booking(6, 2, 1), as_operator]).unwrap_err();
     assert!(matches!(refused, ClientError::Refused(a) if a.code == code::NOT_ALLOWED));
     assert_eq!(client.reserve(&wire_booking(5, 1, 1)).unwrap(), Ok(SlotIndex(1)));
-    // An operator adds capacity, recorded under the operator's id.
+    // An operator reads a slot's capacity (zero seats), adds to it, and a
+    // retry of the same change adds nothing more; a stale one is refused.
     let key = running.keys.key(Role::Operator, DEMO_OPERATOR_ID).unwrap();
     let mut operator = Client::connect(running.server.local_address(), Role::Operator, DEMO_OPERATOR_ID, key).unwrap();
-    let (_, body) = operator
-        .call(opcode::ADD_CAPACITY, |out| {
-            yeyak::protocol::CapacityAddition { slot: SlotIndex(1), seats: 3 }.encode(out)
-        })
-        .unwrap();
-    let (answer, _) = yeyak::protocol::Answer::decode(&body).unwrap();
-    assert!(answer.is_ok() && answer.value >= 4, "{answer:?}");
+    let mut add = |seats: u32, expected_capacity: u32| {
+        let (_, body) = operator
+            .call(opcode::ADD_CAPACITY, |out| {
+                yeyak::protocol::CapacityAddition { slot: SlotIndex(1), seats, expected_capacity }.encode(out)
+            })
+            .unwrap();
+        yeyak::protocol::Answer::decode(&body).unwrap().0
+    };
+    let capacity = match add(0, 0).to_refusal() {
+        Some(Refusal::CapacityChanged { slot: SlotIndex(1), capacity }) => capacity,
+        other => panic!("a read with a wrong expected capacity: {other:?}"),
+    };
+    assert_eq!(add(0, capacity).value, capacity, "zero seats reads");
+    for _attempt in 0..2 {
+        let answer = add(3, capacity);
+        assert!(answer.is_ok() && answer.value == capacity + 3, "{answer:?}");
+    }
+    assert_eq!(
+        add(1, capacity).to_refusal(),
+        Some(Refusal::CapacityChanged { slot: SlotIndex(1), capacity: capacity + 3 })
+    );
+    let slot_now = running.server.engine().engine().slot_seats(SlotIndex(1)).unwrap().1;
+    assert_eq!(slot_now, capacity + 3, "added once");
     running.server.shutdown().unwrap();
 }
 

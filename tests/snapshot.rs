@@ -38,7 +38,9 @@ fn book_some(engine: &DurableEngine, now: i64, first: u64, count: u64) {
             let _ = engine.change(&booking(index, 400 + (index % 50) as u32, 3), now);
         }
     }
-    engine.add_capacity(SlotIndex((first % 300) as u32), 2, 42).unwrap();
+    let slot = SlotIndex((first % 300) as u32);
+    let capacity = engine.engine().slot_seats(slot).unwrap().1;
+    engine.add_capacity(slot, 2, capacity, 42).unwrap();
 }
 
 fn reopen(directory: &Path, options: DurableOptions) -> (DurableEngine, yeyak::durable::RecoveryReport) {

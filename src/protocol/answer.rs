@@ -79,7 +79,7 @@ impl Answer {
             | Refusal::AlreadyBooked { existing: slot } => Answer { value: slot.0, ..base },
             Refusal::IdempotencyKeyReused { idempotency_key } => base.with_wide(Some(idempotency_key as i64)),
             Refusal::PeopleTableFull { people_max } => base.with_wide(Some(people_max as i64)),
-            Refusal::CapacityOverflow { slot, capacity } => {
+            Refusal::CapacityOverflow { slot, capacity } | Refusal::CapacityChanged { slot, capacity } => {
                 Answer { value: slot.0, ..base }.with_wide(Some(i64::from(capacity)))
             }
             Refusal::PageTooLarge { requested, page_max } => {
@@ -130,6 +130,9 @@ impl Answer {
             ResultCode::PeopleTableFull => Refusal::PeopleTableFull { people_max: self.wide()? as u64 },
             ResultCode::CapacityOverflow => {
                 Refusal::CapacityOverflow { slot, capacity: u32::try_from(self.wide()?).ok()? }
+            }
+            ResultCode::CapacityChanged => {
+                Refusal::CapacityChanged { slot, capacity: u32::try_from(self.wide()?).ok()? }
             }
             ResultCode::PageTooLarge => {
                 Refusal::PageTooLarge { requested: self.value, page_max: u32::try_from(self.wide()?).ok()? }
@@ -201,6 +204,7 @@ mod tests {
             Refusal::IdempotencyKeyReused { idempotency_key: u64::MAX },
             Refusal::PeopleTableFull { people_max: 20_000_000 },
             Refusal::CapacityOverflow { slot: SlotIndex(5), capacity: 16_000_000 },
+            Refusal::CapacityChanged { slot: SlotIndex(6), capacity: 7 },
             Refusal::PageTooLarge { requested: 1000, page_max: 100 },
             Refusal::LogUnavailable(LogUnavailable::DiskFull),
             Refusal::LogUnavailable(LogUnavailable::IoFailed),

@@ -274,19 +274,26 @@ impl RegionQuery {
 pub struct CapacityAddition {
     pub slot: SlotIndex,
     pub seats: u32,
+    /// The capacity the operator saw: makes a retry safe (`Engine::add_capacity`).
+    pub expected_capacity: u32,
 }
 
 impl CapacityAddition {
-    pub const BYTES: usize = 8;
+    pub const BYTES: usize = 16;
 
     pub fn decode(bytes: &[u8]) -> Result<CapacityAddition, BodyError> {
         let mut reader = Reader::exact(bytes, Self::BYTES)?;
-        Ok(CapacityAddition { slot: SlotIndex(reader.u32()?), seats: reader.u32()? })
+        let addition =
+            CapacityAddition { slot: SlotIndex(reader.u32()?), seats: reader.u32()?, expected_capacity: reader.u32()? };
+        reader.zeros(4, "capacity addition reserved bytes")?;
+        Ok(addition)
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.slot.0.to_le_bytes());
         out.extend_from_slice(&self.seats.to_le_bytes());
+        out.extend_from_slice(&self.expected_capacity.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
     }
 }
 

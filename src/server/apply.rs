@@ -296,7 +296,8 @@ fn apply_fixed<'c>(
             (answer, outcome.durable_after)
         }
         Command::AddCapacity(addition) => {
-            let outcome = engine.add_capacity(log, addition.slot, addition.seats, operator_id);
+            let outcome =
+                engine.add_capacity(log, addition.slot, addition.seats, addition.expected_capacity, operator_id);
             let answer = match outcome.result {
                 Ok(capacity) => Answer::ok(capacity),
                 Err(refusal) => Answer::refusal(&refusal),

@@ -353,18 +353,43 @@ impl Engine {
         }
     }
 
-    /// Adds seats to a slot while running (R1). Returns the new capacity.
+    /// Adds `seats` to a slot whose capacity is `expected_capacity` (R1).
+    /// Returns the new capacity.
+    ///
+    /// Naming the capacity the operator saw makes the change safe to retry:
+    /// if the slot already has `expected_capacity + seats`, this very change
+    /// was applied (its answer was lost) and the answer is the same, with
+    /// nothing added twice; any other capacity means another change came
+    /// first, refused as `CapacityChanged` with the capacity now.
     ///
     /// Takes the capacity lock, then appends: a caller holding the log's
     /// append lock (`LogWriter::appender`) passes that appender, never the
     /// writer itself (which would take the append lock a second time).
-    pub fn add_capacity(&self, journal: &impl Journal, slot: SlotIndex, seats: u32, operator_id: u32) -> Outcome<u32> {
+    pub fn add_capacity(
+        &self,
+        journal: &impl Journal,
+        slot: SlotIndex,
+        seats: u32,
+        expected_capacity: u32,
+        operator_id: u32,
+    ) -> Outcome<u32> {
         let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         if !self.inventory.contains(slot) {
             return refused(Refusal::UnknownSlot { slot: slot.0 });
         }
         let _serialized = self.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let capacity = self.slots.capacity(slot.0);
+        if capacity != expected_capacity {
+            if seats > 0 && expected_capacity.checked_add(seats) == Some(capacity) {
+                // Applied before; the answer waits for its record like any read.
+                return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
+            }
+            return refused(Refusal::CapacityChanged { slot, capacity });
+        }
+        if seats == 0 {
+            // A read of the capacity: nothing to log.
+            return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
+        }
         let Some(new_capacity) = capacity.checked_add(seats).filter(|c| *c <= crate::state::SLOT_CAPACITY_MAX) else {
             return refused(Refusal::CapacityOverflow { slot, capacity });
         };

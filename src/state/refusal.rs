@@ -55,6 +55,9 @@ pub enum Refusal {
     PeopleTableFull { people_max: u64 },
     /// The capacity would pass the per-slot maximum.
     CapacityOverflow { slot: SlotIndex, capacity: u32 },
+    /// A capacity change named a capacity the slot no longer has (another
+    /// change came first); `capacity` is the slot's now.
+    CapacityChanged { slot: SlotIndex, capacity: u32 },
     /// An availability page larger than `limits.availability_page_max`.
     PageTooLarge { requested: u32, page_max: u32 },
     /// The log cannot take records; nothing was changed.
@@ -85,6 +88,7 @@ pub enum ResultCode {
     PeopleTableFull = 50,
     CapacityOverflow = 51,
     PageTooLarge = 52,
+    CapacityChanged = 53,
     LogUnavailable = 60,
 }
 
@@ -94,7 +98,7 @@ impl ResultCode {
         Self::ALL.into_iter().find(|code| *code as u8 == byte)
     }
 
-    pub const ALL: [ResultCode; 21] = [
+    pub const ALL: [ResultCode; 22] = [
         ResultCode::Ok,
         ResultCode::InvalidPersonKey,
         ResultCode::InvalidIdempotencyKey,
@@ -115,6 +119,7 @@ impl ResultCode {
         ResultCode::PeopleTableFull,
         ResultCode::CapacityOverflow,
         ResultCode::PageTooLarge,
+        ResultCode::CapacityChanged,
         ResultCode::LogUnavailable,
     ];
 
@@ -140,6 +145,7 @@ impl ResultCode {
             ResultCode::PeopleTableFull => "people table full",
             ResultCode::CapacityOverflow => "capacity overflow",
             ResultCode::PageTooLarge => "page too large",
+            ResultCode::CapacityChanged => "capacity changed",
             ResultCode::LogUnavailable => "log unavailable",
         }
     }
@@ -167,6 +173,7 @@ impl Refusal {
             Refusal::PeopleTableFull { .. } => ResultCode::PeopleTableFull,
             Refusal::CapacityOverflow { .. } => ResultCode::CapacityOverflow,
             Refusal::PageTooLarge { .. } => ResultCode::PageTooLarge,
+            Refusal::CapacityChanged { .. } => ResultCode::CapacityChanged,
             Refusal::LogUnavailable(_) => ResultCode::LogUnavailable,
         }
     }
@@ -213,6 +220,9 @@ impl fmt::Display for Refusal {
                 write!(f, "{slot} would exceed capacity {capacity}")
             }
             Refusal::PageTooLarge { requested, page_max } => write!(f, "page of {requested}; at most {page_max}"),
+            Refusal::CapacityChanged { slot, capacity } => {
+                write!(f, "{slot} has capacity {capacity} now, not the one the change expected")
+            }
             Refusal::LogUnavailable(why) => write!(f, "the log cannot take records ({why:?}); nothing was changed"),
             other => write!(f, "{}", other.code().name()),
         }
