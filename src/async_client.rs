@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::inventory::SlotIndex;
 use crate::protocol::body::{put_batch_header, put_batch_item, split_reply_batch, Booking, PersonQuery};
-use crate::protocol::frame::{flag, PROTOCOL_VERSION};
-use crate::protocol::handshake::{nonce, proof, Challenge, Hello, Role};
+use crate::protocol::frame::flag;
+use crate::protocol::handshake::{ClientHandshake, ClientHandshakeError, Role};
 use crate::protocol::{
     code, decode_frame, encode_frame, opcode, Answer, FrameError, BATCH_COMMANDS_MAX, FRAME_BODY_BYTES_MAX,
     FRAME_HEADER_BYTES,
@@ -215,36 +215,29 @@ async fn open_now(credentials: &Credentials) -> Result<TcpStream, AsyncClientErr
     let unreachable = |e: std::io::Error| AsyncClientError::Unreachable(e.to_string());
     let mut stream = TcpStream::connect(credentials.address).await.map_err(unreachable)?;
     stream.set_nodelay(true).map_err(unreachable)?;
-    let client_nonce = nonce().map_err(|e| AsyncClientError::Unreachable(e.to_string()))?;
-    let hello = Hello {
-        version_min: PROTOCOL_VERSION,
-        version_max: PROTOCOL_VERSION,
-        role: credentials.role,
-        key_id: credentials.key_id,
-        client_nonce,
-    };
+    let handshake = ClientHandshake::new(credentials.role, credentials.key_id, &credentials.key)
+        .map_err(|e| AsyncClientError::Unreachable(e.to_string()))?;
     let mut buffer = Vec::new();
     let mut frame = Vec::new();
-    encode_frame(&mut frame, opcode::HELLO, 0, 1, |out| hello.encode(out));
+    handshake.hello_frame(&mut frame);
     stream.write_all(&frame).await.map_err(unreachable)?;
     let (opcode_seen, body) = read_frame(&mut stream, &mut buffer).await?;
-    if opcode_seen == opcode::ERROR {
-        // The connection cap, a shutdown: say which, so the caller can retry.
-        let (answer, _) = Answer::decode(&body).map_err(|e| AsyncClientError::BadReply(e.to_string()))?;
-        return Err(AsyncClientError::Refused(answer));
-    }
-    if opcode_seen != opcode::HELLO {
-        return Err(AsyncClientError::Unauthenticated);
-    }
-    let challenge = Challenge::decode(&body).map_err(|e| AsyncClientError::BadReply(e.to_string()))?;
-    let proof = proof(&credentials.key, &hello, &challenge.server_nonce);
     frame.clear();
-    encode_frame(&mut frame, opcode::PROOF, 0, 2, |out| out.extend_from_slice(&proof));
+    // A refusal (the connection cap, a shutdown) says which, so the caller can retry.
+    handshake.proof_frame(opcode_seen, &body, &mut frame)?;
     stream.write_all(&frame).await.map_err(unreachable)?;
-    let (_, body) = read_frame(&mut stream, &mut buffer).await?;
-    match Answer::decode(&body) {
-        Ok((welcome, _)) if welcome.is_ok() => Ok(stream),
-        _ => Err(AsyncClientError::Unauthenticated),
+    let (opcode_seen, body) = read_frame(&mut stream, &mut buffer).await?;
+    ClientHandshake::welcomed(opcode_seen, &body)?;
+    Ok(stream)
+}
+
+impl From<ClientHandshakeError> for AsyncClientError {
+    fn from(error: ClientHandshakeError) -> AsyncClientError {
+        match error {
+            ClientHandshakeError::Refused(answer) => AsyncClientError::Refused(answer),
+            ClientHandshakeError::Unauthenticated => AsyncClientError::Unauthenticated,
+            ClientHandshakeError::BadReply(reason) => AsyncClientError::BadReply(reason),
+        }
     }
 }
 

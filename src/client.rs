@@ -10,8 +10,8 @@ use std::net::{SocketAddr, TcpStream};
 
 use crate::inventory::SlotIndex;
 use crate::protocol::body::{put_batch_header, put_batch_item, Booking, PersonQuery, RegionQuery, SiteQuery, Stats};
-use crate::protocol::frame::{flag, PROTOCOL_VERSION};
-use crate::protocol::handshake::{nonce, proof, Challenge, Hello, Role};
+use crate::protocol::frame::flag;
+use crate::protocol::handshake::{ClientHandshake, ClientHandshakeError, Role, PROOF_REQUEST_ID};
 use crate::protocol::{decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX};
 use crate::state::Refusal;
 
@@ -33,6 +33,16 @@ pub enum ClientError {
     Random(getrandom::Error),
     #[error("the request is not valid and was not sent: {0}")]
     Invalid(crate::protocol::BodyError),
+}
+
+impl From<ClientHandshakeError> for ClientError {
+    fn from(error: ClientHandshakeError) -> ClientError {
+        match error {
+            ClientHandshakeError::Refused(answer) => ClientError::Refused(answer),
+            ClientHandshakeError::Unauthenticated => ClientError::Unauthenticated,
+            ClientHandshakeError::BadReply(reason) => ClientError::BadReply(reason),
+        }
+    }
 }
 
 pub struct Client {
@@ -65,21 +75,18 @@ impl Client {
     pub fn connect(address: SocketAddr, role: Role, key_id: u32, key: &[u8]) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(address)?;
         stream.set_nodelay(true)?;
-        let mut client =
-            Client { stream, buffer: Vec::with_capacity(64 * 1024), unwritten: Vec::new(), next_request_id: 1 };
-        let client_nonce = nonce().map_err(ClientError::Random)?;
-        let hello = Hello { version_min: PROTOCOL_VERSION, version_max: PROTOCOL_VERSION, role, key_id, client_nonce };
-        let (header, body) = client.call(opcode::HELLO, |out| hello.encode(out))?;
-        if header.opcode != opcode::HELLO {
-            return Err(ClientError::BadReply(format!("opcode {:#04x} in answer to HELLO", header.opcode)));
-        }
-        let challenge = Challenge::decode(&body).map_err(|e| ClientError::BadReply(e.to_string()))?;
-        let proof = proof(key, &hello, &challenge.server_nonce);
-        let (_, body) = client.call(opcode::PROOF, |out| out.extend_from_slice(&proof))?;
-        let (welcome, _) = Answer::decode(&body).map_err(|e| ClientError::BadReply(e.to_string()))?;
-        if !welcome.is_ok() {
-            return Err(ClientError::Unauthenticated);
-        }
+        let mut client = Client {
+            stream,
+            buffer: Vec::with_capacity(64 * 1024),
+            unwritten: Vec::new(),
+            next_request_id: PROOF_REQUEST_ID + 1,
+        };
+        let handshake = ClientHandshake::new(role, key_id, key).map_err(ClientError::Random)?;
+        handshake.hello_frame(&mut client.unwritten);
+        let (header, body) = client.receive()?;
+        handshake.proof_frame(header.opcode, &body, &mut client.unwritten)?;
+        let (header, body) = client.receive()?;
+        ClientHandshake::welcomed(header.opcode, &body)?;
         Ok(client)
     }
 

@@ -6,6 +6,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::protocol::body::{BodyError, Reader};
+use crate::protocol::{opcode, Answer};
 
 pub const NONCE_BYTES: usize = 32;
 pub const PROOF_BYTES: usize = 32;
@@ -97,6 +98,74 @@ pub fn verify_proof(key: &[u8], hello: &Hello, server_nonce: &[u8; NONCE_BYTES],
     handshake_mac(key, hello, server_nonce).verify_slice(proof_bytes).is_ok()
 }
 
+/// Why a client's handshake failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientHandshakeError {
+    /// The engine refused the connection whole (the connection cap, a
+    /// shutdown): worth another try later.
+    #[error("the engine refused the connection: code {}", .0.code)]
+    Refused(Answer),
+    #[error("authentication failed: the engine does not accept this key")]
+    Unauthenticated,
+    #[error("the engine's handshake reply does not read: {0}")]
+    BadReply(String),
+}
+
+/// A client's side of the handshake without I/O, for the blocking and the
+/// async client alike: the HELLO frame to send; from the engine's reply, the
+/// PROOF frame; from the reply to that, whether the key was accepted.
+pub struct ClientHandshake<'key> {
+    key: &'key [u8],
+    hello: Hello,
+}
+
+/// The handshake's two requests carry these ids; a connection's own
+/// requests start after them.
+pub const HELLO_REQUEST_ID: u64 = 1;
+pub const PROOF_REQUEST_ID: u64 = 2;
+
+impl<'key> ClientHandshake<'key> {
+    pub fn new(role: Role, key_id: u32, key: &'key [u8]) -> Result<ClientHandshake<'key>, getrandom::Error> {
+        let version = crate::protocol::frame::PROTOCOL_VERSION;
+        let hello = Hello { version_min: version, version_max: version, role, key_id, client_nonce: nonce()? };
+        Ok(ClientHandshake { key, hello })
+    }
+
+    pub fn hello_frame(&self, out: &mut Vec<u8>) {
+        crate::protocol::encode_frame(out, opcode::HELLO, 0, HELLO_REQUEST_ID, |body| self.hello.encode(body));
+    }
+
+    /// The PROOF frame answering the engine's reply to HELLO.
+    pub fn proof_frame(
+        &self,
+        reply_opcode: u8,
+        reply_body: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ClientHandshakeError> {
+        let bad = |e: BodyError| ClientHandshakeError::BadReply(e.to_string());
+        match reply_opcode {
+            opcode::HELLO => {}
+            opcode::ERROR => return Err(ClientHandshakeError::Refused(Answer::decode(reply_body).map_err(bad)?.0)),
+            other => return Err(ClientHandshakeError::BadReply(format!("opcode {other:#04x} in answer to HELLO"))),
+        }
+        let challenge = Challenge::decode(reply_body).map_err(bad)?;
+        let proof = proof(self.key, &self.hello, &challenge.server_nonce);
+        crate::protocol::encode_frame(out, opcode::PROOF, 0, PROOF_REQUEST_ID, |body| body.extend_from_slice(&proof));
+        Ok(())
+    }
+
+    /// Whether the engine's reply to PROOF admits this client.
+    pub fn welcomed(reply_opcode: u8, reply_body: &[u8]) -> Result<(), ClientHandshakeError> {
+        match (reply_opcode, Answer::decode(reply_body)) {
+            (opcode::PROOF, Ok((welcome, _))) if welcome.is_ok() => Ok(()),
+            (opcode::ERROR, Ok((refusal, _))) if refusal.code != crate::protocol::code::UNAUTHENTICATED => {
+                Err(ClientHandshakeError::Refused(refusal))
+            }
+            _ => Err(ClientHandshakeError::Unauthenticated),
+        }
+    }
+}
+
 /// A fresh random nonce from the OS.
 pub fn nonce() -> Result<[u8; NONCE_BYTES], getrandom::Error> {
     let mut bytes = [0; NONCE_BYTES];
@@ -123,5 +192,39 @@ mod tests {
         let operator = Hello { role: Role::Operator, ..hello };
         assert!(!verify_proof(&key, &operator, &server_nonce, &good), "a gateway proof is no operator proof");
         assert!(!verify_proof(&key, &hello, &server_nonce, &good[..31]));
+    }
+
+    #[test]
+    fn a_client_handshake_proves_its_key_and_reads_refusals() {
+        use crate::protocol::code;
+        let key = [9u8; 32];
+        let handshake = ClientHandshake::new(Role::Operator, 7, &key).unwrap();
+        let mut out = Vec::new();
+        let refusal = Answer::protocol(code::TOO_MANY_CONNECTIONS, 0, 3);
+        let mut body = Vec::new();
+        refusal.encode(&mut body);
+        assert_eq!(handshake.proof_frame(opcode::ERROR, &body, &mut out), Err(ClientHandshakeError::Refused(refusal)));
+        assert!(matches!(
+            handshake.proof_frame(opcode::RESERVE, &[], &mut out),
+            Err(ClientHandshakeError::BadReply(_))
+        ));
+        assert!(out.is_empty(), "nothing to send after a bad reply");
+        body.clear();
+        Challenge { version: 1, server_nonce: [3; 32] }.encode(&mut body);
+        handshake.proof_frame(opcode::HELLO, &body, &mut out).unwrap();
+        let (header, proof_body) = crate::protocol::decode_frame(&out, 1024).unwrap();
+        assert_eq!((header.opcode, header.request_id), (opcode::PROOF, PROOF_REQUEST_ID));
+        assert!(verify_proof(&key, &handshake.hello, &[3; 32], proof_body));
+        assert!(!verify_proof(&[8u8; 32], &handshake.hello, &[3; 32], proof_body));
+        let answer = |answer: Answer| {
+            let mut bytes = Vec::new();
+            answer.encode(&mut bytes);
+            bytes
+        };
+        assert_eq!(ClientHandshake::welcomed(opcode::PROOF, &answer(Answer::ok(0))), Ok(()));
+        let denied = answer(Answer::protocol(code::UNAUTHENTICATED, 0, 0));
+        assert_eq!(ClientHandshake::welcomed(opcode::PROOF, &denied), Err(ClientHandshakeError::Unauthenticated));
+        assert_eq!(ClientHandshake::welcomed(opcode::ERROR, &denied), Err(ClientHandshakeError::Unauthenticated));
+        assert_eq!(ClientHandshake::welcomed(opcode::PROOF, &[1, 2]), Err(ClientHandshakeError::Unauthenticated));
     }
 }
