@@ -414,6 +414,57 @@ fn an_invalid_call_fails_alone_and_never_reaches_the_engine() {
 }
 
 #[test]
+fn a_peer_that_does_not_read_is_not_read_from_while_others_are_served() {
+    use std::io::{Read, Write};
+    // 80 MB of requests and of replies: far past the 4 MiB outbox and the socket buffers.
+    const REQUESTS: u64 = 2_000_000;
+    let running = start(ServerConfig::default());
+    let (id, key) = running.keys.first(Role::Gateway).unwrap();
+    let stream =
+        Client::connect(running.server.local_address(), Role::Gateway, id, key).unwrap().into_stream().unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        let mut frames = Vec::new();
+        for request_id in 1_000..1_000 + REQUESTS {
+            yeyak::protocol::encode_frame(&mut frames, opcode::GET_RESERVATION, 0, request_id, |out| {
+                yeyak::protocol::PersonQuery { person: person(request_id) }.encode(out)
+            });
+            if frames.len() >= 1 << 20 {
+                writer.write_all(&frames).unwrap();
+                frames.clear();
+            }
+        }
+        writer.write_all(&frames).unwrap();
+    });
+    // The peer reads nothing: the engine stops reading it, and others are served.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let mut other = gateway(&running.server, &running.keys);
+    assert_eq!(other.reserve(&wire_booking(1, 1, 1)).unwrap(), Ok(SlotIndex(1)));
+    let read_so_far = other.stats().unwrap().counter("requests").unwrap();
+    assert!(read_so_far < REQUESTS, "{read_so_far} requests read from a peer that reads nothing");
+    assert!(!sender.is_finished(), "the peer could send everything without reading");
+    // Once it reads, every request gets its one reply.
+    let mut reader = stream;
+    let mut answered = vec![false; REQUESTS as usize];
+    let (mut buffer, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
+    let mut replies = 0;
+    while replies < REQUESTS {
+        let count = reader.read(&mut chunk).unwrap();
+        assert!(count > 0, "closed after {replies} replies");
+        buffer.extend_from_slice(&chunk[..count]);
+        let mut used = 0;
+        while let Ok((header, body)) = yeyak::protocol::decode_frame(&buffer[used..], 1 << 20) {
+            let index = (header.request_id - 1_000) as usize;
+            assert!(!std::mem::replace(&mut answered[index], true), "request {} answered twice", header.request_id);
+            used += yeyak::protocol::FRAME_HEADER_BYTES + body.len();
+            replies += 1;
+        }
+        buffer.drain(..used);
+    }
+    sender.join().unwrap();
+}
+
+#[test]
 fn the_async_client_batches_concurrent_calls_and_survives_a_restart() {
     let directory = tempfile::tempdir().unwrap();
     let (server, keys) = start_in(directory.path(), ServerConfig::default());
