@@ -41,6 +41,32 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// How an `AsyncClient` connects, waits and retries. `Default` is what
+/// `AsyncClient::connect` uses, with its number of connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncClientOptions {
+    /// Connections in the pool, each with its own task (at least 1).
+    pub connections: usize,
+    /// How long connecting and the handshake may take.
+    pub connect_timeout: Duration,
+    /// How long a call waits to be queued, and then for its reply, before it
+    /// fails as `TimedOut` (and is retried).
+    pub call_timeout: Duration,
+    /// How often a call is tried while its error is transient.
+    pub attempts_max: u32,
+}
+
+impl Default for AsyncClientOptions {
+    fn default() -> Self {
+        AsyncClientOptions {
+            connections: 1,
+            connect_timeout: CONNECT_TIMEOUT,
+            call_timeout: CALL_TIMEOUT,
+            attempts_max: ATTEMPTS_MAX,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AsyncClientError {
     #[error("the engine could not be reached: {0}")]
@@ -97,6 +123,7 @@ struct Credentials {
     role: Role,
     key_id: u32,
     key: Arc<Vec<u8>>,
+    connect_timeout: Duration,
 }
 
 /// A pool of connections; clone it freely (it is a handle).
@@ -104,6 +131,7 @@ struct Credentials {
 pub struct AsyncClient {
     queues: Arc<Vec<mpsc::Sender<Pending>>>,
     next: Arc<AtomicUsize>,
+    options: AsyncClientOptions,
 }
 
 impl AsyncClient {
@@ -116,25 +144,39 @@ impl AsyncClient {
         key: &[u8],
         connections: usize,
     ) -> Result<AsyncClient, AsyncClientError> {
-        let credentials = Credentials { address, role, key_id, key: Arc::new(key.to_vec()) };
+        let options = AsyncClientOptions { connections, ..AsyncClientOptions::default() };
+        Self::connect_with(address, role, key_id, key, options).await
+    }
+
+    /// `connect` with every option named.
+    pub async fn connect_with(
+        address: SocketAddr,
+        role: Role,
+        key_id: u32,
+        key: &[u8],
+        options: AsyncClientOptions,
+    ) -> Result<AsyncClient, AsyncClientError> {
+        let connect_timeout = options.connect_timeout;
+        let credentials = Credentials { address, role, key_id, key: Arc::new(key.to_vec()), connect_timeout };
         let mut queues = Vec::new();
-        for _ in 0..connections.max(1) {
+        for _ in 0..options.connections.max(1) {
             let stream = open(&credentials).await?;
             let (sender, receiver) = mpsc::channel(CALLS_QUEUED_MAX);
             tokio::spawn(connection_task(credentials.clone(), Some(stream), receiver));
             queues.push(sender);
         }
-        Ok(AsyncClient { queues: Arc::new(queues), next: Arc::new(AtomicUsize::new(0)) })
+        Ok(AsyncClient { queues: Arc::new(queues), next: Arc::new(AtomicUsize::new(0)), options })
     }
 
     async fn call_once(&self, call: Call) -> Result<Answer, AsyncClientError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.queues.len();
         let (reply, answer) = oneshot::channel();
-        let queued = tokio::time::timeout(CALL_TIMEOUT, self.queues[index].send(Pending { call, reply }));
-        queued.await.map_err(|_| AsyncClientError::TimedOut(CALL_TIMEOUT))?.map_err(|_| AsyncClientError::Closed)?;
-        match tokio::time::timeout(CALL_TIMEOUT, answer).await {
+        let timeout = self.options.call_timeout;
+        let queued = tokio::time::timeout(timeout, self.queues[index].send(Pending { call, reply }));
+        queued.await.map_err(|_| AsyncClientError::TimedOut(timeout))?.map_err(|_| AsyncClientError::Closed)?;
+        match tokio::time::timeout(timeout, answer).await {
             Ok(answer) => answer.map_err(|_| AsyncClientError::Closed)?,
-            Err(_) => Err(AsyncClientError::TimedOut(CALL_TIMEOUT)),
+            Err(_) => Err(AsyncClientError::TimedOut(timeout)),
         }
     }
 
@@ -144,7 +186,7 @@ impl AsyncClient {
         let mut attempt = 1;
         loop {
             match self.call_once(call).await {
-                Err(error) if error.retryable() && attempt < ATTEMPTS_MAX => {
+                Err(error) if error.retryable() && attempt < self.options.attempts_max => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     attempt += 1;
@@ -204,11 +246,10 @@ impl AsyncClient {
     }
 }
 
-/// Connects and authenticates one connection, within `CONNECT_TIMEOUT`.
+/// Connects and authenticates one connection, within the connect timeout.
 async fn open(credentials: &Credentials) -> Result<TcpStream, AsyncClientError> {
-    tokio::time::timeout(CONNECT_TIMEOUT, open_now(credentials))
-        .await
-        .unwrap_or(Err(AsyncClientError::TimedOut(CONNECT_TIMEOUT)))
+    let timeout = credentials.connect_timeout;
+    tokio::time::timeout(timeout, open_now(credentials)).await.unwrap_or(Err(AsyncClientError::TimedOut(timeout)))
 }
 
 async fn open_now(credentials: &Credentials) -> Result<TcpStream, AsyncClientError> {

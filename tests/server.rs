@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::*;
 use yeyak::client::{Client, ClientError};
@@ -462,6 +462,76 @@ fn a_peer_that_does_not_read_is_not_read_from_while_others_are_served() {
         buffer.drain(..used);
     }
     sender.join().unwrap();
+}
+
+/// An engine that completes the handshake and then never answers; or, with
+/// `handshake` false, one that accepts connections and never says a word.
+fn silent_engine(handshake: bool) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            if handshake {
+                let mut read_frame = |stream: &mut std::net::TcpStream| {
+                    let mut buffer = Vec::new();
+                    loop {
+                        if let Ok((header, body)) = yeyak::protocol::decode_frame(&buffer, 1 << 20) {
+                            return (header, body.to_vec());
+                        }
+                        let mut chunk = [0u8; 4096];
+                        let count = stream.read(&mut chunk).unwrap();
+                        assert!(count > 0);
+                        buffer.extend_from_slice(&chunk[..count]);
+                    }
+                };
+                let reply = yeyak::protocol::frame::flag::REPLY;
+                let (hello, _) = read_frame(&mut stream);
+                let mut frame = Vec::new();
+                let challenge = yeyak::protocol::handshake::Challenge { version: 1, server_nonce: [5; 32] };
+                yeyak::protocol::encode_frame(&mut frame, opcode::HELLO, reply, hello.request_id, |out| {
+                    challenge.encode(out)
+                });
+                stream.write_all(&frame).unwrap();
+                let (proof, _) = read_frame(&mut stream);
+                frame.clear();
+                let welcome = yeyak::protocol::Answer::ok(0);
+                yeyak::protocol::encode_frame(&mut frame, opcode::PROOF, reply, proof.request_id, |out| {
+                    welcome.encode(out)
+                });
+                stream.write_all(&frame).unwrap();
+            }
+            open.push(stream); // kept open, never answered
+        }
+    });
+    address
+}
+
+#[test]
+fn the_async_client_gives_up_on_a_silent_engine_in_its_time() {
+    use yeyak::async_client::{AsyncClient, AsyncClientError, AsyncClientOptions};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let options = AsyncClientOptions {
+        connect_timeout: Duration::from_millis(200),
+        call_timeout: Duration::from_millis(150),
+        attempts_max: 2,
+        ..AsyncClientOptions::default()
+    };
+    let key = [7u8; 32];
+    let started = Instant::now();
+    let refused = runtime.block_on(AsyncClient::connect_with(silent_engine(false), Role::Gateway, 1, &key, options));
+    assert!(matches!(refused, Err(AsyncClientError::TimedOut(t)) if t == options.connect_timeout));
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    let client =
+        runtime.block_on(AsyncClient::connect_with(silent_engine(true), Role::Gateway, 1, &key, options)).unwrap();
+    let started = Instant::now();
+    let unanswered = runtime.block_on(client.reserve(&wire_booking(1, 1, 1)));
+    assert_eq!(unanswered, Err(AsyncClientError::TimedOut(options.call_timeout)));
+    let waited = started.elapsed();
+    assert!(waited >= 2 * options.call_timeout && waited < Duration::from_secs(3), "two attempts: {waited:?}");
 }
 
 #[test]
