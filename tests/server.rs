@@ -475,7 +475,7 @@ fn silent_engine(handshake: bool) -> SocketAddr {
         for stream in listener.incoming() {
             let mut stream = stream.unwrap();
             if handshake {
-                let mut read_frame = |stream: &mut std::net::TcpStream| {
+                let read_frame = |stream: &mut std::net::TcpStream| {
                     let mut buffer = Vec::new();
                     loop {
                         if let Ok((header, body)) = yeyak::protocol::decode_frame(&buffer, 1 << 20) {
