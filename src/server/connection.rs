@@ -2,6 +2,7 @@
 //! into jobs for the engine thread, and a writer that sends what the engine
 //! thread (or the reader, for refusals) puts into the connection's outbox.
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -104,13 +105,16 @@ struct FrameReader<R> {
 }
 
 impl<R: ReadBytes> FrameReader<R> {
-    /// The next frame's header and body (copied out), or why there is none.
-    async fn next(&mut self, body_max: u32) -> Result<Option<(FrameHeader, Vec<u8>)>, FrameError> {
+    /// The next frame's header and where its body lies in the buffer
+    /// (`body`), or why there is none. The body stays in place until the
+    /// next call: decoded where it lies, never copied out.
+    async fn next(&mut self, body_max: u32) -> Result<Option<(FrameHeader, Range<usize>)>, FrameError> {
         loop {
             match decode_frame(&self.buffer[self.start..], body_max) {
                 Ok((header, body)) => {
-                    let body = body.to_vec();
-                    self.start += crate::protocol::FRAME_HEADER_BYTES + body.len();
+                    let body_start = self.start + crate::protocol::FRAME_HEADER_BYTES;
+                    let body = body_start..body_start + body.len();
+                    self.start = body.end;
                     return Ok(Some((header, body)));
                 }
                 Err(FrameError::Incomplete { .. }) => {}
@@ -210,10 +214,11 @@ async fn handshake<R: ReadBytes>(
     let Some((header, body)) = next_frame(reader, outbox, shared, HANDSHAKE_BODY_BYTES_MAX).await? else {
         return Ok(None);
     };
+    let body = &reader.buffer[body];
     if header.opcode != opcode::HELLO {
         return Err(refuse(header.request_id, code::UNAUTHENTICATED, 0));
     }
-    let hello = Hello::decode(&body).map_err(|_| refuse(header.request_id, code::MALFORMED, 0))?;
+    let hello = Hello::decode(body).map_err(|_| refuse(header.request_id, code::MALFORMED, 0))?;
     if !(hello.version_min..=hello.version_max).contains(&PROTOCOL_VERSION) {
         return Err(refuse(header.request_id, code::UNSUPPORTED_VERSION, u16::from(PROTOCOL_VERSION)));
     }
@@ -223,9 +228,10 @@ async fn handshake<R: ReadBytes>(
     let Some((header, body)) = next_frame(reader, outbox, shared, HANDSHAKE_BODY_BYTES_MAX).await? else {
         return Ok(None);
     };
+    let body = &reader.buffer[body];
     let proven = header.opcode == opcode::PROOF
         && body.len() == PROOF_BYTES
-        && shared.keys.key(hello.role, hello.key_id).is_some_and(|key| verify_proof(key, &hello, &server_nonce, &body));
+        && shared.keys.key(hello.role, hello.key_id).is_some_and(|key| verify_proof(key, &hello, &server_nonce, body));
     if !proven {
         tracing::warn!(role = ?hello.role, key_id = hello.key_id, "a peer failed to authenticate");
         outbox.push(&reply_frame(opcode::PROOF, header.request_id, |out| {
@@ -237,13 +243,14 @@ async fn handshake<R: ReadBytes>(
     Ok(Some(if hello.role == Role::Operator { hello.key_id } else { 0 }))
 }
 
-/// The next frame; a frame error is answered and ends the connection.
+/// The next frame (its body: `reader.buffer[range]`); a frame error is
+/// answered and ends the connection.
 async fn next_frame<R: ReadBytes>(
     reader: &mut FrameReader<R>,
     outbox: &Outbox,
     shared: &Shared,
     body_bytes_max: u32,
-) -> Result<Option<(FrameHeader, Vec<u8>)>, End> {
+) -> Result<Option<(FrameHeader, Range<usize>)>, End> {
     match reader.next(body_bytes_max).await {
         Ok(frame) => Ok(frame),
         Err(error) => {
@@ -283,6 +290,8 @@ async fn read_loop<R: ReadBytes>(
             Ok(None) => return End::Closed,
             Err(end) => return end,
         };
+        // Decoded where it lies in the read buffer: nothing awaits until the next frame.
+        let body = &reader.buffer[body];
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = header.request_id;
         let work = match header.opcode {
@@ -294,7 +303,7 @@ async fn read_loop<R: ReadBytes>(
                 outbox.push(&reply_frame(opcode::STATS, request_id, |out| shared.counters.stats(shared).encode(out)));
                 continue;
             }
-            opcode::BATCH => match batch(&body, operator_id) {
+            opcode::BATCH => match batch(body, operator_id) {
                 Ok(commands) => Work::Batch(commands),
                 Err((code, value)) => {
                     outbox.push(&error_frame(request_id, Answer::protocol(code, 0, value)));
@@ -374,5 +383,10 @@ fn batch(body: &[u8], operator_id: u32) -> Result<Vec<Command>, (u8, u32)> {
         BodyError::Field { field: "batch count", .. } => (code::BATCH_TOO_LARGE, u32::from(BATCH_COMMANDS_MAX)),
         _ => (code::MALFORMED, 0),
     })?;
-    items.iter().map(|item| command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))).collect()
+    // Sized once: collecting into a `Result` would grow the vector by doubling.
+    let mut commands = Vec::with_capacity(items.len());
+    for item in &items {
+        commands.push(command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))?);
+    }
+    Ok(commands)
 }

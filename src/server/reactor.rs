@@ -46,11 +46,10 @@ pub(crate) trait WriteBytes {
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 impl ReadBytes for tokio::net::tcp::OwnedReadHalf {
+    /// Reads straight into `into`'s spare capacity: no zeroing, no copy.
     async fn read_into(&mut self, into: &mut Vec<u8>) -> io::Result<usize> {
-        let mut chunk = [0u8; READ_CHUNK_BYTES];
-        let read = self.read(&mut chunk).await?;
-        into.extend_from_slice(&chunk[..read]);
-        Ok(read)
+        into.reserve(READ_CHUNK_BYTES);
+        self.read_buf(into).await
     }
 }
 
