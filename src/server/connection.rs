@@ -313,7 +313,7 @@ async fn read_loop<R: ReadBytes>(
                     continue;
                 }
             },
-            other => match command(other, &body, operator_id) {
+            other => match command(other, body, operator_id) {
                 Ok(command) => Work::One(command),
                 Err(code) => {
                     let small = if code == code::UNKNOWN_OPCODE { u16::from(other) } else { 0 };
