@@ -357,7 +357,8 @@ async fn write_calls(
     calls: &mut mpsc::Receiver<Pending>,
     in_flight: &InFlight,
 ) -> bool {
-    let mut request_id = 0u64;
+    // The handshake used the first ids.
+    let mut request_id = crate::protocol::handshake::PROOF_REQUEST_ID;
     let mut frame = Vec::new();
     let mut batch = Vec::with_capacity(usize::from(BATCH_COMMANDS_MAX));
     loop {

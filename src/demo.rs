@@ -125,7 +125,7 @@ impl Crowd<'_> {
         for attempt in 1..=3 {
             request.slot = self.random_slot(&mut dice);
             request.idempotency_key = attempt;
-            booked = self.count(self.engine.engine().reserve(self.engine.log(), &request, now_ms));
+            booked = self.count(self.engine.engine().reserve(&self.engine.log().appender(), &request, now_ms));
             if booked != Err(ResultCode::SlotFull) {
                 break;
             }
@@ -135,21 +135,21 @@ impl Crowd<'_> {
         }
         if dice.chance(3) {
             // The network dropped the answer; the gateway retries with the same key.
-            let _ = self.count(self.engine.engine().reserve(self.engine.log(), &request, now_ms));
+            let _ = self.count(self.engine.engine().reserve(&self.engine.log().appender(), &request, now_ms));
         }
         if dice.chance(2) {
             request.idempotency_key = 10;
             request.slot = self.random_slot(&mut dice);
-            let _ = self.count(self.engine.engine().reserve(self.engine.log(), &request, now_ms));
+            let _ = self.count(self.engine.engine().reserve(&self.engine.log().appender(), &request, now_ms));
         }
         if dice.chance(2) {
             request.idempotency_key = 11;
             request.slot = self.random_slot(&mut dice);
-            let _ = self.count(self.engine.engine().change(self.engine.log(), &request, now_ms));
+            let _ = self.count(self.engine.engine().change(&self.engine.log().appender(), &request, now_ms));
         }
         if dice.chance(2) {
             let cancel = CancelRequest { person, birth_date, idempotency_key: 12, channel: Channel::Person };
-            let _ = self.count(self.engine.engine().cancel(self.engine.log(), &cancel, now_ms));
+            let _ = self.count(self.engine.engine().cancel(&self.engine.log().appender(), &cancel, now_ms));
         }
     }
 }
@@ -227,7 +227,6 @@ fn snapshot_while_booking<T>(
     workers: &[std::thread::ScopedJoinHandle<'_, T>],
     at_lsn: u64,
 ) -> Option<Result<SnapshotSummary, String>> {
-    use crate::state::Journal;
     while engine.log().next_lsn() < at_lsn && !workers.iter().all(|w| w.is_finished()) {
         std::thread::sleep(Duration::from_millis(5));
     }

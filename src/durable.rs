@@ -23,9 +23,7 @@ use crate::snapshot::{
     list_snapshots, remove_temporary_files, retire, take_snapshot, CheckedSnapshot, SnapshotError, SnapshotOptions,
     SnapshotSummary,
 };
-use crate::state::{
-    BookingRequest, CancelRequest, Engine, Entry, Journal, LogUnavailable, Outcome, PersonKey, Refusal,
-};
+use crate::state::{BookingRequest, CancelRequest, Engine, Entry, LogUnavailable, Outcome, PersonKey, Refusal};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
@@ -358,15 +356,19 @@ impl DurableEngine {
     }
 
     pub fn reserve(&self, request: &BookingRequest, now_ms: i64) -> Result<SlotIndex, Refusal> {
-        self.release(self.core.engine.reserve(&self.core.log, request, now_ms))
+        // The append lock before the person's latch (`LogWriter::appender`).
+        let outcome = self.core.engine.reserve(&self.core.log.appender(), request, now_ms);
+        self.release(outcome)
     }
 
     pub fn change(&self, request: &BookingRequest, now_ms: i64) -> Result<SlotIndex, Refusal> {
-        self.release(self.core.engine.change(&self.core.log, request, now_ms))
+        let outcome = self.core.engine.change(&self.core.log.appender(), request, now_ms);
+        self.release(outcome)
     }
 
     pub fn cancel(&self, request: &CancelRequest, now_ms: i64) -> Result<SlotIndex, Refusal> {
-        self.release(self.core.engine.cancel(&self.core.log, request, now_ms))
+        let outcome = self.core.engine.cancel(&self.core.log.appender(), request, now_ms);
+        self.release(outcome)
     }
 
     /// See `Engine::add_capacity`: `expected_capacity` makes a retry safe.
@@ -397,7 +399,8 @@ impl DurableEngine {
     }
 
     pub fn reservation_of(&self, person: PersonKey) -> Result<Option<SlotIndex>, Refusal> {
-        self.release_read(self.core.engine.reservation_of(&self.core.log, person))
+        let outcome = self.core.engine.reservation_of(&self.core.log.appender(), person);
+        self.release_read(outcome)
     }
 
     /// Stops the snapshot thread (letting a snapshot under way finish), takes

@@ -272,7 +272,7 @@ impl Inventory {
     /// begun at `now_ms`: a slot has begun exactly when its position is below
     /// this. Computed once for many commands at one instant.
     pub fn slots_begun_per_site(&self, now_ms: i64) -> u32 {
-        let since_midnight = now_ms - self.first_midnight_ms;
+        let since_midnight = now_ms.saturating_sub(self.first_midnight_ms);
         if since_midnight < 0 {
             return 0;
         }

@@ -65,6 +65,9 @@ impl<T: Zeroable> ZeroedArray<T> {
 /// starting up, so it is shared among the cores.
 fn prefault(start: *mut u8, bytes: usize) {
     const PAGE: usize = 4096;
+    if bytes == 0 {
+        return;
+    }
     let threads = if bytes >= HUGE_TABLE_BYTES_MIN {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
     } else {
@@ -74,9 +77,12 @@ fn prefault(start: *mut u8, bytes: usize) {
     let share = bytes.div_ceil(threads).next_multiple_of(HUGE_PAGE_BYTES);
     let address = start as usize;
     let touch = move |from: usize| {
-        for offset in (from..bytes.min(from + share)).step_by(PAGE) {
-            // SAFETY: `offset < bytes`, inside the allocation, which nothing
-            // else references yet; it is zero already, and stays zero.
+        let end = bytes.min(from + share);
+        // Every PAGE bytes, and the last byte: a start that is not page-aligned
+        // (a small table) would otherwise leave its last page untouched.
+        for offset in (from..end).step_by(PAGE).chain(std::iter::once(end - 1)) {
+            // SAFETY: `from <= offset < end <= bytes`, inside the allocation,
+            // which nothing else references yet; it is zero already, and stays zero.
             unsafe { ((address + offset) as *mut u8).write_volatile(0) };
         }
     };

@@ -329,14 +329,27 @@ impl LogWriter {
         Ok(LogWriter { shared, flusher: Mutex::new(Some(handle)) })
     }
 
-    /// Takes the append lock for a run of appends (a batch frame, a server
-    /// round): one lock for all of them, and one hand-over to the flusher
-    /// when the appender is dropped. Records are not made durable before
-    /// then, so never wait for durability while holding one. Lock order:
-    /// the append lock before the engine's capacity lock (`Engine::add_capacity`).
+    /// Takes the append lock for a command or a run of them (a batch frame,
+    /// a server round): the only way to append (`Appender` is the `Journal`),
+    /// with one hand-over to the flusher when it is dropped. Records are not
+    /// made durable before then, so never wait for durability while holding
+    /// one. Lock order: the append lock first, then person latches, then the
+    /// engine's capacity lock. Taking the lock before the command starts is
+    /// what keeps that order: a command latches its person, then appends.
     pub fn appender(&self) -> Appender<'_> {
         let guard = self.shared.append_lock.lock().unwrap_or_else(|p| p.into_inner());
         Appender { shared: &self.shared, _guard: guard }
+    }
+
+    /// The number the next record will get: every number below it is drawn
+    /// (its record in the ring, or about to be, by the appender holding the lock).
+    pub fn next_lsn(&self) -> Lsn {
+        self.shared.next_lsn.load(Ordering::Acquire)
+    }
+
+    /// Whether records are accepted right now.
+    pub fn writable(&self) -> Result<(), LogUnavailable> {
+        self.shared.unavailable().map_or(Ok(()), Err)
     }
 
     /// Every record numbered below this is durable.
@@ -421,7 +434,9 @@ impl Appender<'_> {
     fn publish(&self) {
         let next = self.shared.next_lsn.load(Ordering::Relaxed);
         if self.shared.written_lsn.load(Ordering::Relaxed) != next {
-            self.shared.written_lsn.store(next, Ordering::Release);
+            // SeqCst, as the flusher's parking (`Flusher::idle`): it either sees
+            // this store before it sleeps, or this thread sees it parked.
+            self.shared.written_lsn.store(next, Ordering::SeqCst);
             self.shared.wake_flusher();
         }
     }
@@ -475,20 +490,6 @@ impl Journal for Appender<'_> {
     }
 
     #[inline]
-    fn writable(&self) -> Result<(), LogUnavailable> {
-        self.shared.unavailable().map_or(Ok(()), Err)
-    }
-}
-
-impl Journal for LogWriter {
-    fn append(&self, entry: &Entry) -> Result<Lsn, LogUnavailable> {
-        self.appender().append(entry)
-    }
-
-    fn next_lsn(&self) -> Lsn {
-        self.shared.next_lsn.load(Ordering::Acquire)
-    }
-
     fn writable(&self) -> Result<(), LogUnavailable> {
         self.shared.unavailable().map_or(Ok(()), Err)
     }
@@ -673,7 +674,7 @@ mod tests {
                             appender.append(&entry(index)).unwrap();
                             appender.append(&entry(index + 500)).unwrap();
                         } else {
-                            log.append(&entry(index)).unwrap();
+                            log.appender().append(&entry(index)).unwrap();
                         }
                     }
                 });
@@ -717,6 +718,6 @@ mod tests {
                 Err(why) => assert_eq!((why, written.len()), (LogUnavailable::Closed, 1)),
             }
         });
-        assert_eq!(log.append(&entry(2)), Err(LogUnavailable::Closed));
+        assert_eq!(log.appender().append(&entry(2)), Err(LogUnavailable::Closed));
     }
 }

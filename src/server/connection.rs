@@ -168,7 +168,14 @@ pub(crate) async fn serve<R: ReadBytes + 'static, W: WriteBytes + 'static>(read:
     // A peer still talking to a stopping engine is told why the connection
     // ends, after its answers: frames it sent that were not read are not
     // answered, and may be sent again after the restart (same idempotency keys).
-    if matches!(end, End::Closed) && shared.stopping.load(Ordering::Acquire) && !outbox.closed.load(Ordering::Acquire) {
+    // Only once every taken request is answered: the notice must be the last
+    // frame, and the connection closes after it.
+    let answered = outbox.in_flight.load(Ordering::Acquire) == 0;
+    if matches!(end, End::Closed)
+        && answered
+        && shared.stopping.load(Ordering::Acquire)
+        && !outbox.closed.load(Ordering::Acquire)
+    {
         outbox.push(&error_frame(0, Answer::protocol(code::SHUTTING_DOWN, 0, 0)));
     }
     // Let the writer send what is queued (an ERROR frame, replies), then stop.

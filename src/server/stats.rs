@@ -15,7 +15,6 @@ use crate::protocol::body::Stats;
 use crate::protocol::code;
 use crate::protocol::opcode;
 use crate::server::Shared;
-use crate::state::Journal;
 
 /// Written by the engine thread only, a round at a time.
 #[derive(Debug)]

@@ -28,7 +28,7 @@ use crate::snapshot::format::{
     TEMPORARY_SUFFIX,
 };
 use crate::snapshot::SnapshotError;
-use crate::state::{Engine, Journal};
+use crate::state::Engine;
 
 /// What one snapshot holds and what writing it took.
 #[derive(Clone, Debug, PartialEq, Eq)]
