@@ -63,7 +63,7 @@ impl Default for LogOptions {
             durability: Durability::Sync,
             write_mode: WriteMode::Pwrite,
             segment_size_bytes: (SEGMENT_HEADER_BYTES + RECORD_BYTES * (1 << 22)) as u64,
-            ring_records: 1 << 20,
+            ring_records: 1 << 16,
             group_records_max: 1 << 16,
         }
     }
