@@ -90,6 +90,12 @@ impl Client {
         Ok(client)
     }
 
+    /// How long a read may wait for the engine (`None`: forever, the
+    /// default); a read that times out is an `Io` error.
+    pub fn set_read_timeout(&mut self, timeout: Option<std::time::Duration>) -> Result<(), ClientError> {
+        Ok(self.stream.set_read_timeout(timeout)?)
+    }
+
     /// Queues a request without waiting; returns its request id. Queued
     /// requests go out together (one write) at the next `flush` or `receive`,
     /// or once 64 KiB are queued.

@@ -535,6 +535,57 @@ fn the_async_client_gives_up_on_a_silent_engine_in_its_time() {
 }
 
 #[test]
+fn a_full_ingress_queue_answers_overloaded_at_once() {
+    use yeyak::protocol::body::{put_batch_header, put_batch_item};
+    let running = start(ServerConfig { ingress_queue_commands: 2048, ..ServerConfig::default() });
+    let mut client = gateway(&running.server, &running.keys);
+    // A refusal must come at once: a read that waits this long fails the test.
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Stall the engine thread: its next round waits for the log's append lock, held here.
+    let stall = running.server.engine().log().appender();
+    // Four batches of 1,024: the stalled engine thread may hold the first, two
+    // more fill the queue's 2,048 commands, and the rest is refused at once.
+    let mut batches = Vec::new();
+    for batch in 0..4u64 {
+        let bookings: Vec<Booking> =
+            (0..1024).map(|i| wire_booking(batch * 1024 + i, ((batch * 1024 + i) % 10_000) as u32, 1)).collect();
+        let request_id = client
+            .send(opcode::BATCH, |out| {
+                put_batch_header(out, 1024);
+                for booking in &bookings {
+                    put_batch_item(out, opcode::RESERVE, |out| booking.encode(out));
+                }
+            })
+            .unwrap();
+        batches.push(request_id);
+    }
+    let (header, body) = client.receive().unwrap();
+    let (answer, _) = yeyak::protocol::Answer::decode(&body).unwrap();
+    assert_eq!((header.opcode, answer.code), (opcode::ERROR, code::OVERLOADED), "the first reply, while stalled");
+    let mut overloaded = vec![header.request_id];
+    drop(stall);
+    let mut booked = 0;
+    for _ in 1..batches.len() {
+        let (header, body) = client.receive().unwrap();
+        if header.opcode == opcode::ERROR {
+            assert_eq!(yeyak::protocol::Answer::decode(&body).unwrap().0.code, code::OVERLOADED);
+            overloaded.push(header.request_id);
+        } else {
+            let items = yeyak::protocol::body::split_reply_batch(&body).unwrap();
+            booked += items.iter().filter(|item| body_is_ok(item.body)).count();
+        }
+    }
+    assert!((1..=2).contains(&overloaded.len()), "refused: {overloaded:?}");
+    assert_eq!(booked, 1024 * (4 - overloaded.len()), "every accepted batch booked whole");
+    let stats = client.stats().unwrap();
+    assert_eq!(stats.counter("overloaded"), Some(overloaded.len() as u64));
+}
+
+fn body_is_ok(body: &[u8]) -> bool {
+    yeyak::protocol::Answer::decode(body).is_ok_and(|(answer, _)| answer.is_ok())
+}
+
+#[test]
 fn the_async_client_batches_concurrent_calls_and_survives_a_restart() {
     let directory = tempfile::tempdir().unwrap();
     let (server, keys) = start_in(directory.path(), ServerConfig::default());

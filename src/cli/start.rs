@@ -54,6 +54,9 @@ pub struct StartArgs {
     /// Requests the ingress queue holds before OVERLOADED [default: 65536].
     #[arg(long, env = "YEYAK_INGRESS_QUEUE_JOBS")]
     pub ingress_queue_jobs: Option<usize>,
+    /// Commands the ingress queue holds before OVERLOADED (a batch counts its commands) [default: 1048576].
+    #[arg(long, env = "YEYAK_INGRESS_QUEUE_COMMANDS")]
+    pub ingress_queue_commands: Option<usize>,
     /// The network I/O reactor: tokio (epoll) or uring (tokio-uring) [default: tokio].
     #[arg(long, env = "YEYAK_REACTOR", value_enum)]
     pub reactor: Option<yeyak::server::reactor::Reactor>,
@@ -71,6 +74,7 @@ struct ServerFile {
     connections_max: Option<u32>,
     in_flight_max: Option<u32>,
     ingress_queue_jobs: Option<usize>,
+    ingress_queue_commands: Option<usize>,
     reactor: Option<yeyak::server::reactor::Reactor>,
 }
 
@@ -109,11 +113,22 @@ impl StartArgs {
                 .ingress_queue_jobs
                 .or(file.ingress_queue_jobs)
                 .unwrap_or(defaults.ingress_queue_jobs),
+            ingress_queue_commands: self
+                .ingress_queue_commands
+                .or(file.ingress_queue_commands)
+                .unwrap_or(defaults.ingress_queue_commands),
             reactor: self.reactor.or(file.reactor).unwrap_or(defaults.reactor),
             ..defaults
         };
-        if server.connections_max == 0 || server.in_flight_max == 0 || server.ingress_queue_jobs == 0 {
-            return Err("connections_max, in_flight_max and ingress_queue_jobs must be at least 1".into());
+        if server.connections_max == 0
+            || server.in_flight_max == 0
+            || server.ingress_queue_jobs == 0
+            || server.ingress_queue_commands == 0
+        {
+            return Err(
+                "connections_max, in_flight_max, ingress_queue_jobs and ingress_queue_commands must be at least 1"
+                    .into(),
+            );
         }
         let production = self.production || file.production.unwrap_or(false);
         Ok(Settings {

@@ -342,9 +342,19 @@ async fn read_loop<R: ReadBytes>(
             ));
             continue;
         }
+        // The ingress queue is bounded in jobs and in commands.
+        let weight = commands as usize;
+        let queued = shared.ingress_commands.fetch_add(weight, Ordering::AcqRel);
+        if queued > 0 && queued + weight > shared.config.ingress_queue_commands {
+            shared.ingress_commands.fetch_sub(weight, Ordering::AcqRel);
+            shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
+            outbox.push(&error_frame(request_id, Answer::protocol(code::OVERLOADED, 0, 0)));
+            continue;
+        }
         outbox.in_flight.fetch_add(commands, Ordering::AcqRel);
         let job = Job { outbox: Arc::clone(outbox), request_id, operator_id, work };
         if let Err(job) = shared.ingress.push(job) {
+            shared.ingress_commands.fetch_sub(weight, Ordering::AcqRel);
             job.outbox.finish_request(commands);
             shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
             outbox.push(&error_frame(request_id, Answer::protocol(code::OVERLOADED, 0, 0)));

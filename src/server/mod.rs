@@ -62,6 +62,12 @@ pub struct ServerConfig {
     pub in_flight_max: u32,
     /// Requests the ingress queue holds; one more is answered OVERLOADED.
     pub ingress_queue_jobs: usize,
+    /// Commands the ingress queue holds (a batch counts its commands): one
+    /// more request is answered OVERLOADED, unless the queue is empty (a
+    /// request is always let into an empty queue). Bounds the memory of
+    /// queued work: many connections with full batches in flight could
+    /// otherwise queue 4,096 commands a job.
+    pub ingress_queue_commands: usize,
     /// The largest frame body accepted (at most `FRAME_BODY_BYTES_MAX`).
     pub frame_body_bytes_max: u32,
     pub clock: Clock,
@@ -76,6 +82,7 @@ impl Default for ServerConfig {
             connections_max: 10_000,
             in_flight_max: 4096,
             ingress_queue_jobs: 65_536,
+            ingress_queue_commands: 1 << 20,
             frame_body_bytes_max: crate::protocol::FRAME_BODY_BYTES_MAX,
             clock: Clock::System,
             reactor: reactor::Reactor::Tokio,
@@ -89,6 +96,8 @@ pub struct Shared {
     pub keys: KeyRing,
     pub config: ServerConfig,
     pub ingress: ArrayQueue<Job>,
+    /// Commands in the ingress queue (`ServerConfig::ingress_queue_commands`).
+    pub ingress_commands: std::sync::atomic::AtomicUsize,
     pub counters: Counters,
     /// Set at shutdown: stop accepting and reading; drain what is queued.
     pub stopping: AtomicBool,
@@ -137,6 +146,7 @@ impl Server {
             keys,
             config,
             ingress: ArrayQueue::new(config.ingress_queue_jobs.max(1)),
+            ingress_commands: std::sync::atomic::AtomicUsize::new(0),
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
             network_stopped: AtomicBool::new(false),
@@ -220,9 +230,14 @@ fn engine_loop(shared: &Shared) {
         // The rules' time-dependent part, once a round rather than once a command.
         let moment = engine.engine().booking_moment(shared.config.clock.now_ms());
         // Take a round of jobs first, so the lines of the next few can be asked for ahead.
+        let mut popped_commands = 0;
         while round.len() < APPLY_ROUND_JOBS_MAX {
             let Some(job) = shared.ingress.pop() else { break };
+            popped_commands += job.work.commands() as usize;
             round.push_back(job);
+        }
+        if popped_commands > 0 {
+            shared.ingress_commands.fetch_sub(popped_commands, Ordering::AcqRel);
         }
         let applied = round.len();
         for job in round.iter().take(apply::PREFETCH_AHEAD) {
