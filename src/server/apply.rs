@@ -20,8 +20,7 @@ use crate::protocol::frame::flag;
 use crate::protocol::{code, encode_frame, opcode, Answer};
 use crate::server::connection::Outbox;
 use crate::server::stats::Tally;
-use crate::state::{Engine, Moment};
-use crate::state::{Journal, Lsn, Refusal};
+use crate::state::{Engine, Journal, Lsn, Moment, Refusal};
 
 /// A decoded command, ready for the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
