@@ -105,7 +105,7 @@ impl CampaignRules {
     }
 
     /// `check_booking` with the time-dependent part computed beforehand.
-    #[inline]
+    #[inline(always)]
     pub fn check_booking_at(&self, moment: &BookingMoment, birth_date: Date, channel: Channel) -> Result<(), Refusal> {
         let cohort = self.cohort_of(birth_date).ok_or(Refusal::NotEligible { birth_date })?;
         if channel == Channel::FamilyProxy {

@@ -81,7 +81,7 @@ fn record_crc(bytes: &RecordBytes) -> u32 {
 }
 
 impl Record {
-    #[inline]
+    #[inline(always)]
     pub fn encode_into(&self, bytes: &mut RecordBytes) {
         bytes[4..6].copy_from_slice(&(RECORD_BYTES as u16).to_le_bytes());
         bytes[6] = self.kind;

@@ -181,6 +181,7 @@ impl Booking {
         out.extend_from_slice(&operator_id.to_le_bytes());
     }
 
+    #[inline]
     pub fn request(&self) -> BookingRequest {
         BookingRequest {
             person: self.person,
