@@ -128,6 +128,17 @@ impl Client {
         Ok(())
     }
 
+    /// Queues frames encoded beforehand, as `send` queues the frames it
+    /// encodes (a load generator that prepares its requests): their request
+    /// ids are the caller's, and must not collide with `send`'s.
+    pub fn queue_encoded(&mut self, frames: &[u8]) -> Result<(), ClientError> {
+        self.unwritten.extend_from_slice(frames);
+        if self.unwritten.len() >= 64 * 1024 {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Sends raw bytes (for tests of bad frames).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.flush()?;

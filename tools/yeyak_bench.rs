@@ -88,6 +88,9 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long, value_enum, default_value_t = yeyak::server::reactor::Reactor::Tokio)]
         reactor: yeyak::server::reactor::Reactor,
+        /// Encode each frame as it is sent, instead of all of them before the clock starts.
+        #[arg(long)]
+        encode_live: bool,
     },
     /// Latency at a fixed offered rate, open loop (coordinated-omission safe): one
     /// RESERVE per frame sent on schedule whatever the replies do; latency is
@@ -140,8 +143,8 @@ fn main() {
         }
         Command::Recovery { data_dir, without_snapshots } => recovery(data_dir, without_snapshots),
         Command::Memory { people } => memory(people),
-        Command::Wire { people, batch, depth, connections, data_dir, reactor } => {
-            wire(people, batch, depth, connections, data_dir, reactor)
+        Command::Wire { people, batch, depth, connections, data_dir, reactor, encode_live } => {
+            wire(WireLoad { people, batch, depth, connections, encode_live }, data_dir, reactor)
         }
         Command::Latency { rate, seconds, data_dir, reactor } => latency(rate, seconds, data_dir, reactor),
     }
@@ -361,47 +364,83 @@ fn memory(people: u64) {
     println!("  resident {:.2} GiB (bar: 4 GiB for 52 M people + 8 M slots)", rss as f64 / (1u64 << 30) as f64);
 }
 
-fn wire(
+/// The load of the `wire` benchmark.
+struct WireLoad {
     people: u64,
     batch: usize,
     depth: usize,
     connections: usize,
-    data_dir: PathBuf,
-    reactor: yeyak::server::reactor::Reactor,
-) {
+    /// Encode frames as they are sent (else before the clock starts).
+    encode_live: bool,
+}
+
+/// One connection's frames: RESERVE frames (batch 1) or BATCH frames.
+fn encode_frames(
+    requests: &[BookingRequest],
+    batch: usize,
+    first_request_id: u64,
+) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
     use yeyak::protocol::body::{put_batch_header, put_batch_item, Booking};
-    use yeyak::protocol::handshake::Role;
+    use yeyak::protocol::{encode_frame, opcode};
+    let (mut bytes, mut frames) = (Vec::new(), Vec::new());
+    for (index, frame) in requests.chunks(batch).enumerate() {
+        let start = bytes.len();
+        let request_id = first_request_id + index as u64;
+        if batch == 1 {
+            encode_frame(&mut bytes, opcode::RESERVE, 0, request_id, |out| Booking::from(&frame[0]).encode(out));
+        } else {
+            encode_frame(&mut bytes, opcode::BATCH, 0, request_id, |out| {
+                put_batch_header(out, frame.len() as u16);
+                for request in frame {
+                    put_batch_item(out, opcode::RESERVE, |out| Booking::from(request).encode(out));
+                }
+            });
+        }
+        frames.push(start..bytes.len());
+    }
+    (bytes, frames)
+}
+
+fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reactor) {
+    use yeyak::protocol::handshake::{Role, PROOF_REQUEST_ID};
     use yeyak::protocol::opcode;
+    let WireLoad { people, batch, depth, connections, encode_live } = load;
     let (server, keys, requests) = serve_fresh(people, &data_dir, (depth * batch * 2) as u32, reactor);
     let address = server.local_address();
     let per_connection = requests.len().div_ceil(connections);
+    let shares: Vec<&[BookingRequest]> = requests.chunks(per_connection).collect();
+    let first_request_id = PROOF_REQUEST_ID + 1;
+    // The load generator shares the two cores with the engine: unless told
+    // otherwise it encodes every frame before the clock starts.
+    let prepared: Vec<_> = if encode_live {
+        Vec::new()
+    } else {
+        shares.iter().map(|share| encode_frames(share, batch, first_request_id)).collect()
+    };
     let started = Instant::now();
     let booked: u64 = std::thread::scope(|scope| {
-        let workers: Vec<_> = requests
-            .chunks(per_connection)
-            .map(|share| {
+        let workers: Vec<_> = shares
+            .iter()
+            .enumerate()
+            .map(|(connection, share)| {
                 let keys = &keys;
+                let prepared = prepared.get(connection);
                 scope.spawn(move || {
                     let (id, key) = keys.first(Role::Gateway).expect("a gateway key");
                     let mut client = yeyak::client::Client::connect(address, Role::Gateway, id, key).expect("connects");
-                    let frames: Vec<&[BookingRequest]> = share.chunks(batch).collect();
-                    let wire = Booking::from;
+                    let frame_count = share.len().div_ceil(batch);
                     let (mut sent, mut received, mut ok) = (0, 0, 0u64);
-                    while received < frames.len() {
-                        while sent < frames.len() && sent - received < depth {
-                            let frame = frames[sent];
-                            if batch == 1 {
-                                client.send(opcode::RESERVE, |out| wire(&frame[0]).encode(out)).expect("sends");
-                            } else {
-                                client
-                                    .send(opcode::BATCH, |out| {
-                                        put_batch_header(out, frame.len() as u16);
-                                        for request in frame {
-                                            put_batch_item(out, opcode::RESERVE, |out| wire(request).encode(out));
-                                        }
-                                    })
-                                    .expect("sends");
+                    while received < frame_count {
+                        while sent < frame_count && sent - received < depth {
+                            match prepared {
+                                Some((bytes, frames)) => client.queue_encoded(&bytes[frames[sent].clone()]),
+                                None => {
+                                    let frame = &share[sent * batch..share.len().min((sent + 1) * batch)];
+                                    let (bytes, _) = encode_frames(frame, batch, first_request_id + sent as u64);
+                                    client.queue_encoded(&bytes)
+                                }
                             }
+                            .expect("sends");
                             sent += 1;
                         }
                         // One blocking read, then every reply it brought, before sending more.
@@ -430,7 +469,8 @@ fn wire(
     });
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(booked, people, "every request was for a free seat");
-    println!("wire (loopback, in-process server and clients): people={people} batch={batch} depth={depth} connections={connections} reactor={reactor:?}");
+    let encoding = if encode_live { "encoded live" } else { "frames encoded beforehand" };
+    println!("wire (loopback, in-process server and clients, {encoding}): people={people} batch={batch} depth={depth} connections={connections} reactor={reactor:?}");
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s", booked as f64 / seconds / 1e6);
     server.shutdown().expect("closes");
     let _ = std::fs::remove_dir_all(&data_dir);
