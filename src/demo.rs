@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use crate::calendar::{Date, TimeOfDay, MS_PER_MINUTE};
 use crate::durable::{DurableEngine, OpenError, RecoveryReport};
 use crate::inventory::SlotIndex;
+use crate::log::Appender;
 use crate::log::LogOptions;
 use crate::rules::Channel;
 use crate::snapshot::SnapshotSummary;
-use crate::state::{BookingRequest, CancelRequest, Outcome, PersonKey, ResultCode};
+use crate::state::{BookingRequest, CancelRequest, Engine, Outcome, PersonKey, ResultCode};
 
 #[derive(Clone, Copy, Debug)]
 pub struct DemoOptions {
@@ -83,6 +84,14 @@ impl Crowd<'_> {
         outcome.result.map_err(|refusal| refusal.code())
     }
 
+    /// Runs one command under the log's append lock, taken before the
+    /// command (the lock order) and let go before its outcome is counted
+    /// (counting may wait for durability, which needs the lock let go).
+    fn apply(&self, command: impl FnOnce(&Engine, &Appender<'_>) -> Outcome<SlotIndex>) -> Outcome<SlotIndex> {
+        let log = self.engine.log().appender();
+        command(self.engine.engine(), &log)
+    }
+
     fn release(&mut self) {
         let durable = self.engine.log().wait_durable(self.durable_after);
         for code in self.unreleased.drain(..) {
@@ -125,7 +134,7 @@ impl Crowd<'_> {
         for attempt in 1..=3 {
             request.slot = self.random_slot(&mut dice);
             request.idempotency_key = attempt;
-            booked = self.count(self.engine.engine().reserve(&self.engine.log().appender(), &request, now_ms));
+            booked = self.count(self.apply(|engine, log| engine.reserve(log, &request, now_ms)));
             if booked != Err(ResultCode::SlotFull) {
                 break;
             }
@@ -135,21 +144,21 @@ impl Crowd<'_> {
         }
         if dice.chance(3) {
             // The network dropped the answer; the gateway retries with the same key.
-            let _ = self.count(self.engine.engine().reserve(&self.engine.log().appender(), &request, now_ms));
+            let _ = self.count(self.apply(|engine, log| engine.reserve(log, &request, now_ms)));
         }
         if dice.chance(2) {
             request.idempotency_key = 10;
             request.slot = self.random_slot(&mut dice);
-            let _ = self.count(self.engine.engine().reserve(&self.engine.log().appender(), &request, now_ms));
+            let _ = self.count(self.apply(|engine, log| engine.reserve(log, &request, now_ms)));
         }
         if dice.chance(2) {
             request.idempotency_key = 11;
             request.slot = self.random_slot(&mut dice);
-            let _ = self.count(self.engine.engine().change(&self.engine.log().appender(), &request, now_ms));
+            let _ = self.count(self.apply(|engine, log| engine.change(log, &request, now_ms)));
         }
         if dice.chance(2) {
             let cancel = CancelRequest { person, birth_date, idempotency_key: 12, channel: Channel::Person };
-            let _ = self.count(self.engine.engine().cancel(&self.engine.log().appender(), &cancel, now_ms));
+            let _ = self.count(self.apply(|engine, log| engine.cancel(log, &cancel, now_ms)));
         }
     }
 }

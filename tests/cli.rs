@@ -261,3 +261,32 @@ fn a_second_signal_exits_at_once_and_the_log_still_recovers() {
     }
     terminate(child, stdout);
 }
+
+#[test]
+fn the_demo_evening_books_durably_from_two_threads_and_recovers_the_same_state() {
+    let directory = small_data_dir();
+    let mut child = Command::new(YEYAK)
+        .args(["--people", "30000", "--threads", "2", "--data-dir"])
+        .arg(directory.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A hang (a thread waiting for durability while it holds the log's
+    // append lock, say) fails the test instead of stalling the suite.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the demo evening did not finish in 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).unwrap();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("recovered state equal to the state before the restart: yes"), "{text}");
+}
