@@ -493,6 +493,8 @@ fn serve_fresh(
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         clock,
         in_flight_max,
+        // The benchmark's connections may keep more in flight than the default queue holds.
+        ingress_queue_commands: (in_flight_max as usize * 64).max(1 << 20),
         reactor,
         ..yeyak::server::ServerConfig::default()
     };

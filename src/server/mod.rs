@@ -62,11 +62,11 @@ pub struct ServerConfig {
     pub in_flight_max: u32,
     /// Requests the ingress queue holds; one more is answered OVERLOADED.
     pub ingress_queue_jobs: usize,
-    /// Commands the ingress queue holds (a batch counts its commands): one
-    /// more request is answered OVERLOADED, unless the queue is empty (a
-    /// request is always let into an empty queue). Bounds the memory of
-    /// queued work: many connections with full batches in flight could
-    /// otherwise queue 4,096 commands a job.
+    /// Commands queued for the engine thread or in the round it is applying
+    /// (a batch counts its commands): one more request is answered
+    /// OVERLOADED, unless there are none (a request is always let in then).
+    /// Bounds the memory of queued work: many connections with full batches
+    /// in flight could otherwise queue 4,096 commands a job.
     pub ingress_queue_commands: usize,
     /// The largest frame body accepted (at most `FRAME_BODY_BYTES_MAX`).
     pub frame_body_bytes_max: u32,
@@ -230,14 +230,11 @@ fn engine_loop(shared: &Shared) {
         // The rules' time-dependent part, once a round rather than once a command.
         let moment = engine.engine().booking_moment(shared.config.clock.now_ms());
         // Take a round of jobs first, so the lines of the next few can be asked for ahead.
-        let mut popped_commands = 0;
+        let mut round_commands = 0;
         while round.len() < APPLY_ROUND_JOBS_MAX {
             let Some(job) = shared.ingress.pop() else { break };
-            popped_commands += job.work.commands() as usize;
+            round_commands += job.work.commands() as usize;
             round.push_back(job);
-        }
-        if popped_commands > 0 {
-            shared.ingress_commands.fetch_sub(popped_commands, Ordering::AcqRel);
         }
         let applied = round.len();
         for job in round.iter().take(apply::PREFETCH_AHEAD) {
@@ -254,6 +251,8 @@ fn engine_loop(shared: &Shared) {
                 apply::apply(engine, &log, job, &moment, &mut pending, &mut tally);
             }
             tally.flush(&shared.counters.engine);
+            // Counted until applied, so the bound covers the round in hand too.
+            shared.ingress_commands.fetch_sub(round_commands, Ordering::AcqRel);
         }
         let released = pending.release(engine);
         if applied > 0 || released > 0 {
