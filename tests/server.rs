@@ -590,6 +590,7 @@ fn a_full_ingress_queue_answers_overloaded_at_once() {
     assert_eq!(booked, 1024 * (4 - overloaded.len()), "every accepted batch booked whole");
     let stats = client.stats().unwrap();
     assert_eq!(stats.counter("overloaded"), Some(overloaded.len() as u64));
+    assert_eq!(stats.counter("ingress queue commands"), Some(0), "every counted command was applied and let go");
 }
 
 fn body_is_ok(body: &[u8]) -> bool {

@@ -354,8 +354,11 @@ pub fn put_batch_header(out: &mut Vec<u8>, count: u16) {
     out.extend_from_slice(&[0, 0]);
 }
 
-/// The names of the STATS reply's twenty counters, in their order on the wire.
-pub const STATS_COUNTER_NAMES: [&str; 20] = [
+/// How many counters the STATS reply carries before its refusals by code.
+pub const STATS_COUNTERS: usize = 21;
+
+/// The names of the STATS reply's counters, in their order on the wire.
+pub const STATS_COUNTER_NAMES: [&str; STATS_COUNTERS] = [
     "reservations",
     "cancellations",
     "changes",
@@ -376,20 +379,21 @@ pub const STATS_COUNTER_NAMES: [&str; 20] = [
     "uptime ms",
     "bad frames",
     "overloaded",
+    "ingress queue commands",
 ];
 
-/// The STATS reply body (docs/protocol.md, "Stats"): twenty counters, then
+/// The STATS reply body (docs/protocol.md, "Stats"): the counters, then
 /// the refusals by result code.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// In `STATS_COUNTER_NAMES`' order.
-    pub counters: [u64; 20],
+    pub counters: [u64; STATS_COUNTERS],
     /// (result code, refusals with it), codes ascending, only codes seen.
     pub refusals_by_code: Vec<(u8, u64)>,
 }
 
 impl Stats {
-    const COUNTERS_BYTES: usize = 20 * 8;
+    const COUNTERS_BYTES: usize = STATS_COUNTERS * 8;
     const REFUSAL_BYTES: usize = 16;
 
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -519,14 +523,14 @@ mod tests {
 
     #[test]
     fn stats_round_trip_and_reject_bad_bodies() {
-        let mut counters = [0u64; 20];
+        let mut counters = [0u64; STATS_COUNTERS];
         for (index, value) in counters.iter_mut().enumerate() {
             *value = index as u64 * 1000 + 7;
         }
         let stats = Stats { counters, refusals_by_code: vec![(5, 12), (12, 3), (200, 1)] };
         let mut body = Vec::new();
         stats.encode(&mut body);
-        assert_eq!(body.len(), 160 + 8 + 3 * 16);
+        assert_eq!(body.len(), 168 + 8 + 3 * 16);
         assert_eq!(Stats::decode(&body), Ok(stats.clone()));
         assert_eq!(stats.counter("refusals"), Some(3007));
         assert_eq!(stats.counter("no such counter"), None);
@@ -538,9 +542,9 @@ mod tests {
         Stats { counters, refusals_by_code: vec![(12, 1), (5, 1)] }.encode(&mut unordered);
         assert!(Stats::decode(&unordered).is_err(), "codes out of order");
         let mut dirty = body.clone();
-        dirty[160 + 8 + 1] = 1;
+        dirty[168 + 8 + 1] = 1;
         assert!(Stats::decode(&dirty).is_err(), "reserved byte set");
-        let mut huge = body[..160].to_vec();
+        let mut huge = body[..168].to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&[0; 4]);
         assert!(Stats::decode(&huge).is_err(), "absurd count");

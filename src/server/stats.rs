@@ -80,6 +80,7 @@ impl Counters {
             shared.started.elapsed().as_millis() as u64,
             self.bad_frames.load(Ordering::Relaxed),
             self.overloaded.load(Ordering::Relaxed),
+            shared.ingress_commands.load(Ordering::Relaxed) as u64,
         ];
         Stats { counters, refusals_by_code }
     }
