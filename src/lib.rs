@@ -5,6 +5,7 @@
 //! | layer | module | what it does |
 //! |---|---|---|
 //! | calendar & config | [`calendar`], [`config`] | dates, local time; the campaign TOML, checked and compiled into [`config::CampaignRules`] |
+//! | crc & memory | [`crc`], [`memory`] | CRC-32C (fast on short inputs); big zeroed tables on huge pages, faulted in on every core |
 //! | inventory | [`inventory`] | sites, regions, slots and their dense [`inventory::SlotIndex`] numbers |
 //! | rules | [`rules`] | who may book when: cohorts, rotation days, booking windows, proxies (pure) |
 //! | state machine | [`state`] | [`state::Engine`]: lock-free slot counters, the people table, reserve / cancel / change; hands [`state::Entry`]s to a [`state::Journal`] |
@@ -18,9 +19,11 @@
 //!
 //! Where a reservation goes, over the network: a gateway's frame is decoded by
 //! `server::connection` → a job in the ingress queue → the engine thread
-//! (`server::apply`) calls `state::Engine::reserve` (rules → person latch →
-//! slot counter `take` → `Journal::append` draws a sequence number and queues
-//! the record in the log's ring) → the log's flusher thread writes a group of
+//! (`server::apply`), holding the log's append lock for its round
+//! (`log::LogWriter::appender`), calls `state::Engine::reserve_at` (rules →
+//! person latch → slot counter `take` → `Journal::append` draws a sequence
+//! number and encodes the record into the log's ring) → when the round lets
+//! go of the lock, the log's flusher thread writes a group of
 //! records and syncs them → the reply is released to the connection once its
 //! record is durable. In process, `durable::DurableEngine::reserve` does the
 //! same without the network. See `docs/architecture.md` for the picture.
