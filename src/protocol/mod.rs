@@ -14,6 +14,35 @@ pub use frame::{decode_frame, encode_frame, FrameError, FrameHeader, FRAME_BODY_
 /// The most commands one BATCH frame may carry.
 pub const BATCH_COMMANDS_MAX: u16 = 4096;
 
+/// Runs every decoder the engine or a client applies to bytes from a socket
+/// over `bytes`, results thrown away: for the cargo-fuzz target and the
+/// suite's bounded fuzz run (tests/protocol_bytes.rs), which check that none
+/// of them panics, whatever the bytes.
+pub fn decode_all(bytes: &[u8]) {
+    let bodies = |bytes: &[u8]| {
+        let _ = Booking::decode(bytes);
+        let _ = PersonQuery::decode(bytes);
+        let _ = SiteQuery::decode(bytes);
+        let _ = RegionQuery::decode(bytes);
+        let _ = CapacityAddition::decode(bytes);
+        let _ = body::Stats::decode(bytes);
+        let _ = handshake::Hello::decode(bytes);
+        let _ = handshake::Challenge::decode(bytes);
+        if let Ok((answer, _)) = Answer::decode(bytes) {
+            let _ = answer.to_refusal();
+        }
+    };
+    bodies(bytes);
+    if let Ok((_, frame_body)) = decode_frame(bytes, FRAME_BODY_BYTES_MAX) {
+        bodies(frame_body);
+    }
+    for items in [body::split_batch(bytes, BATCH_COMMANDS_MAX), body::split_reply_batch(bytes)].into_iter().flatten() {
+        for item in items {
+            bodies(item.body);
+        }
+    }
+}
+
 /// Opcodes (docs/protocol.md, "Opcodes").
 pub mod opcode {
     pub const HELLO: u8 = 0x01;
