@@ -13,7 +13,7 @@ use crate::protocol::body::{put_batch_header, put_batch_item, Booking, PersonQue
 use crate::protocol::frame::flag;
 use crate::protocol::handshake::{ClientHandshake, ClientHandshakeError, Role, PROOF_REQUEST_ID};
 use crate::protocol::{decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX};
-use crate::state::Refusal;
+use crate::state::{Refusal, RegionPage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -61,13 +61,6 @@ pub type Reply = (FrameHeader, Vec<u8>);
 pub struct SiteSeats {
     pub first_slot: SlotIndex,
     pub seats: Vec<u32>,
-}
-
-/// REGION_AVAILABILITY's answer: (site id, seats left that day), and the next page's cursor.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RegionSeats {
-    pub sites: Vec<(u32, u32)>,
-    pub next_cursor: Option<u32>,
 }
 
 impl Client {
@@ -256,7 +249,7 @@ impl Client {
     }
 
     /// One page of the sites of a region with seats left on a day.
-    pub fn region_availability(&mut self, query: &RegionQuery) -> Result<Result<RegionSeats, Refusal>, ClientError> {
+    pub fn region_availability(&mut self, query: &RegionQuery) -> Result<Result<RegionPage, Refusal>, ClientError> {
         let (answer, rest) = self.answer_of(opcode::REGION_AVAILABILITY, |out| query.encode(out))?;
         if !answer.is_ok() {
             return answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer));
@@ -269,7 +262,7 @@ impl Client {
             .map(|_| Ok((reader.u32()?, reader.u32()?)))
             .collect::<Result<Vec<(u32, u32)>, crate::protocol::BodyError>>()
             .map_err(bad)?;
-        Ok(Ok(RegionSeats { sites, next_cursor: (next_cursor != u32::MAX).then_some(next_cursor) }))
+        Ok(Ok(RegionPage { sites, next_cursor: (next_cursor != u32::MAX).then_some(next_cursor) }))
     }
 
     /// Books many at once in one BATCH frame; answers in the same order.

@@ -27,6 +27,26 @@ struct Running {
     _directory: Option<tempfile::TempDir>,
 }
 
+/// The test `$body` as two tests: on the tokio reactor, and on tokio-uring
+/// where this process may use io_uring (else it says so and passes).
+macro_rules! on_both_reactors {
+    ($tokio:ident, $uring:ident, $body:ident) => {
+        #[test]
+        fn $tokio() {
+            $body(Reactor::Tokio);
+        }
+
+        #[test]
+        fn $uring() {
+            if !yeyak::server::reactor::uring_available() {
+                eprintln!("io_uring is not available here: the tokio-uring reactor goes untested");
+                return;
+            }
+            $body(Reactor::Uring);
+        }
+    };
+}
+
 fn start_in(directory: &std::path::Path, config: ServerConfig) -> (Server, KeyRing) {
     let rules = write_small_campaign(directory);
     let (engine, _) = DurableEngine::open(directory, small_log_options(), false).unwrap();
@@ -51,19 +71,11 @@ fn wire_booking(index: u64, slot: u32, key: u64) -> Booking {
     Booking::from(&booking(index, slot, key))
 }
 
-#[test]
-fn every_command_through_the_client() {
-    every_command_through_the_client_on(Reactor::Tokio);
-}
-
-#[test]
-fn every_command_through_the_client_on_io_uring() {
-    if !yeyak::server::reactor::uring_available() {
-        eprintln!("io_uring is not available here: the tokio-uring reactor goes untested");
-        return;
-    }
-    every_command_through_the_client_on(Reactor::Uring);
-}
+on_both_reactors!(
+    every_command_through_the_client,
+    every_command_through_the_client_on_io_uring,
+    every_command_through_the_client_on
+);
 
 fn every_command_through_the_client_on(reactor: Reactor) {
     let running = start(ServerConfig { reactor, ..ServerConfig::default() });
@@ -152,19 +164,11 @@ fn every_command_through_the_client_on(reactor: Reactor) {
     running.server.shutdown().unwrap();
 }
 
-#[test]
-fn ten_thousand_pipelined_requests_on_one_connection() {
-    ten_thousand_pipelined_requests_on_one_connection_on(Reactor::Tokio);
-}
-
-#[test]
-fn ten_thousand_pipelined_requests_on_one_connection_on_io_uring() {
-    if !yeyak::server::reactor::uring_available() {
-        eprintln!("io_uring is not available here: the tokio-uring reactor goes untested");
-        return;
-    }
-    ten_thousand_pipelined_requests_on_one_connection_on(Reactor::Uring);
-}
+on_both_reactors!(
+    ten_thousand_pipelined_requests_on_one_connection,
+    ten_thousand_pipelined_requests_on_one_connection_on_io_uring,
+    ten_thousand_pipelined_requests_on_one_connection_on
+);
 
 fn ten_thousand_pipelined_requests_on_one_connection_on(reactor: Reactor) {
     let running = start(ServerConfig { in_flight_max: 10_000, reactor, ..ServerConfig::default() });
@@ -187,19 +191,11 @@ fn ten_thousand_pipelined_requests_on_one_connection_on(reactor: Reactor) {
     running.server.shutdown().unwrap();
 }
 
-#[test]
-fn bad_frames_are_answered_and_closed_while_others_keep_booking() {
-    bad_frames_are_answered_and_closed_while_others_keep_booking_on(Reactor::Tokio);
-}
-
-#[test]
-fn bad_frames_are_answered_and_closed_while_others_keep_booking_on_io_uring() {
-    if !yeyak::server::reactor::uring_available() {
-        eprintln!("io_uring is not available here: the tokio-uring reactor goes untested");
-        return;
-    }
-    bad_frames_are_answered_and_closed_while_others_keep_booking_on(Reactor::Uring);
-}
+on_both_reactors!(
+    bad_frames_are_answered_and_closed_while_others_keep_booking,
+    bad_frames_are_answered_and_closed_while_others_keep_booking_on_io_uring,
+    bad_frames_are_answered_and_closed_while_others_keep_booking_on
+);
 
 fn bad_frames_are_answered_and_closed_while_others_keep_booking_on(reactor: Reactor) {
     let running = start(ServerConfig { reactor, ..ServerConfig::default() });
@@ -313,19 +309,11 @@ fn only_proven_keys_get_in_and_connections_are_capped() {
     running.server.shutdown().unwrap();
 }
 
-#[test]
-fn shutdown_under_load_keeps_every_acknowledged_reservation() {
-    shutdown_under_load_keeps_every_acknowledged_reservation_on(Reactor::Tokio);
-}
-
-#[test]
-fn shutdown_under_load_keeps_every_acknowledged_reservation_on_io_uring() {
-    if !yeyak::server::reactor::uring_available() {
-        eprintln!("io_uring is not available here: the tokio-uring reactor goes untested");
-        return;
-    }
-    shutdown_under_load_keeps_every_acknowledged_reservation_on(Reactor::Uring);
-}
+on_both_reactors!(
+    shutdown_under_load_keeps_every_acknowledged_reservation,
+    shutdown_under_load_keeps_every_acknowledged_reservation_on_io_uring,
+    shutdown_under_load_keeps_every_acknowledged_reservation_on
+);
 
 fn shutdown_under_load_keeps_every_acknowledged_reservation_on(reactor: Reactor) {
     let directory = tempfile::tempdir().unwrap();
