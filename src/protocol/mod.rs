@@ -72,19 +72,17 @@ pub mod opcode {
     }
 }
 
-/// Result codes of the protocol and the server (100–127); 0–99 are the state
-/// machine's `ResultCode`s.
 /// The name of any result code, engine or protocol, for people to read
 /// (`yeyak client stats`); an unassigned code prints as its number.
 pub fn code_name(code: u8) -> String {
-    crate::state::ResultCode::ALL
-        .iter()
-        .find(|result| **result as u8 == code)
-        .map(|result| result.name())
+    crate::state::ResultCode::from_u8(code)
+        .map(crate::state::ResultCode::name)
         .or_else(|| code::name(code))
         .map_or_else(|| format!("code {code}"), str::to_string)
 }
 
+/// Result codes of the protocol and the server (100–127); 0–99 are the state
+/// machine's `ResultCode`s.
 pub mod code {
     pub const OK: u8 = 0;
     pub const MALFORMED: u8 = 100;

@@ -98,6 +98,8 @@ const ARENA_COMPACT_BYTES_MIN: usize = 1 << 20;
 pub struct Pending {
     arena: Vec<u8>,
     replies: VecDeque<PendingReply>,
+    /// Connections to wake after a release (kept to reuse its allocation).
+    to_wake: Vec<Arc<Outbox>>,
 }
 
 impl Pending {
@@ -113,8 +115,6 @@ impl Pending {
         let durable = engine.log().durable_lsn();
         let failed = engine.log().writable().err();
         let mut released = 0;
-        // Each connection's writer is woken once for its whole run of replies.
-        let mut to_wake: Vec<Arc<Outbox>> = Vec::new();
         while let Some(front) = self.replies.front() {
             if front.durable_after <= durable {
                 front.outbox.push_quietly(&self.arena[front.bytes.clone()]);
@@ -127,13 +127,15 @@ impl Pending {
                 break;
             }
             front.outbox.finish_request(front.commands);
-            if !to_wake.iter().any(|outbox| Arc::ptr_eq(outbox, &front.outbox)) {
-                to_wake.push(Arc::clone(&front.outbox));
+            let Some(reply) = self.replies.pop_front() else { break };
+            // A connection's writer is woken once for each run of its replies
+            // (waking it twice is harmless): no search over every connection.
+            if !self.to_wake.last().is_some_and(|last| Arc::ptr_eq(last, &reply.outbox)) {
+                self.to_wake.push(reply.outbox);
             }
-            self.replies.pop_front();
             released += 1;
         }
-        for outbox in to_wake {
+        for outbox in self.to_wake.drain(..) {
             outbox.wake();
         }
         self.compact();
