@@ -19,6 +19,9 @@ pub enum BodyError {
     Length { expected: usize, found: usize },
     #[error("{field}: {reason}")]
     Field { field: &'static str, reason: String },
+    /// A batch of more commands than allowed (BATCH_TOO_LARGE, not MALFORMED).
+    #[error("batch count: {count} commands; at most {max}")]
+    BatchTooLarge { count: u16, max: u16 },
 }
 
 /// A cursor over a body: reads fixed-width little-endian fields.
@@ -322,7 +325,7 @@ fn split_items(bytes: &[u8], commands_max: u16, requests: bool) -> Result<Vec<Ba
     let count = reader.u16()?;
     reader.zeros(2, "batch reserved bytes")?;
     if count > commands_max {
-        return Err(field_error("batch count", format!("{count} commands; at most {commands_max}")));
+        return Err(BodyError::BatchTooLarge { count, max: commands_max });
     }
     let mut items = Vec::with_capacity(usize::from(count));
     for index in 0..count {

@@ -397,7 +397,7 @@ fn command(opcode_byte: u8, body: &[u8], operator_id: u32) -> Result<Command, u8
 
 fn batch(body: &[u8], operator_id: u32) -> Result<Vec<Command>, (u8, u32)> {
     let items = split_batch(body, BATCH_COMMANDS_MAX).map_err(|error| match error {
-        BodyError::Field { field: "batch count", .. } => (code::BATCH_TOO_LARGE, u32::from(BATCH_COMMANDS_MAX)),
+        BodyError::BatchTooLarge { max, .. } => (code::BATCH_TOO_LARGE, u32::from(max)),
         _ => (code::MALFORMED, 0),
     })?;
     // Sized once: collecting into a `Result` would grow the vector by doubling.
