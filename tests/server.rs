@@ -264,6 +264,17 @@ fn bad_frames_are_answered_and_closed_while_others_keep_booking_on(reactor: Reac
             },
             code::MALFORMED,
         ),
+        (
+            "batch over the limit",
+            {
+                let mut f = Vec::new();
+                yeyak::protocol::encode_frame(&mut f, opcode::BATCH, 0, 1, |out| {
+                    yeyak::protocol::body::put_batch_header(out, yeyak::protocol::BATCH_COMMANDS_MAX + 1);
+                });
+                f
+            },
+            code::BATCH_TOO_LARGE,
+        ),
     ];
     for (index, (name, bytes, expected)) in cases.into_iter().enumerate() {
         let mut bad = gateway(&running.server, &running.keys);
