@@ -290,8 +290,10 @@ impl Inventory {
         (day_index * slots_per_day + begun_today) as u32
     }
 
-    /// Milliseconds from the first service day's midnight to a slot's start: cheap,
-    /// for the hot path (no site lookup).
+    /// When a slot starts (UTC ms), without the site lookup of
+    /// `slot_starts_ms`: the reference `position_in_site` and
+    /// `slots_begun_per_site` are tested against.
+    #[cfg(test)]
     pub fn slot_starts_ms_fast(&self, slot: SlotIndex) -> i64 {
         let time_index = i64::from(slot.0 % u32::from(self.slots_per_day));
         let day_index = i64::from(slot.0 / u32::from(self.slots_per_day) % u32::from(self.days));

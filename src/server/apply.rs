@@ -284,7 +284,7 @@ fn apply_fixed<'c>(
             (Answer::of_slot(&outcome.result), outcome.durable_after)
         }
         Command::Cancel(booking) => {
-            let outcome = engine.cancel(log, &booking.cancel_request(), moment.now_ms());
+            let outcome = engine.cancel_at(log, &booking.cancel_request(), moment);
             (Answer::of_slot(&outcome.result), outcome.durable_after)
         }
         Command::Get(query) => {

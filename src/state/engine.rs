@@ -95,8 +95,7 @@ impl Engine {
     #[inline(always)]
     fn check_booking(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Result<(), Refusal> {
         let slot = request.slot;
-        let slot_ok =
-            self.inventory.contains(slot) && self.inventory.position_in_site(slot) >= moment.slots_begun_per_site;
+        let slot_ok = self.inventory.contains(slot) && !self.slot_begun(slot, moment);
         if request.person.0 == 0 || request.idempotency_key == 0 || !slot_ok {
             return Err(self.booking_refusal(request));
         }
@@ -116,9 +115,10 @@ impl Engine {
         Refusal::SlotInPast { slot: request.slot }
     }
 
+    /// Whether the appointment of `slot` (in the inventory) has begun at `moment`.
     #[inline]
-    fn slot_begun(&self, slot: SlotIndex, now_ms: i64) -> bool {
-        now_ms >= self.inventory.first_slot_starts_ms() && self.inventory.slot_starts_ms_fast(slot) <= now_ms
+    fn slot_begun(&self, slot: SlotIndex, moment: &Moment) -> bool {
+        self.inventory.position_in_site(slot) < moment.slots_begun_per_site
     }
 
     /// A retry of the person's last applied command gets that command's answer.
@@ -168,7 +168,7 @@ impl Engine {
         Ok(Outcome { result: Ok(slot), durable_after: lsn + 1 })
     }
 
-    /// What holds at `now_ms` for every command, for `reserve_at` and `change_at`.
+    /// What holds at `now_ms` for every command, for the `…_at` commands.
     pub fn booking_moment(&self, now_ms: i64) -> Moment {
         Moment { booking: self.rules.moment(now_ms), slots_begun_per_site: self.inventory.slots_begun_per_site(now_ms) }
     }
@@ -245,6 +245,7 @@ impl Engine {
                 return refused(Refusal::LogUnavailable(why));
             }
         };
+        // `appended`, spelled out: 2 instructions a reservation fewer (callgrind).
         latch.commit(PersonRecord {
             holds: Some(slot),
             last: Some(LastCommand { kind: CommandKind::Reserve, idempotency_key, slot }),
@@ -309,6 +310,12 @@ impl Engine {
     /// Gives up a person's reservation. Allowed outside booking windows, but
     /// not once the appointment has begun; family proxies only until the cutoff.
     pub fn cancel(&self, journal: &impl Journal, request: &CancelRequest, now_ms: i64) -> Outcome<SlotIndex> {
+        self.cancel_at(journal, request, &self.booking_moment(now_ms))
+    }
+
+    /// `cancel` at a `Moment` computed beforehand, as `reserve_at`.
+    pub fn cancel_at(&self, journal: &impl Journal, request: &CancelRequest, moment: &Moment) -> Outcome<SlotIndex> {
+        let now_ms = moment.now_ms();
         let CancelRequest { person, idempotency_key, .. } = *request;
         let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         if let Err(refusal) = check_keys(person, idempotency_key)
@@ -327,7 +334,7 @@ impl Engine {
         let Some(slot) = record.holds else {
             return refused(Refusal::NoReservation);
         };
-        if self.slot_begun(slot, now_ms) {
+        if self.slot_begun(slot, moment) {
             return refused(Refusal::SlotInPast { slot });
         }
         let entry = Entry::Cancelled { person, slot, idempotency_key, operator_id: request.channel.operator_id() };
