@@ -92,3 +92,26 @@ fn a_data_directory_is_opened_by_one_engine_at_a_time() {
     engine.close().unwrap();
     assert!(DurableEngine::open(directory.path(), small_log_options(), false).is_ok(), "the lock goes with the engine");
 }
+
+#[test]
+fn a_slot_whose_appointment_has_begun_is_neither_booked_nor_given_up() {
+    use yeyak::inventory::SlotIndex;
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let evening = open_evening_ms(&rules);
+    assert_eq!(engine.reserve(&booking(1, 0, 1), evening), Ok(SlotIndex(0)));
+    let inventory = engine.engine().inventory();
+    let starts = inventory.slot_starts_ms(SlotIndex(0)).unwrap();
+    let next_day = SlotIndex(u32::from(inventory.slots_per_day()));
+    // Up to the last millisecond before it begins, the slot is as any other (here: full).
+    assert_eq!(engine.reserve(&booking(2, 0, 1), starts - 1), Err(Refusal::SlotFull { slot: SlotIndex(0) }));
+    // Once it has begun: no new booking, no change into it, no cancel of it.
+    let in_past = Err(Refusal::SlotInPast { slot: SlotIndex(0) });
+    assert_eq!(engine.reserve(&booking(3, 0, 1), starts), in_past);
+    assert_eq!(engine.change(&booking(4, 0, 1), starts + 1), in_past);
+    assert_eq!(engine.cancel(&cancelling(1, 2), starts), in_past);
+    // A later day's slot is still open, and so is moving away from nothing begun.
+    assert_eq!(engine.reserve(&booking(5, next_day.0, 1), starts), Ok(next_day));
+    assert_eq!(engine.cancel(&cancelling(5, 2), starts), Ok(next_day));
+}
