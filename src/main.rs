@@ -1,5 +1,6 @@
-//! The `yeyak` command: the demo evening (until the network server lands),
-//! and tools to look into a data directory's log.
+//! The `yeyak` command: `start` (the engine on the network), `client` (book
+//! from the shell), the in-process demo evening, and `log` to look into a
+//! data directory.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -70,7 +71,7 @@ struct DemoArgs {
 
 #[derive(Subcommand)]
 enum LogCommand {
-    /// Checks every segment and record; changes nothing.
+    /// Checks every segment, record and snapshot; changes nothing.
     Verify {
         #[arg(long, default_value = "yeyak-data")]
         data_dir: PathBuf,

@@ -1,7 +1,7 @@
 //! The log writer: appenders one at a time, one flusher thread, group commit.
 //!
-//! An appender holds the log's append lock (`LogWriter::appender`, or one
-//! `Journal::append` on the writer itself), draws sequence numbers in order
+//! An appender holds the log's append lock (`LogWriter::appender`, the
+//! log's only `Journal`), draws sequence numbers in order
 //! and encodes each record straight into a ring of 48-byte records, laid out
 //! as they will be on disk. When it lets go it publishes what it wrote by
 //! storing `written_lsn`. The flusher thread takes the published run, writes
@@ -267,7 +267,7 @@ impl Shared {
     }
 }
 
-/// The writer half of the log; implements `Journal` for the state machine.
+/// The writer half of the log; its `Appender`s are the state machine's `Journal`.
 pub struct LogWriter {
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,

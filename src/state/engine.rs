@@ -369,9 +369,9 @@ impl Engine {
     /// nothing added twice; any other capacity means another change came
     /// first, refused as `CapacityChanged` with the capacity now.
     ///
-    /// Takes the capacity lock, then appends: a caller holding the log's
-    /// append lock (`LogWriter::appender`) passes that appender, never the
-    /// writer itself (which would take the append lock a second time).
+    /// Takes the capacity lock, then appends: the caller already holds the
+    /// log's append lock (its `LogWriter::appender` is the journal), so the
+    /// lock order is append lock, then capacity lock.
     pub fn add_capacity(
         &self,
         journal: &impl Journal,
