@@ -211,10 +211,7 @@ impl AsyncClient {
         booking: &Booking,
     ) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
         let answer = self.call(Self::booking_call(opcode, booking)?).await?;
-        if answer.is_ok() {
-            return Ok(Ok(SlotIndex(answer.value)));
-        }
-        answer.to_refusal().map(Err).ok_or(AsyncClientError::Refused(answer))
+        Ok(answer.result().map_err(AsyncClientError::Refused)?.map(SlotIndex))
     }
 
     pub async fn reserve(&self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
@@ -238,11 +235,7 @@ impl AsyncClient {
         let mut body = [0; Booking::BYTES];
         body[..bytes.len()].copy_from_slice(&bytes);
         let answer = self.call(Call { opcode: opcode::GET_RESERVATION, body, body_bytes: bytes.len() }).await?;
-        if answer.is_ok() {
-            let holds = answer.flags & crate::protocol::answer::answer_flag::HOLDS != 0;
-            return Ok(Ok(holds.then_some(SlotIndex(answer.value))));
-        }
-        answer.to_refusal().map(Err).ok_or(AsyncClientError::Refused(answer))
+        Ok(answer.result().map_err(AsyncClientError::Refused)?.map(|_| answer.held_slot()))
     }
 }
 

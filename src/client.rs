@@ -199,10 +199,7 @@ impl Client {
     }
 
     fn slot_result(answer: Answer) -> Result<Result<SlotIndex, Refusal>, ClientError> {
-        if answer.is_ok() {
-            return Ok(Ok(SlotIndex(answer.value)));
-        }
-        answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer))
+        Ok(answer.result().map_err(ClientError::Refused)?.map(SlotIndex))
     }
 
     pub fn reserve(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
@@ -226,18 +223,14 @@ impl Client {
     /// The slot a person holds, if any.
     pub fn reservation(&mut self, query: &PersonQuery) -> Result<Result<Option<SlotIndex>, Refusal>, ClientError> {
         let (answer, _) = self.answer_of(opcode::GET_RESERVATION, |out| query.encode(out))?;
-        if answer.is_ok() {
-            let holds = answer.flags & crate::protocol::answer::answer_flag::HOLDS != 0;
-            return Ok(Ok(holds.then_some(SlotIndex(answer.value))));
-        }
-        answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer))
+        Ok(answer.result().map_err(ClientError::Refused)?.map(|_| answer.held_slot()))
     }
 
     /// Seats left in each time slot of a site on a day: (first slot, seats per slot).
     pub fn site_availability(&mut self, query: &SiteQuery) -> Result<Result<SiteSeats, Refusal>, ClientError> {
         let (answer, rest) = self.answer_of(opcode::SITE_AVAILABILITY, |out| query.encode(out))?;
-        if !answer.is_ok() {
-            return answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer));
+        if let Err(refusal) = answer.result().map_err(ClientError::Refused)? {
+            return Ok(Err(refusal));
         }
         let bad = |e: crate::protocol::BodyError| ClientError::BadReply(e.to_string());
         let mut reader = crate::protocol::body::Reader::at_least(&rest, 8).map_err(bad)?;
@@ -251,8 +244,8 @@ impl Client {
     /// One page of the sites of a region with seats left on a day.
     pub fn region_availability(&mut self, query: &RegionQuery) -> Result<Result<RegionPage, Refusal>, ClientError> {
         let (answer, rest) = self.answer_of(opcode::REGION_AVAILABILITY, |out| query.encode(out))?;
-        if !answer.is_ok() {
-            return answer.to_refusal().map(Err).ok_or(ClientError::Refused(answer));
+        if let Err(refusal) = answer.result().map_err(ClientError::Refused)? {
+            return Ok(Err(refusal));
         }
         let bad = |e: crate::protocol::BodyError| ClientError::BadReply(e.to_string());
         let mut reader = crate::protocol::body::Reader::at_least(&rest, 8).map_err(bad)?;

@@ -52,6 +52,29 @@ impl Answer {
     }
 
     /// The answer of a command whose result is a slot.
+    /// GET_RESERVATION's answer: OK, with the HOLDS flag and the slot when one is held.
+    pub fn held(slot: Option<SlotIndex>) -> Answer {
+        match slot {
+            Some(slot) => Answer { flags: answer_flag::HOLDS, ..Answer::ok(slot.0) },
+            None => Answer::ok(0),
+        }
+    }
+
+    /// The slot an OK answer to GET_RESERVATION says is held.
+    pub fn held_slot(&self) -> Option<SlotIndex> {
+        (self.flags & answer_flag::HOLDS != 0).then_some(SlotIndex(self.value))
+    }
+
+    /// What a client makes of an answer: `Ok(Ok(value))` for OK,
+    /// `Ok(Err(refusal))` for the state machine's codes, and `Err(self)` for
+    /// the protocol's (the request was refused whole).
+    pub fn result(self) -> Result<Result<u32, Refusal>, Answer> {
+        if self.is_ok() {
+            return Ok(Ok(self.value));
+        }
+        self.to_refusal().map(Err).ok_or(self)
+    }
+
     pub fn of_slot(result: &Result<SlotIndex, Refusal>) -> Answer {
         match result {
             Ok(slot) => Answer::ok(slot.0),

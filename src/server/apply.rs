@@ -290,8 +290,7 @@ fn apply_fixed<'c>(
         Command::Get(query) => {
             let outcome = engine.reservation_of(log, query.person);
             let answer = match outcome.result {
-                Ok(Some(slot)) => Answer { flags: crate::protocol::answer::answer_flag::HOLDS, ..Answer::ok(slot.0) },
-                Ok(None) => Answer::ok(0),
+                Ok(held) => Answer::held(held),
                 Err(refusal) => Answer::refusal(&refusal),
             };
             (answer, outcome.durable_after)
