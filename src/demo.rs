@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::calendar::{Date, TimeOfDay, MS_PER_MINUTE};
+use crate::calendar::{Date, MS_PER_MINUTE};
 use crate::durable::{DurableEngine, OpenError, RecoveryReport};
 use crate::inventory::SlotIndex;
 use crate::log::Appender;
@@ -240,22 +240,4 @@ fn snapshot_while_booking<T>(
         std::thread::sleep(Duration::from_millis(5));
     }
     engine.take_snapshot().map_err(|e| e.to_string()).transpose()
-}
-
-/// The first evening's opening, for the summary.
-pub fn describe_campaign(engine_rules: &crate::config::CampaignRules) -> String {
-    let opens = engine_rules.utc_offset.utc_ms(engine_rules.rotation_start, engine_rules.window_opens);
-    format!(
-        "{} (rotation from {} local, windows {}–{} next day, {} cohort(s))",
-        engine_rules.name,
-        engine_rules.utc_offset.format(opens),
-        engine_rules.window_opens,
-        TimeOfDay::from_minute_of_day(
-            ((u32::from(engine_rules.window_opens.minute_of_day())
-                + (engine_rules.window_length_ms / MS_PER_MINUTE) as u32)
-                % 1440) as u16
-        )
-        .map_or_else(String::new, |t| t.to_string()),
-        engine_rules.cohorts.len()
-    )
 }

@@ -215,9 +215,7 @@ pub fn apply(
     pending.replies.push_back(reply);
 }
 
-/// Commands whose cache lines are asked for ahead of applying them: each
-/// touches a random person bucket and slot cell, and their misses overlap.
-pub const PREFETCH_AHEAD: usize = 8;
+pub use crate::state::engine::PREFETCH_AHEAD;
 
 /// Asks the CPU for the lines `command` will touch.
 pub fn prefetch(engine: &DurableEngine, command: &Command) {

@@ -182,20 +182,12 @@ impl PeopleTable {
         }
     }
 
-    pub fn people_max(&self) -> u64 {
-        self.people_max
-    }
-
     pub fn len(&self) -> u64 {
         self.people_count.load(Ordering::Relaxed).min(self.people_max)
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    pub fn bucket_count(&self) -> u64 {
-        self.bucket_mask + 1
     }
 
     #[inline]
