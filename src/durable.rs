@@ -103,6 +103,31 @@ pub struct RecoveryReport {
     pub created_demo_campaign: bool,
 }
 
+/// "in 0.7 s from snapshot … (N people) and M log records after it", then a
+/// line for each snapshot passed over and for a torn tail cut off.
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.snapshot {
+            Some((path, header)) => write!(
+                f,
+                "in {:.2?} from snapshot {} ({} people) and {} log records after it",
+                self.elapsed,
+                path.display(),
+                header.people_count,
+                self.records_replayed
+            )?,
+            None => write!(f, "in {:.2?} from the log: {} records replayed", self.elapsed, self.records_replayed)?,
+        }
+        for passed_over in &self.snapshots_passed_over {
+            write!(f, "\n  snapshot passed over: {passed_over}")?;
+        }
+        if let Some(tail) = &self.torn_tail {
+            write!(f, "\n  torn tail cut at byte {} of {}: {}", tail.offset, tail.path.display(), tail.defect)?;
+        }
+        Ok(())
+    }
+}
+
 /// The engine and its log, shared with the background snapshot thread.
 struct Core {
     /// The data directory's lock, held as long as the engine lives.

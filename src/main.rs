@@ -125,7 +125,7 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     if first.created_demo_campaign {
         println!("created the demo campaign in {}/campaign.toml", args.data_dir.display());
     }
-    println!("opened {}", describe_recovery(first));
+    println!("opened {first}");
     println!(
         "{} simulated people made {} requests in {:.2?} ({:.0} durable answers/s):",
         args.people,
@@ -150,7 +150,7 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     }
     println!("reservations held now: {} (people known: {})", summary.reservations_held, summary.people_known);
     let restart = &summary.restart;
-    println!("restarted {}", describe_recovery(restart));
+    println!("restarted {restart}");
     println!(
         "recovered state equal to the state before the restart: {}",
         if summary.recovered_state_equal { "yes" } else { "NO" }
@@ -160,32 +160,6 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     } else {
         Err("the recovered state differs: please report this".into())
     }
-}
-
-/// "in 0.7 s from snapshot … (N people) and M log records after it".
-fn describe_recovery(report: &yeyak::durable::RecoveryReport) -> String {
-    let mut text = match &report.snapshot {
-        Some((path, header)) => format!(
-            "in {:.2?} from snapshot {} ({} people) and {} log records after it",
-            report.elapsed,
-            path.display(),
-            header.people_count,
-            report.records_replayed
-        ),
-        None => format!("in {:.2?} from the log: {} records replayed", report.elapsed, report.records_replayed),
-    };
-    for passed_over in &report.snapshots_passed_over {
-        text.push_str(&format!("\n  snapshot passed over: {passed_over}"));
-    }
-    if let Some(tail) = &report.torn_tail {
-        text.push_str(&format!(
-            "\n  torn tail cut at byte {} of {}: {}",
-            tail.offset,
-            tail.path.display(),
-            tail.defect
-        ));
-    }
-    text
 }
 
 fn verify(data_dir: PathBuf) -> Result<(), String> {

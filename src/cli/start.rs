@@ -176,10 +176,9 @@ pub fn start(args: StartArgs) -> Result<(), String> {
             Clock::Simulated { start_ms, since: Instant::now() }
         }
     };
-    println!(
-        "recovered {} records in {:.2?}; durability {:?}; campaign \"{}\"",
-        report.records_replayed, report.elapsed, args.durability, rules.name
-    );
+    // What recovery found (a snapshot passed over, a torn tail cut) is said at start.
+    println!("recovered {report}");
+    println!("durability {:?}; campaign \"{}\"", args.durability, rules.name);
     let config = ServerConfig { listen: args.listen, clock, ..args.server };
     let mut signals = Signals::catch()?;
     let server = Server::start(engine, keys, config).map_err(|e| format!("cannot serve on {}: {e}", args.listen))?;
