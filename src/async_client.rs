@@ -197,11 +197,7 @@ impl AsyncClient {
     }
 
     fn booking_call(opcode: u8, booking: &Booking) -> Result<Call, AsyncClientError> {
-        booking.check().map_err(|e| AsyncClientError::Invalid(e.to_string()))?;
-        let mut bytes = Vec::with_capacity(Booking::BYTES);
-        booking.encode(&mut bytes);
-        let mut body = [0; Booking::BYTES];
-        body.copy_from_slice(&bytes);
+        let body = booking.checked_bytes().map_err(|e| AsyncClientError::Invalid(e.to_string()))?;
         Ok(Call { opcode, body, body_bytes: Booking::BYTES })
     }
 

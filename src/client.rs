@@ -203,20 +203,20 @@ impl Client {
     }
 
     pub fn reserve(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
-        booking.check().map_err(ClientError::Invalid)?;
-        let (answer, _) = self.answer_of(opcode::RESERVE, |out| booking.encode(out))?;
+        let body = booking.checked_bytes().map_err(ClientError::Invalid)?;
+        let (answer, _) = self.answer_of(opcode::RESERVE, |out| out.extend_from_slice(&body))?;
         Self::slot_result(answer)
     }
 
     pub fn change(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
-        booking.check().map_err(ClientError::Invalid)?;
-        let (answer, _) = self.answer_of(opcode::CHANGE, |out| booking.encode(out))?;
+        let body = booking.checked_bytes().map_err(ClientError::Invalid)?;
+        let (answer, _) = self.answer_of(opcode::CHANGE, |out| out.extend_from_slice(&body))?;
         Self::slot_result(answer)
     }
 
     pub fn cancel(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
-        booking.check().map_err(ClientError::Invalid)?;
-        let (answer, _) = self.answer_of(opcode::CANCEL, |out| booking.encode(out))?;
+        let body = booking.checked_bytes().map_err(ClientError::Invalid)?;
+        let (answer, _) = self.answer_of(opcode::CANCEL, |out| out.extend_from_slice(&body))?;
         Self::slot_result(answer)
     }
 

@@ -165,9 +165,17 @@ impl Booking {
     /// with operator 0, would be refused as MALFORMED and close the
     /// connection). Clients check before sending.
     pub fn check(&self) -> Result<(), BodyError> {
+        self.checked_bytes().map(|_| ())
+    }
+
+    /// The booking's body, once `check` has passed on exactly these bytes.
+    pub fn checked_bytes(&self) -> Result<[u8; Self::BYTES], BodyError> {
         let mut bytes = Vec::with_capacity(Self::BYTES);
         self.encode(&mut bytes);
-        Booking::decode(&bytes).map(|_| ())
+        Booking::decode(&bytes)?;
+        let mut body = [0; Self::BYTES];
+        body.copy_from_slice(&bytes);
+        Ok(body)
     }
 
     pub fn encode(&self, out: &mut Vec<u8>) {
