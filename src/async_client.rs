@@ -21,14 +21,14 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::inventory::SlotIndex;
-use crate::protocol::body::{put_batch_header, put_batch_item, split_reply_batch, Booking, PersonQuery};
+use crate::protocol::body::{put_batch_header, put_batch_item, split_reply_batch, PersonQuery};
 use crate::protocol::frame::flag;
 use crate::protocol::handshake::{ClientHandshake, ClientHandshakeError, Role};
 use crate::protocol::{
     code, decode_frame, encode_frame, opcode, Answer, FrameError, BATCH_COMMANDS_MAX, FRAME_BODY_BYTES_MAX,
     FRAME_HEADER_BYTES,
 };
-use crate::state::Refusal;
+use crate::state::{BookingRequest, Refusal};
 
 /// Calls waiting for a connection, per connection: beyond it, callers wait (backpressure).
 pub const CALLS_QUEUED_MAX: usize = 65_536;
@@ -107,7 +107,7 @@ impl AsyncClientError {
 #[derive(Clone, Copy)]
 struct Call {
     opcode: u8,
-    body: [u8; Booking::BYTES],
+    body: [u8; BookingRequest::BYTES],
     body_bytes: usize,
 }
 
@@ -196,29 +196,29 @@ impl AsyncClient {
         }
     }
 
-    fn booking_call(opcode: u8, booking: &Booking) -> Result<Call, AsyncClientError> {
+    fn booking_call(opcode: u8, booking: &BookingRequest) -> Result<Call, AsyncClientError> {
         let body = booking.checked_bytes().map_err(|e| AsyncClientError::Invalid(e.to_string()))?;
-        Ok(Call { opcode, body, body_bytes: Booking::BYTES })
+        Ok(Call { opcode, body, body_bytes: BookingRequest::BYTES })
     }
 
     async fn slot_command(
         &self,
         opcode: u8,
-        booking: &Booking,
+        booking: &BookingRequest,
     ) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
         let answer = self.call(Self::booking_call(opcode, booking)?).await?;
         Ok(answer.result().map_err(AsyncClientError::Refused)?.map(SlotIndex))
     }
 
-    pub async fn reserve(&self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
+    pub async fn reserve(&self, booking: &BookingRequest) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
         self.slot_command(opcode::RESERVE, booking).await
     }
 
-    pub async fn change(&self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
+    pub async fn change(&self, booking: &BookingRequest) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
         self.slot_command(opcode::CHANGE, booking).await
     }
 
-    pub async fn cancel(&self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
+    pub async fn cancel(&self, booking: &BookingRequest) -> Result<Result<SlotIndex, Refusal>, AsyncClientError> {
         self.slot_command(opcode::CANCEL, booking).await
     }
 
@@ -228,7 +228,7 @@ impl AsyncClient {
     ) -> Result<Result<Option<SlotIndex>, Refusal>, AsyncClientError> {
         let mut bytes = Vec::new();
         query.encode(&mut bytes);
-        let mut body = [0; Booking::BYTES];
+        let mut body = [0; BookingRequest::BYTES];
         body[..bytes.len()].copy_from_slice(&bytes);
         let answer = self.call(Call { opcode: opcode::GET_RESERVATION, body, body_bytes: bytes.len() }).await?;
         Ok(answer.result().map_err(AsyncClientError::Refused)?.map(|_| answer.held_slot()))

@@ -9,11 +9,11 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use crate::inventory::SlotIndex;
-use crate::protocol::body::{put_batch_header, put_batch_item, Booking, PersonQuery, RegionQuery, SiteQuery, Stats};
+use crate::protocol::body::{put_batch_header, put_batch_item, PersonQuery, RegionQuery, SiteQuery, Stats};
 use crate::protocol::frame::flag;
 use crate::protocol::handshake::{ClientHandshake, ClientHandshakeError, Role, PROOF_REQUEST_ID};
 use crate::protocol::{decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX};
-use crate::state::{Refusal, RegionPage};
+use crate::state::{BookingRequest, Refusal, RegionPage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -202,19 +202,19 @@ impl Client {
         Ok(answer.result().map_err(ClientError::Refused)?.map(SlotIndex))
     }
 
-    pub fn reserve(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+    pub fn reserve(&mut self, booking: &BookingRequest) -> Result<Result<SlotIndex, Refusal>, ClientError> {
         let body = booking.checked_bytes().map_err(ClientError::Invalid)?;
         let (answer, _) = self.answer_of(opcode::RESERVE, |out| out.extend_from_slice(&body))?;
         Self::slot_result(answer)
     }
 
-    pub fn change(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+    pub fn change(&mut self, booking: &BookingRequest) -> Result<Result<SlotIndex, Refusal>, ClientError> {
         let body = booking.checked_bytes().map_err(ClientError::Invalid)?;
         let (answer, _) = self.answer_of(opcode::CHANGE, |out| out.extend_from_slice(&body))?;
         Self::slot_result(answer)
     }
 
-    pub fn cancel(&mut self, booking: &Booking) -> Result<Result<SlotIndex, Refusal>, ClientError> {
+    pub fn cancel(&mut self, booking: &BookingRequest) -> Result<Result<SlotIndex, Refusal>, ClientError> {
         let body = booking.checked_bytes().map_err(ClientError::Invalid)?;
         let (answer, _) = self.answer_of(opcode::CANCEL, |out| out.extend_from_slice(&body))?;
         Self::slot_result(answer)
@@ -259,7 +259,7 @@ impl Client {
     }
 
     /// Books many at once in one BATCH frame; answers in the same order.
-    pub fn reserve_batch(&mut self, bookings: &[Booking]) -> Result<Vec<Answer>, ClientError> {
+    pub fn reserve_batch(&mut self, bookings: &[BookingRequest]) -> Result<Vec<Answer>, ClientError> {
         let count = u16::try_from(bookings.len()).map_err(|_| ClientError::BadReply("batch too large".into()))?;
         for booking in bookings {
             booking.check().map_err(ClientError::Invalid)?;

@@ -174,7 +174,7 @@ fn sigterm_under_load_keeps_every_acknowledged_reservation() {
                 let mut client = yeyak::client::Client::connect(address, Role::Gateway, id, key).unwrap();
                 for index in 0..1_000_000u128 {
                     let person = yeyak::state::PersonKey((thread << 64) | (index + 1));
-                    let booking = yeyak::protocol::body::Booking {
+                    let booking = yeyak::state::BookingRequest {
                         person,
                         birth_date,
                         slot: yeyak::inventory::SlotIndex((index % 10_000) as u32),

@@ -6,10 +6,9 @@
 use proptest::prelude::*;
 use yeyak::calendar::Date;
 use yeyak::inventory::SlotIndex;
-use yeyak::protocol::body::Booking;
 use yeyak::protocol::{decode_frame, encode_frame, opcode, Answer, FrameError, FRAME_BODY_BYTES_MAX};
 use yeyak::rules::Channel;
-use yeyak::state::{PersonKey, Refusal};
+use yeyak::state::{BookingRequest, PersonKey, Refusal};
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
@@ -19,7 +18,7 @@ fn hex(bytes: &[u8]) -> String {
 /// idempotency key 1, by the person, request id 0x1122.
 #[test]
 fn a_reserve_request_byte_by_byte() {
-    let booking = Booking {
+    let booking = BookingRequest {
         person: PersonKey(0x0f0e_0d0c_0b0a_0908_0706_0504_0302_0100),
         birth_date: Date::parse("1990-05-15").unwrap(),
         slot: SlotIndex(258),
@@ -38,7 +37,7 @@ fn a_reserve_request_byte_by_byte() {
     assert_eq!(frame[20..24], crc32c::crc32c(&unsigned).to_le_bytes(), "CRC32C of the header (CRC zeroed) and body");
     let (header, body) = decode_frame(&frame, FRAME_BODY_BYTES_MAX).unwrap();
     assert_eq!((header.opcode, header.request_id, header.body_bytes), (opcode::RESERVE, 0x1122, 40));
-    assert_eq!(Booking::decode(body), Ok(booking));
+    assert_eq!(BookingRequest::decode(body), Ok(booking));
 }
 
 /// The reply: SLOT_FULL for slot 258, flag REPLY.
@@ -78,7 +77,7 @@ fn foreign_and_broken_frames_are_refused_with_their_codes() {
 
 /// A valid frame with a batch of two commands, to mutate.
 fn valid_batch_frame() -> Vec<u8> {
-    let booking = Booking {
+    let booking = BookingRequest {
         person: PersonKey(5),
         birth_date: Date::from_days_since_epoch(7439),
         slot: SlotIndex(1),

@@ -12,14 +12,14 @@ use common::*;
 use yeyak::client::{Client, ClientError};
 use yeyak::durable::DurableEngine;
 use yeyak::inventory::SlotIndex;
-use yeyak::protocol::body::{Booking, PersonQuery};
+use yeyak::protocol::body::PersonQuery;
 use yeyak::protocol::handshake::Role;
 use yeyak::protocol::{code, opcode};
 use yeyak::rules::Channel;
 use yeyak::server::keys::{KeyRing, DEMO_OPERATOR_ID};
 use yeyak::server::reactor::Reactor;
 use yeyak::server::{Clock, Server, ServerConfig};
-use yeyak::state::{Refusal, ResultCode};
+use yeyak::state::{BookingRequest, Refusal, ResultCode};
 
 struct Running {
     server: Server,
@@ -67,8 +67,8 @@ fn gateway(server: &Server, keys: &KeyRing) -> Client {
     Client::connect(server.local_address(), Role::Gateway, id, key).unwrap()
 }
 
-fn wire_booking(index: u64, slot: u32, key: u64) -> Booking {
-    Booking::from(&booking(index, slot, key))
+fn wire_booking(index: u64, slot: u32, key: u64) -> BookingRequest {
+    booking(index, slot, key)
 }
 
 on_both_reactors!(
@@ -128,7 +128,7 @@ fn every_command_through_the_client_on(reactor: Reactor) {
     // A gateway may not run operator commands, nor book as an operator; the connection goes on.
     let refused = client.call(opcode::ADD_CAPACITY, |out| out.extend_from_slice(&[0; 8])).unwrap_err();
     assert!(matches!(refused, ClientError::Refused(answer) if answer.code == code::NOT_ALLOWED));
-    let as_operator = Booking { channel: Channel::Operator { operator_id: 7 }, ..wire_booking(5, 1, 1) };
+    let as_operator = BookingRequest { channel: Channel::Operator { operator_id: 7 }, ..wire_booking(5, 1, 1) };
     assert!(matches!(client.reserve(&as_operator), Err(ClientError::Refused(a)) if a.code == code::NOT_ALLOWED));
     // The same inside a batch refuses the batch, and the connection goes on.
     let refused = client.reserve_batch(&[wire_booking(6, 2, 1), as_operator]).unwrap_err();
@@ -383,7 +383,7 @@ fn an_invalid_call_fails_alone_and_never_reaches_the_engine() {
     let directory = tempfile::tempdir().unwrap();
     let (server, keys) = start_in(directory.path(), ServerConfig::default());
     let (id, key) = keys.first(Role::Gateway).unwrap();
-    let invalid = Booking { channel: yeyak::rules::Channel::Operator { operator_id: 0 }, ..wire_booking(1, 1, 1) };
+    let invalid = BookingRequest { channel: yeyak::rules::Channel::Operator { operator_id: 0 }, ..wire_booking(1, 1, 1) };
     // The blocking client refuses it before sending; the connection goes on.
     let mut client = Client::connect(server.local_address(), Role::Gateway, id, key).unwrap();
     assert!(matches!(client.reserve(&invalid), Err(ClientError::Invalid(_))));
@@ -557,7 +557,7 @@ fn a_full_ingress_queue_answers_overloaded_at_once() {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
-        let bookings: Vec<Booking> =
+        let bookings: Vec<BookingRequest> =
             (0..1024).map(|i| wire_booking(batch * 1024 + i, ((batch * 1024 + i) % 10_000) as u32, 1)).collect();
         let request_id = client
             .send(opcode::BATCH, |out| {

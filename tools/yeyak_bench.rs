@@ -380,19 +380,19 @@ fn encode_frames(
     batch: usize,
     first_request_id: u64,
 ) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
-    use yeyak::protocol::body::{put_batch_header, put_batch_item, Booking};
+    use yeyak::protocol::body::{put_batch_header, put_batch_item};
     use yeyak::protocol::{encode_frame, opcode};
     let (mut bytes, mut frames) = (Vec::new(), Vec::new());
     for (index, frame) in requests.chunks(batch).enumerate() {
         let start = bytes.len();
         let request_id = first_request_id + index as u64;
         if batch == 1 {
-            encode_frame(&mut bytes, opcode::RESERVE, 0, request_id, |out| Booking::from(&frame[0]).encode(out));
+            encode_frame(&mut bytes, opcode::RESERVE, 0, request_id, |out| frame[0].encode(out));
         } else {
             encode_frame(&mut bytes, opcode::BATCH, 0, request_id, |out| {
                 put_batch_header(out, frame.len() as u16);
                 for request in frame {
-                    put_batch_item(out, opcode::RESERVE, |out| Booking::from(request).encode(out));
+                    put_batch_item(out, opcode::RESERVE, |out| request.encode(out));
                 }
             });
         }
@@ -504,7 +504,6 @@ fn serve_fresh(
 
 fn latency(rate: u64, seconds: u64, data_dir: PathBuf, reactor: yeyak::server::reactor::Reactor) {
     use std::io::{Read, Write};
-    use yeyak::protocol::body::Booking;
     use yeyak::protocol::handshake::Role;
     let total = rate * seconds;
     let (server, keys, requests) = serve_fresh(total, &data_dir, u32::MAX, reactor);
@@ -546,7 +545,7 @@ fn latency(rate: u64, seconds: u64, data_dir: PathBuf, reactor: yeyak::server::r
             }
             std::thread::sleep(wait);
         }
-        let booking = Booking::from(request);
+        let booking = *request;
         yeyak::protocol::encode_frame(&mut frames, yeyak::protocol::opcode::RESERVE, 0, index as u64 + 1, |out| {
             booking.encode(out)
         });

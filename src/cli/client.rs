@@ -9,11 +9,11 @@ use yeyak::calendar::Date;
 use yeyak::client::Client;
 use yeyak::inventory::SlotIndex;
 use yeyak::protocol::body::STATS_COUNTER_NAMES;
-use yeyak::protocol::body::{Booking, PersonQuery, RegionQuery, SiteQuery};
+use yeyak::protocol::body::{PersonQuery, RegionQuery, SiteQuery};
 use yeyak::protocol::handshake::Role;
 use yeyak::rules::Channel;
 use yeyak::server::keys::KeyRing;
-use yeyak::state::PersonKey;
+use yeyak::state::{BookingRequest, PersonKey};
 
 #[derive(clap::Args, Debug)]
 pub struct ClientArgs {
@@ -110,7 +110,7 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
     let (key_id, key) = keys.first(role).ok_or_else(|| format!("no {role:?} key in keys.toml"))?;
     let mut client = Client::connect(args.address, role, key_id, key).map_err(|e| e.to_string())?;
     let channel = if args.operator { Channel::Operator { operator_id: key_id } } else { Channel::Person };
-    let booking = |person: &PersonArgs, slot: u32| Booking {
+    let booking = |person: &PersonArgs, slot: u32| BookingRequest {
         person: person.person,
         birth_date: person.birth_date,
         slot: SlotIndex(slot),

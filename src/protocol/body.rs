@@ -112,33 +112,13 @@ fn put_date(out: &mut Vec<u8>, date: Date) {
     out.extend_from_slice(&date.days_since_epoch().to_le_bytes());
 }
 
-/// RESERVE and CHANGE (40 bytes); CANCEL uses the same layout with slot 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Booking {
-    pub person: PersonKey,
-    pub birth_date: Date,
-    pub slot: SlotIndex,
-    pub idempotency_key: u64,
-    pub channel: Channel,
-}
-
-impl From<&BookingRequest> for Booking {
-    /// The wire form of a request (a client sends it; `request` reads it back).
-    fn from(request: &BookingRequest) -> Booking {
-        Booking {
-            person: request.person,
-            birth_date: request.birth_date,
-            slot: request.slot,
-            idempotency_key: request.idempotency_key,
-            channel: request.channel,
-        }
-    }
-}
-
-impl Booking {
+/// RESERVE, CHANGE and CANCEL carry a `BookingRequest` (40 bytes; CANCEL
+/// with slot 0): the engine's own request type is the wire body, decoded
+/// once, never converted.
+impl BookingRequest {
     pub const BYTES: usize = 40;
 
-    pub fn decode(bytes: &[u8]) -> Result<Booking, BodyError> {
+    pub fn decode(bytes: &[u8]) -> Result<BookingRequest, BodyError> {
         let mut reader = Reader::exact(bytes, Self::BYTES)?;
         let person = PersonKey(reader.u128()?);
         let birth_date = reader.date("birth date")?;
@@ -157,7 +137,7 @@ impl Booking {
             (2, _) => return Err(field_error("operator id", "must not be 0 for the operator channel".into())),
             (other, _) => return Err(field_error("channel", format!("{other}; 0 person, 1 family proxy, 2 operator"))),
         };
-        Ok(Booking { person, birth_date, slot, idempotency_key, channel })
+        Ok(BookingRequest { person, birth_date, slot, idempotency_key, channel })
     }
 
     /// Whether the engine will read this booking: its encoding decoded again
@@ -172,7 +152,7 @@ impl Booking {
     pub fn checked_bytes(&self) -> Result<[u8; Self::BYTES], BodyError> {
         let mut bytes = Vec::with_capacity(Self::BYTES);
         self.encode(&mut bytes);
-        Booking::decode(&bytes)?;
+        BookingRequest::decode(&bytes)?;
         let mut body = [0; Self::BYTES];
         body.copy_from_slice(&bytes);
         Ok(body)
@@ -190,17 +170,6 @@ impl Booking {
         };
         out.extend_from_slice(&[channel, 0, 0, 0]);
         out.extend_from_slice(&operator_id.to_le_bytes());
-    }
-
-    #[inline]
-    pub fn request(&self) -> BookingRequest {
-        BookingRequest {
-            person: self.person,
-            birth_date: self.birth_date,
-            slot: self.slot,
-            idempotency_key: self.idempotency_key,
-            channel: self.channel,
-        }
     }
 
     pub fn cancel_request(&self) -> CancelRequest {
@@ -480,8 +449,8 @@ pub fn put_batch_item(out: &mut Vec<u8>, opcode: u8, write_body: impl FnOnce(&mu
 mod tests {
     use super::*;
 
-    fn booking(channel: Channel) -> Booking {
-        Booking {
+    fn booking(channel: Channel) -> BookingRequest {
+        BookingRequest {
             person: PersonKey(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
             birth_date: Date::from_days_since_epoch(7439),
             slot: SlotIndex(42),
@@ -495,19 +464,19 @@ mod tests {
         for channel in [Channel::Person, Channel::FamilyProxy, Channel::Operator { operator_id: 5 }] {
             let mut bytes = Vec::new();
             booking(channel).encode(&mut bytes);
-            assert_eq!(bytes.len(), Booking::BYTES);
-            assert_eq!(Booking::decode(&bytes), Ok(booking(channel)));
+            assert_eq!(bytes.len(), BookingRequest::BYTES);
+            assert_eq!(BookingRequest::decode(&bytes), Ok(booking(channel)));
         }
         let mut bytes = Vec::new();
         booking(Channel::Person).encode(&mut bytes);
         bytes[32] = 2; // operator channel with operator 0
-        assert!(matches!(Booking::decode(&bytes), Err(BodyError::Field { field: "operator id", .. })));
+        assert!(matches!(BookingRequest::decode(&bytes), Err(BodyError::Field { field: "operator id", .. })));
         bytes[32] = 3;
-        assert!(matches!(Booking::decode(&bytes), Err(BodyError::Field { field: "channel", .. })));
-        assert_eq!(Booking::decode(&bytes[..39]), Err(BodyError::Length { expected: 40, found: 39 }));
+        assert!(matches!(BookingRequest::decode(&bytes), Err(BodyError::Field { field: "channel", .. })));
+        assert_eq!(BookingRequest::decode(&bytes[..39]), Err(BodyError::Length { expected: 40, found: 39 }));
         bytes[32] = 0;
         bytes[16..20].copy_from_slice(&i32::MAX.to_le_bytes());
-        assert!(matches!(Booking::decode(&bytes), Err(BodyError::Field { field: "birth date", .. })));
+        assert!(matches!(BookingRequest::decode(&bytes), Err(BodyError::Field { field: "birth date", .. })));
     }
 
     #[test]
@@ -520,7 +489,7 @@ mod tests {
         });
         let items = split_batch(&body, 4096).unwrap();
         assert_eq!(items.len(), 2);
-        assert_eq!(Booking::decode(items[0].body), Ok(booking(Channel::Person)));
+        assert_eq!(BookingRequest::decode(items[0].body), Ok(booking(Channel::Person)));
         assert_eq!(PersonQuery::decode(items[1].body), Ok(PersonQuery { person: PersonKey(3) }));
         assert!(split_batch(&body, 1).is_err(), "over the count limit");
         assert!(split_batch(&body[..body.len() - 1], 4096).is_err(), "cut short");

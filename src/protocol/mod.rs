@@ -8,7 +8,7 @@ pub mod frame;
 pub mod handshake;
 
 pub use answer::Answer;
-pub use body::{BodyError, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery};
+pub use body::{BodyError, CapacityAddition, PersonQuery, RegionQuery, SiteQuery};
 pub use frame::{decode_frame, encode_frame, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX, FRAME_HEADER_BYTES};
 
 /// The most commands one BATCH frame may carry.
@@ -20,7 +20,7 @@ pub const BATCH_COMMANDS_MAX: u16 = 4096;
 /// of them panics, whatever the bytes.
 pub fn decode_all(bytes: &[u8]) {
     let bodies = |bytes: &[u8]| {
-        let _ = Booking::decode(bytes);
+        let _ = crate::state::BookingRequest::decode(bytes);
         let _ = PersonQuery::decode(bytes);
         let _ = SiteQuery::decode(bytes);
         let _ = RegionQuery::decode(bytes);

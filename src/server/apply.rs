@@ -13,21 +13,21 @@ use std::sync::Arc;
 use crate::durable::DurableEngine;
 use crate::log::Appender;
 use crate::protocol::body::{
-    put_batch_answer, put_batch_header, put_batch_item, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery,
+    put_batch_answer, put_batch_header, put_batch_item, CapacityAddition, PersonQuery, RegionQuery, SiteQuery,
     BATCH_ANSWER_ITEM_BYTES,
 };
 use crate::protocol::frame::flag;
 use crate::protocol::{code, encode_frame, opcode, Answer};
 use crate::server::connection::Outbox;
 use crate::server::stats::Tally;
-use crate::state::{Engine, Journal, Lsn, Moment, Refusal};
+use crate::state::{BookingRequest, Engine, Journal, Lsn, Moment, Refusal};
 
 /// A decoded command, ready for the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
-    Reserve(Booking),
-    Change(Booking),
-    Cancel(Booking),
+    Reserve(BookingRequest),
+    Change(BookingRequest),
+    Cancel(BookingRequest),
     Get(PersonQuery),
     Site(SiteQuery),
     Region(RegionQuery),
@@ -274,11 +274,11 @@ fn apply_fixed<'c>(
     let engine = durable.engine();
     let (answer, durable_after) = match command {
         Command::Reserve(booking) => {
-            let outcome = engine.reserve_at(log, &booking.request(), moment);
+            let outcome = engine.reserve_at(log, booking, moment);
             (Answer::of_slot(&outcome.result), outcome.durable_after)
         }
         Command::Change(booking) => {
-            let outcome = engine.change_at(log, &booking.request(), moment);
+            let outcome = engine.change_at(log, booking, moment);
             (Answer::of_slot(&outcome.result), outcome.durable_after)
         }
         Command::Cancel(booking) => {

@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use crate::server::reactor::{ReadBytes, WriteBytes};
 
-use crate::protocol::body::{split_batch, BodyError, Booking, CapacityAddition, PersonQuery, RegionQuery, SiteQuery};
+use crate::protocol::body::{split_batch, BodyError, CapacityAddition, PersonQuery, RegionQuery, SiteQuery};
 use crate::protocol::frame::{flag, PROTOCOL_VERSION};
 use crate::protocol::handshake::{nonce, verify_proof, Challenge, Hello, Role, PROOF_BYTES};
 use crate::protocol::{code, decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, BATCH_COMMANDS_MAX};
 use crate::server::apply::{Command, Job, Work};
 use crate::server::Shared;
+use crate::state::BookingRequest;
 
 /// Bytes waiting to be written to one connection, and its requests in flight.
 pub struct Outbox {
@@ -368,9 +369,9 @@ async fn read_loop<R: ReadBytes>(
 fn command(opcode_byte: u8, body: &[u8], operator_id: u32) -> Result<Command, u8> {
     let malformed = |_: BodyError| code::MALFORMED;
     Ok(match opcode_byte {
-        opcode::RESERVE => Command::Reserve(Booking::decode(body).map_err(malformed)?),
-        opcode::CHANGE => Command::Change(Booking::decode(body).map_err(malformed)?),
-        opcode::CANCEL => Command::Cancel(Booking::decode(body).map_err(malformed)?),
+        opcode::RESERVE => Command::Reserve(BookingRequest::decode(body).map_err(malformed)?),
+        opcode::CHANGE => Command::Change(BookingRequest::decode(body).map_err(malformed)?),
+        opcode::CANCEL => Command::Cancel(BookingRequest::decode(body).map_err(malformed)?),
         opcode::GET_RESERVATION => Command::Get(PersonQuery::decode(body).map_err(malformed)?),
         opcode::SITE_AVAILABILITY => Command::Site(SiteQuery::decode(body).map_err(malformed)?),
         opcode::REGION_AVAILABILITY => Command::Region(RegionQuery::decode(body).map_err(malformed)?),
