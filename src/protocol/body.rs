@@ -92,11 +92,7 @@ impl<'a> Reader<'a> {
     }
 
     pub fn date(&mut self, field: &'static str) -> Result<Date, BodyError> {
-        let days = self.i32()?;
-        if !(DATE_DAYS_MIN..=DATE_DAYS_MAX).contains(&days) {
-            return Err(field_error(field, format!("{days} days is outside 1900-01-01..=2099-12-31")));
-        }
-        Ok(Date::from_days_since_epoch(days))
+        wire_date(self.i32()?, field)
     }
 
     pub fn remaining(&self) -> &'a [u8] {
@@ -106,6 +102,41 @@ impl<'a> Reader<'a> {
 
 fn field_error(field: &'static str, reason: String) -> BodyError {
     BodyError::Field { field, reason }
+}
+
+/// A date on the wire: days since 1970-01-01 within the protocol's range.
+#[inline]
+fn wire_date(days: i32, field: &'static str) -> Result<Date, BodyError> {
+    if !(DATE_DAYS_MIN..=DATE_DAYS_MAX).contains(&days) {
+        return Err(date_outside_range(days, field));
+    }
+    Ok(Date::from_days_since_epoch(days))
+}
+
+#[cold]
+#[inline(never)]
+fn date_outside_range(days: i32, field: &'static str) -> BodyError {
+    field_error(field, format!("{days} days is outside 1900-01-01..=2099-12-31"))
+}
+
+/// Why a booking's channel and operator id do not go together.
+#[cold]
+#[inline(never)]
+fn bad_channel(channel: u8, operator_id: u32) -> BodyError {
+    match channel {
+        0 | 1 => field_error("operator id", format!("{operator_id}: must be 0 unless the channel is 2 (operator)")),
+        2 => field_error("operator id", "must not be 0 for the operator channel".into()),
+        other => field_error("channel", format!("{other}; 0 person, 1 family proxy, 2 operator")),
+    }
+}
+
+/// The `N` bytes at `offset` of a fixed-size body (offsets are constants:
+/// the compiler checks nothing at run time).
+#[inline(always)]
+fn at<const N: usize, const LEN: usize>(bytes: &[u8; LEN], offset: usize) -> [u8; N] {
+    let mut field = [0; N];
+    field.copy_from_slice(&bytes[offset..offset + N]);
+    field
 }
 
 fn put_date(out: &mut Vec<u8>, date: Date) {
@@ -118,24 +149,27 @@ fn put_date(out: &mut Vec<u8>, date: Date) {
 impl BookingRequest {
     pub const BYTES: usize = 40;
 
+    /// Reads a body of exactly `BYTES` bytes. The fields sit at fixed offsets
+    /// of a fixed-size array: no per-field bounds checks on the server's
+    /// busiest decode.
+    #[inline]
     pub fn decode(bytes: &[u8]) -> Result<BookingRequest, BodyError> {
-        let mut reader = Reader::exact(bytes, Self::BYTES)?;
-        let person = PersonKey(reader.u128()?);
-        let birth_date = reader.date("birth date")?;
-        let slot = SlotIndex(reader.u32()?);
-        let idempotency_key = reader.u64()?;
-        let channel_byte = reader.u8()?;
-        reader.zeros(3, "booking reserved bytes")?;
-        let operator_id = reader.u32()?;
+        let bytes: &[u8; Self::BYTES] =
+            bytes.try_into().map_err(|_| BodyError::Length { expected: Self::BYTES, found: bytes.len() })?;
+        let person = PersonKey(u128::from_le_bytes(at(bytes, 0)));
+        let birth_date = wire_date(i32::from_le_bytes(at(bytes, 16)), "birth date")?;
+        let slot = SlotIndex(u32::from_le_bytes(at(bytes, 20)));
+        let idempotency_key = u64::from_le_bytes(at(bytes, 24));
+        let channel_byte = bytes[32];
+        if at::<3, { Self::BYTES }>(bytes, 33) != [0; 3] {
+            return Err(field_error("booking reserved bytes", "reserved bytes must be zero".into()));
+        }
+        let operator_id = u32::from_le_bytes(at(bytes, 36));
         let channel = match (channel_byte, operator_id) {
             (0, 0) => Channel::Person,
             (1, 0) => Channel::FamilyProxy,
             (2, operator_id) if operator_id != 0 => Channel::Operator { operator_id },
-            (0 | 1, _) => {
-                return Err(field_error("operator id", "must be 0 unless the channel is 2 (operator)".into()))
-            }
-            (2, _) => return Err(field_error("operator id", "must not be 0 for the operator channel".into())),
-            (other, _) => return Err(field_error("channel", format!("{other}; 0 person, 1 family proxy, 2 operator"))),
+            _ => return Err(bad_channel(channel_byte, operator_id)),
         };
         Ok(BookingRequest { person, birth_date, slot, idempotency_key, channel })
     }
@@ -289,43 +323,110 @@ pub struct BatchItem<'a> {
 /// cannot be read, if it has more than `commands_max` items, or if an item's
 /// opcode may not be batched.
 pub fn split_batch(bytes: &[u8], commands_max: u16) -> Result<Vec<BatchItem<'_>>, BodyError> {
-    split_items(bytes, commands_max, true)
+    BatchItems::of_requests(bytes, commands_max)?.collect()
 }
 
 /// Splits a BatchReply body into its items (the client's side of `split_batch`).
 pub fn split_reply_batch(bytes: &[u8]) -> Result<Vec<BatchItem<'_>>, BodyError> {
-    split_items(bytes, crate::protocol::BATCH_COMMANDS_MAX, false)
+    BatchItems::of_replies(bytes)?.collect()
 }
 
-fn split_items(bytes: &[u8], commands_max: u16, requests: bool) -> Result<Vec<BatchItem<'_>>, BodyError> {
-    let mut reader = Reader::at_least(bytes, 4)?;
-    let count = reader.u16()?;
-    reader.zeros(2, "batch reserved bytes")?;
-    if count > commands_max {
-        return Err(BodyError::BatchTooLarge { count, max: commands_max });
+/// The items of a BATCH (or BatchReply) body, read one at a time where they
+/// lie: the server decodes each into a command without a list of items in
+/// between. The header is checked when this is made; each item as it is
+/// reached; bytes after the last item are the last item's error.
+pub struct BatchItems<'a> {
+    reader: Reader<'a>,
+    next_index: u16,
+    count: u16,
+    /// Request items: only batchable opcodes.
+    requests: bool,
+    finished: bool,
+}
+
+impl<'a> BatchItems<'a> {
+    /// The items of a BATCH request body of at most `commands_max` items.
+    pub fn of_requests(bytes: &'a [u8], commands_max: u16) -> Result<BatchItems<'a>, BodyError> {
+        BatchItems::new(bytes, commands_max, true)
     }
-    let mut items = Vec::with_capacity(usize::from(count));
-    for index in 0..count {
-        let opcode = reader.u8()?;
-        reader.zeros(1, "batch item reserved byte")?;
-        let length = usize::from(reader.u16()?);
-        if requests && !crate::protocol::opcode::batchable(opcode) {
-            return Err(field_error(
-                "batch item opcode",
-                format!("item {index}: opcode {opcode:#04x} cannot be batched"),
-            ));
+
+    /// The items of a BatchReply body.
+    pub fn of_replies(bytes: &'a [u8]) -> Result<BatchItems<'a>, BodyError> {
+        BatchItems::new(bytes, crate::protocol::BATCH_COMMANDS_MAX, false)
+    }
+
+    fn new(bytes: &'a [u8], commands_max: u16, requests: bool) -> Result<BatchItems<'a>, BodyError> {
+        let mut reader = Reader::at_least(bytes, 4)?;
+        let count = reader.u16()?;
+        reader.zeros(2, "batch reserved bytes")?;
+        if count > commands_max {
+            return Err(BodyError::BatchTooLarge { count, max: commands_max });
         }
-        let rest = reader.remaining();
-        let body = rest.get(..length).ok_or_else(|| {
-            field_error("batch item length", format!("item {index} says {length} bytes, {} remain", rest.len()))
-        })?;
-        reader.position += length;
-        items.push(BatchItem { opcode, body });
+        Ok(BatchItems { reader, next_index: 0, count, requests, finished: false })
     }
-    if !reader.remaining().is_empty() {
-        return Err(field_error("batch", format!("{} bytes after the last item", reader.remaining().len())));
+
+    /// How many items the header announces.
+    pub fn announced(&self) -> u16 {
+        self.count
     }
-    Ok(items)
+
+    #[inline]
+    fn item(&mut self) -> Result<BatchItem<'a>, BodyError> {
+        let rest = self.reader.remaining();
+        if let Some((&[opcode, 0, length_low, length_high], after)) = rest.split_first_chunk::<4>() {
+            let length = usize::from(u16::from_le_bytes([length_low, length_high]));
+            if let Some(body) = after.get(..length) {
+                if !self.requests || crate::protocol::opcode::batchable(opcode) {
+                    self.reader.position += 4 + length;
+                    return Ok(BatchItem { opcode, body });
+                }
+            }
+        }
+        Err(bad_item(self.next_index, rest, self.requests))
+    }
+}
+
+/// Why the item at the front of `rest` cannot be read (cold: kept out of
+/// the loop over a good batch).
+#[cold]
+#[inline(never)]
+fn bad_item(index: u16, rest: &[u8], requests: bool) -> BodyError {
+    let Some((&[opcode, reserved, length_low, length_high], after)) = rest.split_first_chunk::<4>() else {
+        let found = rest.len();
+        return field_error("batch item", format!("item {index}: {found} bytes left, 4 needed for its header"));
+    };
+    if reserved != 0 {
+        return field_error("batch item reserved byte", "reserved bytes must be zero".into());
+    }
+    if requests && !crate::protocol::opcode::batchable(opcode) {
+        return field_error("batch item opcode", format!("item {index}: opcode {opcode:#04x} cannot be batched"));
+    }
+    let length = u16::from_le_bytes([length_low, length_high]);
+    field_error("batch item length", format!("item {index} says {length} bytes, {} remain", after.len()))
+}
+
+impl<'a> Iterator for BatchItems<'a> {
+    type Item = Result<BatchItem<'a>, BodyError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next_index < self.count {
+            let item = self.item();
+            self.next_index += 1;
+            // After an error the rest cannot be read: it is the last answer.
+            if item.is_err() {
+                self.next_index = self.count;
+                self.finished = true;
+            }
+            return Some(item);
+        }
+        if self.finished {
+            return None;
+        }
+        self.finished = true;
+        let trailing = self.reader.remaining().len();
+        (trailing > 0).then(|| Err(field_error("batch", format!("{trailing} bytes after the last item"))))
+    }
 }
 
 /// Appends a BATCH (or BatchReply) header for `count` items.

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::server::reactor::{ReadBytes, WriteBytes};
 
-use crate::protocol::body::{split_batch, BodyError, CapacityAddition, PersonQuery, RegionQuery, SiteQuery};
+use crate::protocol::body::{BatchItems, BodyError, CapacityAddition, PersonQuery, RegionQuery, SiteQuery};
 use crate::protocol::frame::{flag, PROTOCOL_VERSION};
 use crate::protocol::handshake::{nonce, verify_proof, Challenge, Hello, Role, PROOF_BYTES};
 use crate::protocol::{code, decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, BATCH_COMMANDS_MAX};
@@ -366,12 +366,13 @@ async fn read_loop<R: ReadBytes>(
 }
 
 /// Decodes one command; `Err` carries the result code to refuse it with.
+#[inline]
 fn command(opcode_byte: u8, body: &[u8], operator_id: u32) -> Result<Command, u8> {
     let malformed = |_: BodyError| code::MALFORMED;
     Ok(match opcode_byte {
-        opcode::RESERVE => Command::Reserve(BookingRequest::decode(body).map_err(malformed)?),
-        opcode::CHANGE => Command::Change(BookingRequest::decode(body).map_err(malformed)?),
-        opcode::CANCEL => Command::Cancel(BookingRequest::decode(body).map_err(malformed)?),
+        opcode::RESERVE => Command::Reserve(booking(body, operator_id)?),
+        opcode::CHANGE => Command::Change(booking(body, operator_id)?),
+        opcode::CANCEL => Command::Cancel(booking(body, operator_id)?),
         opcode::GET_RESERVATION => Command::Get(PersonQuery::decode(body).map_err(malformed)?),
         opcode::SITE_AVAILABILITY => Command::Site(SiteQuery::decode(body).map_err(malformed)?),
         opcode::REGION_AVAILABILITY => Command::Region(RegionQuery::decode(body).map_err(malformed)?),
@@ -379,31 +380,36 @@ fn command(opcode_byte: u8, body: &[u8], operator_id: u32) -> Result<Command, u8
         opcode::ADD_CAPACITY => Command::AddCapacity(CapacityAddition::decode(body).map_err(malformed)?),
         _ => return Err(code::UNKNOWN_OPCODE),
     })
-    .and_then(|command| match command {
-        // A gateway books for people it verified; only operators book as operators (R10).
-        Command::Reserve(b) | Command::Change(b) | Command::Cancel(b)
-            if operator_id == 0 && matches!(b.channel, crate::rules::Channel::Operator { .. }) =>
-        {
-            Err(code::NOT_ALLOWED)
-        }
-        // An operator's bookings carry the operator's own id.
-        Command::Reserve(b) | Command::Change(b) | Command::Cancel(b)
-            if operator_id != 0 && b.channel.operator_id() != operator_id =>
-        {
-            Err(code::NOT_ALLOWED)
-        }
-        command => Ok(command),
-    })
 }
 
+/// A RESERVE, CHANGE or CANCEL body, on the channel this connection may use.
+#[inline]
+fn booking(body: &[u8], operator_id: u32) -> Result<BookingRequest, u8> {
+    let booking = BookingRequest::decode(body).map_err(|_| code::MALFORMED)?;
+    let allowed = match booking.channel {
+        // A gateway books for people it verified; only operators book as operators (R10).
+        crate::rules::Channel::Operator { .. } if operator_id == 0 => false,
+        // An operator's bookings carry the operator's own id.
+        channel => operator_id == 0 || channel.operator_id() == operator_id,
+    };
+    if allowed {
+        Ok(booking)
+    } else {
+        Err(code::NOT_ALLOWED)
+    }
+}
+
+/// A BATCH body's commands, each decoded where it lies; the first bad item
+/// refuses the whole batch.
 fn batch(body: &[u8], operator_id: u32) -> Result<Vec<Command>, (u8, u32)> {
-    let items = split_batch(body, BATCH_COMMANDS_MAX).map_err(|error| match error {
+    let structure = |error| match error {
         BodyError::BatchTooLarge { max, .. } => (code::BATCH_TOO_LARGE, u32::from(max)),
         _ => (code::MALFORMED, 0),
-    })?;
-    // Sized once: collecting into a `Result` would grow the vector by doubling.
-    let mut commands = Vec::with_capacity(items.len());
-    for item in &items {
+    };
+    let items = BatchItems::of_requests(body, BATCH_COMMANDS_MAX).map_err(structure)?;
+    let mut commands = Vec::with_capacity(usize::from(items.announced()));
+    for item in items {
+        let item = item.map_err(structure)?;
         commands.push(command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))?);
     }
     Ok(commands)
