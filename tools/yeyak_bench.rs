@@ -246,6 +246,7 @@ fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf
     let (engine, _) = DurableEngine::open(&data_dir, options, false).expect("opens");
     let requests = crowd(engine.engine().inventory(), people);
     let now_ms = open_evening_ms(&rules);
+    let cpu_before = ThreadCpu::now();
     let started = Instant::now();
     // Answers are released a batch at a time once durable; the next batch is
     // applied while the flusher syncs (a server pipelines the same way).
@@ -278,6 +279,7 @@ fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s; {groups} groups ({:.0} records/group), mean sync {:.1} µs",
         booked as f64 / seconds / 1e6, booked as f64 / groups.max(1) as f64, sync_nanos as f64 / groups.max(1) as f64 / 1e3);
     println!("  the booking thread waited for durability {:.3} s of {seconds:.3} s", waited.as_secs_f64());
+    println!("  {}", ThreadCpu::now().since(&cpu_before, seconds));
     let snapshots = engine.snapshot_state();
     if let Some(last) = &snapshots.last {
         println!(
@@ -374,6 +376,59 @@ struct WireLoad {
     encode_live: bool,
 }
 
+/// CPU time of this process's threads by name (/proc/self/task/*/stat,
+/// user + system, in clock ticks): how busy each thread was during a run.
+/// Threads that ended before the second reading (the client threads) are
+/// missing from the difference.
+struct ThreadCpu(std::collections::BTreeMap<i32, (String, [u64; 2])>);
+
+impl ThreadCpu {
+    fn now() -> ThreadCpu {
+        let mut threads = std::collections::BTreeMap::new();
+        for task in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+            // "tid (comm) state ..."; comm may hold spaces, so split at the last ')'.
+            let (Some(open), Some(close), Some(ticks)) = (stat.find('('), stat.rfind(')'), cpu_ticks(&stat)) else {
+                continue;
+            };
+            let name = stat[open + 1..close].to_string();
+            let tid = stat[..open].trim().parse().unwrap_or(0);
+            threads.insert(tid, (name, ticks));
+        }
+        // The whole process, ended threads included, under tid 0.
+        if let Some(ticks) = std::fs::read_to_string("/proc/self/stat").ok().as_deref().and_then(cpu_ticks) {
+            threads.insert(0, ("(process, all threads)".to_string(), ticks));
+        }
+        ThreadCpu(threads)
+    }
+
+    /// "thread cpu seconds (user + system) during the run (wall 2.10 s):
+    /// yeyak-engine 1.85+0.05, ...".
+    fn since(&self, before: &ThreadCpu, wall_seconds: f64) -> String {
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mut by_name = std::collections::BTreeMap::<&str, [f64; 2]>::new();
+        for (tid, (name, ticks)) in &self.0 {
+            let earlier = before.0.get(tid).map_or([0, 0], |(_, ticks)| *ticks);
+            let seconds = by_name.entry(name.as_str()).or_default();
+            for (sum, (now, then)) in seconds.iter_mut().zip(ticks.iter().zip(earlier)) {
+                *sum += now.saturating_sub(then) as f64 / ticks_per_second;
+            }
+        }
+        let busy: Vec<String> =
+            by_name.iter().map(|(name, [user, system])| format!("{name} {user:.2}+{system:.2}")).collect();
+        format!("thread cpu seconds (user+system) during the run (wall {wall_seconds:.2} s): {}", busy.join(", "))
+    }
+}
+
+/// utime and stime of a /proc stat line: the 14th and 15th fields, the
+/// 12th and 13th after the command name (which may hold spaces and ends at
+/// the last ')').
+fn cpu_ticks(stat: &str) -> Option<[u64; 2]> {
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some([fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?])
+}
+
 /// One connection's frames: RESERVE frames (batch 1) or BATCH frames.
 fn encode_frames(
     requests: &[BookingRequest],
@@ -417,6 +472,7 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
     } else {
         shares.iter().map(|share| encode_frames(share, batch, first_request_id)).collect()
     };
+    let cpu_before = ThreadCpu::now();
     let started = Instant::now();
     let booked: u64 = std::thread::scope(|scope| {
         let workers: Vec<_> = shares
@@ -472,6 +528,7 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
     let encoding = if encode_live { "encoded live" } else { "frames encoded beforehand" };
     println!("wire (loopback, in-process server and clients, {encoding}): people={people} batch={batch} depth={depth} connections={connections} reactor={reactor:?}");
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s", booked as f64 / seconds / 1e6);
+    println!("  {}", ThreadCpu::now().since(&cpu_before, seconds));
     server.shutdown().expect("closes");
     let _ = std::fs::remove_dir_all(&data_dir);
 }
