@@ -383,7 +383,8 @@ fn an_invalid_call_fails_alone_and_never_reaches_the_engine() {
     let directory = tempfile::tempdir().unwrap();
     let (server, keys) = start_in(directory.path(), ServerConfig::default());
     let (id, key) = keys.first(Role::Gateway).unwrap();
-    let invalid = BookingRequest { channel: yeyak::rules::Channel::Operator { operator_id: 0 }, ..wire_booking(1, 1, 1) };
+    let invalid =
+        BookingRequest { channel: yeyak::rules::Channel::Operator { operator_id: 0 }, ..wire_booking(1, 1, 1) };
     // The blocking client refuses it before sending; the connection goes on.
     let mut client = Client::connect(server.local_address(), Role::Gateway, id, key).unwrap();
     assert!(matches!(client.reserve(&invalid), Err(ClientError::Invalid(_))));

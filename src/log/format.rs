@@ -81,13 +81,28 @@ fn record_crc(bytes: &RecordBytes) -> u32 {
 }
 
 impl Record {
+    /// Writes the whole record: its content (`fill`), then its header and CRC (`seal`).
     #[inline(always)]
     pub fn encode_into(&self, bytes: &mut RecordBytes) {
+        Record::fill(bytes, self.kind, &self.payload);
+        Record::seal(bytes, self.lsn);
+    }
+
+    /// Writes what a record says (its type and payload) and nothing else: the
+    /// appender's part. The log writer's flusher seals it before writing it.
+    #[inline(always)]
+    pub fn fill(bytes: &mut RecordBytes, kind: u8, payload: &[u8; PAYLOAD_BYTES]) {
+        bytes[6] = kind;
+        bytes[16..].copy_from_slice(payload);
+    }
+
+    /// Completes a filled record as record number `lsn`: length, flags,
+    /// sequence number, then the CRC over bytes 4..48.
+    #[inline(always)]
+    pub fn seal(bytes: &mut RecordBytes, lsn: u64) {
         bytes[4..6].copy_from_slice(&(RECORD_BYTES as u16).to_le_bytes());
-        bytes[6] = self.kind;
         bytes[7] = 0;
-        bytes[8..16].copy_from_slice(&self.lsn.to_le_bytes());
-        bytes[16..].copy_from_slice(&self.payload);
+        bytes[8..16].copy_from_slice(&lsn.to_le_bytes());
         let crc = record_crc(bytes);
         bytes[0..4].copy_from_slice(&crc.to_le_bytes());
     }

@@ -97,18 +97,23 @@ impl LogOptions {
     }
 }
 
-/// Records waiting for the flusher, each at `lsn & ring_mask`, byte for byte
-/// as they will be on disk, so that a run of them is written straight from here.
+/// Records waiting for the flusher, each at `lsn & ring_mask`, laid out as
+/// they will be on disk, so that a run of them is written straight from here.
+/// The appender fills in what a record says (`Record::fill`); the flusher
+/// seals it (header and CRC, `Record::seal`) just before writing it: the
+/// checksum is computed on the flusher's core, not the booking thread's.
 struct Ring {
     records: Box<[UnsafeCell<RecordBytes>]>,
 }
 
-// SAFETY: the bytes of the record numbered `n` are written only by the holder
-// of the append lock, and only once `n - taken_lsn < ring_len` (taken_lsn
-// acquired: the flusher release-stores it after its write of number
-// `n - ring_len` returned). The flusher reads the numbers in
-// `taken_lsn..written_lsn` only, after acquiring `written_lsn`, which the
-// appender release-stores after writing them. Writes and reads never overlap.
+// SAFETY: the record numbered `n` is owned in turn by the appender and the
+// flusher. The holder of the append lock writes it only once
+// `n - taken_lsn < ring_len` (taken_lsn acquired: the flusher release-stores
+// it after its write of number `n - ring_len` returned), and hands it over
+// by release-storing `written_lsn` past it. The flusher touches (seals, then
+// writes out) only the numbers in `taken_lsn..written_lsn`, after acquiring
+// `written_lsn`, and hands them back by release-storing `taken_lsn` past
+// them. No two threads ever touch one record at once.
 unsafe impl Sync for Ring {}
 
 impl Ring {
@@ -123,14 +128,16 @@ impl Ring {
         self.records[position].get()
     }
 
-    /// The bytes of `count` records from `position`, which must not wrap.
+    /// The `count` records from `position`, which must not wrap.
     ///
     /// # Safety
     /// The caller is the flusher and the records are published and not yet
-    /// taken (see `unsafe impl Sync for Ring`): nobody writes them meanwhile.
-    unsafe fn bytes(&self, position: usize, count: usize) -> &[u8] {
+    /// taken (see `unsafe impl Sync for Ring`): nobody else touches them meanwhile.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn run_mut(&self, position: usize, count: usize) -> &mut [RecordBytes] {
         let run = &self.records[position..position + count];
-        std::slice::from_raw_parts(run.as_ptr().cast::<u8>(), count * RECORD_BYTES)
+        // `UnsafeCell<T>` has the layout of `T`.
+        std::slice::from_raw_parts_mut(UnsafeCell::raw_get(run.as_ptr()), count)
     }
 }
 
@@ -476,10 +483,10 @@ impl Journal for Appender<'_> {
         if lsn - shared.taken_lsn.load(Ordering::Acquire) > shared.ring_mask {
             self.wait_for_room(lsn)?;
         }
-        let record = Record { lsn, kind: entry.kind(), payload: entry.encode() };
         // SAFETY: see `unsafe impl Sync for Ring`: this thread holds the
         // append lock, and the check above proved the flusher is done here.
-        unsafe { record.encode_into(&mut *shared.ring.record_ptr((lsn & shared.ring_mask) as usize)) };
+        let bytes = unsafe { &mut *shared.ring.record_ptr((lsn & shared.ring_mask) as usize) };
+        Record::fill(bytes, entry.kind(), &entry.encode());
         shared.next_lsn.store(lsn + 1, Ordering::Release);
         Ok(lsn)
     }
@@ -578,7 +585,11 @@ impl Flusher {
                 (end - lsn).min(self.segment_records_capacity - self.segment_records_used).min(ring_len - position);
             // SAFETY: `first..end` is published (acquired in `run`) and not yet
             // taken: no appender writes these positions until `taken_lsn` passes them.
-            let bytes = unsafe { self.shared.ring.bytes(position as usize, count as usize) };
+            let run = unsafe { self.shared.ring.run_mut(position as usize, count as usize) };
+            for (record_lsn, record) in (lsn..).zip(run.iter_mut()) {
+                Record::seal(record, record_lsn);
+            }
+            let bytes = run.as_flattened();
             let offset = SEGMENT_HEADER_BYTES as u64 + self.segment_records_used * RECORD_BYTES as u64;
             let segment = self.segment.as_mut().expect("opened above");
             segment.write_at(offset, bytes).map_err(|e| (e, "writing log records"))?;
