@@ -18,7 +18,7 @@
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -229,6 +229,10 @@ struct Shared {
     flusher_wake: (Mutex<()>, Condvar),
     durable_waiters: CachePadded<AtomicU64>,
     durable_changed: (Mutex<()>, Condvar),
+    /// Told each time `durable_lsn` advances and when the log fails or
+    /// closes (`LogWriter::on_durable`): the server's engine thread, which
+    /// sleeps while its replies wait for a sync, is woken by it.
+    durable_listener: OnceLock<Box<dyn Fn() + Send + Sync>>,
     /// Written by the flusher once a group.
     stats: CachePadded<LogStats>,
 }
@@ -258,6 +262,9 @@ impl Shared {
     }
 
     fn announce_durable(&self) {
+        if let Some(listener) = self.durable_listener.get() {
+            listener();
+        }
         if self.durable_waiters.load(Ordering::SeqCst) > 0 {
             let _guard = self.durable_changed.0.lock().unwrap_or_else(|p| p.into_inner());
             self.durable_changed.1.notify_all();
@@ -317,6 +324,7 @@ impl LogWriter {
             flusher_wake: (Mutex::new(()), Condvar::new()),
             durable_waiters: CachePadded::new(AtomicU64::new(0)),
             durable_changed: (Mutex::new(()), Condvar::new()),
+            durable_listener: OnceLock::new(),
             stats: CachePadded::new(LogStats::default()),
         });
         let flusher = Flusher {
@@ -360,6 +368,16 @@ impl LogWriter {
     }
 
     /// Every record numbered below this is durable.
+    /// Has `listener` called by the flusher each time records become durable,
+    /// and when the log fails or closes: for a thread that sleeps while its
+    /// answers wait for a sync (the server's engine thread) rather than
+    /// blocking in `wait_durable`. One listener per log; returns false (and
+    /// keeps the first) if one is set already. The listener runs on the
+    /// flusher between groups: it must be quick and must not wait on the log.
+    pub fn on_durable(&self, listener: impl Fn() + Send + Sync + 'static) -> bool {
+        self.shared.durable_listener.set(Box::new(listener)).is_ok()
+    }
+
     pub fn durable_lsn(&self) -> Lsn {
         self.shared.durable_lsn.load(Ordering::Acquire)
     }
@@ -730,5 +748,34 @@ mod tests {
             }
         });
         assert_eq!(log.appender().append(&entry(2)), Err(LogUnavailable::Closed));
+    }
+
+    #[test]
+    fn the_durability_listener_hears_of_every_group_and_of_the_close() {
+        let directory = tempfile::tempdir().unwrap();
+        let log = writer(directory.path(), 16, 4);
+        let heard = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&heard);
+        assert!(log.on_durable(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert!(!log.on_durable(|| {}), "one listener per log: the first stays");
+        for round in 0..3u64 {
+            let before = heard.load(Ordering::SeqCst);
+            let lsn = {
+                let appender = log.appender();
+                (0..6).map(|index| appender.append(&entry(round * 6 + index)).unwrap()).last().unwrap()
+            };
+            log.wait_durable(lsn + 1).unwrap();
+            // Groups of at most 4 records: six records make two groups at least.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while heard.load(Ordering::SeqCst) < before + 2 && Instant::now() < deadline {
+                std::thread::yield_now();
+            }
+            assert!(heard.load(Ordering::SeqCst) >= before + 2, "round {round}: a group became durable unheard");
+        }
+        let before_close = heard.load(Ordering::SeqCst);
+        log.close().unwrap();
+        assert!(heard.load(Ordering::SeqCst) > before_close, "the close is announced too");
     }
 }

@@ -107,6 +107,14 @@ impl Pending {
         self.replies.is_empty()
     }
 
+    /// Whether the oldest reply may be released now (its records are
+    /// durable, or the log failed and it is to be refused).
+    pub fn releasable(&self, engine: &DurableEngine) -> bool {
+        self.replies
+            .front()
+            .is_some_and(|front| front.durable_after <= engine.log().durable_lsn() || engine.log().writable().is_err())
+    }
+
     /// Hands every reply whose records are durable to its connection. If the
     /// log failed, the replies still waiting never will be durable: each is
     /// answered LOG_UNAVAILABLE instead (an ERROR frame for the whole request).

@@ -160,6 +160,21 @@ impl Server {
         let engine_thread =
             std::thread::Builder::new().name("yeyak-engine".into()).spawn(move || engine_loop(&engine_shared))?;
         let _ = shared.engine_thread.set(engine_thread.thread().clone());
+        // Replies wait for their records' sync: the flusher wakes the engine
+        // thread to release them, rather than its nap running out. (A weak
+        // reference: the log belongs to the engine, which `shared` holds.)
+        let durable_shared = Arc::downgrade(&shared);
+        if !shared.engine.log().on_durable(move || {
+            if let Some(shared) = durable_shared.upgrade() {
+                // Orders the flusher's store of durable_lsn before its look at
+                // engine_parked, as the engine orders its store of engine_parked
+                // before its look at durable_lsn (`Pending::releasable`).
+                std::sync::atomic::fence(Ordering::SeqCst);
+                shared.wake_engine();
+            }
+        }) {
+            tracing::warn!("the log already has a durability listener: replies are released on the engine's naps");
+        }
         let network_shared = Arc::clone(&shared);
         let network = std::thread::Builder::new().name("yeyak-network".into()).spawn(move || {
             if let Err(error) = reactor::run(config.reactor, listener, network_shared) {
@@ -261,9 +276,11 @@ fn engine_loop(shared: &Shared) {
         if shared.network_stopped.load(Ordering::Acquire) && pending.is_empty() && shared.ingress.is_empty() {
             return;
         }
-        // Nothing to do: sleep until a job arrives (or briefly, while replies wait for a sync).
+        // Nothing to do: sleep until a job arrives or a sync makes replies
+        // releasable (the log's durability listener wakes this thread; the
+        // short nap only covers a wake-up lost to a race).
         shared.engine_parked.store(true, Ordering::SeqCst);
-        if shared.ingress.is_empty() {
+        if shared.ingress.is_empty() && !pending.releasable(engine) {
             let nap = if pending.is_empty() { Duration::from_millis(10) } else { Duration::from_micros(50) };
             std::thread::park_timeout(nap);
         }
