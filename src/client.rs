@@ -47,10 +47,55 @@ impl From<ClientHandshakeError> for ClientError {
 
 pub struct Client {
     stream: TcpStream,
-    buffer: Vec<u8>,
+    buffer: ReadBuffer,
     /// Frames sent but not yet written: written together before the next read.
     unwritten: Vec<u8>,
     next_request_id: u64,
+}
+
+/// Bytes read from the socket and not yet taken as frames: the window
+/// `start..end` of a buffer zeroed once, read into in place. Taking a frame
+/// moves `start`; the unread rest is moved to the front only when the room
+/// behind it runs short (not once a frame, which made reading many
+/// pipelined replies quadratic).
+#[derive(Default)]
+struct ReadBuffer {
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuffer {
+    /// Reads ask for at least this much room.
+    const READ_BYTES_MIN: usize = 64 * 1024;
+
+    fn unread(&self) -> &[u8] {
+        &self.bytes[self.start..self.end]
+    }
+
+    fn consume(&mut self, count: usize) {
+        self.start = (self.start + count).min(self.end);
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
+    /// Room to read into: at least `READ_BYTES_MIN` bytes after the unread ones.
+    fn spare(&mut self) -> &mut [u8] {
+        if self.bytes.len() - self.end < Self::READ_BYTES_MIN {
+            self.bytes.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+            if self.bytes.len() - self.end < Self::READ_BYTES_MIN {
+                self.bytes.resize(self.end + Self::READ_BYTES_MIN.max(self.bytes.len()), 0);
+            }
+        }
+        &mut self.bytes[self.end..]
+    }
+
+    /// `count` bytes were read into `spare()`.
+    fn filled(&mut self, count: usize) {
+        self.end = (self.end + count).min(self.bytes.len());
+    }
 }
 
 /// A reply frame: its header and body.
@@ -70,7 +115,7 @@ impl Client {
         stream.set_nodelay(true)?;
         let mut client = Client {
             stream,
-            buffer: Vec::with_capacity(64 * 1024),
+            buffer: ReadBuffer::default(),
             unwritten: Vec::new(),
             next_request_id: PROOF_REQUEST_ID + 1,
         };
@@ -106,7 +151,7 @@ impl Client {
     /// from two threads. Queued requests are written first.
     pub fn into_stream(mut self) -> Result<TcpStream, ClientError> {
         self.flush()?;
-        if !self.buffer.is_empty() {
+        if !self.buffer.unread().is_empty() {
             return Err(ClientError::BadReply("unread replies".into()));
         }
         Ok(self.stream)
@@ -140,10 +185,10 @@ impl Client {
 
     /// A reply already read from the socket, if a whole one is there; never blocks.
     pub fn receive_buffered(&mut self) -> Result<Option<Reply>, ClientError> {
-        match decode_frame(&self.buffer, FRAME_BODY_BYTES_MAX) {
+        match decode_frame(self.buffer.unread(), FRAME_BODY_BYTES_MAX) {
             Ok((header, body)) => {
                 let reply = (header, body.to_vec());
-                self.buffer.drain(..crate::protocol::FRAME_HEADER_BYTES + reply.1.len());
+                self.buffer.consume(crate::protocol::FRAME_HEADER_BYTES + reply.1.len());
                 if header.flags & flag::REPLY == 0 {
                     return Err(ClientError::BadReply("a frame without the REPLY flag".into()));
                 }
@@ -162,12 +207,11 @@ impl Client {
             if let Some(reply) = self.receive_buffered()? {
                 return Ok(reply);
             }
-            let mut chunk = [0u8; 64 * 1024];
-            let read = self.stream.read(&mut chunk)?;
+            let read = self.stream.read(self.buffer.spare())?;
             if read == 0 {
                 return Err(ClientError::Closed);
             }
-            self.buffer.extend_from_slice(&chunk[..read]);
+            self.buffer.filled(read);
         }
     }
 
@@ -282,5 +326,45 @@ impl Client {
     pub fn stats(&mut self) -> Result<Stats, ClientError> {
         let (_, body) = self.call(opcode::STATS, |_| {})?;
         Stats::decode(&body).map_err(|e| ClientError::BadReply(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadBuffer;
+
+    /// Reads `chunk` into the buffer as a socket read would.
+    fn read(buffer: &mut ReadBuffer, chunk: &[u8]) {
+        let spare = buffer.spare();
+        assert!(spare.len() >= ReadBuffer::READ_BYTES_MIN, "a read always has room");
+        spare[..chunk.len()].copy_from_slice(chunk);
+        buffer.filled(chunk.len());
+    }
+
+    #[test]
+    fn the_read_buffer_keeps_unread_bytes_in_order_across_compaction_and_growth() {
+        let mut buffer = ReadBuffer::default();
+        let mut expected = std::collections::VecDeque::new();
+        let mut next = 0u8;
+        // Reads of many sizes, frames taken in between of other sizes: the
+        // unread window always equals what was read and not taken.
+        for round in 0..400usize {
+            let chunk: Vec<u8> = (0..(round * 7919) % 50_000)
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
+            read(&mut buffer, &chunk);
+            expected.extend(chunk);
+            let take = ((round * 104_729) % 60_000).min(expected.len());
+            assert!(buffer.unread().iter().eq(expected.iter()), "round {round}");
+            buffer.consume(take);
+            expected.drain(..take);
+        }
+        assert!(buffer.bytes.len() <= 4 * (50_000 + ReadBuffer::READ_BYTES_MIN), "bounded by what is unread");
+        buffer.consume(usize::MAX);
+        assert!(buffer.unread().is_empty());
+        assert_eq!((buffer.start, buffer.end), (0, 0), "emptied, the window starts over");
     }
 }

@@ -507,11 +507,10 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
                             ok += if batch == 1 {
                                 u64::from(body[0] == 0)
                             } else {
-                                yeyak::protocol::body::split_reply_batch(&body)
+                                yeyak::protocol::body::BatchItems::of_replies(&body)
                                     .expect("a batch reply")
-                                    .iter()
-                                    .filter(|item| item.body[0] == 0)
-                                    .count() as u64
+                                    .map(|item| u64::from(item.expect("a batch reply item").body[0] == 0))
+                                    .sum::<u64>()
                             };
                             received += 1;
                             reply = client.receive_buffered().expect("a reply");
