@@ -762,10 +762,12 @@ mod tests {
         assert!(!log.on_durable(|| {}), "one listener per log: the first stays");
         for round in 0..3u64 {
             let before = heard.load(Ordering::SeqCst);
-            let lsn = {
-                let appender = log.appender();
-                (0..6).map(|index| appender.append(&entry(round * 6 + index)).unwrap()).last().unwrap()
-            };
+            let appender = log.appender();
+            let mut lsn = 0;
+            for index in 0..6 {
+                lsn = appender.append(&entry(round * 6 + index)).unwrap();
+            }
+            drop(appender);
             log.wait_durable(lsn + 1).unwrap();
             // Groups of at most 4 records: six records make two groups at least.
             let deadline = Instant::now() + Duration::from_secs(5);
