@@ -269,8 +269,9 @@ enum Query<'c> {
 }
 
 /// Runs a command answered by one `Answer` (every batchable command) and
-/// counts it; hands the availability queries back.
-#[inline]
+/// counts it; hands the availability queries back. Inlined into the batch
+/// loop (callgrind: a call per command cost 15 instructions).
+#[inline(always)]
 fn apply_fixed<'c>(
     durable: &DurableEngine,
     log: &Appender<'_>,
