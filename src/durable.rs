@@ -23,7 +23,7 @@ use crate::snapshot::{
     list_snapshots, remove_temporary_files, retire, take_snapshot, CheckedSnapshot, SnapshotError, SnapshotOptions,
     SnapshotSummary,
 };
-use crate::state::{BookingRequest, CancelRequest, Engine, Entry, LogUnavailable, Outcome, PersonKey, Refusal};
+use crate::state::{BookingRequest, CancelRequest, Engine, Entry, LogUnavailable, Lsn, Outcome, PersonKey, Refusal};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
@@ -85,6 +85,12 @@ impl From<LogOptions> for DurableOptions {
 
 /// A snapshot recovery started from: its file and header.
 pub type UsedSnapshot = (PathBuf, SnapshotHeader);
+
+/// Where replay starts and where the snapshot's window ends (records below it
+/// overwrite, docs/snapshot-format.md): `(1, 1)` without a snapshot.
+fn snapshot_window(snapshot: Option<&UsedSnapshot>) -> (Lsn, Lsn) {
+    snapshot.map_or((1, 1), |(_, header)| (header.start_lsn, header.end_lsn))
+}
 
 /// What start-up found and did.
 #[derive(Debug, Clone)]
@@ -313,9 +319,9 @@ impl DurableEngine {
         remove_temporary_files(&snapshot_directory)?;
         let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_log_lsn(&log_directory)?)?;
         let Restored { engine, snapshot, wrapped_slots, passed_over: snapshots_passed_over } = restored;
-        let mut recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots)?;
-        let from_lsn = snapshot.as_ref().map_or(1, |(_, header)| header.start_lsn);
-        check_log_reaches_back(&mut recovered, snapshot.as_ref(), &snapshots_passed_over)?;
+        let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots)?;
+        check_log_reaches_back(&recovered, snapshot.as_ref(), &snapshots_passed_over)?;
+        let (from_lsn, _) = snapshot_window(snapshot.as_ref());
         if let Some(header) = recovered.segments.first().map(|s| s.header) {
             if header.campaign_id != campaign_id {
                 return Err(OpenError::Recovery(RecoveryError::Corrupt {
@@ -453,29 +459,28 @@ impl Drop for DurableEngine {
     }
 }
 
-/// After recovery: the log must reach back to where replay started. A log whose
-/// first segments were removed (behind snapshots) and which holds nothing now
-/// (its only segment's creation was cut short) starts after the snapshot's
-/// window, or is refused without a snapshot.
+/// After recovery: the log must reach back to where replay started. A log
+/// whose first segments were removed (behind snapshots) and which holds no
+/// segment now (its only one's creation was cut short, or someone removed
+/// them) is refused without a snapshot. (With a snapshot, `replay_log` has
+/// refused it already: the log's numbering no longer reaches the snapshot's
+/// end, `SnapshotAheadOfLog`.)
 fn check_log_reaches_back(
-    recovered: &mut RecoveredLog,
+    recovered: &RecoveredLog,
     snapshot: Option<&UsedSnapshot>,
     passed_over: &[String],
 ) -> Result<(), OpenError> {
-    let from_lsn = snapshot.map_or(1, |(_, header)| header.start_lsn);
-    match (recovered.segments.first(), snapshot) {
-        (Some(first), _) if first.header.first_lsn > from_lsn => {
+    let (from_lsn, _) = snapshot_window(snapshot);
+    match recovered.segments.first() {
+        // `restore_newest_snapshot` checked the first segment's header before
+        // recovery; this checks the segments recovery kept.
+        Some(first) if first.header.first_lsn > from_lsn => {
             Err(OpenError::LogStartsLate { first_lsn: first.header.first_lsn, passed_over: passed_over.to_vec() })
         }
-        (None, None) if recovered.next_segment_index > 1 => Err(OpenError::LogRetiredWithoutSnapshot {
+        None if snapshot.is_none() && recovered.next_segment_index > 1 => Err(OpenError::LogRetiredWithoutSnapshot {
             next_segment_index: recovered.next_segment_index,
             passed_over: passed_over.to_vec(),
         }),
-        (None, Some((_, header))) => {
-            // `replay_log` refused a window the log lacks; an empty one leaves the numbering at its end.
-            recovered.next_lsn = recovered.next_lsn.max(header.end_lsn);
-            Ok(())
-        }
         _ => Ok(()),
     }
 }
@@ -489,7 +494,7 @@ fn replay_log(
     snapshot: Option<&UsedSnapshot>,
     wrapped_slots: Vec<u32>,
 ) -> Result<RecoveredLog, OpenError> {
-    let (from_lsn, end_lsn) = snapshot.map_or((1, 1), |(_, header)| (header.start_lsn, header.end_lsn));
+    let (from_lsn, end_lsn) = snapshot_window(snapshot);
     // Slots that went below zero at restore are checked with those the window touches.
     let mut window_open = end_lsn > from_lsn || !wrapped_slots.is_empty();
     let mut touched = wrapped_slots;

@@ -373,3 +373,63 @@ fn a_snapshot_that_would_eat_the_log_s_room_is_not_taken() {
     assert!(list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap().is_empty());
     assert!(engine.reserve(&booking(999, 7, 1), now).is_ok(), "bookings go on");
 }
+
+/// Leaves the log directory holding one segment file whose creation was cut
+/// short (half a header), numbered after every segment it held; the others
+/// are removed, as segments behind snapshots are. Returns that number.
+fn leave_only_a_cut_short_segment(directory: &Path) -> u64 {
+    let log = directory.join("log");
+    let segments = yeyak::log::recovery::list_segments(&log).unwrap();
+    let next = segments.last().expect("the log had segments").0 + 1;
+    for (_, path) in segments {
+        std::fs::remove_file(path).unwrap();
+    }
+    std::fs::write(log.join(yeyak::log::format::segment_file_name(next)), [0x59u8; 30]).unwrap();
+    next
+}
+
+#[test]
+fn a_snapshot_with_no_segment_left_to_number_after_it_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(1));
+    book_some(&engine, now, 0, 300);
+    let summary = engine.take_snapshot().unwrap().unwrap();
+    engine.close().unwrap();
+    leave_only_a_cut_short_segment(directory.path());
+    // Whether records after the snapshot were lost with the segments cannot
+    // be told, and new ones would be numbered over the snapshot's: refused.
+    let error = DurableEngine::open(directory.path(), options(1), false).err().expect("refused");
+    match &error {
+        yeyak::durable::OpenError::SnapshotAheadOfLog { path, end_lsn, log_next_lsn } => {
+            assert_eq!((path, *end_lsn, *log_next_lsn), (&summary.path, summary.header.end_lsn, 1));
+        }
+        other => panic!("expected SnapshotAheadOfLog, got {other}"),
+    }
+}
+
+#[test]
+fn without_a_usable_snapshot_a_log_whose_segments_were_all_retired_is_refused() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(1));
+    book_some(&engine, now, 0, 300);
+    engine.take_snapshot().unwrap().unwrap();
+    engine.close().unwrap();
+    let cut_short = leave_only_a_cut_short_segment(directory.path());
+    for (_, path) in list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap() {
+        std::fs::write(&path, b"not a snapshot").unwrap();
+    }
+    let error = DurableEngine::open(directory.path(), options(1), false).err().expect("refused, not an empty engine");
+    match &error {
+        yeyak::durable::OpenError::LogRetiredWithoutSnapshot { next_segment_index, passed_over } => {
+            // The cut-short segment is removed and its number used again.
+            assert_eq!(*next_segment_index, cut_short);
+            assert_eq!(passed_over.len(), 1, "{passed_over:?}");
+        }
+        other => panic!("expected LogRetiredWithoutSnapshot, got {other}"),
+    }
+    assert!(error.to_string().contains("restore the snapshots directory"), "{error}");
+}
