@@ -123,7 +123,8 @@ fn every_command_through_the_client_on(reactor: Reactor) {
     {
         assert!(refused(code) >= Some(1), "{code:?} counted: {stats:?}");
     }
-    let total: u64 = stats.refusals_by_code.iter().map(|(_, n)| n).sum();
+    // `refusals` counts the commands the engine refused: its codes are below 100.
+    let total: u64 = stats.refusals_by_code.iter().filter(|(c, _)| *c < 100).map(|(_, n)| n).sum();
     assert_eq!(stats.counter("refusals"), Some(total));
     // A gateway may not run operator commands, nor book as an operator; the connection goes on.
     let refused = client.call(opcode::ADD_CAPACITY, |out| out.extend_from_slice(&[0; 8])).unwrap_err();
@@ -134,6 +135,12 @@ fn every_command_through_the_client_on(reactor: Reactor) {
     let refused = client.reserve_batch(&[wire_booking(6, 2, 1), as_operator]).unwrap_err();
     assert!(matches!(refused, ClientError::Refused(a) if a.code == code::NOT_ALLOWED));
     assert_eq!(client.reserve(&wire_booking(5, 1, 1)).unwrap(), Ok(SlotIndex(1)));
+    // Requests the network thread refused whole are counted by their code
+    // too (three NOT_ALLOWED above), and not among the engine's `refusals`.
+    let after = client.stats().unwrap();
+    let not_allowed = after.refusals_by_code.iter().find(|(c, _)| *c == code::NOT_ALLOWED).map(|(_, n)| *n);
+    assert_eq!(not_allowed, Some(3), "{after:?}");
+    assert_eq!(after.counter("refusals"), stats.counter("refusals"), "engine refusals unchanged");
     // An operator reads a slot's capacity (zero seats), adds to it, and a
     // retry of the same change adds nothing more; a stale one is refused.
     let key = running.keys.key(Role::Operator, DEMO_OPERATOR_ID).unwrap();
@@ -590,7 +597,63 @@ fn a_full_ingress_queue_answers_overloaded_at_once() {
     assert_eq!(booked, 1024 * (4 - overloaded.len()), "every accepted batch booked whole");
     let stats = client.stats().unwrap();
     assert_eq!(stats.counter("overloaded"), Some(overloaded.len() as u64));
+    let by_code = stats.refusals_by_code.iter().find(|(c, _)| *c == code::OVERLOADED).map(|(_, n)| *n);
+    assert_eq!(by_code, Some(overloaded.len() as u64), "and among the refusals by code");
     assert_eq!(stats.counter("ingress queue commands"), Some(0), "every counted command was applied and let go");
+}
+
+#[test]
+fn a_connection_over_its_in_flight_limit_is_answered_too_many_in_flight_at_once() {
+    use yeyak::protocol::body::{put_batch_header, put_batch_item};
+    let running = start(ServerConfig { in_flight_max: 1500, ..ServerConfig::default() });
+    let mut client = gateway(&running.server, &running.keys);
+    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let send_batch = |client: &mut Client, first: u64| {
+        client
+            .send(opcode::BATCH, |out| {
+                put_batch_header(out, 1024);
+                for index in first..first + 1024 {
+                    put_batch_item(out, opcode::RESERVE, |out| wire_booking(index, index as u32, 1).encode(out));
+                }
+            })
+            .unwrap()
+    };
+    // With the engine stalled nothing is answered: 1,024 commands stay in flight.
+    let stall = running.server.engine().log().appender();
+    let accepted = send_batch(&mut client, 0);
+    let over = send_batch(&mut client, 1024);
+    // One more command still fits under 1,500.
+    let single = client.send(opcode::RESERVE, |out| wire_booking(5000, 5000, 1).encode(out)).unwrap();
+    let (header, body) = client.receive().unwrap();
+    let (answer, _) = yeyak::protocol::Answer::decode(&body).unwrap();
+    assert_eq!(
+        (header.opcode, header.request_id, answer.code, answer.value),
+        (opcode::ERROR, over, code::TOO_MANY_IN_FLIGHT, 1500),
+        "refused at once, while the engine is stalled, with the limit"
+    );
+    drop(stall);
+    let mut answered = Vec::new();
+    for _ in 0..2 {
+        let (header, body) = client.receive().unwrap();
+        assert_ne!(header.opcode, opcode::ERROR);
+        let all_ok = match header.opcode {
+            opcode::BATCH => {
+                yeyak::protocol::body::split_reply_batch(&body).unwrap().iter().all(|i| body_is_ok(i.body))
+            }
+            _ => body_is_ok(&body),
+        };
+        assert!(all_ok, "request {} booked", header.request_id);
+        answered.push(header.request_id);
+    }
+    answered.sort();
+    assert_eq!(answered, [accepted, single]);
+    // Answered, they no longer count: the refused batch now goes through.
+    let again = send_batch(&mut client, 1024);
+    let (header, _) = client.receive().unwrap();
+    assert_eq!((header.opcode, header.request_id), (opcode::BATCH, again));
+    let stats = client.stats().unwrap();
+    let by_code = stats.refusals_by_code.iter().find(|(c, _)| *c == code::TOO_MANY_IN_FLIGHT).map(|(_, n)| *n);
+    assert_eq!(by_code, Some(1), "{stats:?}");
 }
 
 fn body_is_ok(body: &[u8]) -> bool {

@@ -85,6 +85,13 @@ enum End {
     Refused,
 }
 
+/// Refuses a request (or the connection: request id 0) whole with an ERROR
+/// frame, and counts the refusal by its code for STATS.
+fn refuse(shared: &Shared, outbox: &Outbox, request_id: u64, answer: Answer) {
+    shared.counters.protocol_refusals_by_code.add(answer.code, 1);
+    outbox.push(&error_frame(request_id, answer));
+}
+
 fn error_frame(request_id: u64, answer: Answer) -> Vec<u8> {
     let mut frame = Vec::new();
     encode_frame(&mut frame, opcode::ERROR, flag::REPLY, request_id, |out| answer.encode(out));
@@ -156,7 +163,7 @@ pub(crate) async fn serve<R: ReadBytes + 'static, W: WriteBytes + 'static>(read:
         Ok(Ok(None)) => End::Closed,
         Ok(Err(end)) => end,
         Err(_) => {
-            outbox.push(&error_frame(0, Answer::protocol(code::UNAUTHENTICATED, 0, 0)));
+            refuse(&shared, &outbox, 0, Answer::protocol(code::UNAUTHENTICATED, 0, 0));
             End::Refused
         }
     };
@@ -216,7 +223,7 @@ async fn handshake<R: ReadBytes>(
     shared: &Shared,
 ) -> Result<Option<u32>, End> {
     let refuse = |request_id: u64, code: u8, small: u16| {
-        outbox.push(&error_frame(request_id, Answer::protocol(code, small, 0)));
+        refuse(shared, outbox, request_id, Answer::protocol(code, small, 0));
         End::Refused
     };
     let Some((header, body)) = next_frame(reader, outbox, shared, HANDSHAKE_BODY_BYTES_MAX).await? else {
@@ -242,6 +249,7 @@ async fn handshake<R: ReadBytes>(
         && shared.keys.key(hello.role, hello.key_id).is_some_and(|key| verify_proof(key, &hello, &server_nonce, body));
     if !proven {
         tracing::warn!(role = ?hello.role, key_id = hello.key_id, "a peer failed to authenticate");
+        shared.counters.protocol_refusals_by_code.add(code::UNAUTHENTICATED, 1);
         outbox.push(&reply_frame(opcode::PROOF, header.request_id, |out| {
             Answer::protocol(code::UNAUTHENTICATED, 0, 0).encode(out)
         }));
@@ -269,7 +277,7 @@ async fn next_frame<R: ReadBytes>(
                 _ => 0,
             };
             let small = if code == code::UNSUPPORTED_VERSION { u16::from(PROTOCOL_VERSION) } else { 0 };
-            outbox.push(&error_frame(0, Answer::protocol(code, small, value)));
+            refuse(shared, outbox, 0, Answer::protocol(code, small, value));
             Err(End::Refused)
         }
     }
@@ -314,7 +322,7 @@ async fn read_loop<R: ReadBytes>(
             opcode::BATCH => match batch(body, operator_id) {
                 Ok(commands) => Work::Batch(commands),
                 Err((code, value)) => {
-                    outbox.push(&error_frame(request_id, Answer::protocol(code, 0, value)));
+                    refuse(shared, outbox, request_id, Answer::protocol(code, 0, value));
                     if code::closes_connection(code) {
                         return End::Refused;
                     }
@@ -325,7 +333,7 @@ async fn read_loop<R: ReadBytes>(
                 Ok(command) => Work::One(command),
                 Err(code) => {
                     let small = if code == code::UNKNOWN_OPCODE { u16::from(other) } else { 0 };
-                    outbox.push(&error_frame(request_id, Answer::protocol(code, small, 0)));
+                    refuse(shared, outbox, request_id, Answer::protocol(code, small, 0));
                     if code::closes_connection(code) {
                         return End::Refused;
                     }
@@ -337,10 +345,8 @@ async fn read_loop<R: ReadBytes>(
         let commands = work.commands();
         let in_flight = outbox.in_flight.load(Ordering::Acquire);
         if in_flight > 0 && in_flight + commands > shared.config.in_flight_max {
-            outbox.push(&error_frame(
-                request_id,
-                Answer::protocol(code::TOO_MANY_IN_FLIGHT, 0, shared.config.in_flight_max),
-            ));
+            let answer = Answer::protocol(code::TOO_MANY_IN_FLIGHT, 0, shared.config.in_flight_max);
+            refuse(shared, outbox, request_id, answer);
             continue;
         }
         // The ingress queue is bounded in jobs and in commands.
@@ -349,7 +355,7 @@ async fn read_loop<R: ReadBytes>(
         if queued > 0 && queued + weight > shared.config.ingress_queue_commands {
             shared.ingress_commands.fetch_sub(weight, Ordering::AcqRel);
             shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-            outbox.push(&error_frame(request_id, Answer::protocol(code::OVERLOADED, 0, 0)));
+            refuse(shared, outbox, request_id, Answer::protocol(code::OVERLOADED, 0, 0));
             continue;
         }
         outbox.in_flight.fetch_add(commands, Ordering::AcqRel);
@@ -358,7 +364,7 @@ async fn read_loop<R: ReadBytes>(
             shared.ingress_commands.fetch_sub(weight, Ordering::AcqRel);
             job.outbox.finish_request(commands);
             shared.counters.overloaded.fetch_add(1, Ordering::Relaxed);
-            outbox.push(&error_frame(request_id, Answer::protocol(code::OVERLOADED, 0, 0)));
+            refuse(shared, outbox, request_id, Answer::protocol(code::OVERLOADED, 0, 0));
             continue;
         }
         shared.wake_engine();

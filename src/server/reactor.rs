@@ -126,6 +126,7 @@ fn admit(shared: &Shared) -> bool {
     if open >= u64::from(shared.config.connections_max) {
         shared.counters.connections_open.fetch_sub(1, Ordering::Relaxed);
         shared.counters.connections_refused.fetch_add(1, Ordering::Relaxed);
+        shared.counters.protocol_refusals_by_code.add(crate::protocol::code::TOO_MANY_CONNECTIONS, 1);
         return false;
     }
     true

@@ -1,7 +1,8 @@
 //! The counters behind the STATS opcode (docs/protocol.md, "Stats").
 //!
-//! The network thread counts requests, connections, bad frames and
-//! overloads as they happen. The engine thread counts what commands did
+//! The network thread counts requests, connections, bad frames, overloads
+//! and every request it refuses whole (by its protocol result code) as they
+//! happen. The engine thread counts what commands did
 //! (reservations, changes, cancellations, refusals by result code) in a
 //! private `Tally` and adds it to the shared counters once a round, so a
 //! command costs no atomic read-modify-write and no cache line shared with
@@ -16,24 +17,34 @@ use crate::protocol::code;
 use crate::protocol::opcode;
 use crate::server::Shared;
 
-/// Written by the engine thread only, a round at a time.
+/// A count for each result code.
 #[derive(Debug)]
+pub struct CodeCounts([AtomicU64; 256]);
+
+impl Default for CodeCounts {
+    fn default() -> Self {
+        CodeCounts(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl CodeCounts {
+    pub fn add(&self, code: u8, count: u64) {
+        self.0[usize::from(code)].fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, code: u8) -> u64 {
+        self.0[usize::from(code)].load(Ordering::Relaxed)
+    }
+}
+
+/// Written by the engine thread only, a round at a time.
+#[derive(Debug, Default)]
 pub struct EngineCounters {
     pub reservations: AtomicU64,
     pub cancellations: AtomicU64,
     pub changes: AtomicU64,
-    pub refusals_by_code: [AtomicU64; 256],
-}
-
-impl Default for EngineCounters {
-    fn default() -> Self {
-        EngineCounters {
-            reservations: AtomicU64::new(0),
-            cancellations: AtomicU64::new(0),
-            changes: AtomicU64::new(0),
-            refusals_by_code: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
-    }
+    /// Commands the engine answered with each (engine) result code other than OK.
+    pub refusals_by_code: CodeCounts,
 }
 
 /// Counters for the STATS opcode.
@@ -46,6 +57,9 @@ pub struct Counters {
     pub connections_refused: AtomicU64,
     pub bad_frames: AtomicU64,
     pub overloaded: AtomicU64,
+    /// Requests (and connections) the network thread refused whole, by
+    /// protocol result code (100 and up: disjoint from the engine's codes).
+    pub protocol_refusals_by_code: CodeCounts,
 }
 
 impl Counters {
@@ -55,15 +69,16 @@ impl Counters {
         let log_stats = log.stats();
         let percentiles = log_stats.sync_percentiles();
         let engine = &self.engine;
+        let commands_refused: u64 = (0..=u8::MAX).map(|code| engine.refusals_by_code.get(code)).sum();
         let refusals_by_code: Vec<(u8, u64)> = (0..=u8::MAX)
-            .map(|code| (code, engine.refusals_by_code[usize::from(code)].load(Ordering::Relaxed)))
+            .map(|code| (code, engine.refusals_by_code.get(code) + self.protocol_refusals_by_code.get(code)))
             .filter(|(_, count)| *count > 0)
             .collect();
         let counters = [
             engine.reservations.load(Ordering::Relaxed),
             engine.cancellations.load(Ordering::Relaxed),
             engine.changes.load(Ordering::Relaxed),
-            refusals_by_code.iter().map(|(_, count)| count).sum(),
+            commands_refused,
             self.requests.load(Ordering::Relaxed),
             self.connections_open.load(Ordering::Relaxed),
             self.connections_refused.load(Ordering::Relaxed),
@@ -128,9 +143,9 @@ impl Tally {
             }
         }
         // 256 words a round: cheaper than keeping track of which were touched.
-        for (total, counted) in counters.refusals_by_code.iter().zip(&mut self.refusals_by_code) {
+        for (code, counted) in (0..=u8::MAX).zip(&mut self.refusals_by_code) {
             if *counted > 0 {
-                total.fetch_add(std::mem::take(counted), Ordering::Relaxed);
+                counters.refusals_by_code.add(code, std::mem::take(counted));
             }
         }
     }
@@ -157,8 +172,8 @@ mod tests {
         tally.flush(&counters);
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         assert_eq!((load(&counters.reservations), load(&counters.cancellations), load(&counters.changes)), (2, 1, 0));
-        let refusals: Vec<(usize, u64)> = (0..256)
-            .map(|code| (code, load(&counters.refusals_by_code[code])))
+        let refusals: Vec<(u8, u64)> = (0..=u8::MAX)
+            .map(|code| (code, counters.refusals_by_code.get(code)))
             .filter(|(_, count)| *count > 0)
             .collect();
         assert_eq!(refusals, vec![(1, 1), (12, 2), (255, 1)]);
