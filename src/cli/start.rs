@@ -24,11 +24,15 @@ pub enum ClockChoice {
 
 /// `yeyak start`'s settings. Each comes from, in this order of precedence: its
 /// flag, its environment variable, the `[server]` table of the `--config`
-/// file, the built-in default (docs/configuration.md, "Serving").
-#[derive(clap::Args, Debug, Default)]
+/// file, the built-in default (docs/configuration.md, "Serving"). The same
+/// struct reads the `[server]` table (every field but `config`), so a setting
+/// is declared once for all three.
+#[derive(clap::Args, serde::Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
 pub struct StartArgs {
     /// A TOML file with a [server] table of these settings.
     #[arg(long, env = "YEYAK_CONFIG")]
+    #[serde(skip)]
     pub config: Option<PathBuf>,
     /// The data directory; created with the demo campaign and generated keys if it has none [default: yeyak-data].
     #[arg(long, env = "YEYAK_DATA_DIR")]
@@ -44,6 +48,7 @@ pub struct StartArgs {
     pub durability: Option<Durability>,
     /// Refuse to start without a campaign and keys already in the data directory.
     #[arg(long, env = "YEYAK_PRODUCTION")]
+    #[serde(default)]
     pub production: bool,
     /// Connections open at once [default: 10000].
     #[arg(long, env = "YEYAK_CONNECTIONS_MAX")]
@@ -62,27 +67,11 @@ pub struct StartArgs {
     pub reactor: Option<yeyak::server::reactor::Reactor>,
 }
 
-/// The `[server]` table of a configuration file.
-#[derive(serde::Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-struct ServerFile {
-    data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    clock: Option<ClockChoice>,
-    durability: Option<Durability>,
-    production: Option<bool>,
-    connections_max: Option<u32>,
-    in_flight_max: Option<u32>,
-    ingress_queue_jobs: Option<usize>,
-    ingress_queue_commands: Option<usize>,
-    reactor: Option<yeyak::server::reactor::Reactor>,
-}
-
 #[derive(serde::Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     #[serde(default)]
-    server: ServerFile,
+    server: StartArgs,
 }
 
 /// The settings once flags, environment, file and defaults are merged.
@@ -103,7 +92,7 @@ impl StartArgs {
                 let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
                 toml::from_str::<ConfigFile>(&text).map_err(|e| format!("{}: {e}", path.display()))?.server
             }
-            None => ServerFile::default(),
+            None => StartArgs::default(),
         };
         let defaults = ServerConfig::default();
         let server = ServerConfig {
@@ -130,7 +119,7 @@ impl StartArgs {
                     .into(),
             );
         }
-        let production = self.production || file.production.unwrap_or(false);
+        let production = self.production || file.production;
         Ok(Settings {
             data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("yeyak-data")),
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
