@@ -83,7 +83,21 @@ fn start_book_from_the_shell_stop_and_restart() {
         &address,
         &["reserve", "--person", "0xabc", "--birth-date", "1990-05-15", "--slot", "100"],
     );
-    assert!(ok && text.contains("ok: slot #100"), "{text}");
+    assert!(ok && text.contains("booked slot #100"), "{text}");
+    let person = ["--person", "0xabe", "--birth-date", "1990-05-15"];
+    let (ok, text) = client(directory.path(), &address, &[&["reserve"][..], &person, &["--slot", "102"]].concat());
+    assert!(ok && text.contains("booked slot #102"), "{text}");
+    let (ok, text) = client(
+        directory.path(),
+        &address,
+        &[&["change"][..], &person, &["--slot", "103", "--idempotency-key", "2"]].concat(),
+    );
+    assert!(ok && text.contains("moved to slot #103"), "{text}");
+    let (ok, text) =
+        client(directory.path(), &address, &[&["cancel"][..], &person, &["--idempotency-key", "3"]].concat());
+    assert!(ok && text.contains("cancelled, gave up slot #103"), "{text}");
+    let (ok, text) = client(directory.path(), &address, &["get", "--person", "0xabe"]);
+    assert!(ok && text.contains("holds no reservation"), "{text}");
     let (ok, text) = client(
         directory.path(),
         &address,
@@ -96,7 +110,8 @@ fn start_book_from_the_shell_stop_and_restart() {
     let (ok, text) = client(directory.path(), &address, &["stats"]);
     let line =
         |name: &str| text.lines().find(|l| l.starts_with(name)).map(|l| l.split_whitespace().last().unwrap_or(""));
-    assert!(ok && line("reservations") == Some("1") && line("refusals") == Some("1"), "{text}");
+    assert!(ok && line("reservations") == Some("2") && line("refusals") == Some("1"), "{text}");
+    assert!(line("changes") == Some("1") && line("cancellations") == Some("1"), "{text}");
     assert!(text.contains("refused: not eligible"), "refusals by code: {text}");
     let rest = terminate(child, stdout);
     assert!(rest.contains("stopped cleanly"), "{rest}");

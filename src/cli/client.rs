@@ -117,18 +117,20 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
         idempotency_key: person.idempotency_key,
         channel,
     };
-    let show = |result: Result<Result<SlotIndex, yeyak::state::Refusal>, yeyak::client::ClientError>| match result {
-        Ok(Ok(slot)) => {
-            println!("ok: {slot}");
-            Ok(())
-        }
-        Ok(Err(refusal)) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
-        Err(error) => Err(error.to_string()),
-    };
+    let show =
+        |done: &str, result: Result<Result<SlotIndex, yeyak::state::Refusal>, yeyak::client::ClientError>| match result
+        {
+            Ok(Ok(slot)) => {
+                println!("{done} {slot}");
+                Ok(())
+            }
+            Ok(Err(refusal)) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
+            Err(error) => Err(error.to_string()),
+        };
     match args.command {
-        ClientCommand::Reserve { person, slot } => show(client.reserve(&booking(&person, slot))),
-        ClientCommand::Change { person, slot } => show(client.change(&booking(&person, slot))),
-        ClientCommand::Cancel { person } => show(client.cancel(&booking(&person, 0))),
+        ClientCommand::Reserve { person, slot } => show("booked", client.reserve(&booking(&person, slot))),
+        ClientCommand::Change { person, slot } => show("moved to", client.change(&booking(&person, slot))),
+        ClientCommand::Cancel { person } => show("cancelled, gave up", client.cancel(&booking(&person, 0))),
         ClientCommand::Get { person } => {
             match client.reservation(&PersonQuery { person }).map_err(|e| e.to_string())? {
                 Ok(Some(slot)) => {
