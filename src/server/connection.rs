@@ -392,7 +392,7 @@ fn command(opcode_byte: u8, body: &[u8], operator_id: u32) -> Result<Command, u8
 /// A RESERVE, CHANGE or CANCEL body, on the channel this connection may use.
 #[inline]
 fn booking(body: &[u8], operator_id: u32) -> Result<BookingRequest, u8> {
-    let booking = BookingRequest::decode(body).map_err(|_| code::MALFORMED)?;
+    let booking = BookingRequest::read(body).ok_or(code::MALFORMED)?;
     let allowed = match booking.channel {
         // A gateway books for people it verified; only operators book as operators (R10).
         crate::rules::Channel::Operator { .. } if operator_id == 0 => false,
