@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::log::format::{
     parse_segment_file_name, Record, RecordBytes, RecordDefect, SegmentHeader, RECORD_BYTES, SEGMENT_HEADER_BYTES,
 };
-use crate::log::storage::sync_directory;
+use crate::log::storage::{read_ahead, sync_directory};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RecoveryMode {
@@ -102,29 +102,6 @@ pub fn list_segments(directory: &Path) -> Result<Vec<(u64, PathBuf)>, RecoveryEr
         }
     }
     Ok(segments)
-}
-
-/// Asks the kernel to start reading a whole segment in, in large requests:
-/// the log's pages are let go of once durable (src/log/storage.rs), so at a
-/// restart they come from the disk, and page faults alone would read them a
-/// little at a time. Recovery asks for the next segment while it replays
-/// one, so the disk works while the state machine does. One request covers
-/// at most the device's read-ahead window (8 MiB here; `fincore` showed a
-/// single whole-file request reading only that much), so the file is asked
-/// for a chunk at a time; each call only queues the reads. Advice only: a
-/// failure just means slower reads.
-fn read_ahead(path: &Path) {
-    use std::os::fd::AsRawFd;
-    const CHUNK_BYTES: u64 = 4 << 20;
-    let Ok(file) = File::open(path) else { return };
-    let length = file.metadata().map_or(0, |m| m.len());
-    for offset in (0..length).step_by(CHUNK_BYTES as usize) {
-        let (Ok(offset), Ok(chunk)) = (libc::off_t::try_from(offset), libc::off_t::try_from(CHUNK_BYTES)) else {
-            return;
-        };
-        // SAFETY: `posix_fadvise` on a file descriptor we own, no pointers.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, chunk, libc::POSIX_FADV_WILLNEED) };
-    }
 }
 
 struct MappedSegment {
@@ -238,6 +215,9 @@ pub fn recover_with_lookahead(
                 continue;
             }
         }
+        // The log's pages are let go of once durable (src/log/storage.rs):
+        // at a restart they come from the disk. Asking for the next segment
+        // while this one replays keeps the disk busy while the engine is.
         read_ahead(path);
         if let Some((_, next_path)) = listed.get(position + 1) {
             read_ahead(next_path);

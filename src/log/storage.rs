@@ -65,6 +65,27 @@ fn preallocate(file: &File, size_bytes: u64) -> io::Result<()> {
     Err(error)
 }
 
+/// Asks the kernel to start reading a whole file in, in large requests, so
+/// that a reader going through it (recovery's mapping of a log segment, a
+/// snapshot's) finds it in memory instead of faulting it in a little at a
+/// time. One request covers at most the device's read-ahead window (8 MiB
+/// here; `fincore` showed a single whole-file request reading only that
+/// much), so the file is asked for a chunk at a time; each call only queues
+/// the reads. Advice only: a failure just means slower reads.
+pub fn read_ahead(path: &Path) {
+    use std::os::fd::AsRawFd;
+    const CHUNK_BYTES: u64 = 4 << 20;
+    let Ok(file) = File::open(path) else { return };
+    let length = file.metadata().map_or(0, |m| m.len());
+    for offset in (0..length).step_by(CHUNK_BYTES as usize) {
+        let (Ok(offset), Ok(chunk)) = (libc::off_t::try_from(offset), libc::off_t::try_from(CHUNK_BYTES)) else {
+            return;
+        };
+        // SAFETY: `posix_fadvise` on a file descriptor we own, no pointers.
+        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, chunk, libc::POSIX_FADV_WILLNEED) };
+    }
+}
+
 pub fn sync_directory(directory: &Path) -> io::Result<()> {
     File::open(directory)?.sync_all()
 }

@@ -143,6 +143,9 @@ impl CheckedSnapshot {
             offset: offset as u64,
             reason,
         };
+        // Every byte is checked and restored: have the kernel read it all in
+        // while the checks start (a restart after a reboot finds it on disk).
+        crate::log::storage::read_ahead(path);
         let file = std::fs::File::open(path).map_err(io)?;
         // SAFETY: snapshot files are written once, completely, before being
         // renamed into place, and never modified afterwards; this process is
