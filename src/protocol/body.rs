@@ -622,7 +622,14 @@ mod tests {
                 body[32] = channel;
                 body[33..36].fill(0);
                 body[36..40].copy_from_slice(&operator.to_le_bytes());
-                let days = i32::from(body[16]) * 300 - 30_000;
+                // The range's edges, and dates on both sides of it.
+                let days = match body[16] % 8 {
+                    0 => DATE_DAYS_MIN - 1,
+                    1 => DATE_DAYS_MIN,
+                    2 => DATE_DAYS_MAX,
+                    3 => DATE_DAYS_MAX + 1,
+                    _ => i32::from(body[17]) * 400 - 30_000,
+                };
                 body[16..20].copy_from_slice(&days.to_le_bytes());
             }
             proptest::prop_assert_eq!(BookingRequest::read(&body), BookingRequest::decode(&body).ok());
