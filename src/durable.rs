@@ -68,6 +68,30 @@ pub enum OpenError {
         end_lsn - 1, log_next_lsn - 1
     )]
     SnapshotAheadOfLog { path: PathBuf, end_lsn: u64, log_next_lsn: u64 },
+    #[error(
+        "the campaign's tables need {} MiB (a people table for limits.people_max = {people_max} and the \
+         counters of {slot_count} slots), more than the {} MiB this machine has available: lower \
+         limits.people_max in campaign.toml, or start on a machine with more free memory",
+        needed_bytes >> 20, available_bytes >> 20
+    )]
+    NotEnoughMemory { needed_bytes: u64, available_bytes: u64, people_max: u64, slot_count: u32 },
+}
+
+/// Refuses an engine whose tables would not fit in the memory available:
+/// they are faulted in whole at start-up, so a campaign sized past the
+/// machine would otherwise end in the kernel's out-of-memory killer, or in an
+/// abort, rather than in an error that says what to change.
+fn check_table_memory(rules: &CampaignRules, inventory: &Inventory, available: Option<u64>) -> Result<(), OpenError> {
+    let needed_bytes = Engine::table_bytes(rules, inventory);
+    match available {
+        Some(available_bytes) if needed_bytes > available_bytes => Err(OpenError::NotEnoughMemory {
+            needed_bytes,
+            available_bytes,
+            people_max: rules.people_max,
+            slot_count: inventory.slot_count(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// What a data directory is opened with.
@@ -259,7 +283,9 @@ fn restore_newest_snapshot(
                 passed_over.push(error.to_string());
                 set_aside_invalid(&path)?;
                 if matches!(error, SnapshotError::Rejected { .. }) {
-                    // Half restored: start again from an empty engine.
+                    // Half restored: start again from an empty engine (the
+                    // old one let go of first: two would need twice the memory).
+                    drop(engine);
                     engine = build_engine()?;
                 }
             }
@@ -310,7 +336,9 @@ impl DurableEngine {
         let lock = lock_data_directory(data_directory)?;
         let campaign_id = rules.campaign_id;
         let build_engine = || -> Result<Engine, OpenError> {
-            Ok(Engine::new(rules.clone(), Inventory::load(&rules, data_directory)?))
+            let inventory = Inventory::load(&rules, data_directory)?;
+            check_table_memory(&rules, &inventory, crate::memory::available_bytes())?;
+            Ok(Engine::new(rules.clone(), inventory))
         };
         let log_directory = data_directory.join(LOG_DIRECTORY);
         create_directory_durably(&log_directory)

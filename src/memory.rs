@@ -59,6 +59,20 @@ impl<T: Zeroable> ZeroedArray<T> {
     }
 }
 
+/// Memory the kernel says can be given to a new program without swapping
+/// (`MemAvailable` of /proc/meminfo), or `None` where it cannot be read.
+pub fn available_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_available_bytes(&meminfo)
+}
+
+fn parse_available_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|line| line.starts_with("MemAvailable:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let kibibytes: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then(|| kibibytes.saturating_mul(1024))
+}
+
 /// Faults every page of `[start, start + bytes)` in now, so that the kernel
 /// zeroes them at start-up rather than in the middle of a flash crowd. The
 /// zeroing of a big table (1.5 GiB at national scale) is the larger part of
@@ -135,6 +149,18 @@ mod tests {
 
     // SAFETY: an atomic integer is valid as all zeros.
     unsafe impl Zeroable for AtomicU64 {}
+
+    #[test]
+    fn available_memory_is_read_from_meminfo() {
+        let meminfo = "MemTotal:       24683700 kB\nMemFree:        21855384 kB\nMemAvailable:   24198716 kB\n";
+        assert_eq!(parse_available_bytes(meminfo), Some(24_198_716 * 1024));
+        assert_eq!(parse_available_bytes("MemTotal: 1 kB\n"), None, "no MemAvailable line (old kernels)");
+        assert_eq!(parse_available_bytes("MemAvailable: lots\n"), None);
+        assert_eq!(parse_available_bytes("MemAvailable: 12 MB\n"), None, "a unit other than kB");
+        if std::path::Path::new("/proc/meminfo").exists() {
+            assert!(available_bytes().is_some_and(|bytes| bytes > 0));
+        }
+    }
 
     #[test]
     fn large_and_small_arrays_start_zeroed_and_aligned() {

@@ -115,3 +115,26 @@ fn a_slot_whose_appointment_has_begun_is_neither_booked_nor_given_up() {
     assert_eq!(engine.reserve(&booking(5, next_day.0, 1), starts), Ok(next_day));
     assert_eq!(engine.cancel(&cancelling(5, 2), starts), Ok(next_day));
 }
+
+#[test]
+fn a_campaign_whose_tables_do_not_fit_in_memory_is_refused_at_start_with_what_to_change() {
+    let directory = tempfile::tempdir().unwrap();
+    // The largest people_max the configuration accepts: 2^31 people take a
+    // table of 2^32 buckets of 32 bytes (128 GiB).
+    let campaign = small_campaign_toml().replace("people_max = 100_000", "people_max = 2_147_483_648");
+    std::fs::write(directory.path().join("campaign.toml"), &campaign).unwrap();
+    let needed = yeyak::state::PeopleTable::table_bytes(2_147_483_648);
+    assert_eq!(needed, 128 << 30);
+    if yeyak::memory::available_bytes().is_none_or(|available| available >= needed) {
+        println!("skipped: this machine has 128 GiB free, or says nothing of its memory");
+        return;
+    }
+    let error = DurableEngine::open(directory.path(), small_log_options(), false).err().expect("refused");
+    let text = error.to_string();
+    assert!(text.contains("need 131072 MiB") && text.contains("MiB this machine has available"), "{text}");
+    assert!(text.contains("limits.people_max = 2147483648") && text.contains("lower limits.people_max"), "{text}");
+    // A campaign that fits opens on the same directory.
+    write_small_campaign(directory.path());
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    engine.close().unwrap();
+}

@@ -170,7 +170,7 @@ impl PeopleTable {
     /// A table for up to `people_max` people, with buckets to spare so that
     /// probes stay short (load factor at most 7/8).
     pub fn new(people_max: u64) -> PeopleTable {
-        let bucket_count = (people_max + people_max / 7).max(8).next_power_of_two();
+        let bucket_count = Self::bucket_count(people_max);
         // Every page is faulted in now (src/memory.rs), not by the first
         // booking into it in the middle of a flash crowd.
         let buckets = allocate_buckets(bucket_count as usize);
@@ -180,6 +180,16 @@ impl PeopleTable {
             people_max,
             people_count: CachePadded::new(AtomicU64::new(0)),
         }
+    }
+
+    fn bucket_count(people_max: u64) -> u64 {
+        (people_max + people_max / 7).max(8).next_power_of_two()
+    }
+
+    /// The memory a table for `people_max` people takes (all of it faulted
+    /// in at start-up).
+    pub fn table_bytes(people_max: u64) -> u64 {
+        Self::bucket_count(people_max).saturating_mul(std::mem::size_of::<Bucket>() as u64)
     }
 
     pub fn len(&self) -> u64 {

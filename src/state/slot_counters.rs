@@ -67,6 +67,11 @@ impl SlotCounters {
         self.cells.len() as u32
     }
 
+    /// The memory the counters of `slot_count` slots take.
+    pub fn table_bytes(slot_count: u32) -> u64 {
+        u64::from(slot_count) * std::mem::size_of::<SlotCell>() as u64
+    }
+
     pub fn is_empty(&self) -> bool {
         self.cells.is_empty()
     }
