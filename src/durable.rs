@@ -23,7 +23,10 @@ use crate::snapshot::{
     list_snapshots, remove_temporary_files, retire, take_snapshot, CheckedSnapshot, SnapshotError, SnapshotOptions,
     SnapshotSummary,
 };
-use crate::state::{BookingRequest, CancelRequest, Engine, Entry, LogUnavailable, Lsn, Outcome, PersonKey, Refusal};
+use crate::state::{
+    BookingRequest, CancelRequest, Engine, Entry, LogUnavailable, Lsn, Outcome, PeopleTable, PersonKey, Refusal,
+    SlotCounters,
+};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
@@ -69,12 +72,20 @@ pub enum OpenError {
     )]
     SnapshotAheadOfLog { path: PathBuf, end_lsn: u64, log_next_lsn: u64 },
     #[error(
-        "the campaign's tables need {} MiB (a people table for limits.people_max = {people_max} and the \
-         counters of {slot_count} slots), more than the {} MiB this machine has available: lower \
-         limits.people_max in campaign.toml, or start on a machine with more free memory",
-        needed_bytes >> 20, available_bytes >> 20
+        "the campaign's tables need {} MiB ({} MiB of people table for limits.people_max = {people_max}, \
+         {} MiB of counters for {slot_count} slots), more than the {} MiB this machine has available: \
+         lower limits.people_max or the inventory's size in campaign.toml, or start on a machine with \
+         more free memory",
+        (people_table_bytes + slot_counters_bytes) >> 20, people_table_bytes >> 20, slot_counters_bytes >> 20,
+        available_bytes >> 20
     )]
-    NotEnoughMemory { needed_bytes: u64, available_bytes: u64, people_max: u64, slot_count: u32 },
+    NotEnoughMemory {
+        people_table_bytes: u64,
+        slot_counters_bytes: u64,
+        available_bytes: u64,
+        people_max: u64,
+        slot_count: u32,
+    },
 }
 
 /// Refuses an engine whose tables would not fit in the memory available:
@@ -82,14 +93,18 @@ pub enum OpenError {
 /// machine would otherwise end in the kernel's out-of-memory killer, or in an
 /// abort, rather than in an error that says what to change.
 fn check_table_memory(rules: &CampaignRules, inventory: &Inventory, available: Option<u64>) -> Result<(), OpenError> {
-    let needed_bytes = Engine::table_bytes(rules, inventory);
+    let people_table_bytes = PeopleTable::table_bytes(rules.people_max);
+    let slot_counters_bytes = SlotCounters::table_bytes(inventory.slot_count());
     match available {
-        Some(available_bytes) if needed_bytes > available_bytes => Err(OpenError::NotEnoughMemory {
-            needed_bytes,
-            available_bytes,
-            people_max: rules.people_max,
-            slot_count: inventory.slot_count(),
-        }),
+        Some(available_bytes) if people_table_bytes.saturating_add(slot_counters_bytes) > available_bytes => {
+            Err(OpenError::NotEnoughMemory {
+                people_table_bytes,
+                slot_counters_bytes,
+                available_bytes,
+                people_max: rules.people_max,
+                slot_count: inventory.slot_count(),
+            })
+        }
         _ => Ok(()),
     }
 }

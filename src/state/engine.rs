@@ -84,12 +84,6 @@ impl Engine {
         Engine { rules, inventory, slots, people, capacity_changes: Mutex::new(()) }
     }
 
-    /// The memory the big tables of an engine for `rules` and `inventory`
-    /// take: the people table and the slot counters, faulted in by `new`.
-    pub fn table_bytes(rules: &CampaignRules, inventory: &Inventory) -> u64 {
-        PeopleTable::table_bytes(rules.people_max).saturating_add(SlotCounters::table_bytes(inventory.slot_count()))
-    }
-
     pub fn rules(&self) -> &CampaignRules {
         &self.rules
     }
