@@ -162,8 +162,18 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     }
 }
 
+/// The log directory of a data directory that exists: `yeyak log` looks into
+/// what is there and creates nothing, so a mistyped path is an error, not an
+/// empty log.
+fn existing_log_directory(data_dir: &std::path::Path) -> Result<PathBuf, String> {
+    if !data_dir.is_dir() {
+        return Err(format!("no data directory at {} (give its path with --data-dir)", data_dir.display()));
+    }
+    Ok(data_dir.join(yeyak::durable::LOG_DIRECTORY))
+}
+
 fn verify(data_dir: PathBuf) -> Result<(), String> {
-    let log_directory = data_dir.join(yeyak::durable::LOG_DIRECTORY);
+    let log_directory = existing_log_directory(&data_dir)?;
     let mut bad_entries = 0u64;
     let recovered = recover(&log_directory, RecoveryMode::ReadOnly, |record| {
         if Entry::decode(record.kind, &record.payload).is_err() {
@@ -233,7 +243,7 @@ fn verify_snapshots(data_dir: &std::path::Path) -> Result<(), String> {
 }
 
 fn dump(data_dir: PathBuf, from: u64, limit: u64) -> Result<(), String> {
-    let log_directory = data_dir.join(yeyak::durable::LOG_DIRECTORY);
+    let log_directory = existing_log_directory(&data_dir)?;
     let mut printed = 0;
     recover(&log_directory, RecoveryMode::ReadOnly, |record| {
         if record.lsn >= from && printed < limit {

@@ -305,3 +305,21 @@ fn the_demo_evening_books_durably_from_two_threads_and_recovers_the_same_state()
     assert!(status.success(), "{text}");
     assert!(text.contains("recovered state equal to the state before the restart: yes"), "{text}");
 }
+
+#[test]
+fn a_mistyped_address_or_data_directory_is_named_not_taken_for_an_empty_engine() {
+    let directory = small_data_dir();
+    // A port nothing listens on: bind one, note it, let it go.
+    let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (child, _, stdout) = start(directory.path());
+    let (ok, text) = client(directory.path(), &address, &["stats"]);
+    assert!(!ok && text.contains(&format!("no engine at {address}")) && text.contains("yeyak start"), "{text}");
+    terminate(child, stdout);
+    for command in ["verify", "dump"] {
+        let missing = directory.path().join("no-such-directory");
+        let output = Command::new(YEYAK).args(["log", command, "--data-dir"]).arg(&missing).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && text.contains("no data directory at"), "log {command}: {text}");
+        assert!(!missing.exists(), "log {command} creates nothing");
+    }
+}

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use yeyak::calendar::Date;
-use yeyak::client::Client;
+use yeyak::client::{Client, ClientError};
 use yeyak::inventory::SlotIndex;
 use yeyak::protocol::body::STATS_COUNTER_NAMES;
 use yeyak::protocol::body::{PersonQuery, RegionQuery, SiteQuery};
@@ -108,7 +108,12 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
     let (keys, _) = KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?;
     let role = if args.operator { Role::Operator } else { Role::Gateway };
     let (key_id, key) = keys.first(role).ok_or_else(|| format!("no {role:?} key in keys.toml"))?;
-    let mut client = Client::connect(args.address, role, key_id, key).map_err(|e| e.to_string())?;
+    let mut client = Client::connect(args.address, role, key_id, key).map_err(|error| match error {
+        ClientError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            format!("no engine at {} ({io}): start one with `yeyak start`, or give its --address", args.address)
+        }
+        error => error.to_string(),
+    })?;
     let channel = if args.operator { Channel::Operator { operator_id: key_id } } else { Channel::Person };
     let booking = |person: &PersonArgs, slot: u32| BookingRequest {
         person: person.person,
