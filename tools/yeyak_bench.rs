@@ -111,6 +111,15 @@ enum Command {
         #[arg(long, default_value_t = 52_000_000)]
         people: u64,
     },
+    /// How fast this machine's memory answers right now, on a table like the
+    /// engine's (1 GiB on huge pages): a dependent random read, and a random
+    /// read-modify-write with the next lines prefetched 8 ahead as the engine
+    /// does. On a VM whose speed moves within minutes, it tells a slow phase
+    /// of the machine from a slow change of the code.
+    Probe {
+        #[arg(long, default_value_t = 4_000_000)]
+        steps: u64,
+    },
 }
 
 fn main() {
@@ -147,6 +156,7 @@ fn main() {
             wire(WireLoad { people, batch, depth, connections, encode_live }, data_dir, reactor)
         }
         Command::Latency { rate, seconds, data_dir, reactor } => latency(rate, seconds, data_dir, reactor),
+        Command::Probe { steps } => probe(steps),
     }
 }
 
@@ -239,6 +249,31 @@ fn reserve(people: u64, batch: usize) {
     assert_eq!(booked, people, "every request was for a free seat");
     println!("reserve (in process, 1 thread, durability off): people={people} batch={batch}");
     println!("  {booked} reservations in {seconds:.3} s = {:.2} M reservations/s", booked as f64 / seconds / 1e6);
+    println!("  {}", huge_page_share());
+}
+
+/// How much of this process's anonymous memory the kernel put on huge pages
+/// (/proc/self/smaps_rollup): the tables are advised onto them, but the
+/// kernel gives them only where it finds free 2 MiB blocks.
+fn huge_page_share() -> String {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    let kib = |name: &str| {
+        rollup
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    };
+    match (kib("AnonHugePages:"), kib("Anonymous:")) {
+        (Some(huge), Some(anonymous)) if anonymous > 0 => {
+            format!(
+                "huge pages: {} of {} MiB anonymous ({:.0} %)",
+                huge >> 10,
+                anonymous >> 10,
+                100.0 * huge as f64 / anonymous as f64
+            )
+        }
+        _ => "huge pages: unknown (no /proc/self/smaps_rollup)".to_string(),
+    }
 }
 
 fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf, keep: bool) {
@@ -619,4 +654,40 @@ fn latency(rate: u64, seconds: u64, data_dir: PathBuf, reactor: yeyak::server::r
     );
     server.shutdown().expect("closes");
     let _ = std::fs::remove_dir_all(&data_dir);
+}
+
+/// One cache line of the probe's table.
+#[repr(C, align(64))]
+struct ProbeLine {
+    value: std::sync::atomic::AtomicU64,
+}
+
+// SAFETY: an atomic integer (and padding) is valid as all zeros and needs no drop.
+unsafe impl yeyak::memory::Zeroable for ProbeLine {}
+
+fn probe(steps: u64) {
+    const LINES: usize = 1 << 24; // 1 GiB of 64-byte lines
+    const AHEAD: u64 = 8;
+    use std::sync::atomic::Ordering::Relaxed;
+    let lines = yeyak::memory::ZeroedArray::<ProbeLine>::new(LINES);
+    let mask = LINES as u64 - 1;
+    // Each address depends on the value read before it: one miss at a time.
+    let started = Instant::now();
+    let mut index = 0u64;
+    for step in 0..steps {
+        let value = lines[index as usize].value.load(Relaxed);
+        index = yeyak::mix64(step ^ value ^ index) & mask;
+    }
+    std::hint::black_box(index);
+    let dependent_ns = started.elapsed().as_nanos() as f64 / steps as f64;
+    // Independent lines, prefetched ahead, read and written: the engine's pattern.
+    let line_of = |step: u64| &lines[(yeyak::mix64(step) & mask) as usize];
+    let started = Instant::now();
+    for step in 0..steps {
+        yeyak::prefetch(line_of(step + AHEAD));
+        let line = line_of(step);
+        line.value.store(line.value.load(Relaxed) + 1, Relaxed);
+    }
+    let streamed_ns = started.elapsed().as_nanos() as f64 / steps as f64;
+    println!("probe (1 GiB table on huge pages): dependent random read {dependent_ns:.1} ns, random read-modify-write prefetched {AHEAD} ahead {streamed_ns:.1} ns");
 }
