@@ -73,40 +73,65 @@ pub enum OpenError {
     SnapshotAheadOfLog { path: PathBuf, end_lsn: u64, log_next_lsn: u64 },
     #[error(
         "the campaign's tables need {} MiB ({} MiB of people table for limits.people_max = {people_max}, \
-         {} MiB of counters for {slot_count} slots), more than the {} MiB this machine has available: \
-         lower limits.people_max or the inventory's size in campaign.toml, or start on a machine with \
-         more free memory",
-        (people_table_bytes + slot_counters_bytes) >> 20, people_table_bytes >> 20, slot_counters_bytes >> 20,
-        available_bytes >> 20
+         {} MiB of counters for {slot_count} slots, {} MiB of log ring), more than the {} MiB this process \
+         may still take (MemAvailable, capped by its cgroup's limit): lower limits.people_max or the \
+         inventory's size in campaign.toml, or start where more memory is free \
+         ({MEMORY_CHECK_SKIP_ENV}=1 starts anyway)",
+        mib_up(people_table_bytes + slot_counters_bytes + ring_bytes), mib_up(*people_table_bytes),
+        mib_up(*slot_counters_bytes), mib_up(*ring_bytes), available_bytes >> 20
     )]
     NotEnoughMemory {
         people_table_bytes: u64,
         slot_counters_bytes: u64,
+        ring_bytes: u64,
         available_bytes: u64,
         people_max: u64,
         slot_count: u32,
     },
 }
 
+/// Set to 1, start-up skips the memory check (a machine with swap, say,
+/// where `MemAvailable` understates what a start-up can get).
+pub const MEMORY_CHECK_SKIP_ENV: &str = "YEYAK_SKIP_MEMORY_CHECK";
+
+fn mib_up(bytes: u64) -> u64 {
+    bytes.div_ceil(1 << 20)
+}
+
 /// Refuses an engine whose tables would not fit in the memory available:
 /// they are faulted in whole at start-up, so a campaign sized past the
 /// machine would otherwise end in the kernel's out-of-memory killer, or in an
-/// abort, rather than in an error that says what to change.
-fn check_table_memory(rules: &CampaignRules, inventory: &Inventory, available: Option<u64>) -> Result<(), OpenError> {
+/// abort, rather than in an error that says what to change. (The inventory
+/// itself, 4 bytes a slot, is already built when this runs.)
+fn check_table_memory(
+    rules: &CampaignRules,
+    inventory: &Inventory,
+    log: &LogOptions,
+    available: Option<u64>,
+) -> Result<(), OpenError> {
     let people_table_bytes = PeopleTable::table_bytes(rules.people_max);
     let slot_counters_bytes = SlotCounters::table_bytes(inventory.slot_count());
+    let ring_bytes = u64::from(log.ring_records) * crate::log::format::RECORD_BYTES as u64;
+    let needed_bytes = people_table_bytes.saturating_add(slot_counters_bytes).saturating_add(ring_bytes);
     match available {
-        Some(available_bytes) if people_table_bytes.saturating_add(slot_counters_bytes) > available_bytes => {
-            Err(OpenError::NotEnoughMemory {
-                people_table_bytes,
-                slot_counters_bytes,
-                available_bytes,
-                people_max: rules.people_max,
-                slot_count: inventory.slot_count(),
-            })
-        }
+        Some(available_bytes) if needed_bytes > available_bytes => Err(OpenError::NotEnoughMemory {
+            people_table_bytes,
+            slot_counters_bytes,
+            ring_bytes,
+            available_bytes,
+            people_max: rules.people_max,
+            slot_count: inventory.slot_count(),
+        }),
         _ => Ok(()),
     }
+}
+
+/// The memory start-up may count on, unless the check is switched off.
+fn memory_to_check_against() -> Option<u64> {
+    if std::env::var_os(MEMORY_CHECK_SKIP_ENV).is_some_and(|value| value == "1") {
+        return None;
+    }
+    crate::memory::available_bytes()
 }
 
 /// What a data directory is opened with.
@@ -352,7 +377,7 @@ impl DurableEngine {
         let campaign_id = rules.campaign_id;
         let build_engine = || -> Result<Engine, OpenError> {
             let inventory = Inventory::load(&rules, data_directory)?;
-            check_table_memory(&rules, &inventory, crate::memory::available_bytes())?;
+            check_table_memory(&rules, &inventory, &options.log, memory_to_check_against())?;
             Ok(Engine::new(rules.clone(), inventory))
         };
         let log_directory = data_directory.join(LOG_DIRECTORY);
@@ -654,5 +679,27 @@ impl Snapshotter {
         if self.thread.join().is_err() {
             tracing::error!("the snapshot thread panicked");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_check_counts_every_table_and_refuses_only_past_what_is_available() {
+        let toml = DEMO_CAMPAIGN_TOML.replace("sites = 15000", "sites = 20").replace("20_000_000", "1_000_000");
+        let rules = CampaignRules::parse(&toml).unwrap();
+        let inventory = Inventory::load(&rules, Path::new(".")).unwrap();
+        let log = LogOptions::default();
+        // 1 M people: 2^21 buckets of 32 bytes; 10,800 slots of 64 bytes; 2^16 records of 48 bytes.
+        let needed = (64 << 20) + 10_800 * 64 + (3 << 20);
+        assert!(check_table_memory(&rules, &inventory, &log, Some(needed)).is_ok(), "exactly enough");
+        assert!(check_table_memory(&rules, &inventory, &log, None).is_ok(), "nothing known: not refused");
+        let error = check_table_memory(&rules, &inventory, &log, Some(needed - 1)).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("need 68 MiB (64 MiB of people table for limits.people_max = 1000000"), "{text}");
+        assert!(text.contains("1 MiB of counters for 10800 slots, 3 MiB of log ring"), "rounded up: {text}");
+        assert!(text.contains("than the 67 MiB") && text.contains(MEMORY_CHECK_SKIP_ENV), "{text}");
     }
 }

@@ -59,11 +59,50 @@ impl<T: Zeroable> ZeroedArray<T> {
     }
 }
 
-/// Memory the kernel says can be given to a new program without swapping
-/// (`MemAvailable` of /proc/meminfo), or `None` where it cannot be read.
+/// Memory this process may still take: the kernel's estimate of what can be
+/// given to a program without swapping (`MemAvailable` of /proc/meminfo),
+/// capped by the room left under the memory limit of the process's cgroup (a
+/// container's limit; v2 `memory.max`, v1 `memory.limit_in_bytes`). `None`
+/// where neither can be read.
 pub fn available_bytes() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    parse_available_bytes(&meminfo)
+    let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|meminfo| parse_available_bytes(&meminfo));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|cgroups| cgroup_room_bytes(&cgroups));
+    match (machine, cgroup) {
+        (Some(machine), Some(cgroup)) => Some(machine.min(cgroup)),
+        (machine, cgroup) => machine.or(cgroup),
+    }
+}
+
+/// Where the memory controller's files of this process's cgroup are, and
+/// their names for the limit and the usage.
+fn cgroup_memory_files(cgroups: &str) -> Option<(std::path::PathBuf, &'static str, &'static str)> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let relative = |path: &str| path.trim_start_matches('/').to_string();
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            let directory = root.join("memory").join(relative(path));
+            return Some((directory, "memory.limit_in_bytes", "memory.usage_in_bytes"));
+        }
+    }
+    let path = cgroups.lines().find_map(|line| line.strip_prefix("0::"))?;
+    Some((root.join(relative(path)), "memory.max", "memory.current"))
+}
+
+/// Room left under the cgroup's memory limit; `None` without a limit.
+fn cgroup_room_bytes(cgroups: &str) -> Option<u64> {
+    let (directory, limit_file, usage_file) = cgroup_memory_files(cgroups)?;
+    let read = |name: &str| std::fs::read_to_string(directory.join(name)).ok();
+    let limit = parse_cgroup_limit(&read(limit_file)?)?;
+    let usage: u64 = read(usage_file)?.trim().parse().ok()?;
+    Some(limit.saturating_sub(usage))
+}
+
+/// A cgroup memory limit: "max" (v2) or a page-rounded 2^63 (v1) mean none.
+fn parse_cgroup_limit(text: &str) -> Option<u64> {
+    let limit: u64 = text.trim().parse().ok()?;
+    (limit < 1 << 62).then_some(limit)
 }
 
 fn parse_available_bytes(meminfo: &str) -> Option<u64> {
@@ -157,9 +196,25 @@ mod tests {
         assert_eq!(parse_available_bytes("MemTotal: 1 kB\n"), None, "no MemAvailable line (old kernels)");
         assert_eq!(parse_available_bytes("MemAvailable: lots\n"), None);
         assert_eq!(parse_available_bytes("MemAvailable: 12 MB\n"), None, "a unit other than kB");
-        if std::path::Path::new("/proc/meminfo").exists() {
+        let has_estimate = std::fs::read_to_string("/proc/meminfo").is_ok_and(|m| m.contains("MemAvailable:"));
+        if has_estimate {
             assert!(available_bytes().is_some_and(|bytes| bytes > 0));
         }
+    }
+
+    #[test]
+    fn a_cgroup_limit_is_found_for_either_version_and_none_means_no_limit() {
+        let v1 = "9:name=systemd:/\n4:memory:/process_api/abc\n0::/\n";
+        let (directory, limit, usage) = cgroup_memory_files(v1).unwrap();
+        assert_eq!(directory, std::path::Path::new("/sys/fs/cgroup/memory/process_api/abc"));
+        assert_eq!((limit, usage), ("memory.limit_in_bytes", "memory.usage_in_bytes"));
+        let (directory, limit, _) = cgroup_memory_files("0::/system.slice/yeyak.service\n").unwrap();
+        assert_eq!(directory, std::path::Path::new("/sys/fs/cgroup/system.slice/yeyak.service"));
+        assert_eq!(limit, "memory.max");
+        assert_eq!(cgroup_memory_files("garbage"), None);
+        assert_eq!(parse_cgroup_limit("2147483648\n"), Some(2 << 30));
+        assert_eq!(parse_cgroup_limit("max\n"), None, "v2: no limit");
+        assert_eq!(parse_cgroup_limit("9223372036854771712\n"), None, "v1: no limit");
     }
 
     #[test]

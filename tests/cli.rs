@@ -309,17 +309,23 @@ fn the_demo_evening_books_durably_from_two_threads_and_recovers_the_same_state()
 #[test]
 fn a_mistyped_address_or_data_directory_is_named_not_taken_for_an_empty_engine() {
     let directory = small_data_dir();
+    // A first start writes the keys the client needs; then nothing serves.
+    let (child, _, stdout) = start(directory.path());
+    terminate(child, stdout);
     // A port nothing listens on: bind one, note it, let it go.
     let address = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let (child, _, stdout) = start(directory.path());
     let (ok, text) = client(directory.path(), &address, &["stats"]);
     assert!(!ok && text.contains(&format!("no engine at {address}")) && text.contains("yeyak start"), "{text}");
-    terminate(child, stdout);
+    let not_a_data_directory = tempfile::tempdir().unwrap();
     for command in ["verify", "dump"] {
         let missing = directory.path().join("no-such-directory");
         let output = Command::new(YEYAK).args(["log", command, "--data-dir"]).arg(&missing).output().unwrap();
         let text = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && text.contains("no data directory at"), "log {command}: {text}");
         assert!(!missing.exists(), "log {command} creates nothing");
+        let output =
+            Command::new(YEYAK).args(["log", command, "--data-dir"]).arg(not_a_data_directory.path()).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && text.contains("no campaign.toml"), "log {command}: {text}");
     }
 }

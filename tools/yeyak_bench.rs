@@ -112,7 +112,7 @@ enum Command {
         people: u64,
     },
     /// How fast this machine's memory answers right now, on a table like the
-    /// engine's (1 GiB on huge pages): a dependent random read, and a random
+    /// engine's (1 GiB, advised onto huge pages): a dependent random read, and a random
     /// read-modify-write with the next lines prefetched 8 ahead as the engine
     /// does. On a VM whose speed moves within minutes, it tells a slow phase
     /// of the machine from a slow change of the code.
@@ -689,5 +689,6 @@ fn probe(steps: u64) {
         line.value.store(line.value.load(Relaxed) + 1, Relaxed);
     }
     let streamed_ns = started.elapsed().as_nanos() as f64 / steps as f64;
-    println!("probe (1 GiB table on huge pages): dependent random read {dependent_ns:.1} ns, random read-modify-write prefetched {AHEAD} ahead {streamed_ns:.1} ns");
+    println!("probe (1 GiB table): {}", huge_page_share());
+    println!("probe: dependent random read {dependent_ns:.1} ns, random read-modify-write prefetched {AHEAD} ahead {streamed_ns:.1} ns");
 }
