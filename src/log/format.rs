@@ -114,7 +114,9 @@ impl Record {
     }
 
     /// Checks and decodes one record; never panics, whatever the bytes.
-    #[inline]
+    /// Inlined into recovery's loop (callgrind: called, it cost 14
+    /// instructions a record in saving and restoring registers).
+    #[inline(always)]
     pub fn decode(bytes: &RecordBytes) -> Result<Record, RecordDefect> {
         let stored = u32_le(&bytes[0..4]);
         let computed = record_crc(bytes);
