@@ -73,7 +73,8 @@ pub enum OpenError {
     SnapshotAheadOfLog { path: PathBuf, end_lsn: u64, log_next_lsn: u64 },
     #[error(
         "the campaign's tables need {} MiB ({} MiB of people table for limits.people_max = {people_max}, \
-         {} MiB of counters for {slot_count} slots, {} MiB of log ring), more than the {} MiB this process \
+         {} MiB of counters and capacities for {slot_count} slots, {} MiB of log ring), more than the {} MiB \
+         this process \
          may still take (MemAvailable, capped by its cgroup's limit): lower limits.people_max or the \
          inventory's size in campaign.toml, or start where more memory is free \
          ({MEMORY_CHECK_SKIP_ENV}=1 starts anyway)",
@@ -86,7 +87,7 @@ pub enum OpenError {
         ring_bytes: u64,
         available_bytes: u64,
         people_max: u64,
-        slot_count: u32,
+        slot_count: u64,
     },
 }
 
@@ -101,16 +102,19 @@ fn mib_up(bytes: u64) -> u64 {
 /// Refuses an engine whose tables would not fit in the memory available:
 /// they are faulted in whole at start-up, so a campaign sized past the
 /// machine would otherwise end in the kernel's out-of-memory killer, or in an
-/// abort, rather than in an error that says what to change. (The inventory
-/// itself, 4 bytes a slot, is already built when this runs.)
+/// abort, rather than in an error that says what to change. A slot costs its
+/// counter and its capacity in the inventory (4 bytes); a generated
+/// inventory is checked before it is built, from the slot count the rules
+/// plan, a CSV one once read.
 fn check_table_memory(
     rules: &CampaignRules,
-    inventory: &Inventory,
+    slot_count: u64,
     log: &LogOptions,
     available: Option<u64>,
 ) -> Result<(), OpenError> {
     let people_table_bytes = PeopleTable::table_bytes(rules.people_max);
-    let slot_counters_bytes = SlotCounters::table_bytes(inventory.slot_count());
+    let slot_bytes = SlotCounters::table_bytes(1) + std::mem::size_of::<u32>() as u64;
+    let slot_counters_bytes = slot_count.saturating_mul(slot_bytes);
     let ring_bytes = u64::from(log.ring_records) * crate::log::format::RECORD_BYTES as u64;
     let needed_bytes = people_table_bytes.saturating_add(slot_counters_bytes).saturating_add(ring_bytes);
     match available {
@@ -120,7 +124,7 @@ fn check_table_memory(
             ring_bytes,
             available_bytes,
             people_max: rules.people_max,
-            slot_count: inventory.slot_count(),
+            slot_count,
         }),
         _ => Ok(()),
     }
@@ -376,8 +380,12 @@ impl DurableEngine {
         let lock = lock_data_directory(data_directory)?;
         let campaign_id = rules.campaign_id;
         let build_engine = || -> Result<Engine, OpenError> {
+            let available = memory_to_check_against();
+            if let Some(planned) = Inventory::planned_slot_count(&rules) {
+                check_table_memory(&rules, planned, &options.log, available)?;
+            }
             let inventory = Inventory::load(&rules, data_directory)?;
-            check_table_memory(&rules, &inventory, &options.log, memory_to_check_against())?;
+            check_table_memory(&rules, u64::from(inventory.slot_count()), &options.log, available)?;
             Ok(Engine::new(rules.clone(), inventory))
         };
         let log_directory = data_directory.join(LOG_DIRECTORY);
@@ -692,14 +700,16 @@ mod tests {
         let rules = CampaignRules::parse(&toml).unwrap();
         let inventory = Inventory::load(&rules, Path::new(".")).unwrap();
         let log = LogOptions::default();
-        // 1 M people: 2^21 buckets of 32 bytes; 10,800 slots of 64 bytes; 2^16 records of 48 bytes.
-        let needed = (64 << 20) + 10_800 * 64 + (3 << 20);
-        assert!(check_table_memory(&rules, &inventory, &log, Some(needed)).is_ok(), "exactly enough");
-        assert!(check_table_memory(&rules, &inventory, &log, None).is_ok(), "nothing known: not refused");
-        let error = check_table_memory(&rules, &inventory, &log, Some(needed - 1)).unwrap_err();
+        let slots = u64::from(inventory.slot_count());
+        assert_eq!(Inventory::planned_slot_count(&rules), Some(slots), "planned as built");
+        // 1 M people: 2^21 buckets of 32 bytes; 10,800 slots of 64 + 4 bytes; 2^16 records of 48 bytes.
+        let needed = (64 << 20) + 10_800 * 68 + (3 << 20);
+        assert!(check_table_memory(&rules, slots, &log, Some(needed)).is_ok(), "exactly enough");
+        assert!(check_table_memory(&rules, slots, &log, None).is_ok(), "nothing known: not refused");
+        let error = check_table_memory(&rules, slots, &log, Some(needed - 1)).unwrap_err();
         let text = error.to_string();
         assert!(text.contains("need 68 MiB (64 MiB of people table for limits.people_max = 1000000"), "{text}");
-        assert!(text.contains("1 MiB of counters for 10800 slots, 3 MiB of log ring"), "rounded up: {text}");
+        assert!(text.contains("1 MiB of counters and capacities for 10800 slots, 3 MiB of log ring"), "{text}");
         assert!(text.contains("than the 67 MiB") && text.contains(MEMORY_CHECK_SKIP_ENV), "{text}");
     }
 }

@@ -91,6 +91,17 @@ impl Inventory {
         }
     }
 
+    /// The slots a generated inventory will have (sites × days × slots a
+    /// day), known before it is built; `None` for one read from CSV.
+    pub fn planned_slot_count(rules: &CampaignRules) -> Option<u64> {
+        match &rules.inventory {
+            InventorySection::Generate(generated) => {
+                Some(u64::from(generated.sites) * u64::from(rules.service_days) * u64::from(rules.slots_per_day))
+            }
+            InventorySection::Csv(_) => None,
+        }
+    }
+
     fn empty(rules: &CampaignRules, sites: Vec<Site>) -> Result<Inventory, InventoryError> {
         // Both factors are u16s: the product fits a u32. The rules check that
         // neither is zero; `max(1)` keeps the remainder's multiplier defined regardless.
