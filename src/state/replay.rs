@@ -22,20 +22,40 @@ pub struct ReplayError {
 /// cost the hot path a dozen instructions a record); `ReplayError` says it in
 /// words, built only when replay fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Defect {
+pub(crate) enum Defect {
     SlotOutside(SlotIndex),
     PeopleTableFull(u64),
-    Unexpected { entry: Entry, held: Option<SlotIndex> },
+    Unexpected {
+        entry: Entry,
+        held: Option<SlotIndex>,
+    },
     Overbooked(SlotIndex),
     CancelOfUnknownPerson,
-    CancelOfSlotNotHeld { slot: SlotIndex, held: Option<SlotIndex> },
-    CapacityMismatch { slot: SlotIndex, before: u32, seats: u32, capacity: u32 },
-    CapacityAboveMaximum { slot: SlotIndex, capacity: u32 },
+    CancelOfSlotNotHeld {
+        slot: SlotIndex,
+        held: Option<SlotIndex>,
+    },
+    CapacityMismatch {
+        slot: SlotIndex,
+        before: u32,
+        seats: u32,
+        capacity: u32,
+    },
+    CapacityAboveMaximum {
+        slot: SlotIndex,
+        capacity: u32,
+    },
+    /// In a snapshot window, where capacities are set, not added.
+    CapacityOutOfRange {
+        slot: SlotIndex,
+        capacity: u32,
+        initial: u32,
+    },
 }
 
 #[cold]
 #[inline(never)]
-fn explain(lsn: Lsn, defect: Defect) -> ReplayError {
+pub(crate) fn explain(lsn: Lsn, defect: Defect) -> ReplayError {
     let reason = match defect {
         Defect::SlotOutside(slot) => format!("{slot} is outside the inventory"),
         Defect::PeopleTableFull(people_max) => format!("the people table is full ({people_max})"),
@@ -47,6 +67,9 @@ fn explain(lsn: Lsn, defect: Defect) -> ReplayError {
             format!("{slot} had capacity {before}, +{seats} is not {capacity}")
         }
         Defect::CapacityAboveMaximum { slot, capacity } => format!("{slot} capacity {capacity} is above the maximum"),
+        Defect::CapacityOutOfRange { slot, capacity, initial } => {
+            format!("{slot} capacity {capacity}: above the maximum or below the inventory's {initial}")
+        }
     };
     ReplayError { lsn, reason }
 }
@@ -105,5 +128,65 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CampaignRules, DEMO_CAMPAIGN_TOML};
+    use crate::inventory::Inventory;
+    use crate::state::PersonKey;
+
+    fn engine() -> Engine {
+        let toml = DEMO_CAMPAIGN_TOML.replace("sites = 15000", "sites = 20").replace("20_000_000", "1000");
+        let rules = CampaignRules::parse(&toml).unwrap();
+        let inventory = Inventory::load(&rules, std::path::Path::new(".")).unwrap();
+        Engine::new(rules, inventory)
+    }
+
+    fn reserved(person: u128, slot: u32) -> Entry {
+        Entry::Reserved { person: PersonKey(person), slot: SlotIndex(slot), idempotency_key: 1, operator_id: 0 }
+    }
+
+    /// Every way a log can contradict the state is refused with the record's
+    /// number and a reason, never applied halfway or panicking.
+    #[test]
+    fn a_log_that_contradicts_the_state_is_refused_with_its_number_and_reason() {
+        let engine = engine();
+        let full = engine.inventory().initial_capacity().iter().position(|c| *c == 1).unwrap() as u32;
+        let outside = engine.inventory().slot_count();
+        let cancel = |person: u128, slot: u32| Entry::Cancelled {
+            person: PersonKey(person),
+            slot: SlotIndex(slot),
+            idempotency_key: 2,
+            operator_id: 0,
+        };
+        engine.replay(1, &reserved(1, full)).unwrap();
+        let capacity = engine.slots.capacity(0);
+        let refused = [
+            (reserved(2, outside), "is outside the inventory"),
+            (reserved(1, full + 1), "while the person holds Some"),
+            (reserved(2, full), "has no seat left: the log would overbook"),
+            (cancel(3, full), "cancel of a person never seen"),
+            (cancel(1, full + 1), "but the person holds Some"),
+            (
+                Entry::CapacityAdded { slot: SlotIndex(0), seats: 1, capacity: capacity + 5, operator_id: 1 },
+                "+1 is not",
+            ),
+        ];
+        for (lsn, (entry, reason)) in (2..).zip(refused) {
+            let error = engine.replay(lsn, &entry).unwrap_err();
+            assert_eq!(error.lsn, lsn);
+            assert!(error.to_string().contains(reason), "{error} should say {reason}");
+        }
+        assert_eq!(engine.people.get(PersonKey(1)).unwrap().holds, Some(SlotIndex(full)), "nothing applied");
+        let mut touched = Vec::new();
+        let below = Entry::CapacityAdded { slot: SlotIndex(0), seats: 0, capacity: 0, operator_id: 1 };
+        let error = engine.replay_in_window(9, &below, &mut touched).unwrap_err();
+        assert!(error.to_string().contains("below the inventory's"), "{error}");
+        let error = engine.replay_in_window(10, &reserved(4, outside), &mut touched).unwrap_err();
+        assert!(error.to_string().contains("is outside the inventory") && error.lsn == 10, "{error}");
+        assert!(touched.is_empty(), "a refused window record moves no seat");
     }
 }

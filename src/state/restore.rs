@@ -26,7 +26,7 @@ use crate::inventory::SlotIndex;
 use crate::state::engine::Engine;
 use crate::state::entry::{Entry, Lsn};
 use crate::state::people::{CommandKind, LastCommand, PersonKey, PersonRecord};
-use crate::state::replay::ReplayError;
+use crate::state::replay::{explain, Defect, ReplayError};
 use crate::state::slot_counters::SLOT_CAPACITY_MAX;
 
 impl Engine {
@@ -94,23 +94,23 @@ impl Engine {
 
     /// Applies a record of the snapshot window by overwriting (see the module
     /// comment). `touched` collects the slots whose seats moved.
+    #[inline]
     pub fn replay_in_window(&self, lsn: Lsn, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), ReplayError> {
-        let error = |reason: String| ReplayError { lsn, reason };
-        let check_slot = |slot: SlotIndex| {
-            if self.inventory().contains(slot) {
-                Ok(())
-            } else {
-                Err(error(format!("{slot} is outside the inventory")))
-            }
-        };
+        self.replay_in_window_checked(entry, touched).map_err(|defect| explain(lsn, defect))
+    }
+
+    /// `replay_in_window` with its refusal a small `Copy` value, made into
+    /// words only when it happens (as `replay`'s).
+    #[inline(always)]
+    fn replay_in_window_checked(&self, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), Defect> {
+        let check_slot =
+            |slot: SlotIndex| if self.inventory().contains(slot) { Ok(()) } else { Err(Defect::SlotOutside(slot)) };
         let (person, record) = match *entry {
             Entry::CapacityAdded { slot, capacity, .. } => {
                 check_slot(slot)?;
                 let initial = self.inventory().initial_capacity()[slot.0 as usize];
                 if capacity > SLOT_CAPACITY_MAX || capacity < initial {
-                    return Err(error(format!(
-                        "{slot} capacity {capacity}: above the maximum or below the inventory's {initial}"
-                    )));
+                    return Err(Defect::CapacityOutOfRange { slot, capacity, initial });
                 }
                 self.slots.set_capacity_wrapping(slot.0, capacity);
                 touched.push(slot.0);
@@ -127,10 +127,7 @@ impl Engine {
             }
         };
         check_slot(record.last.map_or(SlotIndex(0), |last| last.slot))?;
-        let latch = self
-            .people
-            .latch_or_insert(person)
-            .map_err(|full| error(format!("the people table is full ({})", full.people_max)))?;
+        let latch = self.people.latch_or_insert(person).map_err(|full| Defect::PeopleTableFull(full.people_max))?;
         if let Some(old) = latch.record().holds {
             self.slots.give_wrapping(old.0);
             touched.push(old.0);
