@@ -1,0 +1,389 @@
+//! A campaign's data directory, opened: the engine recovered from its log,
+//! and a log writer that makes every answer wait for its record's durability.
+//!
+//! Data directory layout (docs/architecture.md):
+//! - `campaign.toml`: the campaign configuration (the demo one is written on
+//!   first start when asked for);
+//! - `log/segment-NNNNNNNNNN.log`: the log segments.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::inventory::{Inventory, SlotIndex};
+use crate::log::storage::create_directory_durably;
+use crate::log::{FileStorage, LogOptions, LogStorage, LogWriter, RecoveryError, TornTail};
+use crate::snapshot::format::SnapshotHeader;
+use crate::snapshot::{remove_temporary_files, retire, take_snapshot, SnapshotError, SnapshotOptions, SnapshotSummary};
+use crate::state::{BookingRequest, CancelRequest, Engine, LogUnavailable, Outcome, PersonKey, Refusal};
+
+mod open;
+
+use open::{
+    check_log_reaches_back, check_table_memory, first_log_lsn, lock_data_directory, memory_to_check_against,
+    replay_log, restore_newest_snapshot, snapshot_window, Restored,
+};
+pub use open::{load_campaign, OpenError, MEMORY_CHECK_SKIP_ENV};
+
+pub const CAMPAIGN_FILE: &str = "campaign.toml";
+pub const LOG_DIRECTORY: &str = "log";
+pub const SNAPSHOT_DIRECTORY: &str = "snapshots";
+/// Held locked (flock) by the one engine that has the data directory open.
+pub const LOCK_FILE: &str = "lock";
+
+/// What a data directory is opened with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DurableOptions {
+    pub log: LogOptions,
+    pub snapshots: SnapshotOptions,
+}
+
+impl From<LogOptions> for DurableOptions {
+    fn from(log: LogOptions) -> DurableOptions {
+        DurableOptions { log, snapshots: SnapshotOptions::default() }
+    }
+}
+
+/// A snapshot recovery started from: its file and header.
+pub type UsedSnapshot = (PathBuf, SnapshotHeader);
+
+/// What start-up found and did.
+#[derive(Debug, Clone)]
+pub struct RecoveryReport {
+    /// The snapshot recovery started from, if any.
+    pub snapshot: Option<UsedSnapshot>,
+    /// Snapshots not used, newest first, each with the reason.
+    pub snapshots_passed_over: Vec<String>,
+    pub records_replayed: u64,
+    /// Log records behind the snapshot, not replayed.
+    pub records_skipped: u64,
+    pub next_lsn: u64,
+    pub torn_tail: Option<TornTail>,
+    pub removed_segments: Vec<PathBuf>,
+    pub elapsed: Duration,
+    pub created_demo_campaign: bool,
+}
+
+/// "in 0.7 s from snapshot … (N people) and M log records after it", then a
+/// line for each snapshot passed over and for a torn tail cut off.
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.snapshot {
+            Some((path, header)) => write!(
+                f,
+                "in {:.2?} from snapshot {} ({} people) and {} log records after it",
+                self.elapsed,
+                path.display(),
+                header.people_count,
+                self.records_replayed
+            )?,
+            None => write!(f, "in {:.2?} from the log: {} records replayed", self.elapsed, self.records_replayed)?,
+        }
+        for passed_over in &self.snapshots_passed_over {
+            write!(f, "\n  snapshot passed over: {passed_over}")?;
+        }
+        if let Some(tail) = &self.torn_tail {
+            write!(f, "\n  torn tail cut at byte {} of {}: {}", tail.offset, tail.path.display(), tail.defect)?;
+        }
+        Ok(())
+    }
+}
+
+/// The engine and its log, shared with the background snapshot thread.
+struct Core {
+    /// The data directory's lock, held as long as the engine lives.
+    _lock: std::fs::File,
+    engine: Engine,
+    log: LogWriter,
+    snapshot_directory: PathBuf,
+    log_directory: PathBuf,
+    snapshot_options: SnapshotOptions,
+    /// Held while a snapshot is taken: one at a time.
+    snapshot_lock: Mutex<()>,
+    /// What snapshots did; locked only briefly (STATS reads it).
+    snapshot_state: Mutex<SnapshotState>,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SnapshotState {
+    /// The log position of the newest snapshot attempt (taken or failed).
+    pub attempted_lsn: u64,
+    pub taken: u64,
+    pub last: Option<SnapshotSummary>,
+    pub last_error: Option<String>,
+}
+
+/// The background snapshot thread and how to stop it.
+struct Snapshotter {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: JoinHandle<()>,
+}
+
+/// How often the background thread looks whether a snapshot is due.
+const SNAPSHOT_POLL: Duration = Duration::from_millis(100);
+
+pub struct DurableEngine {
+    core: Arc<Core>,
+    snapshotter: Option<Snapshotter>,
+}
+
+impl DurableEngine {
+    /// Opens a data directory with the real file storage.
+    pub fn open(
+        data_directory: &Path,
+        options: impl Into<DurableOptions>,
+        create_demo: bool,
+    ) -> Result<(DurableEngine, RecoveryReport), OpenError> {
+        let options = options.into();
+        let log_directory = data_directory.join(LOG_DIRECTORY);
+        let storage = FileStorage::new(&log_directory, options.log.write_mode);
+        Self::open_with_storage(data_directory, options, create_demo, Box::new(storage))
+    }
+
+    /// Opens a data directory, writing new segments through `storage`
+    /// (fault tests pass a failing one): the newest usable snapshot, then the
+    /// log from the snapshot's start (docs/snapshot-format.md, "Recovery").
+    pub fn open_with_storage(
+        data_directory: &Path,
+        options: impl Into<DurableOptions>,
+        create_demo: bool,
+        storage: Box<dyn LogStorage>,
+    ) -> Result<(DurableEngine, RecoveryReport), OpenError> {
+        let options = options.into();
+        options.log.check()?;
+        let started = Instant::now();
+        let (rules, created_demo_campaign) = load_campaign(data_directory, create_demo)?;
+        let lock = lock_data_directory(data_directory)?;
+        let campaign_id = rules.campaign_id;
+        let build_engine = || -> Result<Engine, OpenError> {
+            let available = memory_to_check_against();
+            if let Some(planned) = Inventory::planned_slot_count(&rules) {
+                check_table_memory(&rules, planned, &options.log, available)?;
+            }
+            let inventory = Inventory::load(&rules, data_directory)?;
+            check_table_memory(&rules, u64::from(inventory.slot_count()), &options.log, available)?;
+            Ok(Engine::new(rules.clone(), inventory))
+        };
+        let log_directory = data_directory.join(LOG_DIRECTORY);
+        create_directory_durably(&log_directory)
+            .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
+        let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
+        remove_temporary_files(&snapshot_directory)?;
+        let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_log_lsn(&log_directory)?)?;
+        let Restored { engine, snapshot, wrapped_slots, passed_over: snapshots_passed_over } = restored;
+        let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots)?;
+        check_log_reaches_back(&recovered, snapshot.as_ref(), &snapshots_passed_over)?;
+        let (from_lsn, _) = snapshot_window(snapshot.as_ref());
+        if let Some(header) = recovered.segments.first().map(|s| s.header) {
+            if header.campaign_id != campaign_id {
+                return Err(OpenError::Recovery(RecoveryError::Corrupt {
+                    path: log_directory.clone(),
+                    offset: 0,
+                    reason: format!("the log is of campaign {}, campaign.toml says {campaign_id}", header.campaign_id),
+                }));
+            }
+        }
+        let log =
+            LogWriter::start(storage, options.log, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
+        let report = RecoveryReport {
+            snapshot,
+            snapshots_passed_over,
+            records_replayed: recovered.records,
+            records_skipped: recovered.records_skipped,
+            next_lsn: recovered.next_lsn,
+            torn_tail: recovered.torn_tail,
+            removed_segments: recovered.removed_segments,
+            elapsed: started.elapsed(),
+            created_demo_campaign,
+        };
+        let snapshot_state = SnapshotState { attempted_lsn: from_lsn, ..SnapshotState::default() };
+        let core = Arc::new(Core {
+            _lock: lock,
+            engine,
+            log,
+            snapshot_directory,
+            log_directory,
+            snapshot_options: options.snapshots,
+            snapshot_lock: Mutex::new(()),
+            snapshot_state: Mutex::new(snapshot_state),
+        });
+        let snapshotter = (options.snapshots.every_records > 0).then(|| Snapshotter::start(Arc::clone(&core)));
+        Ok((DurableEngine { core, snapshotter }, report))
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.core.engine
+    }
+
+    pub fn log(&self) -> &LogWriter {
+        &self.core.log
+    }
+
+    /// Takes a snapshot now, while other threads go on booking, then retires
+    /// older snapshots and the log segments behind the kept ones. `Ok(None)`:
+    /// nothing was logged since the last one.
+    pub fn take_snapshot(&self) -> Result<Option<SnapshotSummary>, SnapshotError> {
+        self.core.take_snapshot()
+    }
+
+    /// What the snapshots taken since start-up did.
+    pub fn snapshot_state(&self) -> SnapshotState {
+        self.core.state().clone()
+    }
+
+    /// Releases an outcome once it is durable; if it never can be, the answer
+    /// is a refusal (nothing that is not durable is acknowledged).
+    fn release<T>(&self, outcome: Outcome<T>) -> Result<T, Refusal> {
+        self.core.log.wait_durable(outcome.durable_after).map_err(Refusal::LogUnavailable)?;
+        outcome.result
+    }
+
+    pub fn reserve(&self, request: &BookingRequest, now_ms: i64) -> Result<SlotIndex, Refusal> {
+        // The append lock before the person's latch (`LogWriter::appender`).
+        let outcome = self.core.engine.reserve(&self.core.log.appender(), request, now_ms);
+        self.release(outcome)
+    }
+
+    pub fn change(&self, request: &BookingRequest, now_ms: i64) -> Result<SlotIndex, Refusal> {
+        let outcome = self.core.engine.change(&self.core.log.appender(), request, now_ms);
+        self.release(outcome)
+    }
+
+    pub fn cancel(&self, request: &CancelRequest, now_ms: i64) -> Result<SlotIndex, Refusal> {
+        let outcome = self.core.engine.cancel(&self.core.log.appender(), request, now_ms);
+        self.release(outcome)
+    }
+
+    /// See `Engine::add_capacity`: `expected_capacity` makes a retry safe.
+    pub fn add_capacity(
+        &self,
+        slot: SlotIndex,
+        seats: u32,
+        expected_capacity: u32,
+        operator_id: u32,
+    ) -> Result<u32, Refusal> {
+        // The append lock before the capacity lock, as in a server round.
+        let log = self.core.log.appender();
+        let outcome = self.core.engine.add_capacity(&log, slot, seats, expected_capacity, operator_id);
+        drop(log);
+        self.release(outcome)
+    }
+
+    /// Reads wait for the records they may have seen, so they never show a
+    /// change that could still be lost. Once the log has failed, reads keep
+    /// working from memory, which may then include the failed group's changes
+    /// (their requesters were refused; a restart drops them): see
+    /// docs/log-format.md, "When the disk fails".
+    fn release_read<T>(&self, outcome: Outcome<T>) -> Result<T, Refusal> {
+        match self.core.log.wait_durable(outcome.durable_after) {
+            Ok(()) | Err(LogUnavailable::DiskFull | LogUnavailable::IoFailed) => outcome.result,
+            Err(closed) => Err(Refusal::LogUnavailable(closed)),
+        }
+    }
+
+    pub fn reservation_of(&self, person: PersonKey) -> Result<Option<SlotIndex>, Refusal> {
+        let outcome = self.core.engine.reservation_of(&self.core.log.appender(), person);
+        self.release_read(outcome)
+    }
+
+    /// Stops the snapshot thread (letting a snapshot under way finish), takes
+    /// a last snapshot if `SnapshotOptions::on_close` says so, makes
+    /// everything appended durable and stops the log writer.
+    pub fn close(mut self) -> Result<(), Refusal> {
+        self.stop_snapshotter();
+        if self.core.snapshot_options.on_close && self.core.log.writable().is_ok() {
+            // A failure is logged; the log still holds everything.
+            let _ = self.core.take_snapshot();
+        }
+        self.core.log.close().map_err(Refusal::LogUnavailable)
+    }
+
+    fn stop_snapshotter(&mut self) {
+        if let Some(snapshotter) = self.snapshotter.take() {
+            snapshotter.stop();
+        }
+    }
+}
+
+impl Drop for DurableEngine {
+    fn drop(&mut self) {
+        self.stop_snapshotter();
+    }
+}
+
+impl Core {
+    fn take_snapshot(&self) -> Result<Option<SnapshotSummary>, SnapshotError> {
+        let _one_at_a_time = self.snapshot_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.state().attempted_lsn = self.log.next_lsn();
+        let reserve = self.snapshot_options.free_space_reserve_bytes;
+        let result = take_snapshot(&self.engine, &self.log, &self.snapshot_directory, reserve).and_then(|taken| {
+            retire(&self.snapshot_directory, &self.log_directory, self.snapshot_options.keep)?;
+            Ok(taken)
+        });
+        let mut state = self.state();
+        match &result {
+            Ok(Some(summary)) => {
+                state.taken += 1;
+                state.last = Some(summary.clone());
+                tracing::info!(
+                    path = %summary.path.display(),
+                    people = summary.header.people_count,
+                    elapsed_ms = summary.elapsed.as_millis() as u64,
+                    "snapshot taken"
+                );
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(%error, "snapshot failed; the log still holds everything");
+                state.last_error = Some(error.to_string());
+            }
+        }
+        result
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SnapshotState> {
+        self.snapshot_state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether enough was logged since the last attempt for a snapshot.
+    fn snapshot_due(&self) -> bool {
+        let attempted = self.state().attempted_lsn;
+        self.log.durable_lsn().saturating_sub(attempted) >= self.snapshot_options.every_records
+    }
+}
+
+impl Snapshotter {
+    fn start(core: Arc<Core>) -> Snapshotter {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stop_seen = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("yeyak-snapshot".into())
+            .spawn(move || loop {
+                let (stopped, wake) = &*stop_seen;
+                let guard = stopped.lock().unwrap_or_else(|p| p.into_inner());
+                let guard = wake
+                    .wait_timeout_while(guard, SNAPSHOT_POLL, |stopped| !*stopped)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                if *guard {
+                    return;
+                }
+                drop(guard);
+                if core.snapshot_due() && core.log.writable().is_ok() {
+                    // Failures are logged and kept in the state; the next try waits for more records.
+                    let _ = core.take_snapshot();
+                }
+            })
+            .expect("the OS can start one thread");
+        Snapshotter { stop, thread }
+    }
+
+    fn stop(self) {
+        *self.stop.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.stop.1.notify_all();
+        if self.thread.join().is_err() {
+            tracing::error!("the snapshot thread panicked");
+        }
+    }
+}

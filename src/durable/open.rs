@@ -1,0 +1,342 @@
+//! Opening a data directory: the campaign, the lock, the memory check, the
+//! newest usable snapshot and the log replayed after it. `DurableEngine::open`
+//! (the module above) runs these steps in order; each refusal is an
+//! `OpenError` that says what was found and what to do.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::{CampaignRules, ConfigError, DEMO_CAMPAIGN_TOML};
+use crate::durable::{UsedSnapshot, CAMPAIGN_FILE, LOCK_FILE};
+use crate::inventory::InventoryError;
+use crate::log::format::RECORD_HEADER_BYTES;
+use crate::log::recovery::{list_segments, recover_with_lookahead, RecoveredLog};
+use crate::log::retention::read_segment_header;
+use crate::log::storage::sync_directory;
+use crate::log::{LogOptions, RecoveryError, RecoveryMode};
+use crate::snapshot::{list_snapshots, CheckedSnapshot, SnapshotError};
+use crate::state::{Engine, Entry, Lsn, PeopleTable, SlotCounters};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("no campaign in {path}: write a campaign.toml there (see docs/configuration.md)")]
+    NoCampaign { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {source}")]
+    Config { path: PathBuf, source: ConfigError },
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error(transparent)]
+    LogOptions(#[from] crate::log::writer::LogOptionsError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("{path} is locked: another yeyak has this data directory open; stop it first")]
+    Locked { path: PathBuf },
+    #[error(
+        "the log begins at record {first_lsn}, and no snapshot covers the records before it ({}); \
+         restore the snapshots directory from a copy",
+        if passed_over.is_empty() { "there is none".to_string() } else { passed_over.join("; ") }
+    )]
+    LogStartsLate { first_lsn: u64, passed_over: Vec<String> },
+    #[error(
+        "the log holds no segment, but its numbering reached segment {next_segment_index}: its earlier \
+         segments were removed behind snapshots, and no snapshot can be used ({}); restore the snapshots \
+         directory from a copy",
+        if passed_over.is_empty() { "there is none".to_string() } else { passed_over.join("; ") }
+    )]
+    LogRetiredWithoutSnapshot { next_segment_index: u64, passed_over: Vec<String> },
+    #[error(
+        "the snapshot {path} holds the effects of records up to {}, but the log ends at record {}: \
+         records a snapshot relied on are missing from the log",
+        end_lsn - 1, log_next_lsn - 1
+    )]
+    SnapshotAheadOfLog { path: PathBuf, end_lsn: u64, log_next_lsn: u64 },
+    #[error(
+        "the campaign's tables need {} MiB ({} MiB of people table for limits.people_max = {people_max}, \
+         {} MiB of counters and capacities for {slot_count} slots, {} MiB of log ring), more than the {} MiB \
+         this process \
+         may still take (MemAvailable, capped by its cgroup's limit): lower limits.people_max or the \
+         inventory's size in campaign.toml, or start where more memory is free \
+         ({MEMORY_CHECK_SKIP_ENV}=1 starts anyway)",
+        mib_up(people_table_bytes + slot_counters_bytes + ring_bytes), mib_up(*people_table_bytes),
+        mib_up(*slot_counters_bytes), mib_up(*ring_bytes), available_bytes >> 20
+    )]
+    NotEnoughMemory {
+        people_table_bytes: u64,
+        slot_counters_bytes: u64,
+        ring_bytes: u64,
+        available_bytes: u64,
+        people_max: u64,
+        slot_count: u64,
+    },
+}
+
+/// Set to 1, start-up skips the memory check (a machine with swap, say,
+/// where `MemAvailable` understates what a start-up can get).
+pub const MEMORY_CHECK_SKIP_ENV: &str = "YEYAK_SKIP_MEMORY_CHECK";
+
+fn mib_up(bytes: u64) -> u64 {
+    bytes.div_ceil(1 << 20)
+}
+
+/// Refuses an engine whose tables would not fit in the memory available:
+/// they are faulted in whole at start-up, so a campaign sized past the
+/// machine would otherwise end in the kernel's out-of-memory killer, or in an
+/// abort, rather than in an error that says what to change. A slot costs its
+/// counter and its capacity in the inventory (4 bytes); a generated
+/// inventory is checked before it is built, from the slot count the rules
+/// plan, a CSV one once read.
+pub(super) fn check_table_memory(
+    rules: &CampaignRules,
+    slot_count: u64,
+    log: &LogOptions,
+    available: Option<u64>,
+) -> Result<(), OpenError> {
+    let people_table_bytes = PeopleTable::table_bytes(rules.people_max);
+    let slot_bytes = SlotCounters::table_bytes(1) + std::mem::size_of::<u32>() as u64;
+    let slot_counters_bytes = slot_count.saturating_mul(slot_bytes);
+    let ring_bytes = u64::from(log.ring_records) * crate::log::format::RECORD_BYTES as u64;
+    let needed_bytes = people_table_bytes.saturating_add(slot_counters_bytes).saturating_add(ring_bytes);
+    match available {
+        Some(available_bytes) if needed_bytes > available_bytes => Err(OpenError::NotEnoughMemory {
+            people_table_bytes,
+            slot_counters_bytes,
+            ring_bytes,
+            available_bytes,
+            people_max: rules.people_max,
+            slot_count,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The memory start-up may count on, unless the check is switched off.
+pub(super) fn memory_to_check_against() -> Option<u64> {
+    if std::env::var_os(MEMORY_CHECK_SKIP_ENV).is_some_and(|value| value == "1") {
+        return None;
+    }
+    crate::memory::available_bytes()
+}
+
+/// Where replay starts and where the snapshot's window ends (records below it
+/// overwrite, docs/snapshot-format.md): `(1, 1)` without a snapshot.
+pub(super) fn snapshot_window(snapshot: Option<&UsedSnapshot>) -> (Lsn, Lsn) {
+    snapshot.map_or((1, 1), |(_, header)| (header.start_lsn, header.end_lsn))
+}
+
+/// Reads the campaign of a data directory, writing the demo one first if
+/// there is none and `create_demo` is set. Returns whether it created it.
+pub fn load_campaign(data_directory: &Path, create_demo: bool) -> Result<(CampaignRules, bool), OpenError> {
+    let path = data_directory.join(CAMPAIGN_FILE);
+    let io = |source| OpenError::Io { path: path.clone(), source };
+    let mut created = false;
+    if !path.exists() {
+        if !create_demo {
+            return Err(OpenError::NoCampaign { path: data_directory.to_path_buf() });
+        }
+        std::fs::create_dir_all(data_directory).map_err(io)?;
+        std::fs::write(&path, DEMO_CAMPAIGN_TOML).map_err(io)?;
+        created = true;
+    }
+    let text = std::fs::read_to_string(&path).map_err(io)?;
+    let rules = CampaignRules::parse(&text).map_err(|source| OpenError::Config { path: path.clone(), source })?;
+    Ok((rules, created))
+}
+
+/// Takes the data directory's lock, so that two engines never write one log.
+pub(super) fn lock_data_directory(data_directory: &Path) -> Result<std::fs::File, OpenError> {
+    use std::os::fd::AsRawFd;
+    let path = data_directory.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| OpenError::Io { path: path.clone(), source })?;
+    // SAFETY: `flock` on a descriptor this function owns; no memory is involved.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(OpenError::Locked { path });
+        }
+        return Err(OpenError::Io { path, source: error });
+    }
+    Ok(file)
+}
+
+/// The number of the first record the log holds, if it has a segment.
+pub(super) fn first_log_lsn(log_directory: &Path) -> Result<Option<u64>, OpenError> {
+    let segments = list_segments(log_directory)?;
+    let Some((_, path)) = segments.first() else {
+        return Ok(None);
+    };
+    // An unreadable header is recovery's business (a torn last segment, or corruption).
+    Ok(read_segment_header(path).ok().map(|header| header.first_lsn))
+}
+
+/// The engine after the newest usable snapshot was restored into it.
+pub(super) struct Restored {
+    pub(super) engine: Engine,
+    pub(super) snapshot: Option<UsedSnapshot>,
+    /// Slots whose count went below zero at restore: the window must mend them.
+    pub(super) wrapped_slots: Vec<u32>,
+    pub(super) passed_over: Vec<String>,
+}
+
+/// Restores the newest usable snapshot into an engine from `build_engine`. A
+/// snapshot that fails its checks, or whose content the engine refuses, is
+/// passed over (renamed `*.invalid`, so that it no longer counts among the
+/// kept ones, and reported) for an older one, in a fresh engine.
+pub(super) fn restore_newest_snapshot(
+    build_engine: &dyn Fn() -> Result<Engine, OpenError>,
+    snapshot_directory: &Path,
+    log_first_lsn: Option<u64>,
+) -> Result<Restored, OpenError> {
+    let mut passed_over = Vec::new();
+    let mut engine = build_engine()?;
+    for (start_lsn, path) in list_snapshots(snapshot_directory)?.into_iter().rev() {
+        if let Some(first) = log_first_lsn.filter(|first| *first > start_lsn) {
+            passed_over.push(format!("{}: the log begins at record {first}, after it", path.display()));
+            continue;
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let restored = CheckedSnapshot::open(&path, engine.rules().campaign_id, engine.inventory())
+            .and_then(|checked| checked.restore(&engine, threads).map(|wrapped| (checked.header, wrapped)));
+        match restored {
+            Ok((header, wrapped_slots)) => {
+                return Ok(Restored { engine, snapshot: Some((path, header)), wrapped_slots, passed_over });
+            }
+            Err(error) => {
+                tracing::warn!(%error, "passing over a snapshot");
+                passed_over.push(error.to_string());
+                set_aside_invalid(&path)?;
+                if matches!(error, SnapshotError::Rejected { .. }) {
+                    // Half restored: start again from an empty engine (the
+                    // old one let go of first: two would need twice the memory).
+                    drop(engine);
+                    engine = build_engine()?;
+                }
+            }
+        }
+    }
+    if let Some(first) = log_first_lsn.filter(|first| *first > 1) {
+        return Err(OpenError::LogStartsLate { first_lsn: first, passed_over });
+    }
+    Ok(Restored { engine, snapshot: None, wrapped_slots: Vec::new(), passed_over })
+}
+
+/// Renames a snapshot that failed to `<name>.invalid`: kept for inspection,
+/// never listed (nor counted among the kept snapshots) again.
+fn set_aside_invalid(path: &Path) -> Result<(), OpenError> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".invalid");
+    std::fs::rename(path, &aside).map_err(|source| OpenError::Io { path: path.to_path_buf(), source })?;
+    let directory = path.parent().unwrap_or(Path::new("."));
+    sync_directory(directory).map_err(|source| OpenError::Io { path: directory.to_path_buf(), source })
+}
+
+/// After recovery: the log must reach back to where replay started. A log
+/// whose first segments were removed (behind snapshots) and which holds no
+/// segment now (its only one's creation was cut short, or someone removed
+/// them) is refused without a snapshot. (With a snapshot, `replay_log` has
+/// refused it already: the log's numbering no longer reaches the snapshot's
+/// end, `SnapshotAheadOfLog`.)
+pub(super) fn check_log_reaches_back(
+    recovered: &RecoveredLog,
+    snapshot: Option<&UsedSnapshot>,
+    passed_over: &[String],
+) -> Result<(), OpenError> {
+    let (from_lsn, _) = snapshot_window(snapshot);
+    match recovered.segments.first() {
+        // `restore_newest_snapshot` checked the first segment's header before
+        // recovery; this checks the segments recovery kept.
+        Some(first) if first.header.first_lsn > from_lsn => {
+            Err(OpenError::LogStartsLate { first_lsn: first.header.first_lsn, passed_over: passed_over.to_vec() })
+        }
+        None if snapshot.is_none() && recovered.next_segment_index > 1 => Err(OpenError::LogRetiredWithoutSnapshot {
+            next_segment_index: recovered.next_segment_index,
+            passed_over: passed_over.to_vec(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Replays the log into `engine` from `from_lsn`: records below `end_lsn`
+/// form the snapshot's window and overwrite (src/state/restore.rs), later
+/// ones replay strictly.
+pub(super) fn replay_log(
+    engine: &Engine,
+    log_directory: &Path,
+    snapshot: Option<&UsedSnapshot>,
+    wrapped_slots: Vec<u32>,
+) -> Result<RecoveredLog, OpenError> {
+    let (from_lsn, end_lsn) = snapshot_window(snapshot);
+    // Slots that went below zero at restore are checked with those the window touches.
+    let mut window_open = end_lsn > from_lsn || !wrapped_slots.is_empty();
+    let mut touched = wrapped_slots;
+    let recovered = recover_with_lookahead(
+        log_directory,
+        RecoveryMode::TruncateTornTail,
+        from_lsn,
+        |upcoming| {
+            let payload = upcoming[RECORD_HEADER_BYTES..].try_into().expect("32 payload bytes");
+            let (person, slot) = Entry::touched_unchecked(payload);
+            engine.prefetch_person_and_slot(person, slot);
+        },
+        |record| {
+            let entry = Entry::decode(record.kind, &record.payload).map_err(|e| e.to_string())?;
+            if record.lsn < end_lsn {
+                return engine.replay_in_window(record.lsn, &entry, &mut touched).map_err(|e| e.reason);
+            }
+            if std::mem::take(&mut window_open) {
+                engine.check_window(&touched)?;
+            }
+            engine.replay(record.lsn, &entry).map_err(|e| e.reason)
+        },
+    )?;
+    if recovered.next_lsn < end_lsn {
+        return Err(OpenError::SnapshotAheadOfLog {
+            path: snapshot.map(|(path, _)| path.clone()).unwrap_or_default(),
+            end_lsn,
+            log_next_lsn: recovered.next_lsn,
+        });
+    }
+    if window_open {
+        engine.check_window(&touched).map_err(|reason| {
+            OpenError::Recovery(RecoveryError::Rejected {
+                path: log_directory.to_path_buf(),
+                offset: 0,
+                lsn: end_lsn - 1,
+                reason,
+            })
+        })?;
+    }
+    Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::Inventory;
+
+    #[test]
+    fn the_memory_check_counts_every_table_and_refuses_only_past_what_is_available() {
+        let toml = DEMO_CAMPAIGN_TOML.replace("sites = 15000", "sites = 20").replace("20_000_000", "1_000_000");
+        let rules = CampaignRules::parse(&toml).unwrap();
+        let inventory = Inventory::load(&rules, Path::new(".")).unwrap();
+        let log = LogOptions::default();
+        let slots = u64::from(inventory.slot_count());
+        assert_eq!(Inventory::planned_slot_count(&rules), Some(slots), "planned as built");
+        // 1 M people: 2^21 buckets of 32 bytes; 10,800 slots of 64 + 4 bytes; 2^16 records of 48 bytes.
+        let needed = (64 << 20) + 10_800 * 68 + (3 << 20);
+        assert!(check_table_memory(&rules, slots, &log, Some(needed)).is_ok(), "exactly enough");
+        assert!(check_table_memory(&rules, slots, &log, None).is_ok(), "nothing known: not refused");
+        let error = check_table_memory(&rules, slots, &log, Some(needed - 1)).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("need 68 MiB (64 MiB of people table for limits.people_max = 1000000"), "{text}");
+        assert!(text.contains("1 MiB of counters and capacities for 10800 slots, 3 MiB of log ring"), "{text}");
+        assert!(text.contains("than the 67 MiB") && text.contains(MEMORY_CHECK_SKIP_ENV), "{text}");
+    }
+}
