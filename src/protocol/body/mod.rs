@@ -4,9 +4,17 @@
 
 use crate::calendar::Date;
 use crate::inventory::SlotIndex;
-use crate::protocol::answer::Answer;
 use crate::rules::Channel;
 use crate::state::{BookingRequest, CancelRequest, PersonKey};
+
+mod batch;
+mod stats;
+
+pub use batch::{
+    put_batch_answer, put_batch_header, put_batch_item, split_batch, split_reply_batch, BatchItem, BatchItems,
+    BATCH_ANSWER_ITEM_BYTES,
+};
+pub use stats::{Stats, STATS_COUNTERS, STATS_COUNTER_NAMES};
 
 /// Dates on the wire lie in 1900-01-01..=2099-12-31 (days since 1970-01-01).
 pub const DATE_DAYS_MIN: i32 = -25_567;
@@ -339,248 +347,6 @@ impl CapacityAddition {
     }
 }
 
-/// One command of a BATCH, its body not yet decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct BatchItem<'a> {
-    pub opcode: u8,
-    pub body: &'a [u8],
-}
-
-/// Splits a BATCH body into its items; refuses the whole batch if any item
-/// cannot be read, if it has more than `commands_max` items, or if an item's
-/// opcode may not be batched.
-pub fn split_batch(bytes: &[u8], commands_max: u16) -> Result<Vec<BatchItem<'_>>, BodyError> {
-    BatchItems::of_requests(bytes, commands_max)?.collect()
-}
-
-/// Splits a BatchReply body into its items (the client's side of `split_batch`).
-pub fn split_reply_batch(bytes: &[u8]) -> Result<Vec<BatchItem<'_>>, BodyError> {
-    BatchItems::of_replies(bytes)?.collect()
-}
-
-/// The items of a BATCH (or BatchReply) body, read one at a time where they
-/// lie: the server decodes each into a command without a list of items in
-/// between. The header is checked when this is made; each item as it is
-/// reached; bytes after the last item are the last item's error.
-pub struct BatchItems<'a> {
-    reader: Reader<'a>,
-    next_index: u16,
-    count: u16,
-    /// Request items: only batchable opcodes.
-    requests: bool,
-    finished: bool,
-}
-
-impl<'a> BatchItems<'a> {
-    /// The items of a BATCH request body of at most `commands_max` items.
-    pub fn of_requests(bytes: &'a [u8], commands_max: u16) -> Result<BatchItems<'a>, BodyError> {
-        BatchItems::new(bytes, commands_max, true)
-    }
-
-    /// The items of a BatchReply body.
-    pub fn of_replies(bytes: &'a [u8]) -> Result<BatchItems<'a>, BodyError> {
-        BatchItems::new(bytes, crate::protocol::BATCH_COMMANDS_MAX, false)
-    }
-
-    fn new(bytes: &'a [u8], commands_max: u16, requests: bool) -> Result<BatchItems<'a>, BodyError> {
-        let mut reader = Reader::at_least(bytes, 4)?;
-        let count = reader.u16()?;
-        reader.zeros(2, "batch reserved bytes")?;
-        if count > commands_max {
-            return Err(BodyError::BatchTooLarge { count, max: commands_max });
-        }
-        Ok(BatchItems { reader, next_index: 0, count, requests, finished: false })
-    }
-
-    /// How many items the header announces.
-    pub fn announced(&self) -> u16 {
-        self.count
-    }
-
-    #[inline]
-    fn item(&mut self) -> Result<BatchItem<'a>, BodyError> {
-        let rest = self.reader.remaining();
-        if let Some((&[opcode, 0, length_low, length_high], after)) = rest.split_first_chunk::<4>() {
-            let length = usize::from(u16::from_le_bytes([length_low, length_high]));
-            if let Some(body) = after.get(..length) {
-                if !self.requests || crate::protocol::opcode::batchable(opcode) {
-                    self.reader.position += 4 + length;
-                    return Ok(BatchItem { opcode, body });
-                }
-            }
-        }
-        Err(bad_item(self.next_index, rest, self.requests))
-    }
-}
-
-/// Why the item at the front of `rest` cannot be read (cold: kept out of
-/// the loop over a good batch).
-#[cold]
-#[inline(never)]
-fn bad_item(index: u16, rest: &[u8], requests: bool) -> BodyError {
-    let Some((&[opcode, reserved, length_low, length_high], after)) = rest.split_first_chunk::<4>() else {
-        let found = rest.len();
-        return field_error("batch item", format!("item {index}: {found} bytes left, 4 needed for its header"));
-    };
-    if reserved != 0 {
-        return field_error("batch item reserved byte", "reserved bytes must be zero".into());
-    }
-    if requests && !crate::protocol::opcode::batchable(opcode) {
-        return field_error("batch item opcode", format!("item {index}: opcode {opcode:#04x} cannot be batched"));
-    }
-    let length = u16::from_le_bytes([length_low, length_high]);
-    field_error("batch item length", format!("item {index} says {length} bytes, {} remain", after.len()))
-}
-
-impl<'a> Iterator for BatchItems<'a> {
-    type Item = Result<BatchItem<'a>, BodyError>;
-
-    /// Inlined into the server's loop over a batch (callgrind: called, it
-    /// cost 65 instructions an item).
-    #[inline(always)]
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.next_index < self.count {
-            let item = self.item();
-            self.next_index += 1;
-            // After an error the rest cannot be read: it is the last answer.
-            if item.is_err() {
-                self.next_index = self.count;
-                self.finished = true;
-            }
-            return Some(item);
-        }
-        if self.finished {
-            return None;
-        }
-        self.finished = true;
-        let trailing = self.reader.remaining().len();
-        (trailing > 0).then(|| Err(bytes_after_the_last_item(trailing)))
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn bytes_after_the_last_item(trailing: usize) -> BodyError {
-    field_error("batch", format!("{trailing} bytes after the last item"))
-}
-
-/// Appends a BATCH (or BatchReply) header for `count` items.
-pub fn put_batch_header(out: &mut Vec<u8>, count: u16) {
-    out.extend_from_slice(&count.to_le_bytes());
-    out.extend_from_slice(&[0, 0]);
-}
-
-/// How many counters the STATS reply carries before its refusals by code.
-pub const STATS_COUNTERS: usize = 21;
-
-/// The names of the STATS reply's counters, in their order on the wire.
-pub const STATS_COUNTER_NAMES: [&str; STATS_COUNTERS] = [
-    "reservations",
-    "cancellations",
-    "changes",
-    "refusals",
-    "requests",
-    "connections open",
-    "connections refused",
-    "ingress queue depth",
-    "ingress queue capacity",
-    "log next lsn",
-    "log durable lsn",
-    "log syncs",
-    "sync p50 µs",
-    "sync p99 µs",
-    "sync p999 µs",
-    "sync max µs",
-    "snapshots taken",
-    "uptime ms",
-    "bad frames",
-    "overloaded",
-    "ingress queue commands",
-];
-
-/// The STATS reply body (docs/protocol.md, "Stats"): the counters, then
-/// the refusals by result code.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// In `STATS_COUNTER_NAMES`' order.
-    pub counters: [u64; STATS_COUNTERS],
-    /// (result code, refusals with it), codes ascending, only codes seen.
-    pub refusals_by_code: Vec<(u8, u64)>,
-}
-
-impl Stats {
-    const COUNTERS_BYTES: usize = STATS_COUNTERS * 8;
-    const REFUSAL_BYTES: usize = 16;
-
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        for value in self.counters {
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-        out.extend_from_slice(&(self.refusals_by_code.len() as u32).to_le_bytes());
-        out.extend_from_slice(&[0; 4]);
-        for (code, count) in &self.refusals_by_code {
-            out.extend_from_slice(&[*code, 0, 0, 0, 0, 0, 0, 0]);
-            out.extend_from_slice(&count.to_le_bytes());
-        }
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Stats, BodyError> {
-        let mut reader = Reader::at_least(bytes, Self::COUNTERS_BYTES + 8)?;
-        let mut stats = Stats::default();
-        for value in &mut stats.counters {
-            *value = reader.u64()?;
-        }
-        let count = reader.u32()?;
-        reader.zeros(4, "refusals_by_code")?;
-        if count > 256 {
-            return Err(field_error("refusals_by_code", format!("{count} entries; there are 256 codes")));
-        }
-        let expected = Self::COUNTERS_BYTES + 8 + count as usize * Self::REFUSAL_BYTES;
-        if bytes.len() != expected {
-            return Err(BodyError::Length { expected, found: bytes.len() });
-        }
-        for _ in 0..count {
-            let code = reader.u8()?;
-            reader.zeros(7, "refusals_by_code")?;
-            let refusals = reader.u64()?;
-            if stats.refusals_by_code.last().is_some_and(|(last, _)| *last >= code) {
-                return Err(field_error("refusals_by_code", format!("code {code} out of order")));
-            }
-            stats.refusals_by_code.push((code, refusals));
-        }
-        Ok(stats)
-    }
-
-    /// A counter by its name in `STATS_COUNTER_NAMES`.
-    pub fn counter(&self, name: &str) -> Option<u64> {
-        STATS_COUNTER_NAMES.iter().position(|n| *n == name).map(|index| self.counters[index])
-    }
-}
-
-/// A batch reply item holding one `Answer`: its 4-byte item header and the answer.
-pub const BATCH_ANSWER_ITEM_BYTES: usize = 4 + Answer::BYTES;
-
-/// Appends one batch reply item holding `answer`, in one write (the engine
-/// thread's path for every batchable command). The same bytes as
-/// `put_batch_item` with `answer.encode` as the body.
-#[inline]
-pub fn put_batch_answer(out: &mut Vec<u8>, opcode: u8, answer: &Answer) {
-    let mut item = [0; BATCH_ANSWER_ITEM_BYTES];
-    item[0] = opcode;
-    item[2..4].copy_from_slice(&(Answer::BYTES as u16).to_le_bytes());
-    item[4..].copy_from_slice(&answer.to_bytes());
-    out.extend_from_slice(&item);
-}
-
-/// Appends one batch item, its body written by `write_body`.
-pub fn put_batch_item(out: &mut Vec<u8>, opcode: u8, write_body: impl FnOnce(&mut Vec<u8>)) {
-    out.extend_from_slice(&[opcode, 0, 0, 0]);
-    let start = out.len();
-    write_body(out);
-    let length = u16::try_from(out.len() - start).expect("batch item bodies are small and fixed-size");
-    out[start - 2..start].copy_from_slice(&length.to_le_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -636,7 +402,7 @@ mod tests {
         }
     }
 
-    fn booking(channel: Channel) -> BookingRequest {
+    pub(super) fn booking(channel: Channel) -> BookingRequest {
         BookingRequest {
             person: PersonKey(0x0102_0304_0506_0708_090a_0b0c_0d0e_0f10),
             birth_date: Date::from_days_since_epoch(7439),
@@ -664,67 +430,5 @@ mod tests {
         bytes[32] = 0;
         bytes[16..20].copy_from_slice(&i32::MAX.to_le_bytes());
         assert!(matches!(BookingRequest::decode(&bytes), Err(BodyError::Field { field: "birth date", .. })));
-    }
-
-    #[test]
-    fn batches_split_and_refuse_bad_items() {
-        let mut body = Vec::new();
-        put_batch_header(&mut body, 2);
-        put_batch_item(&mut body, crate::protocol::opcode::RESERVE, |out| booking(Channel::Person).encode(out));
-        put_batch_item(&mut body, crate::protocol::opcode::GET_RESERVATION, |out| {
-            PersonQuery { person: PersonKey(3) }.encode(out)
-        });
-        let items = split_batch(&body, 4096).unwrap();
-        assert_eq!(items.len(), 2);
-        assert_eq!(BookingRequest::decode(items[0].body), Ok(booking(Channel::Person)));
-        assert_eq!(PersonQuery::decode(items[1].body), Ok(PersonQuery { person: PersonKey(3) }));
-        assert!(split_batch(&body, 1).is_err(), "over the count limit");
-        assert!(split_batch(&body[..body.len() - 1], 4096).is_err(), "cut short");
-        let mut extra = body.clone();
-        extra.push(0);
-        assert!(split_batch(&extra, 4096).is_err(), "trailing bytes");
-        let mut nested = body.clone();
-        nested[4] = crate::protocol::opcode::BATCH;
-        assert!(split_batch(&nested, 4096).is_err(), "a batch inside a batch");
-    }
-
-    #[test]
-    fn stats_round_trip_and_reject_bad_bodies() {
-        let mut counters = [0u64; STATS_COUNTERS];
-        for (index, value) in counters.iter_mut().enumerate() {
-            *value = index as u64 * 1000 + 7;
-        }
-        let stats = Stats { counters, refusals_by_code: vec![(5, 12), (12, 3), (200, 1)] };
-        let mut body = Vec::new();
-        stats.encode(&mut body);
-        assert_eq!(body.len(), 168 + 8 + 3 * 16);
-        assert_eq!(Stats::decode(&body), Ok(stats.clone()));
-        assert_eq!(stats.counter("refusals"), Some(3007));
-        assert_eq!(stats.counter("no such counter"), None);
-        assert!(Stats::decode(&body[..body.len() - 1]).is_err(), "truncated");
-        let mut longer = body.clone();
-        longer.push(0);
-        assert!(Stats::decode(&longer).is_err(), "trailing byte");
-        let mut unordered = Vec::new();
-        Stats { counters, refusals_by_code: vec![(12, 1), (5, 1)] }.encode(&mut unordered);
-        assert!(Stats::decode(&unordered).is_err(), "codes out of order");
-        let mut dirty = body.clone();
-        dirty[168 + 8 + 1] = 1;
-        assert!(Stats::decode(&dirty).is_err(), "reserved byte set");
-        let mut huge = body[..168].to_vec();
-        huge.extend_from_slice(&u32::MAX.to_le_bytes());
-        huge.extend_from_slice(&[0; 4]);
-        assert!(Stats::decode(&huge).is_err(), "absurd count");
-    }
-
-    #[test]
-    fn a_batch_answer_item_is_the_general_item_with_an_answer_body() {
-        let answer = Answer { code: 41, flags: 1, small: 0x0203, value: 0x0405_0607, wide: -5 };
-        let (mut fast, mut general) = (Vec::new(), Vec::new());
-        put_batch_answer(&mut fast, 0x10, &answer);
-        put_batch_item(&mut general, 0x10, |out| answer.encode(out));
-        assert_eq!(fast, general);
-        assert_eq!(fast.len(), BATCH_ANSWER_ITEM_BYTES);
-        assert_eq!(&fast[..4], &[0x10, 0, 16, 0]);
     }
 }
