@@ -40,26 +40,15 @@ pub fn crc32c_fixed<const N: usize>(bytes: &[u8; N]) -> u32 {
     crc32c::crc32c(bytes)
 }
 
-/// `short_sse42` for a length known when compiling: the chain is straight
-/// code, without the slice walk (callgrind: 40 -> 20 instructions for a log
-/// record, which replay and the flusher check or seal one by one). It cannot
-/// be inlined into callers built without SSE4.2, so it takes the array whole.
+/// `short_sse42` for a length known when compiling: inlined here, where
+/// SSE4.2 is enabled too, its walk over the slice becomes straight code for
+/// `N` bytes (callgrind: 40 -> 12 instructions for a log record, which
+/// replay and the flusher check or seal one by one). Callers built without
+/// SSE4.2 cannot inline either function, so this one takes the array whole.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
 fn fixed_sse42<const N: usize>(bytes: &[u8; N]) -> u32 {
-    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
-    let mut wide = u64::from(u32::MAX);
-    let words = N / 8;
-    for word in 0..words {
-        let mut chunk = [0; 8];
-        chunk.copy_from_slice(&bytes[word * 8..word * 8 + 8]);
-        wide = _mm_crc32_u64(wide, u64::from_le_bytes(chunk));
-    }
-    let mut state = wide as u32;
-    for byte in &bytes[words * 8..] {
-        state = _mm_crc32_u8(state, *byte);
-    }
-    !state
+    short_sse42(0, bytes)
 }
 
 #[cfg(target_arch = "x86_64")]
