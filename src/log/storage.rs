@@ -75,17 +75,24 @@ fn preallocate(file: &File, size_bytes: u64) -> io::Result<()> {
 /// time; each call only queues the reads. Advice only: a failure just means
 /// slower reads.
 pub fn read_ahead(path: &Path) {
-    use std::os::fd::AsRawFd;
     const CHUNK_BYTES: u64 = 1 << 20;
     let Ok(file) = File::open(path) else { return };
     let length = file.metadata().map_or(0, |m| m.len());
     for offset in (0..length).step_by(CHUNK_BYTES as usize) {
-        let (Ok(offset), Ok(chunk)) = (libc::off_t::try_from(offset), libc::off_t::try_from(CHUNK_BYTES)) else {
-            return;
-        };
-        // SAFETY: `posix_fadvise` on a file descriptor we own, no pointers.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, chunk, libc::POSIX_FADV_WILLNEED) };
+        advise(&file, offset, CHUNK_BYTES, libc::POSIX_FADV_WILLNEED);
     }
+}
+
+/// `posix_fadvise` over `length` bytes from `offset`. Advice only: a
+/// failure (or a range past what `off_t` holds) changes nothing that is
+/// durable, so it is not an error of the log.
+fn advise(file: &File, offset: u64, length: u64, advice: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(length)) = (libc::off_t::try_from(offset), libc::off_t::try_from(length)) else {
+        return;
+    };
+    // SAFETY: `posix_fadvise` on a file descriptor we own, no pointers.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, length, advice) };
 }
 
 pub fn sync_directory(directory: &Path) -> io::Result<()> {
@@ -154,20 +161,11 @@ impl PwriteSegment {
     /// last write ended in is kept (the kernel drops only whole pages), so
     /// the next group does not read it back from the disk.
     fn release_durable_pages(&mut self) {
-        use std::os::fd::AsRawFd;
-        let Some(length) = self.written_end_bytes.checked_sub(self.cached_from_bytes).filter(|l| *l > 0) else {
-            return;
-        };
-        let (Ok(offset), Ok(length)) = (libc::off_t::try_from(self.cached_from_bytes), libc::off_t::try_from(length))
-        else {
-            return;
-        };
-        // SAFETY: `posix_fadvise` on a file descriptor we own, no pointers.
-        // Advice only: a failure changes nothing that is durable, so it is
-        // not an error of the log.
-        let _ = unsafe { libc::posix_fadvise(self.file.as_raw_fd(), offset, length, libc::POSIX_FADV_DONTNEED) };
-        let page_bytes = page_bytes();
-        self.cached_from_bytes = self.written_end_bytes - self.written_end_bytes % page_bytes;
+        let length = self.written_end_bytes.saturating_sub(self.cached_from_bytes);
+        if length > 0 {
+            advise(&self.file, self.cached_from_bytes, length, libc::POSIX_FADV_DONTNEED);
+        }
+        self.cached_from_bytes = self.written_end_bytes - self.written_end_bytes % page_bytes();
     }
 }
 
