@@ -67,10 +67,7 @@ impl<T: Zeroable> ZeroedArray<T> {
 pub fn available_bytes() -> Option<u64> {
     let machine = std::fs::read_to_string("/proc/meminfo").ok().and_then(|meminfo| parse_available_bytes(&meminfo));
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|cgroups| cgroup_room_bytes(&cgroups));
-    match (machine, cgroup) {
-        (Some(machine), Some(cgroup)) => Some(machine.min(cgroup)),
-        (machine, cgroup) => machine.or(cgroup),
-    }
+    [machine, cgroup].into_iter().flatten().min()
 }
 
 /// Where the memory controller's files of this process's cgroup are, and
@@ -106,8 +103,14 @@ fn parse_cgroup_limit(text: &str) -> Option<u64> {
 }
 
 fn parse_available_bytes(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|line| line.starts_with("MemAvailable:"))?;
-    let mut words = line.split_whitespace().skip(1);
+    kib_field_bytes(meminfo, "MemAvailable")
+}
+
+/// The bytes a `Name:   N kB` line of a /proc file says (meminfo, status,
+/// smaps_rollup); `None` if the line is missing or not in kB.
+pub fn kib_field_bytes(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))?;
+    let mut words = line.split_whitespace();
     let kibibytes: u64 = words.next()?.parse().ok()?;
     (words.next() == Some("kB")).then(|| kibibytes.saturating_mul(1024))
 }

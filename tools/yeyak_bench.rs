@@ -257,18 +257,13 @@ fn reserve(people: u64, batch: usize) {
 /// kernel gives them only where it finds free 2 MiB blocks.
 fn huge_page_share() -> String {
     let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-    let kib = |name: &str| {
-        rollup
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-    };
-    match (kib("AnonHugePages:"), kib("Anonymous:")) {
+    let bytes = |name: &str| yeyak::memory::kib_field_bytes(&rollup, name);
+    match (bytes("AnonHugePages"), bytes("Anonymous")) {
         (Some(huge), Some(anonymous)) if anonymous > 0 => {
             format!(
                 "huge pages: {} of {} MiB anonymous ({:.0} %)",
-                huge >> 10,
-                anonymous >> 10,
+                huge >> 20,
+                anonymous >> 20,
                 100.0 * huge as f64 / anonymous as f64
             )
         }
@@ -361,11 +356,7 @@ fn recovery(data_dir: PathBuf, without_snapshots: bool) {
 
 fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kib| kib * 1024)
+    yeyak::memory::kib_field_bytes(&status, "VmRSS").unwrap_or(0)
 }
 
 fn memory(people: u64) {
