@@ -96,16 +96,21 @@ impl Inventory {
     pub fn planned_slot_count(rules: &CampaignRules) -> Option<u64> {
         match &rules.inventory {
             InventorySection::Generate(generated) => {
-                Some(u64::from(generated.sites) * u64::from(rules.service_days) * u64::from(rules.slots_per_day))
+                Some(u64::from(generated.sites) * u64::from(Inventory::slots_per_site(rules)))
             }
             InventorySection::Csv(_) => None,
         }
     }
 
+    /// Slots of one site over the whole campaign. Both factors are u16s: the
+    /// product fits a u32. The rules check that neither is zero; `max(1)`
+    /// keeps the remainder's multiplier defined regardless.
+    fn slots_per_site(rules: &CampaignRules) -> u32 {
+        (u32::from(rules.service_days) * u32::from(rules.slots_per_day)).max(1)
+    }
+
     fn empty(rules: &CampaignRules, sites: Vec<Site>) -> Result<Inventory, InventoryError> {
-        // Both factors are u16s: the product fits a u32. The rules check that
-        // neither is zero; `max(1)` keeps the remainder's multiplier defined regardless.
-        let slots_per_site = (u32::from(rules.service_days) * u32::from(rules.slots_per_day)).max(1);
+        let slots_per_site = Inventory::slots_per_site(rules);
         let slot_count = sites.len() as u64 * u64::from(slots_per_site);
         if slot_count > SLOTS_MAX {
             return Err(InventoryError::Shape(format!("{slot_count} slots; at most {SLOTS_MAX}")));

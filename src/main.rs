@@ -169,8 +169,9 @@ fn existing_log_directory(data_dir: &std::path::Path) -> Result<PathBuf, String>
     if !data_dir.is_dir() {
         return Err(format!("no data directory at {} (give its path with --data-dir)", data_dir.display()));
     }
-    if !data_dir.join("campaign.toml").is_file() {
-        return Err(format!("no campaign.toml in {}: not a yeyak data directory", data_dir.display()));
+    if !data_dir.join(yeyak::durable::CAMPAIGN_FILE).is_file() {
+        let file = yeyak::durable::CAMPAIGN_FILE;
+        return Err(format!("no {file} in {}: not a yeyak data directory", data_dir.display()));
     }
     Ok(data_dir.join(yeyak::durable::LOG_DIRECTORY))
 }

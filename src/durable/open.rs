@@ -56,9 +56,8 @@ pub enum OpenError {
     #[error(
         "the campaign's tables need {} MiB ({} MiB of people table for limits.people_max = {people_max}, \
          {} MiB of counters and capacities for {slot_count} slots, {} MiB of log ring), more than the {} MiB \
-         this process \
-         may still take (MemAvailable, capped by its cgroup's limit): lower limits.people_max or the \
-         inventory's size in campaign.toml, or start where more memory is free \
+         this process may still take (MemAvailable, capped by its cgroup's limit): lower limits.people_max \
+         or the inventory's size in campaign.toml, or start where more memory is free \
          ({MEMORY_CHECK_SKIP_ENV}=1 starts anyway)",
         mib_up(people_table_bytes + slot_counters_bytes + ring_bytes), mib_up(*people_table_bytes),
         mib_up(*slot_counters_bytes), mib_up(*ring_bytes), available_bytes >> 20
@@ -95,8 +94,9 @@ pub(super) fn check_table_memory(
     available: Option<u64>,
 ) -> Result<(), OpenError> {
     let people_table_bytes = PeopleTable::table_bytes(rules.people_max);
-    let slot_bytes = SlotCounters::table_bytes(1) + std::mem::size_of::<u32>() as u64;
-    let slot_counters_bytes = slot_count.saturating_mul(slot_bytes);
+    // The counters, and the inventory's initial capacity of each slot (a u32).
+    let capacities_bytes = slot_count.saturating_mul(std::mem::size_of::<u32>() as u64);
+    let slot_counters_bytes = SlotCounters::table_bytes(slot_count).saturating_add(capacities_bytes);
     let ring_bytes = u64::from(log.ring_records) * crate::log::format::RECORD_BYTES as u64;
     let needed_bytes = people_table_bytes.saturating_add(slot_counters_bytes).saturating_add(ring_bytes);
     match available {

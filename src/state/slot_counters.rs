@@ -68,8 +68,8 @@ impl SlotCounters {
     }
 
     /// The memory the counters of `slot_count` slots take.
-    pub fn table_bytes(slot_count: u32) -> u64 {
-        u64::from(slot_count) * std::mem::size_of::<SlotCell>() as u64
+    pub fn table_bytes(slot_count: u64) -> u64 {
+        slot_count.saturating_mul(std::mem::size_of::<SlotCell>() as u64)
     }
 
     pub fn is_empty(&self) -> bool {
