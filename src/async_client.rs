@@ -34,10 +34,9 @@ use crate::state::{BookingRequest, Refusal};
 pub const CALLS_QUEUED_MAX: usize = 65_536;
 /// How often a booking command is tried before its error is returned.
 pub const ATTEMPTS_MAX: u32 = 5;
-/// How long a call waits for its reply before it is failed (and retried).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long connecting and the handshake may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call waits for its reply before it is failed (and retried), and
+/// how long connecting and the handshake may take: as for the blocking client.
+pub use crate::client::{CALL_TIMEOUT, CONNECT_TIMEOUT};
 const BACKOFF_FIRST: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 

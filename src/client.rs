@@ -7,6 +7,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
 
 use crate::inventory::SlotIndex;
 use crate::protocol::body::{put_batch_header, put_batch_item, PersonQuery, RegionQuery, SiteQuery, Stats};
@@ -15,10 +16,19 @@ use crate::protocol::handshake::{ClientHandshake, ClientHandshakeError, Role, PR
 use crate::protocol::{decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX};
 use crate::state::{BookingRequest, Refusal, RegionPage};
 
+/// How long a call waits for its reply (and a write for room) by default.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long connecting and the handshake may take by default.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer took longer than the timeout to answer (or to take a write):
+    /// an engine stalled, or something that is not a yeyak engine.
+    #[error("no answer within {0:?}: a stalled engine, or not a yeyak engine at that address")]
+    TimedOut(Duration),
     #[error("the engine sent a bad frame: {0}")]
     Frame(FrameError),
     #[error("the engine closed the connection")]
@@ -47,6 +57,8 @@ impl From<ClientHandshakeError> for ClientError {
 
 pub struct Client {
     stream: TcpStream,
+    /// The read and write timeout (`None`: wait forever).
+    timeout: Option<Duration>,
     buffer: ReadBuffer,
     /// Frames sent but not yet written: written together before the next read.
     unwritten: Vec<u8>,
@@ -98,6 +110,15 @@ impl ReadBuffer {
     }
 }
 
+/// A socket timeout (`WouldBlock` from a read or write with a timeout set,
+/// `TimedOut` from a connect) as `TimedOut`; any other error as `Io`.
+fn timed_out(error: std::io::Error, timeout: Duration) -> ClientError {
+    match error.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => ClientError::TimedOut(timeout),
+        _ => ClientError::Io(error),
+    }
+}
+
 /// A reply frame: its header and body.
 pub type Reply = (FrameHeader, Vec<u8>);
 
@@ -109,29 +130,50 @@ pub struct SiteSeats {
 }
 
 impl Client {
-    /// Connects and proves to hold `key` for `role` and `key_id`.
+    /// Connects and proves to hold `key` for `role` and `key_id`, within
+    /// `CONNECT_TIMEOUT`; calls then wait at most `CALL_TIMEOUT` for a reply.
     pub fn connect(address: SocketAddr, role: Role, key_id: u32, key: &[u8]) -> Result<Client, ClientError> {
-        let stream = TcpStream::connect(address)?;
+        Self::connect_within(address, role, key_id, key, CONNECT_TIMEOUT, CALL_TIMEOUT)
+    }
+
+    /// `connect` with its own timeouts: for connecting and the handshake, and
+    /// then for each read and write.
+    pub fn connect_within(
+        address: SocketAddr,
+        role: Role,
+        key_id: u32,
+        key: &[u8],
+        connect_timeout: Duration,
+        call_timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let stream =
+            TcpStream::connect_timeout(&address, connect_timeout).map_err(|e| timed_out(e, connect_timeout))?;
         stream.set_nodelay(true)?;
         let mut client = Client {
             stream,
+            timeout: None,
             buffer: ReadBuffer::default(),
             unwritten: Vec::new(),
             next_request_id: PROOF_REQUEST_ID + 1,
         };
+        client.set_timeout(Some(connect_timeout))?;
         let handshake = ClientHandshake::new(role, key_id, key).map_err(ClientError::Random)?;
         handshake.hello_frame(&mut client.unwritten);
         let (header, body) = client.receive()?;
         handshake.proof_frame(header.opcode, &body, &mut client.unwritten)?;
         let (header, body) = client.receive()?;
         ClientHandshake::welcomed(header.opcode, &body)?;
+        client.set_timeout(Some(call_timeout))?;
         Ok(client)
     }
 
-    /// How long a read may wait for the engine (`None`: forever, the
-    /// default); a read that times out is an `Io` error.
-    pub fn set_read_timeout(&mut self, timeout: Option<std::time::Duration>) -> Result<(), ClientError> {
-        Ok(self.stream.set_read_timeout(timeout)?)
+    /// How long a read may wait for the engine, and a write for room (`None`:
+    /// forever); past it, the call fails with `TimedOut`.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        self.stream.set_read_timeout(timeout)?;
+        self.stream.set_write_timeout(timeout)?;
+        self.timeout = timeout;
+        Ok(())
     }
 
     /// Queues a request without waiting; returns its request id. Queued
@@ -160,7 +202,7 @@ impl Client {
     /// Writes every queued request.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         if !self.unwritten.is_empty() {
-            self.stream.write_all(&self.unwritten)?;
+            self.stream.write_all(&self.unwritten).map_err(|e| self.timed_out(e))?;
             self.unwritten.clear();
         }
         Ok(())
@@ -180,7 +222,7 @@ impl Client {
     /// Sends raw bytes (for tests of bad frames).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.flush()?;
-        Ok(self.stream.write_all(bytes)?)
+        self.stream.write_all(bytes).map_err(|e| self.timed_out(e))
     }
 
     /// A reply already read from the socket, if a whole one is there; never blocks.
@@ -207,12 +249,20 @@ impl Client {
             if let Some(reply) = self.receive_buffered()? {
                 return Ok(reply);
             }
-            let read = self.stream.read(self.buffer.spare())?;
+            let read = match self.stream.read(self.buffer.spare()) {
+                Ok(read) => read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(self.timed_out(error)),
+            };
             if read == 0 {
                 return Err(ClientError::Closed);
             }
             self.buffer.filled(read);
         }
+    }
+
+    fn timed_out(&self, error: std::io::Error) -> ClientError {
+        timed_out(error, self.timeout.unwrap_or_default())
     }
 
     /// Sends a request and waits for its reply; an ERROR frame becomes `Refused`.

@@ -297,6 +297,26 @@ fn bad_frames_are_answered_and_closed_while_others_keep_booking_on(reactor: Reac
 }
 
 #[test]
+fn a_peer_that_never_answers_times_the_blocking_client_out() {
+    // Accepts, reads, never answers: as a stalled engine or another service would.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let silent = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut sink = [0; 1024];
+        while std::io::Read::read(&mut stream, &mut sink).is_ok_and(|read| read > 0) {}
+    });
+    let timeout = Duration::from_millis(200);
+    let started = Instant::now();
+    match Client::connect_within(address, Role::Gateway, 1, &[7; 32], timeout, timeout) {
+        Err(ClientError::TimedOut(waited)) => assert_eq!(waited, timeout),
+        other => panic!("a silent peer: {:?}", other.map(|_| ())),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "gave up after the timeout, not at the OS's");
+    silent.join().unwrap();
+}
+
+#[test]
 fn only_proven_keys_get_in_and_connections_are_capped() {
     let running = start(ServerConfig { connections_max: 3, ..ServerConfig::default() });
     let address = running.server.local_address();
@@ -549,7 +569,7 @@ fn a_full_ingress_queue_answers_overloaded_at_once() {
     let running = start(ServerConfig { ingress_queue_commands: 2048, ..ServerConfig::default() });
     let mut client = gateway(&running.server, &running.keys);
     // A refusal must come at once: a read that waits this long fails the test.
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client.set_timeout(Some(Duration::from_secs(10))).unwrap();
     // Stall the engine thread: its next round waits for the log's append lock, held here.
     let stall = running.server.engine().log().appender();
     // Four batches of 1,024. The first is sent alone and taken by the engine
@@ -607,7 +627,7 @@ fn a_connection_over_its_in_flight_limit_is_answered_too_many_in_flight_at_once(
     use yeyak::protocol::body::{put_batch_header, put_batch_item};
     let running = start(ServerConfig { in_flight_max: 1500, ..ServerConfig::default() });
     let mut client = gateway(&running.server, &running.keys);
-    client.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    client.set_timeout(Some(Duration::from_secs(10))).unwrap();
     let send_batch = |client: &mut Client, first: u64| {
         client
             .send(opcode::BATCH, |out| {
