@@ -84,17 +84,28 @@ fn start_book_from_the_shell_stop_and_restart() {
         &["reserve", "--person", "0xabc", "--birth-date", "1990-05-15", "--slot", "100"],
     );
     assert!(ok && text.contains("booked slot #100"), "{text}");
-    let person = ["--person", "0xabe", "--birth-date", "1990-05-15"];
-    let (ok, text) = client(directory.path(), &address, &[&["reserve"][..], &person, &["--slot", "102"]].concat());
-    assert!(ok && text.contains("booked slot #102"), "{text}");
+    // Each run draws a fresh idempotency key: booking again is refused ...
     let (ok, text) = client(
         directory.path(),
         &address,
-        &[&["change"][..], &person, &["--slot", "103", "--idempotency-key", "2"]].concat(),
+        &["reserve", "--person", "0xabc", "--birth-date", "1990-05-15", "--slot", "101"],
     );
+    assert!(!ok && text.contains("already booked") && text.contains("slot #100"), "{text}");
+    // ... while a retry with the same key gets the first answer again.
+    let retry =
+        ["reserve", "--person", "0xabf", "--birth-date", "1990-05-15", "--slot", "104", "--idempotency-key", "9"];
+    for _ in 0..2 {
+        let (ok, text) = client(directory.path(), &address, &retry);
+        assert!(ok && text.contains("booked slot #104"), "{text}");
+    }
+    let (ok, text) = client(directory.path(), &address, &[&retry[..7], &["--idempotency-key", "0"]].concat());
+    assert!(!ok && text.contains("idempotency keys are not 0"), "{text}");
+    let person = ["--person", "0xabe", "--birth-date", "1990-05-15"];
+    let (ok, text) = client(directory.path(), &address, &[&["reserve"][..], &person, &["--slot", "102"]].concat());
+    assert!(ok && text.contains("booked slot #102"), "{text}");
+    let (ok, text) = client(directory.path(), &address, &[&["change"][..], &person, &["--slot", "103"]].concat());
     assert!(ok && text.contains("moved to slot #103"), "{text}");
-    let (ok, text) =
-        client(directory.path(), &address, &[&["cancel"][..], &person, &["--idempotency-key", "3"]].concat());
+    let (ok, text) = client(directory.path(), &address, &[&["cancel"][..], &person].concat());
     assert!(ok && text.contains("cancelled, gave up slot #103"), "{text}");
     let (ok, text) = client(directory.path(), &address, &["get", "--person", "0xabe"]);
     assert!(ok && text.contains("holds no reservation"), "{text}");
@@ -110,9 +121,11 @@ fn start_book_from_the_shell_stop_and_restart() {
     let (ok, text) = client(directory.path(), &address, &["stats"]);
     let line =
         |name: &str| text.lines().find(|l| l.starts_with(name)).map(|l| l.split_whitespace().last().unwrap_or(""));
-    assert!(ok && line("reservations") == Some("2") && line("refusals") == Some("1"), "{text}");
+    // Four RESERVEs answered OK: three people, one of them asking twice.
+    assert!(ok && line("reservations") == Some("4") && line("refusals") == Some("2"), "{text}");
     assert!(line("changes") == Some("1") && line("cancellations") == Some("1"), "{text}");
     assert!(text.contains("refused: not eligible"), "refusals by code: {text}");
+    assert!(text.contains("refused: already booked"), "refusals by code: {text}");
     let rest = terminate(child, stdout);
     assert!(rest.contains("stopped cleanly"), "{rest}");
     let snapshots = yeyak::snapshot::list_snapshots(&directory.path().join("snapshots")).unwrap();

@@ -13,7 +13,7 @@ use yeyak::protocol::body::{PersonQuery, RegionQuery, SiteQuery};
 use yeyak::protocol::handshake::Role;
 use yeyak::rules::Channel;
 use yeyak::server::keys::KeyRing;
-use yeyak::state::{BookingRequest, PersonKey};
+use yeyak::state::{BookingRequest, PersonKey, Refusal};
 
 #[derive(clap::Args, Debug)]
 pub struct ClientArgs {
@@ -37,9 +37,10 @@ pub struct PersonArgs {
     /// Birth date, YYYY-MM-DD.
     #[arg(long, value_parser = parse_date)]
     pub birth_date: Date,
-    /// Makes retries safe: the same key returns the first answer.
-    #[arg(long, default_value_t = 1)]
-    pub idempotency_key: u64,
+    /// Makes retries safe: the same key returns the first answer instead of
+    /// booking again. Default: a fresh key each run, printed if the answer is lost.
+    #[arg(long, value_parser = parse_idempotency_key)]
+    pub idempotency_key: Option<u64>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -100,6 +101,21 @@ fn parse_person(text: &str) -> Result<PersonKey, String> {
         .ok_or_else(|| format!("`{text}` is not a non-zero hex person key"))
 }
 
+fn parse_idempotency_key(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("idempotency keys are not 0".to_string()),
+        Ok(key) => Ok(key),
+        Err(_) => Err(format!("`{text}` is not an idempotency key (a number from 1 to {})", u64::MAX)),
+    }
+}
+
+/// A key no earlier run of this client has likely used: the clock's
+/// nanoseconds and the process id, mixed; never 0.
+fn fresh_idempotency_key() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    yeyak::mix64(nanos ^ u64::from(std::process::id()).rotate_left(40)).max(1)
+}
+
 fn parse_date(text: &str) -> Result<Date, String> {
     Date::parse(text).map_err(|e| e.to_string())
 }
@@ -115,27 +131,43 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
         error => error.to_string(),
     })?;
     let channel = if args.operator { Channel::Operator { operator_id: key_id } } else { Channel::Person };
+    let idempotency_key = |person: &PersonArgs| person.idempotency_key.unwrap_or_else(fresh_idempotency_key);
     let booking = |person: &PersonArgs, slot: u32| BookingRequest {
         person: person.person,
         birth_date: person.birth_date,
         slot: SlotIndex(slot),
-        idempotency_key: person.idempotency_key,
+        idempotency_key: idempotency_key(person),
         channel,
     };
-    let show =
-        |done: &str, result: Result<Result<SlotIndex, yeyak::state::Refusal>, yeyak::client::ClientError>| match result
-        {
-            Ok(Ok(slot)) => {
-                println!("{done} {slot}");
-                Ok(())
-            }
-            Ok(Err(refusal)) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
-            Err(error) => Err(error.to_string()),
-        };
+    // A lost answer (the connection broke, or no reply in time) leaves the
+    // outcome unknown: the same key asks again without booking twice.
+    let show = |done: &str, booking: BookingRequest, result: Result<Result<SlotIndex, Refusal>, ClientError>| {
+        match result {
+        Ok(Ok(slot)) => {
+            println!("{done} {slot}");
+            Ok(())
+        }
+        Ok(Err(refusal)) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
+        Err(error @ (ClientError::Io(_) | ClientError::TimedOut(_) | ClientError::Closed)) => Err(format!(
+            "{error}; the command may or may not have been applied: repeat it with --idempotency-key {} to find out without booking twice",
+            booking.idempotency_key
+        )),
+        Err(error) => Err(error.to_string()),
+    }
+    };
     match args.command {
-        ClientCommand::Reserve { person, slot } => show("booked", client.reserve(&booking(&person, slot))),
-        ClientCommand::Change { person, slot } => show("moved to", client.change(&booking(&person, slot))),
-        ClientCommand::Cancel { person } => show("cancelled, gave up", client.cancel(&booking(&person, 0))),
+        ClientCommand::Reserve { person, slot } => {
+            let booking = booking(&person, slot);
+            show("booked", booking, client.reserve(&booking))
+        }
+        ClientCommand::Change { person, slot } => {
+            let booking = booking(&person, slot);
+            show("moved to", booking, client.change(&booking))
+        }
+        ClientCommand::Cancel { person } => {
+            let booking = booking(&person, 0);
+            show("cancelled, gave up", booking, client.cancel(&booking))
+        }
         ClientCommand::Get { person } => {
             match client.reservation(&PersonQuery { person }).map_err(|e| e.to_string())? {
                 Ok(Some(slot)) => {
