@@ -224,6 +224,11 @@ impl Inventory {
         (0..i32::from(self.days)).contains(&index).then_some(index as u32)
     }
 
+    /// The first service day and how many days are served.
+    pub fn service_days(&self) -> (Date, u16) {
+        (self.first_date, self.days)
+    }
+
     /// The first slot of a site on a service day; the day's slots follow it.
     pub fn first_slot_of_day(&self, site_index: u32, day_index: u32) -> SlotIndex {
         SlotIndex((site_index * u32::from(self.days) + day_index) * u32::from(self.slots_per_day))
@@ -232,7 +237,10 @@ impl Inventory {
     /// The slot number of (site, date, time); the error says which part is unknown.
     pub fn slot_index(&self, site_id: u32, date: Date, time: TimeOfDay) -> Result<SlotIndex, String> {
         let site_index = self.site_index(site_id).ok_or_else(|| format!("unknown site {site_id}"))?;
-        let day_index = self.day_index(date).ok_or_else(|| format!("{date} is not a service day"))?;
+        let day_index = self.day_index(date).ok_or_else(|| {
+            let last = self.first_date.add_days(i32::from(self.days) - 1);
+            format!("{date} is not a service day (the campaign's [service] runs from {} to {last})", self.first_date)
+        })?;
         let minutes = i32::from(time.minute_of_day()) - i32::from(self.day_start.minute_of_day());
         let slot_minutes = i32::from(self.slot_minutes);
         let time_index = minutes / slot_minutes;

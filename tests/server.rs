@@ -109,6 +109,20 @@ fn every_command_through_the_client_on(reactor: Reactor) {
     assert!(matches!(client.region_availability(&too_large).unwrap(), Err(Refusal::PageTooLarge { .. })));
     let unknown = client.site_availability(&yeyak::protocol::SiteQuery { site_id: 999, date }).unwrap();
     assert_eq!(unknown, Err(Refusal::UnknownSite { site_id: 999 }));
+    // A day without appointments: the refusal says which days have them.
+    let eve = date.add_days(-1);
+    let refusal =
+        client.region_availability(&yeyak::protocol::RegionQuery { date: eve, ..query }).unwrap().unwrap_err();
+    let (first, days) = running.server.engine().engine().inventory().service_days();
+    assert_eq!(refusal, Refusal::NotAServiceDay { date: eve, first: date, days });
+    let last = date.add_days(i32::from(days) - 1);
+    assert_eq!(
+        refusal.to_string(),
+        format!("2021-08-25 is not a service day: appointments run from {first} to {last}")
+    );
+    let after = client.site_availability(&yeyak::protocol::SiteQuery { site_id: 1, date: last.add_days(1) }).unwrap();
+    assert!(matches!(after, Err(Refusal::NotAServiceDay { .. })), "{after:?}");
+    assert!(client.site_availability(&yeyak::protocol::SiteQuery { site_id: 1, date: last }).unwrap().is_ok());
     let stats = client.stats().unwrap();
     assert!(stats.counter("reservations").unwrap() >= 3, "reservations counted: {stats:?}");
     let [p50, p99, p999, max] =

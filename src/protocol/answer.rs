@@ -95,7 +95,10 @@ impl Answer {
             Refusal::UnknownSlot { slot } => Answer { value: slot, ..base },
             Refusal::UnknownSite { site_id } => Answer { value: site_id, ..base },
             Refusal::UnknownRegion { region_id } => Answer { small: region_id, ..base },
-            Refusal::NotAServiceDay { date } => base.with_wide(Some(i64::from(date.days_since_epoch()))),
+            Refusal::NotAServiceDay { date, first, days } => {
+                Answer { small: days, value: first.days_since_epoch() as u32, ..base }
+                    .with_wide(Some(i64::from(date.days_since_epoch())))
+            }
             Refusal::SlotInPast { slot }
             | Refusal::SlotFull { slot }
             | Refusal::SameSlot { slot }
@@ -142,7 +145,12 @@ impl Answer {
             ResultCode::ProxyBookingClosed => Refusal::ProxyBookingClosed { cutoff_ms: self.wide() },
             ResultCode::UnknownSlot => Refusal::UnknownSlot { slot: self.value },
             ResultCode::UnknownSite => Refusal::UnknownSite { site_id: self.value },
-            ResultCode::NotAServiceDay => Refusal::NotAServiceDay { date: date()? },
+            ResultCode::NotAServiceDay => {
+                let first = Some(self.value as i32)
+                    .filter(|days| (super::body::DATE_DAYS_MIN..=super::body::DATE_DAYS_MAX).contains(days))
+                    .map(Date::from_days_since_epoch)?;
+                Refusal::NotAServiceDay { date: date()?, first, days: self.small }
+            }
             ResultCode::SlotInPast => Refusal::SlotInPast { slot },
             ResultCode::UnknownRegion => Refusal::UnknownRegion { region_id: self.small },
             ResultCode::SlotFull => Refusal::SlotFull { slot },
@@ -218,7 +226,7 @@ mod tests {
             Refusal::UnknownSlot { slot: u32::MAX },
             Refusal::UnknownSite { site_id: 4 },
             Refusal::UnknownRegion { region_id: 17 },
-            Refusal::NotAServiceDay { date },
+            Refusal::NotAServiceDay { date, first: Date::from_days_since_epoch(18_865), days: 30 },
             Refusal::SlotInPast { slot: SlotIndex(1) },
             Refusal::SlotFull { slot: SlotIndex(2) },
             Refusal::AlreadyBooked { existing: SlotIndex(3) },

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::calendar::Date;
-use crate::inventory::SlotIndex;
+use crate::inventory::{Inventory, SlotIndex};
 use crate::state::engine::Engine;
 use crate::state::people::{PersonKey, PersonRecord};
 use crate::state::refusal::Refusal;
@@ -46,11 +46,17 @@ impl LogicalState {
     }
 }
 
+/// The service-day number of `date`, or the refusal that says which days are served.
+fn service_day_index(inventory: &Inventory, date: Date) -> Result<u32, Refusal> {
+    let (first, days) = inventory.service_days();
+    inventory.day_index(date).ok_or(Refusal::NotAServiceDay { date, first, days })
+}
+
 impl Engine {
     pub fn site_availability(&self, site_id: u32, date: Date) -> Result<SiteAvailability, Refusal> {
         let inventory = self.inventory();
         let site_index = inventory.site_index(site_id).ok_or(Refusal::UnknownSite { site_id })?;
-        let day_index = inventory.day_index(date).ok_or(Refusal::NotAServiceDay { date })?;
+        let day_index = service_day_index(inventory, date)?;
         let first_slot = inventory.first_slot_of_day(site_index, day_index);
         let remaining = (0..u32::from(inventory.slots_per_day()))
             .map(|offset| self.slots.remaining(first_slot.0 + offset))
@@ -71,7 +77,7 @@ impl Engine {
             return Err(Refusal::PageTooLarge { requested: limit, page_max });
         }
         let inventory = self.inventory();
-        let day_index = inventory.day_index(date).ok_or(Refusal::NotAServiceDay { date })?;
+        let day_index = service_day_index(inventory, date)?;
         let site_indexes = inventory.region_site_indexes(region_id);
         if site_indexes.is_empty() {
             return Err(Refusal::UnknownRegion { region_id });

@@ -37,8 +37,9 @@ pub enum Refusal {
     UnknownSite { site_id: u32 },
     /// No site of this campaign is in this region.
     UnknownRegion { region_id: u16 },
-    /// No service (appointments) on this date.
-    NotAServiceDay { date: Date },
+    /// No service (appointments) on this date; the campaign serves `days`
+    /// days from `first`.
+    NotAServiceDay { date: Date, first: Date, days: u16 },
     /// The slot's appointment time has already begun.
     SlotInPast { slot: SlotIndex },
     /// No seat left in this slot; other slots may have room.
@@ -205,7 +206,10 @@ impl fmt::Display for Refusal {
             Refusal::UnknownRegion { region_id } => {
                 write!(f, "no site of this campaign is in region {region_id}")
             }
-            Refusal::NotAServiceDay { date } => write!(f, "{date} is not a service day"),
+            Refusal::NotAServiceDay { date, first, days } => {
+                let last = first.add_days(i32::from(*days) - 1);
+                write!(f, "{date} is not a service day: appointments run from {first} to {last}")
+            }
             Refusal::SlotInPast { slot } => write!(f, "{slot} has already begun"),
             Refusal::SlotFull { slot } => write!(f, "{slot} is full"),
             Refusal::AlreadyBooked { existing } => write!(f, "already booked: {existing}"),
