@@ -80,26 +80,24 @@ impl Inventory {
     /// Builds the inventory the rules name: generated, or read from CSV
     /// (a relative path is taken from `config_dir`).
     pub fn load(rules: &CampaignRules, config_dir: &Path) -> Result<Inventory, InventoryError> {
-        match &rules.inventory {
-            InventorySection::Generate(generated) => Inventory::generate(rules, generated),
+        Inventory::plan(rules, config_dir)?.build()
+    }
+
+    /// The first half of `load`: reads and checks a CSV file (or nothing, for
+    /// a generated inventory) and knows how many slots the inventory will
+    /// have, before their tables are allocated, so that a caller can refuse
+    /// an inventory too large for this machine's memory.
+    pub fn plan<'a>(rules: &'a CampaignRules, config_dir: &Path) -> Result<InventoryPlan<'a>, InventoryError> {
+        let source = match &rules.inventory {
+            InventorySection::Generate(generated) => PlanSource::Generate(generated),
             InventorySection::Csv(path) => {
                 let path = config_dir.join(path);
                 let text = std::fs::read(&path)
                     .map_err(|source| InventoryError::Read { path: path.display().to_string(), source })?;
-                Inventory::from_csv(rules, &text)
+                Inventory::csv_plan(&text)?
             }
-        }
-    }
-
-    /// The slots a generated inventory will have (sites × days × slots a
-    /// day), known before it is built; `None` for one read from CSV.
-    pub fn planned_slot_count(rules: &CampaignRules) -> Option<u64> {
-        match &rules.inventory {
-            InventorySection::Generate(generated) => {
-                Some(u64::from(generated.sites) * u64::from(Inventory::slots_per_site(rules)))
-            }
-            InventorySection::Csv(_) => None,
-        }
+        };
+        Ok(InventoryPlan { rules, source })
     }
 
     /// Slots of one site over the whole campaign. Both factors are u16s: the
@@ -160,6 +158,11 @@ impl Inventory {
 
     /// Reads `site_id,region_id,site_name,date,time,capacity` rows (docs/inventory.md).
     pub fn from_csv(rules: &CampaignRules, bytes: &[u8]) -> Result<Inventory, InventoryError> {
+        InventoryPlan { rules, source: Inventory::csv_plan(bytes)? }.build()
+    }
+
+    /// The rows of a CSV inventory, and its sites in the order they first appear.
+    fn csv_plan(bytes: &[u8]) -> Result<PlanSource<'static>, InventoryError> {
         let rows = parse_csv_rows(bytes)?;
         let mut sites: Vec<Site> = Vec::new();
         let mut seen: HashMap<u32, usize> = HashMap::new();
@@ -181,9 +184,13 @@ impl Inventory {
         if sites.len() as u64 > u64::from(SITES_MAX) {
             return Err(InventoryError::Shape(format!("{} sites; at most {SITES_MAX}", sites.len())));
         }
+        Ok(PlanSource::Csv { rows, sites })
+    }
+
+    fn fill_from_csv(rules: &CampaignRules, rows: &[CsvRow], sites: Vec<Site>) -> Result<Inventory, InventoryError> {
         let mut inventory = Inventory::empty(rules, sites)?;
         let mut filled = vec![false; inventory.initial_capacity.len()];
-        for row in &rows {
+        for row in rows {
             let slot =
                 inventory.slot_index(row.site.id, row.date, row.time).map_err(|reason| row_error(row.line, reason))?;
             if std::mem::replace(&mut filled[slot.0 as usize], true) {
@@ -336,6 +343,41 @@ struct CsvRow {
     capacity: u32,
 }
 
+/// An inventory known but not yet built (`Inventory::plan`): its slot count
+/// is known, its tables are not allocated.
+pub struct InventoryPlan<'a> {
+    rules: &'a CampaignRules,
+    source: PlanSource<'a>,
+}
+
+enum PlanSource<'a> {
+    Generate(&'a GeneratedInventory),
+    /// Rows read and checked, sites deduplicated in order of appearance.
+    Csv {
+        rows: Vec<CsvRow>,
+        sites: Vec<Site>,
+    },
+}
+
+impl InventoryPlan<'_> {
+    /// The slots the inventory will have: sites × service days × slots a day.
+    pub fn slot_count(&self) -> u64 {
+        let sites = match &self.source {
+            PlanSource::Generate(generated) => u64::from(generated.sites),
+            PlanSource::Csv { sites, .. } => sites.len() as u64,
+        };
+        sites * u64::from(Inventory::slots_per_site(self.rules))
+    }
+
+    /// Allocates and fills the inventory's tables.
+    pub fn build(self) -> Result<Inventory, InventoryError> {
+        match self.source {
+            PlanSource::Generate(generated) => Inventory::generate(self.rules, generated),
+            PlanSource::Csv { rows, sites } => Inventory::fill_from_csv(self.rules, &rows, sites),
+        }
+    }
+}
+
 fn row_error(line: u64, reason: String) -> InventoryError {
     InventoryError::Row { line, reason }
 }
@@ -471,5 +513,25 @@ mod tests {
             let error = Inventory::from_csv(&rules, text.as_bytes()).unwrap_err().to_string();
             assert!(error.contains(expected), "{error:?} should mention {expected:?}");
         }
+    }
+
+    #[test]
+    fn a_plan_knows_the_slot_count_before_the_tables_are_built() {
+        let directory = tempfile::tempdir().unwrap();
+        let csv = "site_id,region_id,site_name,date,time,capacity\n\
+                   7,1,Seoul City Hall,2021-08-26,09:00,30\n\
+                   9,2,Busan Station,2021-09-24,17:30,5\n\
+                   7,1,Seoul City Hall,2021-08-27,09:00,3\n";
+        std::fs::write(directory.path().join("sites.csv"), csv).unwrap();
+        let mut rules = CampaignRules::demo();
+        rules.inventory = InventorySection::Csv("sites.csv".into());
+        let plan = Inventory::plan(&rules, directory.path()).unwrap();
+        assert_eq!(plan.slot_count(), 2 * 30 * 18, "two sites, each with every slot of the campaign");
+        assert_eq!(plan.build().unwrap().slot_count(), 2 * 30 * 18);
+        // A CSV that does not read is refused at the plan, before anything is allocated.
+        std::fs::write(directory.path().join("sites.csv"), "site_id\n1\n").unwrap();
+        assert!(matches!(Inventory::plan(&rules, directory.path()), Err(InventoryError::Row { line: 1, .. })));
+        let demo = CampaignRules::demo();
+        assert_eq!(Inventory::plan(&demo, Path::new(".")).unwrap().slot_count(), 15_000 * 30 * 18);
     }
 }

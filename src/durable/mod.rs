@@ -157,13 +157,10 @@ impl DurableEngine {
         let lock = lock_data_directory(data_directory)?;
         let campaign_id = rules.campaign_id;
         let build_engine = || -> Result<Engine, OpenError> {
-            let available = memory_to_check_against();
-            if let Some(planned) = Inventory::planned_slot_count(&rules) {
-                check_table_memory(&rules, planned, &options.log, available)?;
-            }
-            let inventory = Inventory::load(&rules, data_directory)?;
-            check_table_memory(&rules, u64::from(inventory.slot_count()), &options.log, available)?;
-            Ok(Engine::new(rules.clone(), inventory))
+            // Refused before the tables are allocated, for CSV inventories too.
+            let plan = Inventory::plan(&rules, data_directory)?;
+            check_table_memory(&rules, plan.slot_count(), &options.log, memory_to_check_against())?;
+            Ok(Engine::new(rules.clone(), plan.build()?))
         };
         let log_directory = data_directory.join(LOG_DIRECTORY);
         create_directory_durably(&log_directory)

@@ -328,7 +328,7 @@ mod tests {
         let inventory = Inventory::load(&rules, Path::new(".")).unwrap();
         let log = LogOptions::default();
         let slots = u64::from(inventory.slot_count());
-        assert_eq!(Inventory::planned_slot_count(&rules), Some(slots), "planned as built");
+        assert_eq!(Inventory::plan(&rules, Path::new(".")).unwrap().slot_count(), slots, "planned as built");
         // 1 M people: 2^21 buckets of 32 bytes; 10,800 slots of 64 + 4 bytes; 2^16 records of 48 bytes.
         let needed = (64 << 20) + 10_800 * 68 + (3 << 20);
         assert!(check_table_memory(&rules, slots, &log, Some(needed)).is_ok(), "exactly enough");
