@@ -680,6 +680,29 @@ fn probe(steps: u64) {
         line.value.store(line.value.load(Relaxed) + 1, Relaxed);
     }
     let streamed_ns = started.elapsed().as_nanos() as f64 / steps as f64;
+    // No memory at all: mixes in registers (about 9 instructions each). One
+    // chain, each mix waiting for the last, shows the clock; eight chains side
+    // by side show how much of the core this thread gets (a busy sibling
+    // hyperthread of another guest takes its share of the execution units).
+    let mixes = steps * 16;
+    let started = Instant::now();
+    let mut value = 1u64;
+    for step in 0..mixes {
+        value = yeyak::mix64(value ^ step);
+    }
+    std::hint::black_box(value);
+    let chain_ns = started.elapsed().as_nanos() as f64 / mixes as f64;
+    let started = Instant::now();
+    let mut values = [1u64, 2, 3, 4, 5, 6, 7, 8];
+    for step in 0..mixes / 8 {
+        for value in &mut values {
+            *value = yeyak::mix64(*value ^ step);
+        }
+    }
+    std::hint::black_box(values);
+    let parallel_ns = started.elapsed().as_nanos() as f64 / mixes as f64;
     println!("probe (1 GiB table): {}", huge_page_share());
-    println!("probe: dependent random read {dependent_ns:.1} ns, random read-modify-write prefetched {AHEAD} ahead {streamed_ns:.1} ns");
+    println!(
+        "probe: compute {chain_ns:.2} ns a dependent mix, {parallel_ns:.2} ns a mix in 8 chains; dependent random read {dependent_ns:.1} ns, random read-modify-write prefetched {AHEAD} ahead {streamed_ns:.1} ns"
+    );
 }
