@@ -248,12 +248,24 @@ fn verify_snapshots(data_dir: &std::path::Path) -> Result<(), String> {
 
 fn dump(data_dir: PathBuf, from: u64, limit: u64) -> Result<(), String> {
     let log_directory = existing_log_directory(&data_dir)?;
+    // Where each slot is, when the campaign's inventory still reads; the
+    // records are printed without it otherwise.
+    let inventory = yeyak::durable::load_campaign(&data_dir, false)
+        .ok()
+        .and_then(|(rules, _)| yeyak::inventory::Inventory::load(&rules, &data_dir).ok());
+    let place = |entry: &Entry| {
+        let slot = entry.slot();
+        match inventory.as_ref().and_then(|inventory| inventory.address(slot)) {
+            Some(at) => format!(" [{slot}: site {}, {} {}]", at.site_id, at.date, at.time),
+            None => String::new(),
+        }
+    };
     let mut printed = 0;
     recover(&log_directory, RecoveryMode::ReadOnly, |record| {
         if record.lsn >= from && printed < limit {
             printed += 1;
             match Entry::decode(record.kind, &record.payload) {
-                Ok(entry) => println!("{} {entry:?}", record.lsn),
+                Ok(entry) => println!("{} {entry}{}", record.lsn, place(&entry)),
                 Err(e) => println!("{} undecodable (type {}): {e}", record.lsn, record.kind),
             }
         }

@@ -126,6 +126,13 @@ fn start_book_from_the_shell_stop_and_restart() {
     assert!(line("changes") == Some("1") && line("cancellations") == Some("1"), "{text}");
     assert!(text.contains("refused: not eligible"), "refusals by code: {text}");
     assert!(text.contains("refused: already booked"), "refusals by code: {text}");
+    // The log as a person reads it, each slot with its place and time.
+    let dump = Command::new(YEYAK).args(["log", "dump", "--data-dir"]).arg(directory.path()).output().unwrap();
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    let first = dump.lines().next().unwrap_or_default();
+    assert!(first.starts_with("1 person 0xabc reserved slot #100 (idempotency key "), "{dump}");
+    assert!(first.ends_with(") [slot #100: site 1, 2021-08-31 14:00]"), "{dump}");
+    assert!(dump.contains("person 0xabe cancelled, gave up slot #103"), "{dump}");
     let rest = terminate(child, stdout);
     assert!(rest.contains("stopped cleanly"), "{rest}");
     let snapshots = yeyak::snapshot::list_snapshots(&directory.path().join("snapshots")).unwrap();

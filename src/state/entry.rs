@@ -26,6 +26,33 @@ pub enum Entry {
     CapacityAdded { slot: SlotIndex, seats: u32, capacity: u32, operator_id: u32 },
 }
 
+/// One line a person reads: `person 0x1 reserved slot #7 (idempotency key 9)`,
+/// with `, by operator N` for an operator's booking.
+impl std::fmt::Display for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (operator_id, text) = match *self {
+            Entry::Reserved { person, slot, idempotency_key, operator_id } => {
+                (operator_id, format!("person {:#x} reserved {slot} (idempotency key {idempotency_key})", person.0))
+            }
+            Entry::Cancelled { person, slot, idempotency_key, operator_id } => (
+                operator_id,
+                format!("person {:#x} cancelled, gave up {slot} (idempotency key {idempotency_key})", person.0),
+            ),
+            Entry::Changed { person, slot, idempotency_key, operator_id } => {
+                (operator_id, format!("person {:#x} changed to {slot} (idempotency key {idempotency_key})", person.0))
+            }
+            Entry::CapacityAdded { slot, seats, capacity, operator_id } => {
+                (operator_id, format!("{slot} got {seats} seats more, {capacity} in all"))
+            }
+        };
+        f.write_str(&text)?;
+        if operator_id != 0 {
+            write!(f, ", by operator {operator_id}")?;
+        }
+        Ok(())
+    }
+}
+
 pub mod kind {
     pub const RESERVED: u8 = 1;
     pub const CANCELLED: u8 = 2;
@@ -54,6 +81,16 @@ fn u64_at(bytes: &[u8; ENTRY_PAYLOAD_BYTES], at: usize) -> u64 {
 }
 
 impl Entry {
+    /// The slot the entry is about.
+    pub fn slot(&self) -> SlotIndex {
+        match *self {
+            Entry::Reserved { slot, .. }
+            | Entry::Cancelled { slot, .. }
+            | Entry::Changed { slot, .. }
+            | Entry::CapacityAdded { slot, .. } => slot,
+        }
+    }
+
     pub fn kind(&self) -> u8 {
         match self {
             Entry::Reserved { .. } => kind::RESERVED,
