@@ -1,9 +1,10 @@
 //! A blocking client: connect and authenticate, then send requests (pipelined:
-//! many may be sent before their replies are read) and read replies.
+//! many may be sent before their replies are read) and read replies, each
+//! within a timeout.
 //!
-//! This is the first client step: the shell client and the tests use it. The
-//! async client with pooling and automatic batching for gateways follows it
-//! (issue "Binary protocol, network server, client library").
+//! The shell client, the tests and the load generator use it; gateways use
+//! the async client (`src/async_client.rs`), with its pool, automatic
+//! batching and retries.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
