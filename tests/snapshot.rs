@@ -277,7 +277,63 @@ fn a_snapshot_of_another_inventory_is_not_used() {
     std::fs::write(directory.path().join("campaign.toml"), grown).unwrap();
     let (_, report) = reopen(directory.path(), options(usize::MAX));
     assert!(report.snapshot.is_none());
-    assert!(report.snapshots_passed_over[0].contains("different inventory"), "{:?}", report.snapshots_passed_over);
+    assert!(report.snapshots_passed_over[0].contains("other capacities"), "{:?}", report.snapshots_passed_over);
+    // The file is whole: it stays, for campaign.toml may be put back.
+    assert_eq!(list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap().len(), 1);
+}
+
+/// The names of the files of the log and snapshots directories.
+fn listing(directory: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    for sub in ["log", SNAPSHOT_DIRECTORY] {
+        for entry in std::fs::read_dir(directory.join(sub)).unwrap() {
+            names.push(format!("{sub}/{}", entry.unwrap().file_name().to_string_lossy()));
+        }
+    }
+    names.sort();
+    names
+}
+
+#[test]
+fn a_changed_campaign_toml_is_refused_and_the_data_directory_left_as_it_was() {
+    use yeyak::durable::OpenError;
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = reopen(directory.path(), options(1));
+    book_some(&engine, now, 0, 300);
+    engine.take_snapshot().unwrap().unwrap();
+    book_some(&engine, now, 300, 20);
+    let before = engine.engine().logical_state();
+    engine.close().unwrap();
+    let files = listing(directory.path());
+    assert!(!files.iter().any(|name| name.ends_with("segment-0000000001.log")), "segments retired: {files:?}");
+    let campaign = directory.path().join("campaign.toml");
+    let original = std::fs::read_to_string(&campaign).unwrap();
+    let changes = [
+        (original.replacen("id = 1", "id = 2", 1), "of campaign 1, and campaign.toml says campaign 2"),
+        (original.replace("sites = 20", "sites = 19"), "other capacities"),
+        (original.replace("capacity_per_slot_mean = 2", "capacity_per_slot_mean = 3"), "other capacities"),
+    ];
+    for (changed, expected) in changes {
+        assert_ne!(changed, original);
+        std::fs::write(&campaign, changed).unwrap();
+        let error = DurableEngine::open(directory.path(), options(1), false).err().expect("refused");
+        let text = error.to_string();
+        assert!(matches!(error, OpenError::CampaignChanged { .. }), "{text}");
+        assert!(text.contains(expected) && text.contains("Put it back as it was"), "{text}");
+        assert_eq!(listing(directory.path()), files, "nothing renamed or removed");
+    }
+    std::fs::write(&campaign, &original).unwrap();
+    let (engine, report) = reopen(directory.path(), options(1));
+    assert!(report.snapshot.is_some(), "the snapshot is used again");
+    assert_eq!(engine.engine().logical_state(), before);
+    engine.close().unwrap();
+    // Without its campaign.toml, even where the demo campaign may be created.
+    std::fs::remove_file(&campaign).unwrap();
+    let error = DurableEngine::open(directory.path(), options(1), true).err().expect("refused");
+    assert!(matches!(error, OpenError::CampaignMissing { .. }), "{error}");
+    assert!(!campaign.exists(), "no demo campaign written over a campaign's data");
 }
 
 /// The window case the design note in src/state/restore.rs describes: a seat

@@ -21,7 +21,7 @@ use crate::state::{BookingRequest, CancelRequest, Engine, LogUnavailable, Outcom
 mod open;
 
 use open::{
-    check_log_reaches_back, check_table_memory, first_log_lsn, lock_data_directory, memory_to_check_against,
+    check_log_reaches_back, check_table_memory, first_log_header, lock_data_directory, memory_to_check_against,
     replay_log, restore_newest_snapshot, snapshot_window, Restored,
 };
 pub use open::{load_campaign, OpenError, MEMORY_CHECK_SKIP_ENV};
@@ -167,20 +167,32 @@ impl DurableEngine {
             .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
         let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
         remove_temporary_files(&snapshot_directory)?;
-        let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_log_lsn(&log_directory)?)?;
-        let Restored { engine, snapshot, wrapped_slots, passed_over: snapshots_passed_over } = restored;
-        let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots)?;
-        check_log_reaches_back(&recovered, snapshot.as_ref(), &snapshots_passed_over)?;
-        let (from_lsn, _) = snapshot_window(snapshot.as_ref());
-        if let Some(header) = recovered.segments.first().map(|s| s.header) {
-            if header.campaign_id != campaign_id {
-                return Err(OpenError::Recovery(RecoveryError::Corrupt {
-                    path: log_directory.clone(),
-                    offset: 0,
-                    reason: format!("the log is of campaign {}, campaign.toml says {campaign_id}", header.campaign_id),
-                }));
-            }
+        // Before anything is restored or replayed: a log of another campaign
+        // is a changed campaign.toml, not a damaged log.
+        let first_header = first_log_header(&log_directory)?;
+        if let Some(header) = first_header.filter(|header| header.campaign_id != campaign_id) {
+            let found = format!(
+                "the log in {} is of campaign {}, and campaign.toml says campaign {campaign_id}",
+                log_directory.display(),
+                header.campaign_id
+            );
+            return Err(OpenError::CampaignChanged { found });
         }
+        let first_lsn = first_header.map(|header| header.first_lsn);
+        let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_lsn)?;
+        let Restored { engine, snapshot, wrapped_slots, passed_over: snapshots_passed_over, other_inventory } =
+            restored;
+        let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots).map_err(|error| {
+            match (&other_inventory, error) {
+                // A record of a slot the inventory no longer has: the change, not the log.
+                (Some(found), OpenError::Recovery(rejected @ RecoveryError::Rejected { .. })) => {
+                    OpenError::CampaignChanged { found: format!("{found}; {rejected}") }
+                }
+                (_, error) => error,
+            }
+        })?;
+        check_log_reaches_back(&recovered, snapshot.as_ref(), &snapshots_passed_over, other_inventory.as_ref())?;
+        let (from_lsn, _) = snapshot_window(snapshot.as_ref());
         let log =
             LogWriter::start(storage, options.log, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
         let report = RecoveryReport {

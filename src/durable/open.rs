@@ -6,9 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::{CampaignRules, ConfigError, DEMO_CAMPAIGN_TOML};
-use crate::durable::{UsedSnapshot, CAMPAIGN_FILE, LOCK_FILE};
+use crate::durable::{UsedSnapshot, CAMPAIGN_FILE, LOCK_FILE, LOG_DIRECTORY, SNAPSHOT_DIRECTORY};
 use crate::inventory::InventoryError;
-use crate::log::format::RECORD_HEADER_BYTES;
+use crate::log::format::{SegmentHeader, RECORD_HEADER_BYTES};
 use crate::log::recovery::{list_segments, recover_with_lookahead, RecoveredLog};
 use crate::log::retention::read_segment_header;
 use crate::log::storage::sync_directory;
@@ -34,6 +34,20 @@ pub enum OpenError {
     Snapshot(#[from] SnapshotError),
     #[error("{path} is locked: another yeyak has this data directory open; stop it first")]
     Locked { path: PathBuf },
+    /// campaign.toml no longer describes the campaign the data directory was
+    /// written for; nothing in the directory was changed.
+    #[error(
+        "{found}: campaign.toml changed since this data directory was written (its campaign id, service \
+         days, time slots or inventory). Put it back as it was, or start the changed campaign in a new data \
+         directory; nothing in the data directory was changed"
+    )]
+    CampaignChanged { found: String },
+    /// A data directory with a log or snapshots, but without its campaign.toml.
+    #[error(
+        "{path} holds a log or snapshots but no {CAMPAIGN_FILE}: put back the campaign.toml it was written \
+         with (the demo campaign is created only in a new or empty data directory)"
+    )]
+    CampaignMissing { path: PathBuf },
     #[error(
         "the log begins at record {first_lsn}, and no snapshot covers the records before it ({}); \
          restore the snapshots directory from a copy",
@@ -133,6 +147,9 @@ pub fn load_campaign(data_directory: &Path, create_demo: bool) -> Result<(Campai
     let io = |source| OpenError::Io { path: path.clone(), source };
     let mut created = false;
     if !path.exists() {
+        if holds_records(data_directory) {
+            return Err(OpenError::CampaignMissing { path: data_directory.to_path_buf() });
+        }
         if !create_demo {
             return Err(OpenError::NoCampaign { path: data_directory.to_path_buf() });
         }
@@ -143,6 +160,15 @@ pub fn load_campaign(data_directory: &Path, create_demo: bool) -> Result<(Campai
     let text = std::fs::read_to_string(&path).map_err(io)?;
     let rules = CampaignRules::parse(&text).map_err(|source| OpenError::Config { path: path.clone(), source })?;
     Ok((rules, created))
+}
+
+/// Whether a data directory holds anything of a campaign: a log segment or a
+/// snapshot (the files a campaign.toml is needed to read).
+fn holds_records(data_directory: &Path) -> bool {
+    let has_any = |directory: &str| {
+        std::fs::read_dir(data_directory.join(directory)).is_ok_and(|mut entries| entries.next().is_some())
+    };
+    has_any(LOG_DIRECTORY) || has_any(SNAPSHOT_DIRECTORY)
 }
 
 /// Takes the data directory's lock, so that two engines never write one log.
@@ -166,14 +192,15 @@ pub(super) fn lock_data_directory(data_directory: &Path) -> Result<std::fs::File
     Ok(file)
 }
 
-/// The number of the first record the log holds, if it has a segment.
-pub(super) fn first_log_lsn(log_directory: &Path) -> Result<Option<u64>, OpenError> {
+/// The header of the log's first segment (its first record, its campaign),
+/// if it has a segment whose header reads.
+pub(super) fn first_log_header(log_directory: &Path) -> Result<Option<SegmentHeader>, OpenError> {
     let segments = list_segments(log_directory)?;
     let Some((_, path)) = segments.first() else {
         return Ok(None);
     };
     // An unreadable header is recovery's business (a torn last segment, or corruption).
-    Ok(read_segment_header(path).ok().map(|header| header.first_lsn))
+    Ok(read_segment_header(path).ok())
 }
 
 /// The engine after the newest usable snapshot was restored into it.
@@ -183,18 +210,24 @@ pub(super) struct Restored {
     /// Slots whose count went below zero at restore: the window must mend them.
     pub(super) wrapped_slots: Vec<u32>,
     pub(super) passed_over: Vec<String>,
+    /// Why the newest snapshot passed over for being of another inventory
+    /// was (left in place, for campaign.toml may be put back).
+    pub(super) other_inventory: Option<String>,
 }
 
 /// Restores the newest usable snapshot into an engine from `build_engine`. A
 /// snapshot that fails its checks, or whose content the engine refuses, is
 /// passed over (renamed `*.invalid`, so that it no longer counts among the
-/// kept ones, and reported) for an older one, in a fresh engine.
+/// kept ones, and reported) for an older one, in a fresh engine. One of
+/// another campaign is refused (`CampaignChanged`); one of another inventory
+/// is passed over but left in place: the file is whole, campaign.toml changed.
 pub(super) fn restore_newest_snapshot(
     build_engine: &dyn Fn() -> Result<Engine, OpenError>,
     snapshot_directory: &Path,
     log_first_lsn: Option<u64>,
 ) -> Result<Restored, OpenError> {
     let mut passed_over = Vec::new();
+    let mut other_inventory = None;
     let mut engine = build_engine()?;
     for (start_lsn, path) in list_snapshots(snapshot_directory)?.into_iter().rev() {
         if let Some(first) = log_first_lsn.filter(|first| *first > start_lsn) {
@@ -206,7 +239,18 @@ pub(super) fn restore_newest_snapshot(
             .and_then(|checked| checked.restore(&engine, threads).map(|wrapped| (checked.header, wrapped)));
         match restored {
             Ok((header, wrapped_slots)) => {
-                return Ok(Restored { engine, snapshot: Some((path, header)), wrapped_slots, passed_over });
+                let snapshot = Some((path, header));
+                return Ok(Restored { engine, snapshot, wrapped_slots, passed_over, other_inventory });
+            }
+            // Not the file's fault: renaming it would leave the data directory
+            // unstartable once the change is undone.
+            Err(error @ SnapshotError::OtherCampaign { .. }) => {
+                return Err(OpenError::CampaignChanged { found: error.to_string() });
+            }
+            Err(error @ SnapshotError::OtherInventory { .. }) => {
+                tracing::warn!(%error, "passing over a snapshot (left in place)");
+                passed_over.push(error.to_string());
+                other_inventory.get_or_insert(error.to_string());
             }
             Err(error) => {
                 tracing::warn!(%error, "passing over a snapshot");
@@ -222,9 +266,12 @@ pub(super) fn restore_newest_snapshot(
         }
     }
     if let Some(first) = log_first_lsn.filter(|first| *first > 1) {
+        if let Some(found) = other_inventory {
+            return Err(OpenError::CampaignChanged { found: format!("{found}, and the log begins at record {first}") });
+        }
         return Err(OpenError::LogStartsLate { first_lsn: first, passed_over });
     }
-    Ok(Restored { engine, snapshot: None, wrapped_slots: Vec::new(), passed_over })
+    Ok(Restored { engine, snapshot: None, wrapped_slots: Vec::new(), passed_over, other_inventory })
 }
 
 /// Renames a snapshot that failed to `<name>.invalid`: kept for inspection,
@@ -247,8 +294,18 @@ pub(super) fn check_log_reaches_back(
     recovered: &RecoveredLog,
     snapshot: Option<&UsedSnapshot>,
     passed_over: &[String],
+    other_inventory: Option<&String>,
 ) -> Result<(), OpenError> {
     let (from_lsn, _) = snapshot_window(snapshot);
+    let log_missing = match recovered.segments.first() {
+        Some(first) => first.header.first_lsn > from_lsn,
+        None => snapshot.is_none() && recovered.next_segment_index > 1,
+    };
+    if let Some(found) = other_inventory.filter(|_| log_missing) {
+        return Err(OpenError::CampaignChanged {
+            found: format!("{found}, and the log does not reach back before it"),
+        });
+    }
     match recovered.segments.first() {
         // `restore_newest_snapshot` checked the first segment's header before
         // recovery; this checks the segments recovery kept.

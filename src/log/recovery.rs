@@ -31,7 +31,7 @@ pub enum RecoveryError {
     #[error(
         "log corrupted in {path} at byte {offset}: {reason}. yeyak will not start on a log that \
              would lose acknowledged records; restore the data directory from a copy, or move this \
-             file away only if you accept losing every record from this offset on"
+             file away only if you accept losing every record it holds and every record after it"
     )]
     Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("log segment {missing} is missing between {before} and {after} in {directory}")]

@@ -61,6 +61,17 @@ pub enum SnapshotError {
     Invalid { path: PathBuf, offset: u64, reason: String },
     #[error("snapshot {path} was refused by the state machine: {reason}")]
     Rejected { path: PathBuf, reason: String },
+    /// The snapshot is whole, but of another campaign than campaign.toml
+    /// names now: the configuration changed, not the file.
+    #[error("snapshot {path} was taken of campaign {snapshot_campaign}, and campaign.toml says campaign {campaign}")]
+    OtherCampaign { path: PathBuf, snapshot_campaign: u32, campaign: u32 },
+    /// The snapshot is whole, but of another inventory (slots, capacities)
+    /// than campaign.toml describes now.
+    #[error(
+        "snapshot {path} was taken of an inventory of {snapshot_slots} slots with other capacities than the \
+         {slots} slots campaign.toml describes now"
+    )]
+    OtherInventory { path: PathBuf, snapshot_slots: u32, slots: u32 },
     #[error("the log could not make the snapshot's records durable ({0:?}); the snapshot was discarded")]
     LogUnavailable(LogUnavailable),
     #[error(
@@ -153,12 +164,14 @@ impl CheckedSnapshot {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
         let header = SnapshotHeader::decode(&map).map_err(|reason| invalid(0, reason))?;
         if header.campaign_id != campaign_id {
-            return Err(invalid(12, format!("of campaign {}, campaign.toml says {campaign_id}", header.campaign_id)));
+            let (snapshot_campaign, campaign) = (header.campaign_id, campaign_id);
+            return Err(SnapshotError::OtherCampaign { path: path.to_path_buf(), snapshot_campaign, campaign });
         }
         if header.inventory_slots != inventory.slot_count()
             || header.inventory_digest != inventory_digest(inventory.initial_capacity())
         {
-            return Err(invalid(44, "taken of a different inventory than the campaign's now".into()));
+            let (snapshot_slots, slots) = (header.inventory_slots, inventory.slot_count());
+            return Err(SnapshotError::OtherInventory { path: path.to_path_buf(), snapshot_slots, slots });
         }
         if path.file_name().and_then(|n| n.to_str()).and_then(format::parse_snapshot_file_name)
             != Some(header.start_lsn)
