@@ -104,9 +104,16 @@ impl Crowd<'_> {
 
     fn random_slot(&self, dice: &mut Dice) -> SlotIndex {
         let inventory = self.engine.engine().inventory();
-        // A tenth of the crowd wants the same popular morning slots.
+        let sites = inventory.sites().len() as u64;
+        if sites == 0 {
+            // No slots at all (a CSV inventory with none): every request is
+            // for a slot the campaign does not have, and is refused as such.
+            return SlotIndex(0);
+        }
+        // A tenth of the crowd wants the same popular slots: the first
+        // morning slot of one of the first 200 sites.
         if dice.chance(10) {
-            return SlotIndex(dice.below(200) as u32 * u32::from(inventory.slots_per_day()) * 30);
+            return inventory.first_slot_of_day(dice.below(sites.min(200)) as u32, 0);
         }
         SlotIndex(dice.below(u64::from(inventory.slot_count())) as u32)
     }

@@ -2,6 +2,7 @@
 //! from the shell), the in-process demo evening, and `log` to look into a
 //! data directory.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -56,8 +57,8 @@ struct DemoArgs {
     /// Simulated people in the crowd.
     #[arg(long, default_value_t = 1_000_000)]
     people: u64,
-    /// Booking threads.
-    #[arg(long, default_value_t = 2)]
+    /// Booking threads (1 to 256).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
     threads: u32,
     /// `sync`: every answer waits for fdatasync (default); `none`: no syncs, for trying things only.
     #[arg(long, value_enum, default_value_t = Durability::Sync)]
@@ -73,12 +74,12 @@ struct DemoArgs {
 enum LogCommand {
     /// Checks every segment, record and snapshot; changes nothing.
     Verify {
-        #[arg(long, default_value = "yeyak-data")]
+        #[arg(long, env = "YEYAK_DATA_DIR", default_value = "yeyak-data")]
         data_dir: PathBuf,
     },
     /// Prints records, one a line; changes nothing.
     Dump {
-        #[arg(long, default_value = "yeyak-data")]
+        #[arg(long, env = "YEYAK_DATA_DIR", default_value = "yeyak-data")]
         data_dir: PathBuf,
         /// The first sequence number to print.
         #[arg(long, default_value_t = 1)]
@@ -95,6 +96,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Some(Command::Start(_))) {
+        // A command whose output is piped into `head` ends quietly when the
+        // reader goes, as Unix tools do, instead of failing on the next print
+        // (Rust ignores SIGPIPE by default). The server keeps ignoring it: a
+        // gateway that goes away must not stop the engine. Socket writes of
+        // the shell client are unaffected (std sends with MSG_NOSIGNAL).
+        // SAFETY: restoring a signal's default disposition, before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         None => demo(cli.demo),
         Some(Command::Start(args)) => start::start(args),
@@ -139,7 +149,7 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     }
     match &summary.snapshot {
         Some(Ok(snapshot)) => println!(
-            "snapshot taken while the crowd booked: {} people, {:.1} MiB in {:.2?} ({})",
+            "snapshot taken during the evening: {} people, {:.1} MiB in {:.2?} ({})",
             snapshot.header.people_count,
             snapshot.size_bytes as f64 / f64::from(1 << 20),
             snapshot.elapsed,
@@ -176,8 +186,16 @@ fn existing_log_directory(data_dir: &std::path::Path) -> Result<PathBuf, String>
     Ok(data_dir.join(yeyak::durable::LOG_DIRECTORY))
 }
 
+/// Standard output, written line by line; a failed write (a full disk, say)
+/// is an error, not a panic.
+fn stdout_error(error: std::io::Error) -> String {
+    format!("cannot write to standard output: {error}")
+}
+
 fn verify(data_dir: PathBuf) -> Result<(), String> {
     let log_directory = existing_log_directory(&data_dir)?;
+    let (rules, _) = yeyak::durable::load_campaign(&data_dir, false).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
     let mut bad_entries = 0u64;
     let recovered = recover(&log_directory, RecoveryMode::ReadOnly, |record| {
         if Entry::decode(record.kind, &record.payload).is_err() {
@@ -186,59 +204,88 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
         Ok(())
     })
     .map_err(|e| e.to_string())?;
+    let mut other_campaign = 0;
     for segment in &recovered.segments {
-        println!(
-            "{}: segment {}, records {}..{} ({} records)",
-            segment.path.display(),
-            segment.header.segment_index,
-            segment.header.first_lsn,
-            segment.header.first_lsn + segment.records,
-            segment.records
-        );
+        let header = &segment.header;
+        let end = header.first_lsn + segment.records;
+        let (path, index, first, records) =
+            (segment.path.display(), header.segment_index, header.first_lsn, segment.records);
+        writeln!(out, "{path}: segment {index}, records {first}..{end} ({records} records)").map_err(stdout_error)?;
+        if header.campaign_id != rules.campaign_id {
+            other_campaign += 1;
+            let (theirs, ours) = (header.campaign_id, rules.campaign_id);
+            writeln!(out, "{path}: of campaign {theirs}, and campaign.toml says campaign {ours}")
+                .map_err(stdout_error)?;
+        }
     }
-    println!("{} records, next sequence number {}", recovered.records, recovered.next_lsn);
+    writeln!(out, "{} records, next sequence number {}", recovered.records, recovered.next_lsn)
+        .map_err(stdout_error)?;
     if let Some(tail) = &recovered.torn_tail {
-        println!(
+        writeln!(
+            out,
             "torn tail in {} at byte {}: {} ({} bytes would be discarded at start)",
             tail.path.display(),
             tail.offset,
             tail.defect,
             tail.bytes_discarded
-        );
+        )
+        .map_err(stdout_error)?;
+    }
+    if other_campaign > 0 {
+        return Err(format!(
+            "{other_campaign} segments are of another campaign than campaign.toml names: start refuses until \
+             campaign.toml is put back as it was"
+        ));
     }
     if bad_entries > 0 {
         return Err(format!("{bad_entries} records have checksums but payloads this yeyak cannot read"));
     }
-    println!("log ok");
-    verify_snapshots(&data_dir)
+    writeln!(out, "log ok").map_err(stdout_error)?;
+    verify_snapshots(&data_dir, &rules, &mut out)
 }
 
 /// Checks every snapshot of a data directory as start-up would; changes nothing.
-fn verify_snapshots(data_dir: &std::path::Path) -> Result<(), String> {
+fn verify_snapshots(
+    data_dir: &std::path::Path,
+    rules: &yeyak::config::CampaignRules,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    use yeyak::snapshot::SnapshotError;
     let snapshots = yeyak::snapshot::list_snapshots(&data_dir.join(yeyak::durable::SNAPSHOT_DIRECTORY))
         .map_err(|e| e.to_string())?;
     if snapshots.is_empty() {
-        println!("no snapshots");
+        writeln!(out, "no snapshots").map_err(stdout_error)?;
         return Ok(());
     }
-    let (rules, _) = yeyak::durable::load_campaign(data_dir, false).map_err(|e| e.to_string())?;
-    let inventory = yeyak::inventory::Inventory::load(&rules, data_dir).map_err(|e| e.to_string())?;
-    let mut invalid = 0;
+    let inventory = yeyak::inventory::Inventory::load(rules, data_dir).map_err(|e| e.to_string())?;
+    let (mut invalid, mut other_campaign) = (0, 0);
     for (_, path) in snapshots {
         match yeyak::snapshot::CheckedSnapshot::open(&path, rules.campaign_id, &inventory) {
-            Ok(checked) => println!(
+            Ok(checked) => writeln!(
+                out,
                 "{}: records below {} (captured while {}..{} were logged), {} people: ok",
                 path.display(),
                 checked.header.start_lsn,
                 checked.header.start_lsn,
                 checked.header.end_lsn,
                 checked.header.people_count
-            ),
+            )
+            .map_err(stdout_error)?,
             Err(error) => {
-                println!("{error}");
-                invalid += 1;
+                writeln!(out, "{error}").map_err(stdout_error)?;
+                match error {
+                    SnapshotError::OtherCampaign { .. } | SnapshotError::OtherInventory { .. } => other_campaign += 1,
+                    _ => invalid += 1,
+                }
             }
         }
+    }
+    if other_campaign > 0 {
+        return Err(format!(
+            "{other_campaign} snapshots are of another campaign or inventory than campaign.toml describes: \
+             campaign.toml changed since they were taken (start passes over those of another inventory, and \
+             refuses when the log does not reach back before them or the campaign differs)"
+        ));
     }
     if invalid > 0 {
         return Err(format!("{invalid} snapshots are not valid (start-up passes them over)"));
@@ -260,17 +307,35 @@ fn dump(data_dir: PathBuf, from: u64, limit: u64) -> Result<(), String> {
             None => String::new(),
         }
     };
+    let mut out = std::io::stdout().lock();
     let mut printed = 0;
-    recover(&log_directory, RecoveryMode::ReadOnly, |record| {
-        if record.lsn >= from && printed < limit {
+    let mut first_seen = None;
+    let mut failed = None;
+    let recovered = recover(&log_directory, RecoveryMode::ReadOnly, |record| {
+        first_seen.get_or_insert(record.lsn);
+        if record.lsn >= from && printed < limit && failed.is_none() {
             printed += 1;
-            match Entry::decode(record.kind, &record.payload) {
-                Ok(entry) => println!("{} {entry}{}", record.lsn, place(&entry)),
-                Err(e) => println!("{} undecodable (type {}): {e}", record.lsn, record.kind),
-            }
+            let written = match Entry::decode(record.kind, &record.payload) {
+                Ok(entry) => writeln!(out, "{} {entry}{}", record.lsn, place(&entry)),
+                Err(e) => writeln!(out, "{} undecodable (type {}): {e}", record.lsn, record.kind),
+            };
+            failed = written.err();
         }
         Ok(())
     })
     .map_err(|e| e.to_string())?;
+    if let Some(error) = failed {
+        return Err(stdout_error(error));
+    }
+    // Said on standard error, so that the records alone go down a pipe.
+    match first_seen {
+        Some(first) if from < first => {
+            eprintln!("(the log begins at record {first}: the ones before it were removed behind a snapshot)");
+        }
+        _ if printed == 0 => {
+            eprintln!("(no record at or after {from}: the next record will be {})", recovered.next_lsn)
+        }
+        _ => {}
+    }
     Ok(())
 }
