@@ -21,6 +21,10 @@ use yeyak::state::{CommandKind, LastCommand, PersonKey, PersonRecord, Refusal};
 /// Slots the commands use: the first six, capacities from the inventory.
 const SLOTS: u32 = 6;
 const PEOPLE: u64 = 6;
+/// The campaign's `people_max`, below `PEOPLE` so that the limit is met: a
+/// new person past it is refused, and only people with an applied command
+/// count towards it (a refused command leaves no trace, as after a restart).
+const PEOPLE_MAX: usize = 4;
 
 #[derive(Clone, Debug)]
 enum Command {
@@ -97,6 +101,9 @@ impl Model {
         if let Some(existing) = self.people.get(&person).and_then(|p| p.holds) {
             return Err(Refusal::AlreadyBooked { existing });
         }
+        if !self.people.contains_key(&person) && self.people.len() >= PEOPLE_MAX {
+            return Err(Refusal::PeopleTableFull { people_max: PEOPLE_MAX as u64 });
+        }
         if self.remaining[&slot] == 0 {
             return Err(Refusal::SlotFull { slot: SlotIndex(slot) });
         }
@@ -154,6 +161,8 @@ impl Model {
 fn run(commands: &[Command]) -> Result<(), TestCaseError> {
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
+    let campaign = small_campaign_toml().replace("people_max = 100_000", &format!("people_max = {PEOPLE_MAX}"));
+    std::fs::write(directory.path().join("campaign.toml"), campaign).unwrap();
     let now = open_evening_ms(&rules);
     let options = DurableOptions {
         log: small_log_options(),

@@ -113,7 +113,7 @@ fn people_table_inserts_each_key_once_under_collisions() {
                                 idempotency_key: count,
                                 slot: SlotIndex(0),
                             });
-                            latch.commit(record);
+                            table.commit(latch, record);
                         }
                     })
                 })
@@ -124,6 +124,52 @@ fn people_table_inserts_each_key_once_under_collisions() {
                 assert!(counts.insert(key.0, record.last.unwrap().idempotency_key).is_none(), "key twice");
             });
             assert_eq!(counts, [(1, 3), (2, 3), (3, 2), (4, 1)].into_iter().collect());
+        },
+        ITERATIONS,
+    );
+}
+
+#[test]
+fn refused_new_people_leave_no_trace_while_others_insert_past_them() {
+    shuttle::check_random(
+        || {
+            // Eight buckets: the refused claims sit in the probe chains of the others.
+            let table = Arc::new(PeopleTable::new(4));
+            let workers: Vec<_> = (0..3u128)
+                .map(|worker| {
+                    let table = Arc::clone(&table);
+                    thread::spawn(move || {
+                        for key in [1 + worker, 10 + worker] {
+                            let latch = table.latch_or_insert(PersonKey(key)).unwrap();
+                            if key < 10 {
+                                // A refused command: the latch is dropped.
+                                drop(latch);
+                            } else {
+                                table.commit(
+                                    latch,
+                                    yeyak::state::PersonRecord {
+                                        holds: Some(SlotIndex(0)),
+                                        last: Some(yeyak::state::LastCommand {
+                                            kind: yeyak::state::CommandKind::Reserve,
+                                            idempotency_key: 1,
+                                            slot: SlotIndex(0),
+                                        }),
+                                    },
+                                );
+                            }
+                        }
+                    })
+                })
+                .collect();
+            workers.into_iter().for_each(|w| w.join().unwrap());
+            let mut keys = Vec::new();
+            table.for_each(|key, _| keys.push(key.0));
+            keys.sort();
+            assert_eq!(keys, [10, 11, 12], "the committed people, once each, and nobody else");
+            assert_eq!(table.len(), 3);
+            for key in [10u128, 11, 12] {
+                assert!(table.get(PersonKey(key)).is_some(), "{key} is found past the freed buckets");
+            }
         },
         ITERATIONS,
     );

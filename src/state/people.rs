@@ -14,10 +14,13 @@
 //!
 //! Insertion (after the crossbeam `ArrayQueue` style of publishing with a
 //! state word): an empty bucket (state 0) is claimed by a compare-exchange to
-//! `LATCHED`; the claimer writes the key words, then stores `PUBLISHED |
-//! LATCHED | ...` with release ordering. A prober that finds a claimed but
-//! unpublished bucket waits for the publication before comparing keys, so the
-//! same key can never be inserted twice.
+//! `LATCHED`; the claimer writes the key words and runs its command, and the
+//! commit stores `PUBLISHED | ...` with release ordering. A prober that finds
+//! a claimed but unpublished bucket waits for the publication before
+//! comparing keys, so the same key can never be inserted twice. A command
+//! refused before its commit (a full slot, say) empties the claim again, so a
+//! person is in the table only once a command of theirs was applied: the
+//! table after a restart, which replays only applied commands, is the same.
 
 use crossbeam_utils::CachePadded;
 
@@ -127,14 +130,19 @@ pub struct PeopleTable {
     buckets: Buckets,
     bucket_mask: u64,
     people_max: u64,
-    /// People inserted (counted after their bucket is claimed).
+    /// People the table holds: counted when their first command commits (a
+    /// refused first command leaves no trace).
     people_count: CachePadded<AtomicU64>,
 }
 
 /// Exclusive access to one person until dropped or committed.
 ///
 /// Two words (the bucket and its state before the latch), so that it travels
-/// in registers; the record is decoded only when asked for.
+/// in registers; the record is decoded only when asked for. A person new to
+/// the table is latched in a claimed bucket whose key is not yet published
+/// (`state_before` 0): `PeopleTable::commit` publishes and counts them, a drop
+/// (the command was refused) gives the bucket back, so that a refused command
+/// leaves no trace, as after a restart.
 pub struct PersonLatch<'table> {
     bucket: &'table Bucket,
     state_before: u64,
@@ -148,18 +156,12 @@ impl PersonLatch<'_> {
             if self.state_before & KIND_MASK == 0 { 0 } else { self.bucket.idempotency_key.load(Ordering::Relaxed) };
         decode(self.state_before, idempotency_key)
     }
-
-    /// Stores the person's new record and releases the latch.
-    #[inline]
-    pub fn commit(self, record: PersonRecord) {
-        let key = record.last.map_or(0, |l| l.idempotency_key);
-        self.bucket.idempotency_key.store(key, Ordering::Relaxed);
-        self.bucket.state.store(encode(record), Ordering::Release);
-        std::mem::forget(self);
-    }
 }
 
 impl Drop for PersonLatch<'_> {
+    /// Releases the latch, the record unchanged. A new person's claim (state
+    /// 0 before) is emptied: nobody compared its key or probed past it
+    /// (probers wait for a claimed bucket), so the bucket is free again.
     #[inline]
     fn drop(&mut self) {
         self.bucket.state.store(self.state_before, Ordering::Release);
@@ -275,11 +277,15 @@ impl PeopleTable {
 
     /// Latches a person, adding them (with an empty record) if new.
     ///
-    /// A new person is counted only after their bucket is claimed; a claim
-    /// past `people_max` is undone (state back to 0) before the key is
-    /// published. Undoing is safe for linear probing because a prober that
-    /// met the claimed bucket waited for it, and a key is only ever placed
-    /// beyond a bucket holding a *published* key, which is never removed.
+    /// A new person's bucket is claimed and their key written, unpublished;
+    /// a claim when the table holds `people_max` people is undone (state back
+    /// to 0) at once, and one whose command is refused when its latch is
+    /// dropped, in both cases before the key is published. (Threads adding
+    /// people at the same instant may each pass the `people_max` check: the
+    /// table may then hold up to one person a thread more, within its spare
+    /// buckets.) Undoing is safe for linear probing because a prober
+    /// that met the claimed bucket waited for it, and a key is only ever
+    /// placed beyond a bucket holding a *published* key, which is never removed.
     #[inline]
     pub fn latch_or_insert(&self, key: PersonKey) -> Result<PersonLatch<'_>, PeopleTableFull> {
         debug_assert!(key.0 != 0, "the engine refuses the zero key before this");
@@ -296,25 +302,34 @@ impl PeopleTable {
         }
     }
 
-    /// Counts a new person into a bucket this thread claimed, writes the key
-    /// and publishes it, still latched. A fresh bucket's idempotency word is
-    /// already 0 (buckets start zeroed and are never reused).
+    /// Writes a new person's key into a bucket this thread claimed, still
+    /// latched and not yet published: `commit` publishes and counts them.
     #[inline]
     fn publish_claimed<'table>(
         &'table self,
         bucket: &'table Bucket,
         key: PersonKey,
     ) -> Result<PersonLatch<'table>, PeopleTableFull> {
-        if self.people_count.fetch_add(1, Ordering::Relaxed) >= self.people_max {
-            self.people_count.fetch_sub(1, Ordering::Relaxed);
+        if self.people_count.load(Ordering::Relaxed) >= self.people_max {
             bucket.state.store(0, Ordering::Release);
             return Err(PeopleTableFull { people_max: self.people_max });
         }
         bucket.key_low.store(key.0 as u64, Ordering::Relaxed);
         bucket.key_high.store((key.0 >> 64) as u64, Ordering::Relaxed);
-        let published = encode(PersonRecord::NEW);
-        bucket.state.store(published | LATCHED, Ordering::Release);
-        Ok(PersonLatch { bucket, state_before: published })
+        Ok(PersonLatch { bucket, state_before: 0 })
+    }
+
+    /// Stores the person's new record and releases the latch; a new person
+    /// is published and counted.
+    #[inline]
+    pub fn commit(&self, latch: PersonLatch<'_>, record: PersonRecord) {
+        let key = record.last.map_or(0, |l| l.idempotency_key);
+        latch.bucket.idempotency_key.store(key, Ordering::Relaxed);
+        if latch.state_before == 0 {
+            self.people_count.fetch_add(1, Ordering::Relaxed);
+        }
+        latch.bucket.state.store(encode(record), Ordering::Release);
+        std::mem::forget(latch);
     }
 
     /// Reads a person's record, waiting out a command in progress on them.
@@ -382,7 +397,7 @@ mod tests {
         assert!(table.get(alice).is_none());
         let latch = table.latch_or_insert(alice).unwrap();
         assert_eq!(latch.record(), PersonRecord::NEW);
-        latch.commit(reserved(42, 7));
+        table.commit(latch, reserved(42, 7));
         assert_eq!(table.get(alice), Some(reserved(42, 7)));
         // A latch dropped without commit leaves the record unchanged.
         drop(table.latch(alice).unwrap());
@@ -394,11 +409,29 @@ mod tests {
     fn full_table_is_an_error_not_a_hang() {
         let table = PeopleTable::new(3);
         for key in 1..=3 {
-            table.latch_or_insert(PersonKey(key)).unwrap();
+            table.commit(table.latch_or_insert(PersonKey(key)).unwrap(), reserved(key as u32, 1));
         }
         assert_eq!(table.latch_or_insert(PersonKey(4)).err(), Some(PeopleTableFull { people_max: 3 }));
         // People already present are still reachable.
         assert!(table.latch_or_insert(PersonKey(2)).is_ok());
+    }
+
+    #[test]
+    fn a_new_person_whose_latch_is_dropped_leaves_no_trace() {
+        // Two buckets for one person: every key probes into the same pair.
+        let table = PeopleTable::new(1);
+        let refused = table.latch_or_insert(PersonKey(5)).unwrap();
+        assert_eq!(refused.record(), PersonRecord::NEW);
+        assert_eq!(table.len(), 0, "counted once committed");
+        drop(refused);
+        assert_eq!((table.len(), table.get(PersonKey(5))), (0, None));
+        // The room it took is free again: another person fits.
+        table.commit(table.latch_or_insert(PersonKey(6)).unwrap(), reserved(3, 1));
+        assert_eq!(table.get(PersonKey(6)), Some(reserved(3, 1)));
+        assert_eq!(table.latch_or_insert(PersonKey(5)).err(), Some(PeopleTableFull { people_max: 1 }));
+        let mut seen = Vec::new();
+        table.for_each(|key, _| seen.push(key));
+        assert_eq!(seen, [PersonKey(6)]);
     }
 
     #[test]
@@ -428,7 +461,7 @@ mod tests {
                             idempotency_key: count,
                             slot: SlotIndex(0),
                         });
-                        latch.commit(record);
+                        table.commit(latch, record);
                     }
                 });
             }
