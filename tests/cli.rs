@@ -118,6 +118,8 @@ fn start_book_from_the_shell_stop_and_restart() {
     let (ok, text) =
         client(directory.path(), &address, &["reserve", "--person", "0", "--birth-date", "1990-05-15", "--slot", "1"]);
     assert!(!ok && text.contains("not a non-zero hex person key"), "{text}");
+    let (ok, text) = client(directory.path(), &address, &["site", "--site", "1", "--date", "2100-01-01"]);
+    assert!(!ok && text.contains("outside the dates the protocol carries"), "{text}");
     let (ok, text) = client(directory.path(), &address, &["stats"]);
     let line =
         |name: &str| text.lines().find(|l| l.starts_with(name)).map(|l| l.split_whitespace().last().unwrap_or(""));

@@ -117,7 +117,12 @@ fn fresh_idempotency_key() -> u64 {
 }
 
 fn parse_date(text: &str) -> Result<Date, String> {
-    Date::parse(text).map_err(|e| e.to_string())
+    let date = Date::parse(text).map_err(|e| e.to_string())?;
+    let days = date.days_since_epoch();
+    if !(yeyak::protocol::body::DATE_DAYS_MIN..=yeyak::protocol::body::DATE_DAYS_MAX).contains(&days) {
+        return Err(format!("{date} is outside the dates the protocol carries (1900-01-01..=2099-12-31)"));
+    }
+    Ok(date)
 }
 
 pub fn run(args: ClientArgs) -> Result<(), String> {

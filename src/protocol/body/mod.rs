@@ -124,7 +124,13 @@ fn wire_date(days: i32, field: &'static str) -> Result<Date, BodyError> {
 #[cold]
 #[inline(never)]
 fn date_outside_range(days: i32, field: &'static str) -> BodyError {
-    field_error(field, format!("{days} days is outside 1900-01-01..=2099-12-31"))
+    // Said as a date where the calendar can (it spans far more than the range).
+    let date = if (-1_000_000..=1_000_000).contains(&days) {
+        format!(" ({})", Date::from_days_since_epoch(days))
+    } else {
+        String::new()
+    };
+    field_error(field, format!("{days} days{date} is outside 1900-01-01..=2099-12-31"))
 }
 
 /// Why a booking's channel and operator id do not go together.
@@ -362,7 +368,7 @@ mod tests {
         };
         let cases: [(Vec<u8>, &str); 6] = [
             (good[..39].to_vec(), "body of 39 bytes"),
-            (with(16, &(DATE_DAYS_MAX + 1).to_le_bytes()), "birth date: 47482 days is outside"),
+            (with(16, &(DATE_DAYS_MAX + 1).to_le_bytes()), "birth date: 47482 days (2100-01-01) is outside"),
             (with(34, &[1]), "booking reserved bytes"),
             (with(32, &[3]), "channel: 3;"),
             (with(36, &[5, 0, 0, 0]), "operator id: 5: must be 0 unless"),
