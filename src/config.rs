@@ -117,12 +117,36 @@ pub struct ServiceSection {
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[serde(try_from = "InventoryTable")]
 pub enum InventorySection {
     /// Path of an inventory CSV (see docs/inventory.md), relative to the config file.
     Csv(String),
     /// A generated national-scale inventory, for demos and benchmarks.
     Generate(GeneratedInventory),
+}
+
+/// `[inventory]` as written: exactly one of its two sources.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InventoryTable {
+    csv: Option<String>,
+    generate: Option<GeneratedInventory>,
+}
+
+impl TryFrom<InventoryTable> for InventorySection {
+    type Error = String;
+
+    fn try_from(table: InventoryTable) -> Result<InventorySection, String> {
+        match (table.csv, table.generate) {
+            (Some(path), None) => Ok(InventorySection::Csv(path)),
+            (None, Some(generated)) => Ok(InventorySection::Generate(generated)),
+            (Some(_), Some(_)) => Err("[inventory] has both `csv` and [inventory.generate]: keep one".into()),
+            (None, None) => {
+                Err("[inventory] needs `csv = \"file.csv\"` or an [inventory.generate] table (docs/configuration.md)"
+                    .into())
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -434,5 +458,28 @@ mod tests {
     fn unknown_fields_and_bad_syntax_are_refused() {
         assert!(matches!(with(|t| t.push_str("\n[surprise]\nx = 1\n")), Err(ConfigError::Syntax(_))));
         assert!(matches!(with(|t| t.push_str("\n[[[")), Err(ConfigError::Syntax(_))));
+    }
+
+    #[test]
+    fn the_inventory_has_exactly_one_source() {
+        let both =
+            with(|t| *t = t.replace("[inventory.generate]", "[inventory]\ncsv = \"x.csv\"\n[inventory.generate]"));
+        assert!(both.unwrap_err().to_string().contains("has both `csv` and [inventory.generate]: keep one"));
+        let start_of = |t: &str| t.find("[inventory.generate]").unwrap();
+        let neither = with(|t| {
+            let at = start_of(t);
+            let end = at + t[at..].find("\n\n").unwrap();
+            *t = format!("{}[inventory]{}", &t[..at], &t[end..]);
+        });
+        assert!(neither
+            .unwrap_err()
+            .to_string()
+            .contains("needs `csv = \"file.csv\"` or an [inventory.generate] table"));
+        let csv = with(|t| {
+            let at = start_of(t);
+            let end = at + t[at..].find("\n\n").unwrap();
+            *t = format!("{}[inventory]\ncsv = \"sites.csv\"{}", &t[..at], &t[end..]);
+        });
+        assert_eq!(csv.unwrap().inventory, InventorySection::Csv("sites.csv".into()));
     }
 }

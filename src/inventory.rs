@@ -97,7 +97,12 @@ impl Inventory {
                 Inventory::csv_plan(&text)?
             }
         };
-        Ok(InventoryPlan { rules, source })
+        let plan = InventoryPlan { rules, source };
+        // Refused for its shape before anyone asks whether it fits in memory.
+        if plan.slot_count() > SLOTS_MAX {
+            return Err(InventoryError::Shape(format!("{} slots; at most {SLOTS_MAX}", plan.slot_count())));
+        }
+        Ok(plan)
     }
 
     /// Slots of one site over the whole campaign. Both factors are u16s: the
@@ -533,5 +538,12 @@ mod tests {
         assert!(matches!(Inventory::plan(&rules, directory.path()), Err(InventoryError::Row { line: 1, .. })));
         let demo = CampaignRules::demo();
         assert_eq!(Inventory::plan(&demo, Path::new(".")).unwrap().slot_count(), 15_000 * 30 * 18);
+        // Too many slots is a shape error at the plan, before any memory question.
+        let mut huge = CampaignRules::demo();
+        huge.service_days = 4_000;
+        huge.inventory =
+            InventorySection::Generate(GeneratedInventory { sites: 1 << 20, regions: 17, capacity_per_slot_mean: 2 });
+        let error = Inventory::plan(&huge, Path::new(".")).err().expect("refused").to_string();
+        assert!(error.contains("75497472000 slots; at most 2147483648"), "{error}");
     }
 }

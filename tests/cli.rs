@@ -164,6 +164,30 @@ fn production_mode_refuses_to_start_without_keys() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Refused before anything was written into the data directory.
+    let mut names: Vec<_> =
+        std::fs::read_dir(directory.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["campaign.toml"]);
+}
+
+#[test]
+fn an_address_in_use_or_a_file_for_a_data_directory_is_refused_before_start_up() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let directory = tempfile::tempdir().unwrap();
+    let data_dir = directory.path().join("new");
+    let output =
+        Command::new(YEYAK).args(["start", "--listen", &address, "--data-dir"]).arg(&data_dir).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && text.contains(&format!("cannot serve on {address}")), "{text}");
+    assert!(!data_dir.exists(), "nothing created for an engine that cannot serve");
+    let file = directory.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let output =
+        Command::new(YEYAK).args(["start", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&file).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && text.contains("a-file: not a directory"), "{text}");
 }
 
 #[test]

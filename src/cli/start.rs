@@ -142,12 +142,22 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     let log = LogOptions { durability: args.durability, write_mode: WriteMode::Pwrite, ..LogOptions::default() };
     // A clean stop leaves a snapshot, so the next start replays no log.
     let snapshots = yeyak::snapshot::SnapshotOptions { on_close: true, ..yeyak::snapshot::SnapshotOptions::default() };
+    // What can be refused at once is refused before the tables are built and
+    // anything is written: the address (bound and let go: the server binds it
+    // again), and in production the keys.
+    let serve_error = |e: std::io::Error| format!("cannot serve on {}: {e}", args.listen);
+    drop(std::net::TcpListener::bind(args.listen).map_err(serve_error)?);
+    let production_keys =
+        if demo { None } else { Some(KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?) };
     let (engine, report) =
         DurableEngine::open(&args.data_dir, DurableOptions { log, snapshots }, demo).map_err(|e| e.to_string())?;
     if report.created_demo_campaign {
         println!("created the demo campaign in {}/campaign.toml", args.data_dir.display());
     }
-    let (keys, generated) = KeyRing::load(&args.data_dir, demo).map_err(|e| e.to_string())?;
+    let (keys, generated) = match production_keys {
+        Some(loaded) => loaded,
+        None => KeyRing::load(&args.data_dir, demo).map_err(|e| e.to_string())?,
+    };
     if generated {
         println!("generated a gateway key and an operator key in {}/keys.toml", args.data_dir.display());
     }
@@ -170,7 +180,7 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     println!("durability {:?}; campaign \"{}\"", args.durability, rules.name);
     let config = ServerConfig { listen: args.listen, clock, ..args.server };
     let mut signals = Signals::catch()?;
-    let server = Server::start(engine, keys, config).map_err(|e| format!("cannot serve on {}: {e}", args.listen))?;
+    let server = Server::start(engine, keys, config).map_err(serve_error)?;
     println!(
         "serving on {} ({:?} reactor; yeyak client --help to book from the shell)",
         server.local_address(),

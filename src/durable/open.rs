@@ -146,6 +146,10 @@ pub fn load_campaign(data_directory: &Path, create_demo: bool) -> Result<(Campai
     let path = data_directory.join(CAMPAIGN_FILE);
     let io = |source| OpenError::Io { path: path.clone(), source };
     let mut created = false;
+    if data_directory.exists() && !data_directory.is_dir() {
+        let source = std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory");
+        return Err(OpenError::Io { path: data_directory.to_path_buf(), source });
+    }
     if !path.exists() {
         if holds_records(data_directory) {
             return Err(OpenError::CampaignMissing { path: data_directory.to_path_buf() });

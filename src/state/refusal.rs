@@ -182,8 +182,14 @@ impl Refusal {
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at =
-            |ms: &Option<i64>| ms.map_or("never (the campaign is over)".to_string(), |ms| format!("at {ms} ms UTC"));
+        // In UTC: a refusal does not know the campaign's offset (a gateway
+        // shows the instant in local time).
+        let at = |ms: &Option<i64>| {
+            ms.map_or("never (the campaign is over)".to_string(), |ms| {
+                let utc = crate::calendar::UtcOffset { minutes: 0 }.format(ms);
+                format!("at {} UTC", utc.trim_end_matches(":00.000"))
+            })
+        };
         match self {
             Refusal::NotEligible { birth_date } => {
                 write!(f, "born {birth_date}: not in an eligible cohort")
@@ -230,5 +236,20 @@ impl fmt::Display for Refusal {
             Refusal::LogUnavailable(why) => write!(f, "the log cannot take records ({why:?}); nothing was changed"),
             other => write!(f, "{}", other.code().name()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_are_said_as_utc_times() {
+        let refusal = Refusal::WindowClosed { next_open_ms: Some(1_629_370_800_000) };
+        assert_eq!(refusal.to_string(), "booking window closed; next opening at 2021-08-19 11:00 UTC");
+        let refusal = Refusal::ProxyBookingClosed { cutoff_ms: Some(1_629_370_812_345) };
+        assert_eq!(refusal.to_string(), "family proxy booking closed (cutoff at 2021-08-19 11:00:12.345 UTC)");
+        let refusal = Refusal::WindowClosed { next_open_ms: None };
+        assert!(refusal.to_string().ends_with("never (the campaign is over)"));
     }
 }
