@@ -196,68 +196,84 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
     let log_directory = existing_log_directory(&data_dir)?;
     let (rules, _) = yeyak::durable::load_campaign(&data_dir, false).map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
+    // 1. Every segment and record, read as if all were needed.
     let mut bad_entries = 0u64;
-    let recovered = recover(&log_directory, RecoveryMode::ReadOnly, |record| {
+    let scan = recover(&log_directory, RecoveryMode::ReadOnly, |record| {
         if Entry::decode(record.kind, &record.payload).is_err() {
             bad_entries += 1;
         }
         Ok(())
-    })
-    .map_err(|e| e.to_string())?;
-    let mut other_campaign = 0;
-    for segment in &recovered.segments {
-        let header = &segment.header;
-        let end = header.first_lsn + segment.records;
-        let (path, index, first, records) =
-            (segment.path.display(), header.segment_index, header.first_lsn, segment.records);
-        writeln!(out, "{path}: segment {index}, records {first}..{end} ({records} records)").map_err(stdout_error)?;
-        if header.campaign_id != rules.campaign_id {
-            other_campaign += 1;
-            let (theirs, ours) = (header.campaign_id, rules.campaign_id);
-            writeln!(out, "{path}: of campaign {theirs}, and campaign.toml says campaign {ours}")
+    });
+    let mut findings = Vec::new();
+    match &scan {
+        Ok(recovered) => {
+            for segment in &recovered.segments {
+                let header = &segment.header;
+                let end = header.first_lsn + segment.records;
+                let (path, index, first) = (segment.path.display(), header.segment_index, header.first_lsn);
+                let records = segment.records;
+                writeln!(out, "{path}: segment {index}, records {first}..{end} ({records} records)")
+                    .map_err(stdout_error)?;
+                if header.campaign_id != rules.campaign_id {
+                    let (theirs, ours) = (header.campaign_id, rules.campaign_id);
+                    findings.push(format!("{path} is of campaign {theirs}, and campaign.toml says campaign {ours}"));
+                }
+            }
+            let (records, next) = (recovered.records, recovered.next_lsn);
+            writeln!(out, "{records} records, next sequence number {next}").map_err(stdout_error)?;
+            if let Some(tail) = &recovered.torn_tail {
+                writeln!(
+                    out,
+                    "torn tail in {} at byte {}: {} ({} bytes would be discarded at start)",
+                    tail.path.display(),
+                    tail.offset,
+                    tail.defect,
+                    tail.bytes_discarded
+                )
                 .map_err(stdout_error)?;
+            }
         }
-    }
-    writeln!(out, "{} records, next sequence number {}", recovered.records, recovered.next_lsn)
-        .map_err(stdout_error)?;
-    if let Some(tail) = &recovered.torn_tail {
-        writeln!(
-            out,
-            "torn tail in {} at byte {}: {} ({} bytes would be discarded at start)",
-            tail.path.display(),
-            tail.offset,
-            tail.defect,
-            tail.bytes_discarded
-        )
-        .map_err(stdout_error)?;
-    }
-    if other_campaign > 0 {
-        return Err(format!(
-            "{other_campaign} segments are of another campaign than campaign.toml names: start refuses until \
-             campaign.toml is put back as it was"
-        ));
+        Err(error) => findings.push(format!("reading every segment: {error}")),
     }
     if bad_entries > 0 {
-        return Err(format!("{bad_entries} records have checksums but payloads this yeyak cannot read"));
+        findings.push(format!("{bad_entries} records have checksums but payloads this yeyak cannot read"));
     }
-    writeln!(out, "log ok").map_err(stdout_error)?;
-    verify_snapshots(&data_dir, &rules, &mut out)
+    // 2. Every snapshot.
+    findings.extend(verify_snapshots(&data_dir, &rules, &mut out)?);
+    // 3. What start-up would do: restore, replay and every check, nothing written.
+    match yeyak::durable::DurableEngine::check(&data_dir) {
+        Ok(report) => writeln!(out, "start-up would recover {report}").map_err(stdout_error)?,
+        Err(error) => return Err(format!("start-up would refuse: {error}")),
+    }
+    if !findings.is_empty() {
+        return Err(format!(
+            "start-up would succeed, but not everything here is sound (what start-up does not read, a \
+             snapshot's window or segments behind it, may be damaged): {}",
+            findings.join("; ")
+        ));
+    }
+    writeln!(out, "ok").map_err(stdout_error)?;
+    Ok(())
 }
 
-/// Checks every snapshot of a data directory as start-up would; changes nothing.
+/// Checks every snapshot of a data directory (each alone); changes nothing.
+/// Returns what is wrong with them.
 fn verify_snapshots(
     data_dir: &std::path::Path,
     rules: &yeyak::config::CampaignRules,
     out: &mut impl Write,
-) -> Result<(), String> {
+) -> Result<Vec<String>, String> {
     use yeyak::snapshot::SnapshotError;
     let snapshots = yeyak::snapshot::list_snapshots(&data_dir.join(yeyak::durable::SNAPSHOT_DIRECTORY))
         .map_err(|e| e.to_string())?;
     if snapshots.is_empty() {
         writeln!(out, "no snapshots").map_err(stdout_error)?;
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let inventory = yeyak::inventory::Inventory::load(rules, data_dir).map_err(|e| e.to_string())?;
+    let inventory = match yeyak::inventory::Inventory::load(rules, data_dir) {
+        Ok(inventory) => inventory,
+        Err(error) => return Ok(vec![format!("the snapshots cannot be checked: {error}")]),
+    };
     let (mut invalid, mut other_campaign) = (0, 0);
     for (_, path) in snapshots {
         match yeyak::snapshot::CheckedSnapshot::open(&path, rules.campaign_id, &inventory) {
@@ -280,17 +296,17 @@ fn verify_snapshots(
             }
         }
     }
+    let mut findings = Vec::new();
     if other_campaign > 0 {
-        return Err(format!(
-            "{other_campaign} snapshots are of another campaign or inventory than campaign.toml describes: \
-             campaign.toml changed since they were taken (start passes over those of another inventory, and \
-             refuses when the log does not reach back before them or the campaign differs)"
+        findings.push(format!(
+            "{other_campaign} snapshots are of another campaign or inventory than campaign.toml describes \
+             (campaign.toml changed since they were taken)"
         ));
     }
     if invalid > 0 {
-        return Err(format!("{invalid} snapshots are not valid (start-up passes them over)"));
+        findings.push(format!("{invalid} snapshots are not valid (start-up passes them over)"));
     }
-    Ok(())
+    Ok(findings)
 }
 
 fn dump(data_dir: PathBuf, from: u64, limit: u64) -> Result<(), String> {

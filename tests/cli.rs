@@ -148,6 +148,22 @@ fn start_book_from_the_shell_stop_and_restart() {
     let (ok, text) = client(directory.path(), &address, &["get", "--person", "0xabc"]);
     assert!(ok && text.contains("holds slot #100"), "{text}");
     terminate(child, stdout);
+
+    // `log verify` says what start-up would do, and refuses as start-up would.
+    let verify = || {
+        let output = Command::new(YEYAK).args(["log", "verify", "--data-dir"]).arg(directory.path()).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+    let (ok, text) = verify();
+    assert!(ok && text.contains("start-up would recover in") && text.ends_with("ok\n"), "{text}");
+    let campaign = directory.path().join("campaign.toml");
+    let original = std::fs::read_to_string(&campaign).unwrap();
+    std::fs::write(&campaign, original.replacen("id = 1", "id = 7", 1)).unwrap();
+    let (ok, text) = verify();
+    assert!(!ok && text.contains("start-up would refuse") && text.contains("campaign.toml changed"), "{text}");
+    std::fs::write(&campaign, original).unwrap();
+    assert!(verify().0, "the data directory was left as it was");
 }
 
 #[test]

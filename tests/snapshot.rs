@@ -171,7 +171,14 @@ fn a_damaged_newest_snapshot_is_passed_over_for_the_older_one() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x10;
     std::fs::write(&newer.path, &bytes).unwrap();
+    // A check (yeyak log verify) finds what start-up will, and changes nothing.
+    let files = listing(directory.path());
+    let checked = DurableEngine::check(directory.path()).unwrap();
+    assert_eq!(listing(directory.path()), files, "the check renamed nothing");
     let (engine, report) = reopen(directory.path(), options(2));
+    assert_eq!(checked.snapshot, report.snapshot);
+    assert_eq!(checked.snapshots_passed_over, report.snapshots_passed_over);
+    assert_eq!((checked.records_replayed, checked.next_lsn), (report.records_replayed, report.next_lsn));
     assert_eq!(report.snapshot.as_ref().map(|(path, _)| path), Some(&older.path));
     assert!(report.snapshots_passed_over[0].contains("not valid"), "{:?}", report.snapshots_passed_over);
     assert_eq!(engine.engine().logical_state(), before);
@@ -322,6 +329,8 @@ fn a_changed_campaign_toml_is_refused_and_the_data_directory_left_as_it_was() {
         let text = error.to_string();
         assert!(matches!(error, OpenError::CampaignChanged { .. }), "{text}");
         assert!(text.contains(expected) && text.contains("Put it back as it was"), "{text}");
+        let checked = DurableEngine::check(directory.path()).err().expect("the check refuses too");
+        assert!(matches!(checked, OpenError::CampaignChanged { .. }), "{checked}");
         assert_eq!(listing(directory.path()), files, "nothing renamed or removed");
     }
     std::fs::write(&campaign, &original).unwrap();

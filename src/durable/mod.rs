@@ -11,20 +11,16 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::inventory::{Inventory, SlotIndex};
-use crate::log::storage::create_directory_durably;
-use crate::log::{FileStorage, LogOptions, LogStorage, LogWriter, RecoveryError, TornTail};
+use crate::inventory::SlotIndex;
+use crate::log::{FileStorage, LogOptions, LogStorage, LogWriter, TornTail};
 use crate::snapshot::format::SnapshotHeader;
-use crate::snapshot::{remove_temporary_files, retire, take_snapshot, SnapshotError, SnapshotOptions, SnapshotSummary};
+use crate::snapshot::{retire, take_snapshot, SnapshotError, SnapshotOptions, SnapshotSummary};
 use crate::state::{BookingRequest, CancelRequest, Engine, LogUnavailable, Outcome, PersonKey, Refusal};
 
 mod open;
 
-use open::{
-    check_log_reaches_back, check_table_memory, first_log_header, lock_data_directory, memory_to_check_against,
-    replay_log, restore_newest_snapshot, snapshot_window, Restored,
-};
 pub use open::{load_campaign, OpenError, MEMORY_CHECK_SKIP_ENV};
+use open::{lock_data_directory, recover_state, snapshot_window, Access, RecoveredState};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
@@ -156,42 +152,10 @@ impl DurableEngine {
         let (rules, created_demo_campaign) = load_campaign(data_directory, create_demo)?;
         let lock = lock_data_directory(data_directory)?;
         let campaign_id = rules.campaign_id;
-        let build_engine = || -> Result<Engine, OpenError> {
-            // Refused before the tables are allocated, for CSV inventories too.
-            let plan = Inventory::plan(&rules, data_directory)?;
-            check_table_memory(&rules, plan.slot_count(), &options.log, memory_to_check_against())?;
-            Ok(Engine::new(rules.clone(), plan.build()?))
-        };
+        let RecoveredState { engine, snapshot, snapshots_passed_over, recovered } =
+            recover_state(data_directory, &rules, &options.log, Access::Serve)?;
         let log_directory = data_directory.join(LOG_DIRECTORY);
-        create_directory_durably(&log_directory)
-            .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
         let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
-        remove_temporary_files(&snapshot_directory)?;
-        // Before anything is restored or replayed: a log of another campaign
-        // is a changed campaign.toml, not a damaged log.
-        let first_header = first_log_header(&log_directory)?;
-        if let Some(header) = first_header.filter(|header| header.campaign_id != campaign_id) {
-            let found = format!(
-                "the log in {} is of campaign {}, and campaign.toml says campaign {campaign_id}",
-                log_directory.display(),
-                header.campaign_id
-            );
-            return Err(OpenError::CampaignChanged { found });
-        }
-        let first_lsn = first_header.map(|header| header.first_lsn);
-        let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_lsn)?;
-        let Restored { engine, snapshot, wrapped_slots, passed_over: snapshots_passed_over, other_inventory } =
-            restored;
-        let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots).map_err(|error| {
-            match (&other_inventory, error) {
-                // A record of a slot the inventory no longer has: the change, not the log.
-                (Some(found), OpenError::Recovery(rejected @ RecoveryError::Rejected { .. })) => {
-                    OpenError::CampaignChanged { found: format!("{found}; {rejected}") }
-                }
-                (_, error) => error,
-            }
-        })?;
-        check_log_reaches_back(&recovered, snapshot.as_ref(), &snapshots_passed_over, other_inventory.as_ref())?;
         let (from_lsn, _) = snapshot_window(snapshot.as_ref());
         let log =
             LogWriter::start(storage, options.log, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
@@ -219,6 +183,29 @@ impl DurableEngine {
         });
         let snapshotter = (options.snapshots.every_records > 0).then(|| Snapshotter::start(Arc::clone(&core)));
         Ok((DurableEngine { core, snapshotter }, report))
+    }
+
+    /// What start-up would do with a data directory, without changing it: the
+    /// same checks, restore and replay as `open` (tables and all), with a torn
+    /// tail and damaged snapshots reported instead of cut or set aside, and
+    /// no lock, so that an engine may be serving it meanwhile. `yeyak log
+    /// verify` says what this finds.
+    pub fn check(data_directory: &Path) -> Result<RecoveryReport, OpenError> {
+        let started = Instant::now();
+        let (rules, _) = load_campaign(data_directory, false)?;
+        let state = recover_state(data_directory, &rules, &LogOptions::default(), Access::Check)?;
+        let RecoveredState { snapshot, snapshots_passed_over, recovered, .. } = state;
+        Ok(RecoveryReport {
+            snapshot,
+            snapshots_passed_over,
+            records_replayed: recovered.records,
+            records_skipped: recovered.records_skipped,
+            next_lsn: recovered.next_lsn,
+            torn_tail: recovered.torn_tail,
+            removed_segments: recovered.removed_segments,
+            elapsed: started.elapsed(),
+            created_demo_campaign: false,
+        })
     }
 
     pub fn engine(&self) -> &Engine {

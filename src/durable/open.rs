@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{CampaignRules, ConfigError, DEMO_CAMPAIGN_TOML};
 use crate::durable::{UsedSnapshot, CAMPAIGN_FILE, LOCK_FILE, LOG_DIRECTORY, SNAPSHOT_DIRECTORY};
-use crate::inventory::InventoryError;
+use crate::inventory::{Inventory, InventoryError};
 use crate::log::format::{SegmentHeader, RECORD_HEADER_BYTES};
 use crate::log::recovery::{list_segments, recover_with_lookahead, RecoveredLog};
 use crate::log::retention::read_segment_header;
-use crate::log::storage::sync_directory;
+use crate::log::storage::{create_directory_durably, sync_directory};
 use crate::log::{LogOptions, RecoveryError, RecoveryMode};
-use crate::snapshot::{list_snapshots, CheckedSnapshot, SnapshotError};
+use crate::snapshot::{list_snapshots, remove_temporary_files, CheckedSnapshot, SnapshotError};
 use crate::state::{Engine, Entry, Lsn, PeopleTable, SlotCounters};
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +207,77 @@ pub(super) fn first_log_header(log_directory: &Path) -> Result<Option<SegmentHea
     Ok(read_segment_header(path).ok())
 }
 
+/// How recovery treats the data directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Access {
+    /// Start-up: a torn tail is cut, damaged snapshots set aside, leftovers removed.
+    Serve,
+    /// `DurableEngine::check`: the same findings, reported; nothing written.
+    Check,
+}
+
+/// The state recovery rebuilt, and how.
+pub(super) struct RecoveredState {
+    pub(super) engine: Engine,
+    pub(super) snapshot: Option<UsedSnapshot>,
+    pub(super) snapshots_passed_over: Vec<String>,
+    pub(super) recovered: RecoveredLog,
+}
+
+/// Rebuilds the engine's state from a data directory: the newest usable
+/// snapshot, then the log from its start (docs/snapshot-format.md,
+/// "Recovery"), with every refusal start-up makes.
+pub(super) fn recover_state(
+    data_directory: &Path,
+    rules: &CampaignRules,
+    log_options: &LogOptions,
+    access: Access,
+) -> Result<RecoveredState, OpenError> {
+    let campaign_id = rules.campaign_id;
+    let build_engine = || -> Result<Engine, OpenError> {
+        // Refused before the tables are allocated, for CSV inventories too.
+        let plan = Inventory::plan(rules, data_directory)?;
+        check_table_memory(rules, plan.slot_count(), log_options, memory_to_check_against())?;
+        Ok(Engine::new(rules.clone(), plan.build()?))
+    };
+    let log_directory = data_directory.join(LOG_DIRECTORY);
+    let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
+    if access == Access::Serve {
+        create_directory_durably(&log_directory)
+            .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
+        remove_temporary_files(&snapshot_directory)?;
+    }
+    // Before anything is restored or replayed: a log of another campaign
+    // is a changed campaign.toml, not a damaged log.
+    let first_header = first_log_header(&log_directory)?;
+    if let Some(header) = first_header.filter(|header| header.campaign_id != campaign_id) {
+        let found = format!(
+            "the log in {} is of campaign {}, and campaign.toml says campaign {campaign_id}",
+            log_directory.display(),
+            header.campaign_id
+        );
+        return Err(OpenError::CampaignChanged { found });
+    }
+    let first_lsn = first_header.map(|header| header.first_lsn);
+    let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_lsn, access)?;
+    let Restored { engine, snapshot, wrapped_slots, passed_over, other_inventory } = restored;
+    let mode = match access {
+        Access::Serve => RecoveryMode::TruncateTornTail,
+        Access::Check => RecoveryMode::ReadOnly,
+    };
+    let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots, mode).map_err(|error| {
+        match (&other_inventory, error) {
+            // A record of a slot the inventory no longer has: the change, not the log.
+            (Some(found), OpenError::Recovery(rejected @ RecoveryError::Rejected { .. })) => {
+                OpenError::CampaignChanged { found: format!("{found}; {rejected}") }
+            }
+            (_, error) => error,
+        }
+    })?;
+    check_log_reaches_back(&recovered, snapshot.as_ref(), &passed_over, other_inventory.as_ref())?;
+    Ok(RecoveredState { engine, snapshot, snapshots_passed_over: passed_over, recovered })
+}
+
 /// The engine after the newest usable snapshot was restored into it.
 pub(super) struct Restored {
     pub(super) engine: Engine,
@@ -229,6 +300,7 @@ pub(super) fn restore_newest_snapshot(
     build_engine: &dyn Fn() -> Result<Engine, OpenError>,
     snapshot_directory: &Path,
     log_first_lsn: Option<u64>,
+    access: Access,
 ) -> Result<Restored, OpenError> {
     let mut passed_over = Vec::new();
     let mut other_inventory = None;
@@ -259,7 +331,9 @@ pub(super) fn restore_newest_snapshot(
             Err(error) => {
                 tracing::warn!(%error, "passing over a snapshot");
                 passed_over.push(error.to_string());
-                set_aside_invalid(&path)?;
+                if access == Access::Serve {
+                    set_aside_invalid(&path)?;
+                }
                 if matches!(error, SnapshotError::Rejected { .. }) {
                     // Half restored: start again from an empty engine (the
                     // old one let go of first: two would need twice the memory).
@@ -332,6 +406,7 @@ pub(super) fn replay_log(
     log_directory: &Path,
     snapshot: Option<&UsedSnapshot>,
     wrapped_slots: Vec<u32>,
+    mode: RecoveryMode,
 ) -> Result<RecoveredLog, OpenError> {
     let (from_lsn, end_lsn) = snapshot_window(snapshot);
     // Slots that went below zero at restore are checked with those the window touches.
@@ -339,7 +414,7 @@ pub(super) fn replay_log(
     let mut touched = wrapped_slots;
     let recovered = recover_with_lookahead(
         log_directory,
-        RecoveryMode::TruncateTornTail,
+        mode,
         from_lsn,
         |upcoming| {
             let payload = upcoming[RECORD_HEADER_BYTES..].try_into().expect("32 payload bytes");
