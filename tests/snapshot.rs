@@ -329,7 +329,7 @@ fn a_changed_campaign_toml_is_refused_and_the_data_directory_left_as_it_was() {
         let text = error.to_string();
         assert!(matches!(error, OpenError::CampaignChanged { .. }), "{text}");
         assert!(text.contains(expected) && text.contains("Put it back as it was"), "{text}");
-        let checked = DurableEngine::check(directory.path()).err().expect("the check refuses too");
+        let checked = DurableEngine::check(directory.path()).expect_err("the check refuses too");
         assert!(matches!(checked, OpenError::CampaignChanged { .. }), "{checked}");
         assert_eq!(listing(directory.path()), files, "nothing renamed or removed");
     }
