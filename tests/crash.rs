@@ -143,6 +143,24 @@ fn cut_at_every_byte_recovers_the_records_before_the_cut() {
 }
 
 #[test]
+fn a_file_cut_inside_a_record_is_reported_as_a_torn_tail_and_mended() {
+    let history = acknowledged_history();
+    let cut = history.damaged_from() + 20;
+    let copy = tempfile::tempdir().unwrap();
+    copy_directory(history.directory.path(), copy.path());
+    let segment = copy.path().join("log").join(history.last_segment.file_name().unwrap());
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(cut).unwrap();
+    let (engine, report) = DurableEngine::open(copy.path(), small_log_options(), false).unwrap();
+    let tail = report.torn_tail.clone().expect("the partial record is reported");
+    assert_eq!((tail.offset, tail.bytes_discarded), (history.damaged_from(), 20), "{tail:?}");
+    assert!(tail.defect.contains("ends 20 bytes into a record"), "{tail:?}");
+    assert_eq!(report.records_replayed, history.records_before(cut));
+    engine.close().unwrap();
+    let (_, report) = DurableEngine::open(copy.path(), small_log_options(), false).unwrap();
+    assert!(report.torn_tail.is_none(), "mended at the first start: {report:?}");
+}
+
+#[test]
 fn torn_write_from_every_byte_recovers_and_keeps_working() {
     let history = acknowledged_history();
     let expected: Vec<LogicalState> = (0..=history.total()).map(|n| history.prefix_state(n)).collect();

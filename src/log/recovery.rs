@@ -279,6 +279,25 @@ pub fn recover_with_lookahead(
             }
         }
         recovered.segments.push(SegmentSummary { path: path.clone(), header, records });
+        if tail.is_none() {
+            // Segments are preallocated in whole records: bytes after the last
+            // whole one mean the file was cut short inside a record.
+            let whole_end = (SEGMENT_HEADER_BYTES + capacity as usize * RECORD_BYTES) as u64;
+            let file_end = segment.bytes().len() as u64;
+            if file_end > whole_end && segment.last_nonzero_byte_end(whole_end) > whole_end {
+                let partial = file_end - whole_end;
+                let defect = format!("the file ends {partial} bytes into a record (cut short)");
+                if position + 1 < listed.len() {
+                    return Err(corrupt(whole_end, defect));
+                }
+                recovered.torn_tail =
+                    Some(TornTail { path: path.clone(), offset: whole_end, defect, bytes_discarded: partial });
+                if mode == RecoveryMode::TruncateTornTail {
+                    zero_range(path, whole_end, file_end)?;
+                }
+                break;
+            }
+        }
         if let Some((record_index, offset, defect)) = tail {
             let later = &listed[position + 1..];
             check_nothing_after(&segment, record_index, offset, defect, later)?;
