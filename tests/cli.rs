@@ -10,15 +10,40 @@ use std::process::{Child, Command, Stdio};
 const YEYAK: &str = env!("CARGO_BIN_EXE_yeyak");
 
 /// Starts `yeyak start` on an ephemeral port with a data directory.
-fn start(data_dir: &std::path::Path) -> (Child, String, BufReader<std::process::ChildStdout>) {
+fn start(data_dir: &std::path::Path) -> (Running, String, BufReader<std::process::ChildStdout>) {
     start_with(&["--data-dir".as_ref(), data_dir.as_os_str()])
+}
+
+/// A `yeyak start` child, killed when dropped: a failing test leaves no
+/// engine running behind it.
+struct Running(Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Already waited for (the test stopped it): kill fails harmlessly.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Starts `yeyak start --listen 127.0.0.1:0` with more arguments; returns it
 /// and the address it says it serves on.
 // The child is handed to the caller, which waits for it in `terminate`.
 #[allow(clippy::zombie_processes)]
-fn start_with(args: &[&std::ffi::OsStr]) -> (Child, String, BufReader<std::process::ChildStdout>) {
+fn start_with(args: &[&std::ffi::OsStr]) -> (Running, String, BufReader<std::process::ChildStdout>) {
     let mut child = Command::new(YEYAK)
         .args(["start", "--listen", "127.0.0.1:0"])
         .args(args)
@@ -36,7 +61,7 @@ fn start_with(args: &[&std::ffi::OsStr]) -> (Child, String, BufReader<std::proce
         }
         if let Some(rest) = line.strip_prefix("serving on ") {
             let address = rest.split_whitespace().next().unwrap().to_string();
-            return (child, address, stdout);
+            return (Running(child), address, stdout);
         }
     }
 }
@@ -54,7 +79,7 @@ fn client(data_dir: &std::path::Path, address: &str, args: &[&str]) -> (bool, St
     (output.status.success(), text)
 }
 
-fn terminate(mut child: Child, mut stdout: BufReader<std::process::ChildStdout>) -> String {
+fn terminate(mut child: Running, mut stdout: BufReader<std::process::ChildStdout>) -> String {
     // SAFETY: sending SIGTERM to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let mut rest = String::new();

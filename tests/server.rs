@@ -296,6 +296,24 @@ fn bad_frames_are_answered_and_closed_while_others_keep_booking_on(reactor: Reac
             },
             code::BATCH_TOO_LARGE,
         ),
+        (
+            "a body on PING",
+            {
+                let mut f = Vec::new();
+                yeyak::protocol::encode_frame(&mut f, opcode::PING, 0, 1, |o| o.push(1));
+                f
+            },
+            code::MALFORMED,
+        ),
+        (
+            "a request flagged as a reply",
+            {
+                let mut f = Vec::new();
+                yeyak::protocol::encode_frame(&mut f, opcode::STATS, yeyak::protocol::frame::flag::REPLY, 1, |_| {});
+                f
+            },
+            code::MALFORMED,
+        ),
     ];
     for (index, (name, bytes, expected)) in cases.into_iter().enumerate() {
         let mut bad = gateway(&running.server, &running.keys);

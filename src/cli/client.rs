@@ -94,11 +94,13 @@ pub enum ClientCommand {
 }
 
 fn parse_person(text: &str) -> Result<PersonKey, String> {
-    u128::from_str_radix(text.trim_start_matches("0x"), 16)
-        .ok()
+    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
+    Some(digits)
+        .filter(|digits| !digits.is_empty() && digits.len() <= 32 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+        .and_then(|digits| u128::from_str_radix(digits, 16).ok())
         .filter(|key| *key != 0)
         .map(PersonKey)
-        .ok_or_else(|| format!("`{text}` is not a non-zero hex person key"))
+        .ok_or_else(|| format!("`{text}` is not a non-zero hex person key (up to 32 hex digits, 0x optional)"))
 }
 
 fn parse_idempotency_key(text: &str) -> Result<u64, String> {
@@ -215,11 +217,16 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
         }
         ClientCommand::Stats => {
             let stats = client.stats().map_err(|e| e.to_string())?;
-            for (name, value) in STATS_COUNTER_NAMES.iter().zip(stats.counters) {
-                println!("{name:<24} {value}");
-            }
-            for (code, count) in stats.refusals_by_code {
-                println!("refused: {:<15} {count}", yeyak::protocol::code_name(code));
+            let refusals: Vec<(String, u64)> = stats
+                .refusals_by_code
+                .iter()
+                .map(|(code, count)| (format!("refused: {}", yeyak::protocol::code_name(*code)), *count))
+                .collect();
+            let lines = STATS_COUNTER_NAMES.iter().map(|name| name.to_string()).zip(stats.counters).chain(refusals);
+            let lines: Vec<(String, u64)> = lines.collect();
+            let width = lines.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0);
+            for (name, value) in lines {
+                println!("{name:<width$} {value}");
             }
             Ok(())
         }

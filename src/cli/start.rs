@@ -47,7 +47,8 @@ pub struct StartArgs {
     #[arg(long, env = "YEYAK_DURABILITY", value_enum)]
     pub durability: Option<Durability>,
     /// Refuse to start without a campaign and keys already in the data directory.
-    #[arg(long, env = "YEYAK_PRODUCTION")]
+    /// From the environment: YEYAK_PRODUCTION=1, true, yes or on.
+    #[arg(long, env = "YEYAK_PRODUCTION", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
     pub production: bool,
     /// Connections open at once [default: 10000].

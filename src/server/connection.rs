@@ -310,6 +310,14 @@ async fn read_loop<R: ReadBytes>(
         let body = &reader.buffer[body];
         shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         let request_id = header.request_id;
+        // A reply sent as a request, or a body where the format has none, is
+        // not a request this protocol knows: answered, and the connection closed.
+        let bodiless = matches!(header.opcode, opcode::PING | opcode::STATS);
+        if header.flags & flag::REPLY != 0 || (bodiless && !body.is_empty()) {
+            shared.counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+            refuse(shared, outbox, request_id, Answer::protocol(code::MALFORMED, 0, 0));
+            return End::Refused;
+        }
         let work = match header.opcode {
             opcode::PING => {
                 outbox.push(&reply_frame(opcode::PING, request_id, |_| {}));
