@@ -14,7 +14,9 @@ use crate::inventory::SlotIndex;
 use crate::protocol::body::{put_batch_header, put_batch_item, PersonQuery, RegionQuery, SiteQuery, Stats};
 use crate::protocol::frame::flag;
 use crate::protocol::handshake::{ClientHandshake, ClientHandshakeError, Role, PROOF_REQUEST_ID};
-use crate::protocol::{decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX};
+use crate::protocol::{
+    decode_frame, encode_frame, opcode, Answer, CapacityAddition, FrameError, FrameHeader, FRAME_BODY_BYTES_MAX,
+};
 use crate::state::{BookingRequest, Refusal, RegionPage};
 
 /// How long a call waits for its reply (and a write for room) by default.
@@ -313,6 +315,22 @@ impl Client {
         let body = booking.checked_bytes().map_err(ClientError::Invalid)?;
         let (answer, _) = self.answer_of(opcode::CANCEL, |out| out.extend_from_slice(&body))?;
         Self::slot_result(answer)
+    }
+
+    /// ADD_CAPACITY (an operator connection): moves the slot's capacity from
+    /// `expected_capacity` to `expected_capacity + seats`; `Ok(capacity)` is the
+    /// capacity after, `CapacityChanged` carries the capacity now.
+    pub fn add_capacity(&mut self, addition: &CapacityAddition) -> Result<Result<u32, Refusal>, ClientError> {
+        let (answer, _) = self.answer_of(opcode::ADD_CAPACITY, |out| addition.encode(out))?;
+        answer.result().map_err(ClientError::Refused)
+    }
+
+    /// A slot's capacity, read by adding zero seats (an operator connection).
+    pub fn capacity(&mut self, slot: SlotIndex) -> Result<Result<u32, Refusal>, ClientError> {
+        match self.add_capacity(&CapacityAddition { slot, seats: 0, expected_capacity: 0 })? {
+            Err(Refusal::CapacityChanged { capacity, .. }) => Ok(Ok(capacity)),
+            other => Ok(other),
+        }
     }
 
     /// The slot a person holds, if any.

@@ -153,6 +153,20 @@ fn start_book_from_the_shell_stop_and_restart() {
     assert!(line("changes") == Some("1") && line("cancellations") == Some("1"), "{text}");
     assert!(text.contains("refused: not eligible"), "refusals by code: {text}");
     assert!(text.contains("refused: already booked"), "refusals by code: {text}");
+    // An operator reads a slot's capacity and adds to it from what they saw;
+    // the same change again is refused, not applied twice.
+    let (ok, text) = client(directory.path(), &address, &["capacity", "--slot", "7"]);
+    assert!(!ok && text.contains("operator commands need --operator"), "{text}");
+    let (ok, text) = client(directory.path(), &address, &["--operator", "capacity", "--slot", "7"]);
+    let capacity: u32 = text.split_whitespace().nth(6).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(ok && text.starts_with("slot #7 has a capacity of ") && capacity > 0, "{text}");
+    let add = ["--operator", "add-capacity", "--slot", "7", "--seats", "5", "--expected", &capacity.to_string()];
+    let (ok, text) = client(directory.path(), &address, &add);
+    assert!(ok && text.contains(&format!("slot #7 now has a capacity of {} seats", capacity + 5)), "{text}");
+    let stale = ["--operator", "add-capacity", "--slot", "7", "--seats", "5", "--expected", "0"];
+    let (ok, text) = client(directory.path(), &address, &stale);
+    let expected = format!("slot #7 has capacity {} now", capacity + 5);
+    assert!(!ok && text.contains("capacity changed") && text.contains(&expected), "{text}");
     // The log as a person reads it, each slot with its place and time.
     let dump = Command::new(YEYAK).args(["log", "dump", "--data-dir"]).arg(directory.path()).output().unwrap();
     let dump = String::from_utf8_lossy(&dump.stdout);

@@ -9,7 +9,7 @@ use yeyak::calendar::Date;
 use yeyak::client::{Client, ClientError};
 use yeyak::inventory::SlotIndex;
 use yeyak::protocol::body::STATS_COUNTER_NAMES;
-use yeyak::protocol::body::{PersonQuery, RegionQuery, SiteQuery};
+use yeyak::protocol::body::{CapacityAddition, PersonQuery, RegionQuery, SiteQuery};
 use yeyak::protocol::handshake::Role;
 use yeyak::rules::Channel;
 use yeyak::server::keys::KeyRing;
@@ -91,6 +91,22 @@ pub enum ClientCommand {
     },
     /// The engine's counters.
     Stats,
+    /// A slot's capacity (operators: with --operator).
+    Capacity {
+        #[arg(long)]
+        slot: u32,
+    },
+    /// Adds seats to a slot, if its capacity is still the one you saw (operators: with --operator).
+    AddCapacity {
+        #[arg(long)]
+        slot: u32,
+        #[arg(long)]
+        seats: u32,
+        /// The capacity you saw (`capacity --slot`): the change is made only
+        /// from it, so a retry never adds twice.
+        #[arg(long)]
+        expected: u32,
+    },
 }
 
 fn parse_person(text: &str) -> Result<PersonKey, String> {
@@ -116,6 +132,28 @@ fn parse_idempotency_key(text: &str) -> Result<u64, String> {
 fn fresh_idempotency_key() -> u64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     yeyak::mix64(nanos ^ u64::from(std::process::id()).rotate_left(40)).max(1)
+}
+
+fn seats_text(seats: u32) -> String {
+    if seats == 1 {
+        "1 seat".to_string()
+    } else {
+        format!("{seats} seats")
+    }
+}
+
+/// A client error as the shell says it, with what to do about a request
+/// refused for the connection's role.
+fn said(error: ClientError) -> String {
+    match error {
+        ClientError::Refused(answer) if answer.code == yeyak::protocol::code::NOT_ALLOWED => {
+            format!(
+                "{}: operator commands need --operator (and an operator key in keys.toml)",
+                ClientError::Refused(answer)
+            )
+        }
+        error => error.to_string(),
+    }
 }
 
 fn parse_date(text: &str) -> Result<Date, String> {
@@ -213,6 +251,23 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
                     Ok(())
                 }
                 Err(refusal) => Err(format!("refused: {refusal}")),
+            }
+        }
+        ClientCommand::Capacity { slot } => match client.capacity(SlotIndex(slot)).map_err(said)? {
+            Ok(capacity) => {
+                println!("{} has a capacity of {}", SlotIndex(slot), seats_text(capacity));
+                Ok(())
+            }
+            Err(refusal) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
+        },
+        ClientCommand::AddCapacity { slot, seats, expected } => {
+            let addition = CapacityAddition { slot: SlotIndex(slot), seats, expected_capacity: expected };
+            match client.add_capacity(&addition).map_err(said)? {
+                Ok(capacity) => {
+                    println!("{} now has a capacity of {}", SlotIndex(slot), seats_text(capacity));
+                    Ok(())
+                }
+                Err(refusal) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
             }
         }
         ClientCommand::Stats => {
