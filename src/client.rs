@@ -36,6 +36,10 @@ pub enum ClientError {
     Frame(FrameError),
     #[error("the engine closed the connection")]
     Closed,
+    /// A read or write failed or timed out before: what the engine received
+    /// or will still send is unknown, so the connection is not used again.
+    #[error("the connection failed earlier and may be out of step with the engine: connect again")]
+    Broken,
     #[error("the engine refused the request whole: {} (code {}){}", crate::protocol::code::name(.0.code).or(.0.to_refusal().map(|_| "state machine refusal")).unwrap_or("unknown"), .0.code, if .0.value != 0 { format!(", limit {}", .0.value) } else { String::new() })]
     Refused(Answer),
     #[error("the engine's reply does not read: {0}")]
@@ -62,6 +66,8 @@ pub struct Client {
     stream: TcpStream,
     /// The read and write timeout (`None`: wait forever).
     timeout: Option<Duration>,
+    /// A read or write failed: every later call is refused with `Broken`.
+    broken: bool,
     buffer: ReadBuffer,
     /// Frames sent but not yet written: written together before the next read.
     unwritten: Vec<u8>,
@@ -155,6 +161,7 @@ impl Client {
         let mut client = Client {
             stream,
             timeout: None,
+            broken: false,
             buffer: ReadBuffer::default(),
             unwritten: Vec::new(),
             next_request_id: PROOF_REQUEST_ID + 1,
@@ -170,8 +177,10 @@ impl Client {
         Ok(client)
     }
 
-    /// How long a read may wait for the engine, and a write for room (`None`:
-    /// forever); past it, the call fails with `TimedOut`.
+    /// How long one read may wait for the engine, and one write for room
+    /// (`None`: forever); past it, the call fails with `TimedOut` and the
+    /// client is broken. (Each read and write is timed, not the whole call: a
+    /// peer that trickles bytes keeps a call alive.)
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
         self.stream.set_read_timeout(timeout)?;
         self.stream.set_write_timeout(timeout)?;
@@ -199,12 +208,19 @@ impl Client {
         if !self.buffer.unread().is_empty() {
             return Err(ClientError::BadReply("unread replies".into()));
         }
+        // The caller times its own reads and writes.
+        self.set_timeout(None)?;
         Ok(self.stream)
     }
 
     /// Writes every queued request.
     pub fn flush(&mut self) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
         if !self.unwritten.is_empty() {
+            // A failed write may have sent part of the bytes: resending them
+            // would put the stream out of step, so the client is broken.
             self.stream.write_all(&self.unwritten).map_err(|e| self.timed_out(e))?;
             self.unwritten.clear();
         }
@@ -264,7 +280,9 @@ impl Client {
         }
     }
 
-    fn timed_out(&self, error: std::io::Error) -> ClientError {
+    /// An I/O error as the caller sees it; the client is broken from now on.
+    fn timed_out(&mut self, error: std::io::Error) -> ClientError {
+        self.broken = true;
         timed_out(error, self.timeout.unwrap_or_default())
     }
 

@@ -101,7 +101,8 @@ fn main() -> ExitCode {
         // reader goes, as Unix tools do, instead of failing on the next print
         // (Rust ignores SIGPIPE by default). The server keeps ignoring it: a
         // gateway that goes away must not stop the engine. Socket writes of
-        // the shell client are unaffected (std sends with MSG_NOSIGNAL).
+        // the shell client are unaffected: it writes with `write_all`, which
+        // std sends with MSG_NOSIGNAL (a vectored write would not be).
         // SAFETY: restoring a signal's default disposition, before any thread starts.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }

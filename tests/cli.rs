@@ -174,6 +174,10 @@ fn start_book_from_the_shell_stop_and_restart() {
     assert!(first.starts_with("1 person 0xabc reserved slot #100 (idempotency key "), "{dump}");
     assert!(first.ends_with(") [slot #100: site 1, 2021-08-31 14:00]"), "{dump}");
     assert!(dump.contains("person 0xabe cancelled, gave up slot #103"), "{dump}");
+    // A verify runs start-up's checks: not beside an engine serving the directory.
+    let verify = Command::new(YEYAK).args(["log", "verify", "--data-dir"]).arg(directory.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success() && text.contains("another yeyak has this data directory open"), "{text}");
     let rest = terminate(child, stdout);
     assert!(rest.contains("stopped cleanly"), "{rest}");
     let snapshots = yeyak::snapshot::list_snapshots(&directory.path().join("snapshots")).unwrap();

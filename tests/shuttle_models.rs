@@ -142,8 +142,8 @@ fn refused_new_people_leave_no_trace_while_others_insert_past_them() {
                         for key in [1 + worker, 10 + worker] {
                             let latch = table.latch_or_insert(PersonKey(key)).unwrap();
                             if key < 10 {
-                                // A refused command: the latch is dropped.
-                                drop(latch);
+                                // A refused command: the latch is abandoned.
+                                table.abandon(latch);
                             } else {
                                 table.commit(
                                     latch,
@@ -170,6 +170,33 @@ fn refused_new_people_leave_no_trace_while_others_insert_past_them() {
             for key in [10u128, 11, 12] {
                 assert!(table.get(PersonKey(key)).is_some(), "{key} is found past the freed buckets");
             }
+        },
+        ITERATIONS,
+    );
+}
+
+#[test]
+fn people_max_is_never_passed_by_people_added_at_once() {
+    shuttle::check_random(
+        || {
+            let table = Arc::new(PeopleTable::new(1));
+            let workers: Vec<_> = (1..=2u128)
+                .map(|key| {
+                    let table = Arc::clone(&table);
+                    thread::spawn(move || match table.latch_or_insert(PersonKey(key)) {
+                        Ok(latch) => {
+                            table.commit(latch, yeyak::state::PersonRecord::NEW);
+                            true
+                        }
+                        Err(_) => false,
+                    })
+                })
+                .collect();
+            let added = workers.into_iter().map(|w| w.join().unwrap()).filter(|added| *added).count();
+            assert_eq!(added, 1, "one of two new people fits a table of one");
+            let mut people = 0;
+            table.for_each(|_, _| people += 1);
+            assert_eq!(people, 1);
         },
         ITERATIONS,
     );

@@ -20,7 +20,7 @@ use crate::state::{BookingRequest, CancelRequest, Engine, LogUnavailable, Outcom
 mod open;
 
 pub use open::{load_campaign, OpenError, MEMORY_CHECK_SKIP_ENV};
-use open::{lock_data_directory, recover_state, snapshot_window, Access, RecoveredState};
+use open::{lock_data_directory, lock_data_directory_to_read, recover_state, snapshot_window, Access, RecoveredState};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
@@ -187,12 +187,13 @@ impl DurableEngine {
 
     /// What start-up would do with a data directory, without changing it: the
     /// same checks, restore and replay as `open` (tables and all), with a torn
-    /// tail and damaged snapshots reported instead of cut or set aside, and
-    /// no lock, so that an engine may be serving it meanwhile. `yeyak log
-    /// verify` says what this finds.
+    /// tail and damaged snapshots reported instead of cut or set aside. It
+    /// takes the directory's lock (`Locked` while an engine serves it), and
+    /// needs the memory start-up needs. `yeyak log verify` says what this finds.
     pub fn check(data_directory: &Path) -> Result<RecoveryReport, OpenError> {
         let started = Instant::now();
         let (rules, _) = load_campaign(data_directory, false)?;
+        let _lock = lock_data_directory_to_read(data_directory)?;
         let state = recover_state(data_directory, &rules, &LogOptions::default(), Access::Check)?;
         let RecoveredState { snapshot, snapshots_passed_over, recovered, .. } = state;
         Ok(RecoveryReport {

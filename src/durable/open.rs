@@ -177,7 +177,6 @@ fn holds_records(data_directory: &Path) -> bool {
 
 /// Takes the data directory's lock, so that two engines never write one log.
 pub(super) fn lock_data_directory(data_directory: &Path) -> Result<std::fs::File, OpenError> {
-    use std::os::fd::AsRawFd;
     let path = data_directory.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -185,6 +184,23 @@ pub(super) fn lock_data_directory(data_directory: &Path) -> Result<std::fs::File
         .write(true)
         .open(&path)
         .map_err(|source| OpenError::Io { path: path.clone(), source })?;
+    flock(file, path)
+}
+
+/// For a check: takes the lock if the directory has one (an engine that
+/// serves it holds it: a check beside it would read a log being written and
+/// build a second set of tables), creating nothing.
+pub(super) fn lock_data_directory_to_read(data_directory: &Path) -> Result<Option<std::fs::File>, OpenError> {
+    let path = data_directory.join(LOCK_FILE);
+    match std::fs::File::open(&path) {
+        Ok(file) => flock(file, path).map(Some),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(OpenError::Io { path, source }),
+    }
+}
+
+fn flock(file: std::fs::File, path: PathBuf) -> Result<std::fs::File, OpenError> {
+    use std::os::fd::AsRawFd;
     // SAFETY: `flock` on a descriptor this function owns; no memory is involved.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
         let error = std::io::Error::last_os_error();
@@ -311,8 +327,16 @@ pub(super) fn restore_newest_snapshot(
             continue;
         }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let restored = CheckedSnapshot::open(&path, engine.rules().campaign_id, engine.inventory())
-            .and_then(|checked| checked.restore(&engine, threads).map(|wrapped| (checked.header, wrapped)));
+        let people_max = engine.rules().people_max;
+        let restored =
+            CheckedSnapshot::open(&path, engine.rules().campaign_id, engine.inventory()).and_then(|checked| {
+                match checked.header.people_count {
+                    people if people > people_max => {
+                        Err(SnapshotError::OverPeopleMax { path: path.clone(), people, people_max })
+                    }
+                    _ => checked.restore(&engine, threads).map(|wrapped| (checked.header, wrapped)),
+                }
+            });
         match restored {
             Ok((header, wrapped_slots)) => {
                 let snapshot = Some((path, header));
@@ -320,7 +344,7 @@ pub(super) fn restore_newest_snapshot(
             }
             // Not the file's fault: renaming it would leave the data directory
             // unstartable once the change is undone.
-            Err(error @ SnapshotError::OtherCampaign { .. }) => {
+            Err(error @ (SnapshotError::OtherCampaign { .. } | SnapshotError::OverPeopleMax { .. })) => {
                 return Err(OpenError::CampaignChanged { found: error.to_string() });
             }
             Err(error @ SnapshotError::OtherInventory { .. }) => {

@@ -286,7 +286,12 @@ pub fn recover_with_lookahead(
             let file_end = segment.bytes().len() as u64;
             if file_end > whole_end && segment.last_nonzero_byte_end(whole_end) > whole_end {
                 let partial = file_end - whole_end;
-                let defect = format!("the file ends {partial} bytes into a record (cut short)");
+                // Only something outside yeyak shortens a preallocated file:
+                // whole records after the cut, if there were any, are gone too.
+                let defect = format!(
+                    "the file ends {partial} bytes into a record: it was cut short from outside yeyak, and records \
+                     after the cut, if any, are lost"
+                );
                 if position + 1 < listed.len() {
                     return Err(corrupt(whole_end, defect));
                 }

@@ -72,6 +72,10 @@ pub enum SnapshotError {
          {slots} slots campaign.toml describes now"
     )]
     OtherInventory { path: PathBuf, snapshot_slots: u32, slots: u32 },
+    /// The snapshot is whole, but holds more people than campaign.toml's
+    /// `limits.people_max` lets the table hold now.
+    #[error("snapshot {path} holds {people} people, more than limits.people_max = {people_max}")]
+    OverPeopleMax { path: PathBuf, people: u64, people_max: u64 },
     #[error("the log could not make the snapshot's records durable ({0:?}); the snapshot was discarded")]
     LogUnavailable(LogUnavailable),
     #[error(

@@ -241,6 +241,7 @@ impl Engine {
             return refused(Refusal::AlreadyBooked { existing });
         }
         if self.slots.take(slot.0).is_err() {
+            self.people.abandon(latch);
             return refused(Refusal::SlotFull { slot });
         }
         let entry = Entry::Reserved { person, slot, idempotency_key, operator_id: request.channel.operator_id() };
@@ -248,6 +249,7 @@ impl Engine {
             Ok(lsn) => lsn,
             Err(why) => {
                 self.slots.give(slot.0);
+                self.people.abandon(latch);
                 return refused(Refusal::LogUnavailable(why));
             }
         };

@@ -130,8 +130,10 @@ pub struct PeopleTable {
     buckets: Buckets,
     bucket_mask: u64,
     people_max: u64,
-    /// People the table holds: counted when their first command commits (a
-    /// refused first command leaves no trace).
+    /// People the table holds or is adding: counted when their bucket is
+    /// claimed (so that `people_max` is never passed, however many threads
+    /// add people at once), uncounted by `abandon` when the command adding
+    /// them is refused.
     people_count: CachePadded<AtomicU64>,
 }
 
@@ -140,9 +142,14 @@ pub struct PeopleTable {
 /// Two words (the bucket and its state before the latch), so that it travels
 /// in registers; the record is decoded only when asked for. A person new to
 /// the table is latched in a claimed bucket whose key is not yet published
-/// (`state_before` 0): `PeopleTable::commit` publishes and counts them, a drop
-/// (the command was refused) gives the bucket back, so that a refused command
-/// leaves no trace, as after a restart.
+/// (`state_before` 0): `PeopleTable::commit` publishes them, and
+/// `PeopleTable::abandon` (the command was refused) gives the bucket back and
+/// uncounts them, so that a refused command leaves no trace, as after a
+/// restart. A plain drop gives the bucket back but keeps the count (the
+/// table then refuses a new person one early, never one late): only paths
+/// that end start-up with an error drop a new person's latch. While a new
+/// person's latch is held, probes that reach its bucket wait: a thread holding
+/// one must not latch or add anyone else before committing or abandoning it.
 pub struct PersonLatch<'table> {
     bucket: &'table Bucket,
     state_before: u64,
@@ -277,15 +284,12 @@ impl PeopleTable {
 
     /// Latches a person, adding them (with an empty record) if new.
     ///
-    /// A new person's bucket is claimed and their key written, unpublished;
-    /// a claim when the table holds `people_max` people is undone (state back
-    /// to 0) at once, and one whose command is refused when its latch is
-    /// dropped, in both cases before the key is published. (Threads adding
-    /// people at the same instant may each pass the `people_max` check: the
-    /// table may then hold up to one person a thread more, within its spare
-    /// buckets.) Undoing is safe for linear probing because a prober
-    /// that met the claimed bucket waited for it, and a key is only ever
-    /// placed beyond a bucket holding a *published* key, which is never removed.
+    /// A new person's bucket is claimed, counted, and their key written,
+    /// unpublished; a claim past `people_max` is undone (state back to 0) at
+    /// once, and one whose command is refused by `abandon`, in both cases
+    /// before the key is published. Undoing is safe for linear probing because
+    /// a prober that met the claimed bucket waited for it, and a key is only
+    /// ever placed beyond a bucket holding a *published* key, which is never removed.
     #[inline]
     pub fn latch_or_insert(&self, key: PersonKey) -> Result<PersonLatch<'_>, PeopleTableFull> {
         debug_assert!(key.0 != 0, "the engine refuses the zero key before this");
@@ -302,15 +306,16 @@ impl PeopleTable {
         }
     }
 
-    /// Writes a new person's key into a bucket this thread claimed, still
-    /// latched and not yet published: `commit` publishes and counts them.
+    /// Counts a new person into a bucket this thread claimed and writes their
+    /// key, still latched and not yet published: `commit` publishes them.
     #[inline]
     fn publish_claimed<'table>(
         &'table self,
         bucket: &'table Bucket,
         key: PersonKey,
     ) -> Result<PersonLatch<'table>, PeopleTableFull> {
-        if self.people_count.load(Ordering::Relaxed) >= self.people_max {
+        if self.people_count.fetch_add(1, Ordering::Relaxed) >= self.people_max {
+            self.people_count.fetch_sub(1, Ordering::Relaxed);
             bucket.state.store(0, Ordering::Release);
             return Err(PeopleTableFull { people_max: self.people_max });
         }
@@ -320,16 +325,23 @@ impl PeopleTable {
     }
 
     /// Stores the person's new record and releases the latch; a new person
-    /// is published and counted.
+    /// is published.
     #[inline]
     pub fn commit(&self, latch: PersonLatch<'_>, record: PersonRecord) {
         let key = record.last.map_or(0, |l| l.idempotency_key);
         latch.bucket.idempotency_key.store(key, Ordering::Relaxed);
-        if latch.state_before == 0 {
-            self.people_count.fetch_add(1, Ordering::Relaxed);
-        }
         latch.bucket.state.store(encode(record), Ordering::Release);
         std::mem::forget(latch);
+    }
+
+    /// Releases the latch of a command that was refused, the record
+    /// unchanged; a new person's claim is emptied and uncounted.
+    #[cold]
+    pub fn abandon(&self, latch: PersonLatch<'_>) {
+        if latch.state_before == 0 {
+            self.people_count.fetch_sub(1, Ordering::Relaxed);
+        }
+        drop(latch);
     }
 
     /// Reads a person's record, waiting out a command in progress on them.
@@ -422,8 +434,8 @@ mod tests {
         let table = PeopleTable::new(1);
         let refused = table.latch_or_insert(PersonKey(5)).unwrap();
         assert_eq!(refused.record(), PersonRecord::NEW);
-        assert_eq!(table.len(), 0, "counted once committed");
-        drop(refused);
+        assert_eq!(table.len(), 1, "counted while the command runs: no other may pass people_max");
+        table.abandon(refused);
         assert_eq!((table.len(), table.get(PersonKey(5))), (0, None));
         // The room it took is free again: another person fits.
         table.commit(table.latch_or_insert(PersonKey(6)).unwrap(), reserved(3, 1));
