@@ -61,6 +61,28 @@ pub struct RecoveryReport {
     pub created_demo_campaign: bool,
 }
 
+impl RecoveryReport {
+    fn of(
+        snapshot: Option<UsedSnapshot>,
+        snapshots_passed_over: Vec<String>,
+        recovered: crate::log::recovery::RecoveredLog,
+        started: Instant,
+        created_demo_campaign: bool,
+    ) -> RecoveryReport {
+        RecoveryReport {
+            snapshot,
+            snapshots_passed_over,
+            records_replayed: recovered.records,
+            records_skipped: recovered.records_skipped,
+            next_lsn: recovered.next_lsn,
+            torn_tail: recovered.torn_tail,
+            removed_segments: recovered.removed_segments,
+            elapsed: started.elapsed(),
+            created_demo_campaign,
+        }
+    }
+}
+
 /// "in 0.7 s from snapshot … (N people) and M log records after it", then a
 /// line for each snapshot passed over and for a torn tail cut off.
 impl std::fmt::Display for RecoveryReport {
@@ -159,17 +181,7 @@ impl DurableEngine {
         let (from_lsn, _) = snapshot_window(snapshot.as_ref());
         let log =
             LogWriter::start(storage, options.log, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
-        let report = RecoveryReport {
-            snapshot,
-            snapshots_passed_over,
-            records_replayed: recovered.records,
-            records_skipped: recovered.records_skipped,
-            next_lsn: recovered.next_lsn,
-            torn_tail: recovered.torn_tail,
-            removed_segments: recovered.removed_segments,
-            elapsed: started.elapsed(),
-            created_demo_campaign,
-        };
+        let report = RecoveryReport::of(snapshot, snapshots_passed_over, recovered, started, created_demo_campaign);
         let snapshot_state = SnapshotState { attempted_lsn: from_lsn, ..SnapshotState::default() };
         let core = Arc::new(Core {
             _lock: lock,
@@ -196,17 +208,7 @@ impl DurableEngine {
         let _lock = lock_data_directory_to_read(data_directory)?;
         let state = recover_state(data_directory, &rules, &LogOptions::default(), Access::Check)?;
         let RecoveredState { snapshot, snapshots_passed_over, recovered, .. } = state;
-        Ok(RecoveryReport {
-            snapshot,
-            snapshots_passed_over,
-            records_replayed: recovered.records,
-            records_skipped: recovered.records_skipped,
-            next_lsn: recovered.next_lsn,
-            torn_tail: recovered.torn_tail,
-            removed_segments: recovered.removed_segments,
-            elapsed: started.elapsed(),
-            created_demo_campaign: false,
-        })
+        Ok(RecoveryReport::of(snapshot, snapshots_passed_over, recovered, started, false))
     }
 
     pub fn engine(&self) -> &Engine {
