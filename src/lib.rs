@@ -12,7 +12,7 @@
 //! | log | [`log`] | the append-only segmented log: record format, group-commit writer, recovery, retention |
 //! | snapshot | [`snapshot`] | the state at a point of the log (rkyv chunks), taken in the background; recovery = snapshot + log tail |
 //! | protocol | [`protocol`] | the wire format (docs/protocol.md): frames, command bodies, answers; bytes in, bytes out, no I/O |
-//! | durable engine | [`durable`] | opens a data directory: recovers the engine from the newest snapshot and the log, then serves commands whose answers wait for durability; takes snapshots in the background |
+//! | durable engine | [`durable`] | opens a data directory: recovers the engine from the newest snapshot and the log, then serves commands whose answers wait for durability; takes snapshots in the background; `DurableEngine::check` runs the recovery without writing (`yeyak log verify`) |
 //! | server | [`server`] | TCP connections (tokio or tokio-uring, one network thread), the bounded ingress queue, the engine thread that applies requests and releases replies once durable; keys and the handshake |
 //! | clients | [`client`], [`async_client`] | blocking client (shell, tests); async pooled client that batches concurrent calls and retries idempotently (gateways) |
 //! | demo | [`demo`] | the simulated booking evening the `yeyak` binary runs on its defaults |
