@@ -328,6 +328,53 @@ fn bad_frames_are_answered_and_closed_while_others_keep_booking_on(reactor: Reac
     running.server.shutdown().unwrap();
 }
 
+/// A TCP relay to `server` that can stop passing the engine's bytes back,
+/// as a network that loses the answers does.
+fn lossy_relay(server: SocketAddr) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let answers_pass = std::sync::Arc::new(AtomicBool::new(true));
+    let pass = std::sync::Arc::clone(&answers_pass);
+    std::thread::spawn(move || {
+        let (mut client, _) = listener.accept().unwrap();
+        let mut engine = std::net::TcpStream::connect(server).unwrap();
+        let (mut to_engine, mut from_engine) = (engine.try_clone().unwrap(), client.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from_engine, &mut to_engine);
+        });
+        let mut chunk = [0; 4096];
+        while let Ok(read @ 1..) = engine.read(&mut chunk) {
+            if pass.load(Ordering::Acquire) && client.write_all(&chunk[..read]).is_err() {
+                break;
+            }
+        }
+    });
+    (address, answers_pass)
+}
+
+#[test]
+fn an_answer_lost_on_the_way_is_found_by_a_retry_with_the_same_key() {
+    let running = start(ServerConfig::default());
+    let (relay, answers_pass) = lossy_relay(running.server.local_address());
+    let (id, key) = running.keys.first(Role::Gateway).unwrap();
+    let mut unlucky = Client::connect(relay, Role::Gateway, id, key).unwrap();
+    answers_pass.store(false, std::sync::atomic::Ordering::Release);
+    unlucky.set_timeout(Some(Duration::from_millis(200))).unwrap();
+    let request = wire_booking(77, 12, 5);
+    let lost = unlucky.reserve(&request);
+    assert!(matches!(lost, Err(ClientError::TimedOut(_))), "{lost:?}");
+    // Out of step with the engine now (its reply may still come): not used again.
+    assert!(matches!(unlucky.stats(), Err(ClientError::Broken)));
+    // The engine did book: the same idempotency key gets the first answer, once.
+    let mut retry = gateway(&running.server, &running.keys);
+    assert_eq!(retry.reserve(&request).unwrap(), Ok(SlotIndex(12)));
+    let other = wire_booking(77, 13, 6);
+    assert_eq!(retry.reserve(&other).unwrap(), Err(Refusal::AlreadyBooked { existing: SlotIndex(12) }));
+    running.server.shutdown().unwrap();
+}
+
 #[test]
 fn a_peer_that_never_answers_times_the_blocking_client_out() {
     // Accepts, reads, never answers: as a stalled engine or another service would.
