@@ -113,7 +113,7 @@ fn people_table_inserts_each_key_once_under_collisions() {
                                 idempotency_key: count,
                                 slot: SlotIndex(0),
                             });
-                            table.commit(latch, record);
+                            latch.commit(record);
                         }
                     })
                 })
@@ -145,17 +145,14 @@ fn refused_new_people_leave_no_trace_while_others_insert_past_them() {
                                 // A refused command: the latch is abandoned.
                                 table.abandon(latch);
                             } else {
-                                table.commit(
-                                    latch,
-                                    yeyak::state::PersonRecord {
-                                        holds: Some(SlotIndex(0)),
-                                        last: Some(yeyak::state::LastCommand {
-                                            kind: yeyak::state::CommandKind::Reserve,
-                                            idempotency_key: 1,
-                                            slot: SlotIndex(0),
-                                        }),
-                                    },
-                                );
+                                latch.commit(yeyak::state::PersonRecord {
+                                    holds: Some(SlotIndex(0)),
+                                    last: Some(yeyak::state::LastCommand {
+                                        kind: yeyak::state::CommandKind::Reserve,
+                                        idempotency_key: 1,
+                                        slot: SlotIndex(0),
+                                    }),
+                                });
                             }
                         }
                     })
@@ -185,7 +182,7 @@ fn people_max_is_never_passed_by_people_added_at_once() {
                     let table = Arc::clone(&table);
                     thread::spawn(move || match table.latch_or_insert(PersonKey(key)) {
                         Ok(latch) => {
-                            table.commit(latch, yeyak::state::PersonRecord::NEW);
+                            latch.commit(yeyak::state::PersonRecord::NEW);
                             true
                         }
                         Err(_) => false,

@@ -163,7 +163,6 @@ impl Engine {
     }
 
     fn appended(
-        &self,
         journal: &impl Journal,
         latch: PersonLatch<'_>,
         entry: &Entry,
@@ -171,7 +170,7 @@ impl Engine {
         slot: SlotIndex,
     ) -> Result<Outcome<SlotIndex>, Refusal> {
         let lsn = journal.append(entry).map_err(Refusal::LogUnavailable)?;
-        self.people.commit(latch, record);
+        latch.commit(record);
         Ok(Outcome { result: Ok(slot), durable_after: lsn + 1 })
     }
 
@@ -254,13 +253,10 @@ impl Engine {
             }
         };
         // `appended`, spelled out: 2 instructions a reservation fewer (callgrind).
-        self.people.commit(
-            latch,
-            PersonRecord {
-                holds: Some(slot),
-                last: Some(LastCommand { kind: CommandKind::Reserve, idempotency_key, slot }),
-            },
-        );
+        latch.commit(PersonRecord {
+            holds: Some(slot),
+            last: Some(LastCommand { kind: CommandKind::Reserve, idempotency_key, slot }),
+        });
         Outcome { result: Ok(slot), durable_after: lsn + 1 }
     }
 
@@ -306,7 +302,7 @@ impl Engine {
             holds: Some(slot),
             last: Some(LastCommand { kind: CommandKind::Change, idempotency_key, slot }),
         };
-        match self.appended(journal, latch, &entry, moved, slot) {
+        match Self::appended(journal, latch, &entry, moved, slot) {
             Ok(outcome) => {
                 self.slots.give(old_slot.0);
                 outcome
@@ -352,7 +348,7 @@ impl Engine {
         let cancelled =
             PersonRecord { holds: None, last: Some(LastCommand { kind: CommandKind::Cancel, idempotency_key, slot }) };
         // Log, then give: the seat is free for others only once the cancel has its number.
-        let outcome = self.appended(journal, latch, &entry, cancelled, slot).unwrap_or_else(refused);
+        let outcome = Self::appended(journal, latch, &entry, cancelled, slot).unwrap_or_else(refused);
         if outcome.result.is_ok() {
             self.slots.give(slot.0);
         }

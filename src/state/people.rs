@@ -142,7 +142,7 @@ pub struct PeopleTable {
 /// Two words (the bucket and its state before the latch), so that it travels
 /// in registers; the record is decoded only when asked for. A person new to
 /// the table is latched in a claimed bucket whose key is not yet published
-/// (`state_before` 0): `PeopleTable::commit` publishes them, and
+/// (`state_before` 0): `commit` publishes them, and
 /// `PeopleTable::abandon` (the command was refused) gives the bucket back and
 /// uncounts them, so that a refused command leaves no trace, as after a
 /// restart. A plain drop gives the bucket back but keeps the count (the
@@ -162,6 +162,16 @@ impl PersonLatch<'_> {
         let idempotency_key =
             if self.state_before & KIND_MASK == 0 { 0 } else { self.bucket.idempotency_key.load(Ordering::Relaxed) };
         decode(self.state_before, idempotency_key)
+    }
+
+    /// Stores the person's new record and releases the latch; a new person
+    /// is published.
+    #[inline]
+    pub fn commit(self, record: PersonRecord) {
+        let key = record.last.map_or(0, |l| l.idempotency_key);
+        self.bucket.idempotency_key.store(key, Ordering::Relaxed);
+        self.bucket.state.store(encode(record), Ordering::Release);
+        std::mem::forget(self);
     }
 }
 
@@ -302,14 +312,14 @@ impl PeopleTable {
                 // Another thread claimed this bucket first: look again, it may be our key.
                 continue;
             }
-            return self.publish_claimed(bucket, key);
+            return self.count_claimed(bucket, key);
         }
     }
 
     /// Counts a new person into a bucket this thread claimed and writes their
     /// key, still latched and not yet published: `commit` publishes them.
     #[inline]
-    fn publish_claimed<'table>(
+    fn count_claimed<'table>(
         &'table self,
         bucket: &'table Bucket,
         key: PersonKey,
@@ -322,16 +332,6 @@ impl PeopleTable {
         bucket.key_low.store(key.0 as u64, Ordering::Relaxed);
         bucket.key_high.store((key.0 >> 64) as u64, Ordering::Relaxed);
         Ok(PersonLatch { bucket, state_before: 0 })
-    }
-
-    /// Stores the person's new record and releases the latch; a new person
-    /// is published.
-    #[inline]
-    pub fn commit(&self, latch: PersonLatch<'_>, record: PersonRecord) {
-        let key = record.last.map_or(0, |l| l.idempotency_key);
-        latch.bucket.idempotency_key.store(key, Ordering::Relaxed);
-        latch.bucket.state.store(encode(record), Ordering::Release);
-        std::mem::forget(latch);
     }
 
     /// Releases the latch of a command that was refused, the record
@@ -409,7 +409,7 @@ mod tests {
         assert!(table.get(alice).is_none());
         let latch = table.latch_or_insert(alice).unwrap();
         assert_eq!(latch.record(), PersonRecord::NEW);
-        table.commit(latch, reserved(42, 7));
+        latch.commit(reserved(42, 7));
         assert_eq!(table.get(alice), Some(reserved(42, 7)));
         // A latch dropped without commit leaves the record unchanged.
         drop(table.latch(alice).unwrap());
@@ -421,7 +421,7 @@ mod tests {
     fn full_table_is_an_error_not_a_hang() {
         let table = PeopleTable::new(3);
         for key in 1..=3 {
-            table.commit(table.latch_or_insert(PersonKey(key)).unwrap(), reserved(key as u32, 1));
+            table.latch_or_insert(PersonKey(key)).unwrap().commit(reserved(key as u32, 1));
         }
         assert_eq!(table.latch_or_insert(PersonKey(4)).err(), Some(PeopleTableFull { people_max: 3 }));
         // People already present are still reachable.
@@ -429,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_person_whose_latch_is_dropped_leaves_no_trace() {
+    fn a_new_person_whose_command_is_abandoned_leaves_no_trace() {
         // Two buckets for one person: every key probes into the same pair.
         let table = PeopleTable::new(1);
         let refused = table.latch_or_insert(PersonKey(5)).unwrap();
@@ -438,7 +438,7 @@ mod tests {
         table.abandon(refused);
         assert_eq!((table.len(), table.get(PersonKey(5))), (0, None));
         // The room it took is free again: another person fits.
-        table.commit(table.latch_or_insert(PersonKey(6)).unwrap(), reserved(3, 1));
+        table.latch_or_insert(PersonKey(6)).unwrap().commit(reserved(3, 1));
         assert_eq!(table.get(PersonKey(6)), Some(reserved(3, 1)));
         assert_eq!(table.latch_or_insert(PersonKey(5)).err(), Some(PeopleTableFull { people_max: 1 }));
         let mut seen = Vec::new();
@@ -473,7 +473,7 @@ mod tests {
                             idempotency_key: count,
                             slot: SlotIndex(0),
                         });
-                        table.commit(latch, record);
+                        latch.commit(record);
                     }
                 });
             }

@@ -101,10 +101,10 @@ impl Engine {
                 if let Some(old) = held {
                     self.slots.give(old.0);
                 }
-                self.people.commit(
-                    latch,
-                    PersonRecord { holds: Some(slot), last: Some(LastCommand { kind, idempotency_key, slot }) },
-                );
+                latch.commit(PersonRecord {
+                    holds: Some(slot),
+                    last: Some(LastCommand { kind, idempotency_key, slot }),
+                });
             }
             Entry::Cancelled { person, slot, idempotency_key, .. } => {
                 let latch = self.people.latch(person).ok_or(Defect::CancelOfUnknownPerson)?;
@@ -113,13 +113,10 @@ impl Engine {
                     return Err(Defect::CancelOfSlotNotHeld { slot, held });
                 }
                 self.slots.give(slot.0);
-                self.people.commit(
-                    latch,
-                    PersonRecord {
-                        holds: None,
-                        last: Some(LastCommand { kind: CommandKind::Cancel, idempotency_key, slot }),
-                    },
-                );
+                latch.commit(PersonRecord {
+                    holds: None,
+                    last: Some(LastCommand { kind: CommandKind::Cancel, idempotency_key, slot }),
+                });
             }
             Entry::CapacityAdded { slot, seats, capacity, .. } => {
                 let slot = slot_of(slot)?;

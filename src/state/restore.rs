@@ -88,7 +88,7 @@ impl Engine {
             return Err(format!("person {:#x} appears twice", key.0));
         }
         let wrapped = record.holds.filter(|held| self.slots.take_wrapping(held.0)).map(|held| held.0);
-        self.people.commit(latch, record);
+        latch.commit(record);
         Ok(wrapped)
     }
 
@@ -136,7 +136,7 @@ impl Engine {
             let _wrapped = self.slots.take_wrapping(new.0);
             touched.push(new.0);
         }
-        self.people.commit(latch, record);
+        latch.commit(record);
         Ok(())
     }
 
