@@ -158,11 +158,8 @@ fn said(error: ClientError) -> String {
 
 fn parse_date(text: &str) -> Result<Date, String> {
     let date = Date::parse(text).map_err(|e| e.to_string())?;
-    let days = date.days_since_epoch();
-    if !(yeyak::protocol::body::DATE_DAYS_MIN..=yeyak::protocol::body::DATE_DAYS_MAX).contains(&days) {
-        return Err(format!("{date} is outside the dates the protocol carries (1900-01-01..=2099-12-31)"));
-    }
-    Ok(date)
+    yeyak::protocol::body::date_from_wire(date.days_since_epoch())
+        .ok_or_else(|| format!("{date} is outside the dates the protocol carries (1900-01-01..=2099-12-31)"))
 }
 
 pub fn run(args: ClientArgs) -> Result<(), String> {

@@ -1,7 +1,6 @@
 //! The 16-byte `Answer` every reply to a command starts with, and its mapping
 //! to and from the state machine's results (docs/protocol.md, "Answer").
 
-use crate::calendar::Date;
 use crate::inventory::SlotIndex;
 use crate::protocol::body::{BodyError, Reader};
 use crate::protocol::code;
@@ -126,12 +125,7 @@ impl Answer {
     /// `None` for OK, for protocol codes, and for fields that do not fit.
     pub fn to_refusal(&self) -> Option<Refusal> {
         let slot = SlotIndex(self.value);
-        let date = || {
-            self.wide()
-                .and_then(|days| i32::try_from(days).ok())
-                .filter(|days| (super::body::DATE_DAYS_MIN..=super::body::DATE_DAYS_MAX).contains(days))
-                .map(Date::from_days_since_epoch)
-        };
+        let date = || self.wide().and_then(|days| i32::try_from(days).ok()).and_then(super::body::date_from_wire);
         let code = ResultCode::from_u8(self.code)?;
         Some(match code {
             ResultCode::Ok => return None,
@@ -146,9 +140,7 @@ impl Answer {
             ResultCode::UnknownSlot => Refusal::UnknownSlot { slot: self.value },
             ResultCode::UnknownSite => Refusal::UnknownSite { site_id: self.value },
             ResultCode::NotAServiceDay => {
-                let first = Some(self.value as i32)
-                    .filter(|days| (super::body::DATE_DAYS_MIN..=super::body::DATE_DAYS_MAX).contains(days))
-                    .map(Date::from_days_since_epoch)?;
+                let first = super::body::date_from_wire(self.value as i32)?;
                 Refusal::NotAServiceDay { date: date()?, first, days: self.small }
             }
             ResultCode::SlotInPast => Refusal::SlotInPast { slot },
@@ -210,6 +202,7 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calendar::Date;
 
     #[test]
     fn every_refusal_survives_the_wire() {

@@ -112,13 +112,16 @@ fn field_error(field: &'static str, reason: String) -> BodyError {
     BodyError::Field { field, reason }
 }
 
+/// The date `days` after 1970-01-01, if the protocol carries it.
+#[inline]
+pub fn date_from_wire(days: i32) -> Option<Date> {
+    (DATE_DAYS_MIN..=DATE_DAYS_MAX).contains(&days).then(|| Date::from_days_since_epoch(days))
+}
+
 /// A date on the wire: days since 1970-01-01 within the protocol's range.
 #[inline]
 fn wire_date(days: i32, field: &'static str) -> Result<Date, BodyError> {
-    if !(DATE_DAYS_MIN..=DATE_DAYS_MAX).contains(&days) {
-        return Err(date_outside_range(days, field));
-    }
-    Ok(Date::from_days_since_epoch(days))
+    date_from_wire(days).ok_or_else(|| date_outside_range(days, field))
 }
 
 #[cold]
