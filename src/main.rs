@@ -277,7 +277,7 @@ fn verify_snapshots(
     };
     let (mut invalid, mut other_campaign) = (0, 0);
     for (_, path) in snapshots {
-        match yeyak::snapshot::CheckedSnapshot::open(&path, rules.campaign_id, &inventory) {
+        match yeyak::snapshot::CheckedSnapshot::open(&path, rules, &inventory) {
             Ok(checked) => writeln!(
                 out,
                 "{}: records below {} (captured while {}..{} were logged), {} people: ok",
@@ -291,7 +291,9 @@ fn verify_snapshots(
             Err(error) => {
                 writeln!(out, "{error}").map_err(stdout_error)?;
                 match error {
-                    SnapshotError::OtherCampaign { .. } | SnapshotError::OtherInventory { .. } => other_campaign += 1,
+                    SnapshotError::OtherCampaign { .. }
+                    | SnapshotError::OtherInventory { .. }
+                    | SnapshotError::OverPeopleMax { .. } => other_campaign += 1,
                     _ => invalid += 1,
                 }
             }

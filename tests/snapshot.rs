@@ -226,7 +226,7 @@ fn every_bit_flip_and_every_cut_of_a_snapshot_is_caught() {
     let path = scratch.path().join(summary.path.file_name().unwrap());
     let check = |bytes: &[u8]| {
         std::fs::write(&path, bytes).unwrap();
-        CheckedSnapshot::open(&path, rules.campaign_id, &inventory)
+        CheckedSnapshot::open(&path, &rules, &inventory)
     };
     assert!(check(&good).is_ok());
     for bit in 0..good.len() * 8 {

@@ -281,17 +281,28 @@ pub(super) fn recover_state(
         Access::Serve => RecoveryMode::TruncateTornTail,
         Access::Check => RecoveryMode::ReadOnly,
     };
-    let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots, mode).map_err(|error| {
-        match (&other_inventory, error) {
-            // A record of a slot the inventory no longer has: the change, not the log.
-            (Some(found), OpenError::Recovery(rejected @ RecoveryError::Rejected { .. })) => {
-                OpenError::CampaignChanged { found: format!("{found}; {rejected}") }
-            }
-            (_, error) => error,
-        }
-    })?;
-    check_log_reaches_back(&recovered, snapshot.as_ref(), &passed_over, other_inventory.as_ref())?;
+    let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots, mode)
+        .and_then(|recovered| check_log_reaches_back(&recovered, snapshot.as_ref(), &passed_over).map(|()| recovered))
+        .map_err(|error| blame_changed_inventory(other_inventory.as_ref(), error))?;
     Ok(RecoveredState { engine, snapshot, snapshots_passed_over: passed_over, recovered })
+}
+
+/// When a snapshot was passed over for being of another inventory (`found`
+/// says which), a log that does not reach back before it, or a record naming
+/// a slot the inventory no longer has, is the changed campaign.toml's doing,
+/// not the data directory's.
+fn blame_changed_inventory(found: Option<&String>, error: OpenError) -> OpenError {
+    let Some(found) = found else {
+        return error;
+    };
+    let why = match &error {
+        OpenError::LogStartsLate { .. } | OpenError::LogRetiredWithoutSnapshot { .. } => {
+            "the log does not reach back before it".to_string()
+        }
+        OpenError::Recovery(rejected @ RecoveryError::Rejected { .. }) => rejected.to_string(),
+        _ => return error,
+    };
+    OpenError::CampaignChanged { found: format!("{found}; {why}") }
 }
 
 /// The engine after the newest usable snapshot was restored into it.
@@ -327,16 +338,8 @@ pub(super) fn restore_newest_snapshot(
             continue;
         }
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let people_max = engine.rules().people_max;
-        let restored =
-            CheckedSnapshot::open(&path, engine.rules().campaign_id, engine.inventory()).and_then(|checked| {
-                match checked.header.people_count {
-                    people if people > people_max => {
-                        Err(SnapshotError::OverPeopleMax { path: path.clone(), people, people_max })
-                    }
-                    _ => checked.restore(&engine, threads).map(|wrapped| (checked.header, wrapped)),
-                }
-            });
+        let restored = CheckedSnapshot::open(&path, engine.rules(), engine.inventory())
+            .and_then(|checked| checked.restore(&engine, threads).map(|wrapped| (checked.header, wrapped)));
         match restored {
             Ok((header, wrapped_slots)) => {
                 let snapshot = Some((path, header));
@@ -368,10 +371,8 @@ pub(super) fn restore_newest_snapshot(
         }
     }
     if let Some(first) = log_first_lsn.filter(|first| *first > 1) {
-        if let Some(found) = other_inventory {
-            return Err(OpenError::CampaignChanged { found: format!("{found}, and the log begins at record {first}") });
-        }
-        return Err(OpenError::LogStartsLate { first_lsn: first, passed_over });
+        let late = OpenError::LogStartsLate { first_lsn: first, passed_over };
+        return Err(blame_changed_inventory(other_inventory.as_ref(), late));
     }
     Ok(Restored { engine, snapshot: None, wrapped_slots: Vec::new(), passed_over, other_inventory })
 }
@@ -396,18 +397,8 @@ pub(super) fn check_log_reaches_back(
     recovered: &RecoveredLog,
     snapshot: Option<&UsedSnapshot>,
     passed_over: &[String],
-    other_inventory: Option<&String>,
 ) -> Result<(), OpenError> {
     let (from_lsn, _) = snapshot_window(snapshot);
-    let log_missing = match recovered.segments.first() {
-        Some(first) => first.header.first_lsn > from_lsn,
-        None => snapshot.is_none() && recovered.next_segment_index > 1,
-    };
-    if let Some(found) = other_inventory.filter(|_| log_missing) {
-        return Err(OpenError::CampaignChanged {
-            found: format!("{found}, and the log does not reach back before it"),
-        });
-    }
     match recovered.segments.first() {
         // `restore_newest_snapshot` checked the first segment's header before
         // recovery; this checks the segments recovery kept.

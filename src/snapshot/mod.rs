@@ -12,6 +12,7 @@ pub mod writer;
 
 use std::path::{Path, PathBuf};
 
+use crate::config::CampaignRules;
 use crate::inventory::{Inventory, SlotIndex};
 use crate::snapshot::format::{
     align_chunk, chunk_kind, inventory_digest, parse_snapshot_file_name, ArchivedCapacityImage, ArchivedPersonImage,
@@ -150,8 +151,10 @@ fn capacities_of(bytes: &[u8]) -> Result<&[ArchivedCapacityImage], rkyv::rancor:
 }
 
 impl CheckedSnapshot {
-    /// Reads and checks the snapshot at `path` for this campaign and inventory.
-    pub fn open(path: &Path, campaign_id: u32, inventory: &Inventory) -> Result<CheckedSnapshot, SnapshotError> {
+    /// Reads and checks the snapshot at `path` for this campaign (its id and
+    /// `people_max`) and inventory.
+    pub fn open(path: &Path, rules: &CampaignRules, inventory: &Inventory) -> Result<CheckedSnapshot, SnapshotError> {
+        let campaign_id = rules.campaign_id;
         let io = |source| SnapshotError::Io { path: path.to_path_buf(), source };
         let invalid = |offset: usize, reason: String| SnapshotError::Invalid {
             path: path.to_path_buf(),
@@ -176,6 +179,10 @@ impl CheckedSnapshot {
         {
             let (snapshot_slots, slots) = (header.inventory_slots, inventory.slot_count());
             return Err(SnapshotError::OtherInventory { path: path.to_path_buf(), snapshot_slots, slots });
+        }
+        if header.people_count > rules.people_max {
+            let (people, people_max) = (header.people_count, rules.people_max);
+            return Err(SnapshotError::OverPeopleMax { path: path.to_path_buf(), people, people_max });
         }
         if path.file_name().and_then(|n| n.to_str()).and_then(format::parse_snapshot_file_name)
             != Some(header.start_lsn)
