@@ -221,7 +221,7 @@ impl Client {
         if !self.unwritten.is_empty() {
             // A failed write may have sent part of the bytes: resending them
             // would put the stream out of step, so the client is broken.
-            self.stream.write_all(&self.unwritten).map_err(|e| self.timed_out(e))?;
+            self.stream.write_all(&self.unwritten).map_err(|e| self.broken_by(e))?;
             self.unwritten.clear();
         }
         Ok(())
@@ -241,7 +241,7 @@ impl Client {
     /// Sends raw bytes (for tests of bad frames).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.flush()?;
-        self.stream.write_all(bytes).map_err(|e| self.timed_out(e))
+        self.stream.write_all(bytes).map_err(|e| self.broken_by(e))
     }
 
     /// A reply already read from the socket, if a whole one is there; never blocks.
@@ -271,7 +271,7 @@ impl Client {
             let read = match self.stream.read(self.buffer.spare()) {
                 Ok(read) => read,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => return Err(self.timed_out(error)),
+                Err(error) => return Err(self.broken_by(error)),
             };
             if read == 0 {
                 return Err(ClientError::Closed);
@@ -281,7 +281,7 @@ impl Client {
     }
 
     /// An I/O error as the caller sees it; the client is broken from now on.
-    fn timed_out(&mut self, error: std::io::Error) -> ClientError {
+    fn broken_by(&mut self, error: std::io::Error) -> ClientError {
         self.broken = true;
         timed_out(error, self.timeout.unwrap_or_default())
     }

@@ -134,6 +134,11 @@ fn fresh_idempotency_key() -> u64 {
     yeyak::mix64(nanos ^ u64::from(std::process::id()).rotate_left(40)).max(1)
 }
 
+/// A state-machine refusal as the shell says it: its code's name, then why.
+fn refused(refusal: &Refusal) -> String {
+    format!("refused ({}): {refusal}", refusal.code().name())
+}
+
 fn seats_text(seats: u32) -> String {
     if seats == 1 {
         "1 seat".to_string()
@@ -173,30 +178,31 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
         error => error.to_string(),
     })?;
     let channel = if args.operator { Channel::Operator { operator_id: key_id } } else { Channel::Person };
-    let idempotency_key = |person: &PersonArgs| person.idempotency_key.unwrap_or_else(fresh_idempotency_key);
     let booking = |person: &PersonArgs, slot: u32| BookingRequest {
         person: person.person,
         birth_date: person.birth_date,
         slot: SlotIndex(slot),
-        idempotency_key: idempotency_key(person),
+        idempotency_key: person.idempotency_key.unwrap_or_else(fresh_idempotency_key),
         channel,
     };
     // A lost answer (the connection broke, or no reply in time) leaves the
     // outcome unknown: the same key asks again without booking twice.
-    let show = |done: &str, booking: BookingRequest, result: Result<Result<SlotIndex, Refusal>, ClientError>| {
-        match result {
-        Ok(Ok(slot)) => {
-            println!("{done} {slot}");
-            Ok(())
-        }
-        Ok(Err(refusal)) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
-        Err(error @ (ClientError::Io(_) | ClientError::TimedOut(_) | ClientError::Closed)) => Err(format!(
-            "{error}; the command may or may not have been applied: repeat it with --idempotency-key {} to find out without booking twice",
-            booking.idempotency_key
-        )),
-        Err(error) => Err(error.to_string()),
-    }
-    };
+    let show =
+        |done: &str, booking: BookingRequest, result: Result<Result<SlotIndex, Refusal>, ClientError>| match result {
+            Ok(Ok(slot)) => {
+                println!("{done} {slot}");
+                Ok(())
+            }
+            Ok(Err(refusal)) => Err(refused(&refusal)),
+            Err(error @ (ClientError::Io(_) | ClientError::TimedOut(_) | ClientError::Closed)) => {
+                let key = booking.idempotency_key;
+                Err(format!(
+                    "{error}; the command may or may not have been applied: repeat it with \
+                     --idempotency-key {key} to find out without booking twice"
+                ))
+            }
+            Err(error) => Err(said(error)),
+        };
     match args.command {
         ClientCommand::Reserve { person, slot } => {
             let booking = booking(&person, slot);
@@ -210,21 +216,19 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
             let booking = booking(&person, 0);
             show("cancelled, gave up", booking, client.cancel(&booking))
         }
-        ClientCommand::Get { person } => {
-            match client.reservation(&PersonQuery { person }).map_err(|e| e.to_string())? {
-                Ok(Some(slot)) => {
-                    println!("holds {slot}");
-                    Ok(())
-                }
-                Ok(None) => {
-                    println!("holds no reservation");
-                    Ok(())
-                }
-                Err(refusal) => Err(format!("refused: {refusal}")),
+        ClientCommand::Get { person } => match client.reservation(&PersonQuery { person }).map_err(said)? {
+            Ok(Some(slot)) => {
+                println!("holds {slot}");
+                Ok(())
             }
-        }
+            Ok(None) => {
+                println!("holds no reservation");
+                Ok(())
+            }
+            Err(refusal) => Err(format!("refused: {refusal}")),
+        },
         ClientCommand::Site { site, date } => {
-            match client.site_availability(&SiteQuery { site_id: site, date }).map_err(|e| e.to_string())? {
+            match client.site_availability(&SiteQuery { site_id: site, date }).map_err(said)? {
                 Ok(seats) => {
                     for (offset, left) in seats.seats.iter().enumerate() {
                         println!("{}: {left} seats left", SlotIndex(seats.first_slot.0 + offset as u32));
@@ -236,7 +240,7 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
         }
         ClientCommand::Region { region, date, cursor, limit } => {
             let query = RegionQuery { region_id: region, date, cursor, limit };
-            match client.region_availability(&query).map_err(|e| e.to_string())? {
+            match client.region_availability(&query).map_err(said)? {
                 Ok(page) => {
                     for (site, left) in &page.sites {
                         println!("site {site}: {left} seats left");
@@ -255,7 +259,7 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
                 println!("{} has a capacity of {}", SlotIndex(slot), seats_text(capacity));
                 Ok(())
             }
-            Err(refusal) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
+            Err(refusal) => Err(refused(&refusal)),
         },
         ClientCommand::AddCapacity { slot, seats, expected } => {
             let addition = CapacityAddition { slot: SlotIndex(slot), seats, expected_capacity: expected };
@@ -264,18 +268,17 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
                     println!("{} now has a capacity of {}", SlotIndex(slot), seats_text(capacity));
                     Ok(())
                 }
-                Err(refusal) => Err(format!("refused ({}): {refusal}", refusal.code().name())),
+                Err(refusal) => Err(refused(&refusal)),
             }
         }
         ClientCommand::Stats => {
-            let stats = client.stats().map_err(|e| e.to_string())?;
-            let refusals: Vec<(String, u64)> = stats
+            let stats = client.stats().map_err(said)?;
+            let counters = STATS_COUNTER_NAMES.iter().map(|name| name.to_string()).zip(stats.counters);
+            let refusals = stats
                 .refusals_by_code
                 .iter()
-                .map(|(code, count)| (format!("refused: {}", yeyak::protocol::code_name(*code)), *count))
-                .collect();
-            let lines = STATS_COUNTER_NAMES.iter().map(|name| name.to_string()).zip(stats.counters).chain(refusals);
-            let lines: Vec<(String, u64)> = lines.collect();
+                .map(|(code, count)| (format!("refused: {}", yeyak::protocol::code_name(*code)), *count));
+            let lines: Vec<(String, u64)> = counters.chain(refusals).collect();
             let width = lines.iter().map(|(name, _)| name.chars().count()).max().unwrap_or(0);
             for (name, value) in lines {
                 println!("{name:<width$} {value}");
