@@ -47,6 +47,15 @@ fn reopen(directory: &Path, options: DurableOptions) -> (DurableEngine, yeyak::d
     DurableEngine::open(directory, options, false).unwrap()
 }
 
+/// A small campaign in a new data directory, the instant of its first evening
+/// open to everyone, and an engine opened on it.
+fn small_campaign_open(options: DurableOptions) -> (tempfile::TempDir, i64, DurableEngine) {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let (engine, _) = reopen(directory.path(), options);
+    (directory, open_evening_ms(&rules), engine)
+}
+
 /// A copy of a data directory, without its snapshots.
 fn copy_without_snapshots(from: &Path) -> tempfile::TempDir {
     let copy = tempfile::tempdir().unwrap();
@@ -61,10 +70,7 @@ fn copy_without_snapshots(from: &Path) -> tempfile::TempDir {
 
 #[test]
 fn snapshot_plus_tail_equals_the_log_alone() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = reopen(directory.path(), options(usize::MAX));
+    let (directory, now, engine) = small_campaign_open(options(usize::MAX));
     book_some(&engine, now, 0, 300);
     let summary = engine.take_snapshot().unwrap().expect("records were logged");
     assert!(summary.header.people_count > 200, "{:?}", summary.header);
@@ -89,10 +95,7 @@ fn snapshot_plus_tail_equals_the_log_alone() {
 
 #[test]
 fn snapshots_taken_while_threads_book_are_exact() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = reopen(directory.path(), options(usize::MAX));
+    let (directory, now, engine) = small_campaign_open(options(usize::MAX));
     let mut snapshots = 0;
     std::thread::scope(|scope| {
         for thread in 0..2u64 {
@@ -134,10 +137,7 @@ fn snapshots_taken_while_threads_book_are_exact() {
 
 #[test]
 fn old_snapshots_and_segments_behind_them_are_removed() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = reopen(directory.path(), options(2));
+    let (directory, now, engine) = small_campaign_open(options(2));
     for round in 0..5 {
         book_some(&engine, now, round * 200, 200);
         engine.take_snapshot().unwrap().expect("records were logged");
@@ -155,10 +155,7 @@ fn old_snapshots_and_segments_behind_them_are_removed() {
 
 #[test]
 fn a_damaged_newest_snapshot_is_passed_over_for_the_older_one() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = reopen(directory.path(), options(2));
+    let (directory, now, engine) = small_campaign_open(options(2));
     book_some(&engine, now, 0, 200);
     let older = engine.take_snapshot().unwrap().unwrap();
     book_some(&engine, now, 200, 200);
@@ -194,10 +191,7 @@ fn a_damaged_newest_snapshot_is_passed_over_for_the_older_one() {
 
 #[test]
 fn without_a_valid_snapshot_a_log_that_starts_late_is_refused() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = reopen(directory.path(), options(1));
+    let (directory, now, engine) = small_campaign_open(options(1));
     for round in 0..3 {
         book_some(&engine, now, round * 200, 200);
         engine.take_snapshot().unwrap().unwrap();
@@ -272,10 +266,7 @@ fn background_snapshots_and_a_leftover_temporary_file() {
 
 #[test]
 fn a_snapshot_of_another_inventory_is_not_used() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = reopen(directory.path(), options(usize::MAX));
+    let (directory, now, engine) = small_campaign_open(options(usize::MAX));
     book_some(&engine, now, 0, 50);
     engine.take_snapshot().unwrap().unwrap();
     engine.close().unwrap();
@@ -304,10 +295,7 @@ fn listing(directory: &Path) -> Vec<String> {
 #[test]
 fn a_changed_campaign_toml_is_refused_and_the_data_directory_left_as_it_was() {
     use yeyak::durable::OpenError;
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = reopen(directory.path(), options(1));
+    let (directory, now, engine) = small_campaign_open(options(1));
     book_some(&engine, now, 0, 300);
     engine.take_snapshot().unwrap().unwrap();
     book_some(&engine, now, 300, 20);
@@ -456,10 +444,7 @@ fn leave_only_a_cut_short_segment(directory: &Path) -> u64 {
 
 #[test]
 fn a_snapshot_with_no_segment_left_to_number_after_it_is_refused() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = reopen(directory.path(), options(1));
+    let (directory, now, engine) = small_campaign_open(options(1));
     book_some(&engine, now, 0, 300);
     let summary = engine.take_snapshot().unwrap().unwrap();
     engine.close().unwrap();
@@ -477,10 +462,7 @@ fn a_snapshot_with_no_segment_left_to_number_after_it_is_refused() {
 
 #[test]
 fn without_a_usable_snapshot_a_log_whose_segments_were_all_retired_is_refused() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = reopen(directory.path(), options(1));
+    let (directory, now, engine) = small_campaign_open(options(1));
     book_some(&engine, now, 0, 300);
     engine.take_snapshot().unwrap().unwrap();
     engine.close().unwrap();
