@@ -207,6 +207,41 @@ fn start_book_from_the_shell_stop_and_restart() {
     assert!(!ok && text.contains("start-up would refuse") && text.contains("campaign.toml changed"), "{text}");
     std::fs::write(&campaign, original).unwrap();
     assert!(verify().0, "the data directory was left as it was");
+    // A reader that goes away (`| head`) ends `log dump` quietly, not with a panic.
+    let mut dump = Command::new(YEYAK)
+        .args(["log", "dump", "--data-dir"])
+        .arg(directory.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(dump.stdout.take());
+    let output = dump.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let sigpipe = std::os::unix::process::ExitStatusExt::signal(&output.status) == Some(libc::SIGPIPE);
+    assert!((output.status.success() || sigpipe) && !stderr.contains("panicked"), "{:?}: {stderr}", output.status);
+}
+
+#[test]
+fn flags_and_environment_read_as_documented() {
+    // YEYAK_PRODUCTION takes the usual spellings of true.
+    let directory = small_data_dir();
+    for yes in ["1", "yes", "on", "true"] {
+        let output = Command::new(YEYAK)
+            .args(["start", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(directory.path())
+            .env("YEYAK_PRODUCTION", yes)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && text.contains("no keys in"), "YEYAK_PRODUCTION={yes}: {text}");
+    }
+    // Person keys: hex digits, one optional 0x.
+    for bad in ["0x0x12", "+12", "0x", "1".repeat(33).as_str()] {
+        let output = Command::new(YEYAK).args(["client", "get", "--person", bad]).output().unwrap();
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && text.contains("is not a non-zero hex person key"), "{bad}: {text}");
+    }
 }
 
 #[test]
