@@ -1,6 +1,6 @@
 //! A blocking client: connect and authenticate, then send requests (pipelined:
 //! many may be sent before their replies are read) and read replies, each
-//! within a timeout.
+//! within a timeout (for the whole reply, however the peer splits it).
 //!
 //! The shell client, the tests and the load generator use it; gateways use
 //! the async client (`src/async_client.rs`), with its pool, automatic
@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::inventory::SlotIndex;
 use crate::protocol::body::{put_batch_header, put_batch_item, PersonQuery, RegionQuery, SiteQuery, Stats};
@@ -128,6 +128,12 @@ fn timed_out(error: std::io::Error, timeout: Duration) -> ClientError {
     }
 }
 
+/// Which of the socket's timeouts to set.
+enum Side {
+    Read,
+    Write,
+}
+
 /// A reply frame: its header and body.
 pub type Reply = (FrameHeader, Vec<u8>);
 
@@ -177,10 +183,10 @@ impl Client {
         Ok(client)
     }
 
-    /// How long one read may wait for the engine, and one write for room
+    /// How long writing the queued requests may take, and reading one reply
     /// (`None`: forever); past it, the call fails with `TimedOut` and the
-    /// client is broken. (Each read and write is timed, not the whole call: a
-    /// peer that trickles bytes keeps a call alive.)
+    /// client is broken. Each is timed whole: a peer that trickles bytes
+    /// does not keep a call alive.
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
         self.stream.set_read_timeout(timeout)?;
         self.stream.set_write_timeout(timeout)?;
@@ -221,8 +227,24 @@ impl Client {
         if !self.unwritten.is_empty() {
             // A failed write may have sent part of the bytes: resending them
             // would put the stream out of step, so the client is broken.
-            self.stream.write_all(&self.unwritten).map_err(|e| self.broken_by(e))?;
+            let deadline = self.deadline();
+            let (mut written, mut writes) = (0, 0);
+            while written < self.unwritten.len() {
+                if writes > 0 {
+                    self.shorten_timeout(Side::Write, deadline)?;
+                }
+                writes += 1;
+                match self.stream.write(&self.unwritten[written..]) {
+                    Ok(0) => return Err(self.broken_by(std::io::ErrorKind::WriteZero.into())),
+                    Ok(count) => written += count,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(self.broken_by(error)),
+                }
+            }
             self.unwritten.clear();
+            if writes > 1 && deadline.is_some() {
+                self.stream.set_write_timeout(self.timeout)?;
+            }
         }
         Ok(())
     }
@@ -264,10 +286,19 @@ impl Client {
     /// queued requests first).
     pub fn receive(&mut self) -> Result<Reply, ClientError> {
         self.flush()?;
+        let deadline = self.deadline();
+        let mut reads = 0;
         loop {
             if let Some(reply) = self.receive_buffered()? {
+                if reads > 1 && deadline.is_some() {
+                    self.stream.set_read_timeout(self.timeout)?;
+                }
                 return Ok(reply);
             }
+            if reads > 0 {
+                self.shorten_timeout(Side::Read, deadline)?;
+            }
+            reads += 1;
             let read = match self.stream.read(self.buffer.spare()) {
                 Ok(read) => read,
                 Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -278,6 +309,27 @@ impl Client {
             }
             self.buffer.filled(read);
         }
+    }
+
+    /// When a write of the queued requests, or the read of a reply, starting now must end.
+    fn deadline(&self) -> Option<Instant> {
+        self.timeout.map(|timeout| Instant::now() + timeout)
+    }
+
+    /// Sets the socket's timeout for `side` to what is left before `deadline`
+    /// (the caller sets it back to the whole timeout when done); past the
+    /// deadline, the client is broken and the call `TimedOut`.
+    fn shorten_timeout(&mut self, side: Side, deadline: Option<Instant>) -> Result<(), ClientError> {
+        let Some(deadline) = deadline else { return Ok(()) };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(self.broken_by(std::io::ErrorKind::TimedOut.into()));
+        }
+        let set = match side {
+            Side::Read => self.stream.set_read_timeout(Some(left)),
+            Side::Write => self.stream.set_write_timeout(Some(left)),
+        };
+        set.map_err(|e| self.broken_by(e))
     }
 
     /// An I/O error as the caller sees it; the client is broken from now on.

@@ -396,6 +396,36 @@ fn a_peer_that_never_answers_times_the_blocking_client_out() {
 }
 
 #[test]
+fn a_peer_that_trickles_a_reply_times_the_blocking_client_out_all_the_same() {
+    // Sends the start of a long frame a byte every 10 ms: each read gets
+    // something well within the timeout, the reply never completes.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    let trickler = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut frame = Vec::new();
+        yeyak::protocol::encode_frame(&mut frame, opcode::HELLO, yeyak::protocol::frame::flag::REPLY, 0, |out| {
+            out.extend_from_slice(&[0; 1000])
+        });
+        for byte in &frame {
+            if std::io::Write::write_all(&mut stream, &[*byte]).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let timeout = Duration::from_millis(300);
+    let started = Instant::now();
+    match Client::connect_within(address, Role::Gateway, 1, &[7; 32], timeout, timeout) {
+        Err(ClientError::TimedOut(waited)) => assert_eq!(waited, timeout),
+        other => panic!("a trickling peer: {:?}", other.map(|_| ())),
+    }
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_secs(3), "gave up after the timeout, not when the trickle ended: {waited:?}");
+    trickler.join().unwrap();
+}
+
+#[test]
 fn only_proven_keys_get_in_and_connections_are_capped() {
     let running = start(ServerConfig { connections_max: 3, ..ServerConfig::default() });
     let address = running.server.local_address();
