@@ -144,10 +144,10 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     // A clean stop leaves a snapshot, so the next start replays no log.
     let snapshots = yeyak::snapshot::SnapshotOptions { on_close: true, ..yeyak::snapshot::SnapshotOptions::default() };
     // What can be refused at once is refused before the tables are built and
-    // anything is written: the address (bound and let go: the server binds it
-    // again), and in production the keys.
+    // anything is written: the address (bound here and handed to the server,
+    // so nothing can take it meanwhile), and in production the keys.
     let serve_error = |e: std::io::Error| format!("cannot serve on {}: {e}", args.listen);
-    drop(std::net::TcpListener::bind(args.listen).map_err(serve_error)?);
+    let listener = std::net::TcpListener::bind(args.listen).map_err(serve_error)?;
     let production_keys =
         if demo { None } else { Some(KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?) };
     let (engine, report) =
@@ -181,7 +181,7 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     println!("durability {:?}; campaign \"{}\"", args.durability, rules.name);
     let config = ServerConfig { listen: args.listen, clock, ..args.server };
     let mut signals = Signals::catch()?;
-    let server = Server::start(engine, keys, config).map_err(serve_error)?;
+    let server = Server::start_on(listener, engine, keys, config).map_err(serve_error)?;
     println!(
         "serving on {} ({:?} reactor; yeyak client --help to book from the shell)",
         server.local_address(),

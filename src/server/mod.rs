@@ -134,11 +134,23 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen` and starts serving `engine`.
     pub fn start(engine: DurableEngine, keys: KeyRing, config: ServerConfig) -> std::io::Result<Server> {
+        Server::start_on(std::net::TcpListener::bind(config.listen)?, engine, keys, config)
+    }
+
+    /// Starts serving `engine` on a listener bound beforehand (`yeyak start`
+    /// binds before it builds the tables, so a taken address is refused at
+    /// once, and keeps the address until the server takes it over).
+    /// `config.listen` is not used.
+    pub fn start_on(
+        listener: std::net::TcpListener,
+        engine: DurableEngine,
+        keys: KeyRing,
+        config: ServerConfig,
+    ) -> std::io::Result<Server> {
         // Checked before any thread starts, so a refusal leaves nothing running.
         if config.reactor == reactor::Reactor::Uring && !reactor::uring_available() {
             return Err(std::io::Error::other("io_uring is not available to this process: use the tokio reactor"));
         }
-        let listener = std::net::TcpListener::bind(config.listen)?;
         listener.set_nonblocking(true)?;
         let local_address = listener.local_addr()?;
         let shared = Arc::new(Shared {
