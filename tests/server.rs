@@ -857,3 +857,61 @@ fn a_peer_that_does_not_complete_the_handshake_is_let_go() {
     assert!(started.elapsed() >= std::time::Duration::from_secs(4), "{:?}", started.elapsed());
     running.server.shutdown().unwrap();
 }
+
+#[test]
+fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
+    use yeyak::log::faults::{FaultPlan, FaultyStorage};
+    use yeyak::log::FileStorage;
+    use yeyak::protocol::body::{put_batch_header, put_batch_item, split_reply_batch};
+    use yeyak::protocol::Answer;
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let plan = FaultPlan::never();
+    let storage = FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
+    let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
+    let (engine, _) = DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
+    let (keys, _) = KeyRing::load(directory.path(), true).unwrap();
+    let clock = Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
+    let config = ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), clock, ..ServerConfig::default() };
+    let server = Server::start(engine, keys.clone(), config).unwrap();
+    let mut client = gateway(&server, &keys);
+    assert_eq!(client.reserve(&wire_booking(0, 5, 1)).unwrap(), Ok(SlotIndex(5)));
+
+    plan.writes_before_disk_full.store(0, std::sync::atomic::Ordering::SeqCst);
+    let log_unavailable = |result: &Result<Result<SlotIndex, Refusal>, ClientError>| match result {
+        Err(ClientError::Refused(answer)) => answer.code == ResultCode::LogUnavailable as u8,
+        Ok(Err(Refusal::LogUnavailable(_))) => true,
+        _ => false,
+    };
+    let refused = client.reserve(&wire_booking(1, 6, 1));
+    assert!(log_unavailable(&refused), "{refused:?}");
+    // The client saw the failure: it is broken only by I/O errors, not by refusals.
+    let refused = client.cancel(&wire_booking(0, 0, 2));
+    assert!(log_unavailable(&refused), "{refused:?}");
+
+    // Reads keep working: one at a time, the site's seats, and a batch of reads.
+    assert_eq!(client.reservation(&PersonQuery { person: person(0) }).unwrap(), Ok(Some(SlotIndex(5))));
+    let date = yeyak::calendar::Date::parse("2021-08-26").unwrap();
+    assert!(client.site_availability(&yeyak::protocol::SiteQuery { site_id: 1, date }).unwrap().is_ok());
+    let batch = |client: &mut Client, with_reserve: bool| {
+        client.call(opcode::BATCH, |out| {
+            put_batch_header(out, 2 + u16::from(with_reserve));
+            put_batch_item(out, opcode::GET_RESERVATION, |out| PersonQuery { person: person(0) }.encode(out));
+            put_batch_item(out, opcode::GET_RESERVATION, |out| PersonQuery { person: person(7) }.encode(out));
+            if with_reserve {
+                put_batch_item(out, opcode::RESERVE, |out| wire_booking(8, 9, 1).encode(out));
+            }
+        })
+    };
+    let (_, body) = batch(&mut client, false).unwrap();
+    let answers: Vec<Answer> =
+        split_reply_batch(&body).unwrap().iter().map(|item| Answer::decode(item.body).unwrap().0).collect();
+    let held: Vec<_> = answers.iter().map(|a| (a.code, a.held_slot())).collect();
+    assert_eq!(held, [(0, Some(SlotIndex(5))), (0, None)]);
+    // A batch with a change in it is refused whole.
+    match batch(&mut client, true) {
+        Err(ClientError::Refused(answer)) => assert_eq!(answer.code, ResultCode::LogUnavailable as u8),
+        other => panic!("a batch with a reserve after the failure: {other:?}"),
+    }
+    assert_eq!(server.shutdown(), Err(Refusal::LogUnavailable(yeyak::state::LogUnavailable::DiskFull)));
+}

@@ -20,7 +20,7 @@ use crate::protocol::frame::flag;
 use crate::protocol::{code, encode_frame, opcode, Answer};
 use crate::server::connection::Outbox;
 use crate::server::stats::Tally;
-use crate::state::{BookingRequest, Engine, Journal, Lsn, Moment, Refusal};
+use crate::state::{BookingRequest, Engine, Journal, LogUnavailable, Lsn, Moment, Refusal};
 
 /// A decoded command, ready for the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +43,12 @@ impl Command {
             Command::Get(query) => Some((query.person, 0)),
             _ => None,
         }
+    }
+
+    /// Whether the command only reads the state (its answer may be released
+    /// once the log has failed, as `DurableEngine`'s reads are).
+    fn is_read(&self) -> bool {
+        matches!(self, Command::Get(_) | Command::Site(_) | Command::Region(_))
     }
 
     pub fn opcode(&self) -> u8 {
@@ -71,6 +77,14 @@ impl Work {
             Work::Batch(commands) => commands.len() as u32,
         }
     }
+
+    /// Whether every command of the request only reads.
+    fn reads_only(&self) -> bool {
+        match self {
+            Work::One(command) => command.is_read(),
+            Work::Batch(commands) => commands.iter().all(Command::is_read),
+        }
+    }
 }
 
 /// One request from a connection, decoded and checked, for the engine thread.
@@ -86,6 +100,8 @@ struct PendingReply {
     outbox: Arc<Outbox>,
     request_id: u64,
     commands: u32,
+    /// The request changes nothing (`Work::reads_only`).
+    reads_only: bool,
     bytes: Range<usize>,
     durable_after: Lsn,
 }
@@ -116,15 +132,21 @@ impl Pending {
     }
 
     /// Hands every reply whose records are durable to its connection. If the
-    /// log failed, the replies still waiting never will be durable: each is
-    /// answered LOG_UNAVAILABLE instead (an ERROR frame for the whole request).
-    /// Returns how many replies were released.
+    /// log failed (disk full, a failed write or sync), the replies still
+    /// waiting never will be durable: a request that changes state is
+    /// answered LOG_UNAVAILABLE instead (an ERROR frame for the whole
+    /// request, a batch with any change in it included); a request that only
+    /// reads gets its answer, as reads keep working from memory after a
+    /// failure (docs/log-format.md, "When the disk fails"). Returns how many
+    /// replies were released.
     pub fn release(&mut self, engine: &DurableEngine) -> usize {
         let durable = engine.log().durable_lsn();
         let failed = engine.log().writable().err();
         let mut released = 0;
         while let Some(front) = self.replies.front() {
-            if front.durable_after <= durable {
+            let read_after_failure =
+                front.reads_only && matches!(failed, Some(LogUnavailable::DiskFull | LogUnavailable::IoFailed));
+            if front.durable_after <= durable || read_after_failure {
                 front.outbox.push_quietly(&self.arena[front.bytes.clone()]);
             } else if let Some(why) = failed {
                 let mut frame = Vec::new();
@@ -219,7 +241,9 @@ pub fn apply(
     }
     let bytes = start..pending.arena.len();
     let commands = job.work.commands();
-    let reply = PendingReply { outbox: job.outbox, request_id: job.request_id, commands, bytes, durable_after };
+    let reads_only = job.work.reads_only();
+    let reply =
+        PendingReply { outbox: job.outbox, request_id: job.request_id, commands, reads_only, bytes, durable_after };
     pending.replies.push_back(reply);
 }
 
@@ -383,7 +407,14 @@ mod tests {
         let start = pending.arena.len();
         pending.arena.extend_from_slice(&[byte; 100]);
         let bytes = start..pending.arena.len();
-        let reply = PendingReply { outbox: Arc::clone(outbox), request_id, commands: 1, bytes, durable_after: 9 };
+        let reply = PendingReply {
+            outbox: Arc::clone(outbox),
+            request_id,
+            commands: 1,
+            reads_only: false,
+            bytes,
+            durable_after: 9,
+        };
         pending.replies.push_back(reply);
     }
 
