@@ -40,7 +40,7 @@ pub enum ClientError {
     /// or will still send is unknown, so the connection is not used again.
     #[error("the connection failed earlier and may be out of step with the engine: connect again")]
     Broken,
-    #[error("the engine refused the request whole: {} (code {}){}", crate::protocol::code::name(.0.code).or(.0.to_refusal().map(|_| "state machine refusal")).unwrap_or("unknown"), .0.code, if .0.value != 0 { format!(", limit {}", .0.value) } else { String::new() })]
+    #[error("the engine refused the request whole: {}", refused_whole(.0))]
     Refused(Answer),
     #[error("the engine's reply does not read: {0}")]
     BadReply(String),
@@ -50,6 +50,20 @@ pub enum ClientError {
     Random(getrandom::Error),
     #[error("the request is not valid and was not sent: {0}")]
     Invalid(crate::protocol::BodyError),
+}
+
+/// What an ERROR frame's answer says: the protocol's code by name (with its
+/// limit), or the state machine's refusal in words.
+fn refused_whole(answer: &Answer) -> String {
+    let code = answer.code;
+    if let Some(name) = crate::protocol::code::name(code) {
+        let limit = if answer.value != 0 { format!(", limit {}", answer.value) } else { String::new() };
+        return format!("{name} (code {code}{limit})");
+    }
+    match answer.to_refusal() {
+        Some(refusal) => format!("{refusal} (code {code})"),
+        None => format!("unknown code {code}"),
+    }
 }
 
 impl From<ClientHandshakeError> for ClientError {
@@ -470,7 +484,27 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
-    use super::ReadBuffer;
+    use super::{ClientError, ReadBuffer};
+    use crate::protocol::{code, Answer};
+    use crate::state::{LogUnavailable, Refusal};
+
+    #[test]
+    fn a_request_refused_whole_says_why_in_words() {
+        let disk_full = ClientError::Refused(Answer::refusal(&Refusal::LogUnavailable(LogUnavailable::DiskFull)));
+        assert_eq!(
+            disk_full.to_string(),
+            "the engine refused the request whole: the log cannot take records: the disk is full (free space, \
+             then restart the engine); nothing was made durable (code 60)"
+        );
+        let overloaded =
+            ClientError::Refused(Answer { code: code::TOO_MANY_IN_FLIGHT, value: 4096, ..Answer::default() });
+        assert_eq!(
+            overloaded.to_string(),
+            "the engine refused the request whole: too many in flight (code 111, limit 4096)"
+        );
+        let unknown = ClientError::Refused(Answer { code: 250, ..Answer::default() });
+        assert_eq!(unknown.to_string(), "the engine refused the request whole: unknown code 250");
+    }
 
     /// Reads `chunk` into the buffer as a socket read would.
     fn read(buffer: &mut ReadBuffer, chunk: &[u8]) {

@@ -49,6 +49,7 @@ pub enum ClientCommand {
     Reserve {
         #[command(flatten)]
         person: PersonArgs,
+        /// The slot number (`site` lists a site's slots of a day from its first slot number).
         #[arg(long)]
         slot: u32,
     },
@@ -56,6 +57,7 @@ pub enum ClientCommand {
     Change {
         #[command(flatten)]
         person: PersonArgs,
+        /// The slot number (`site` lists a site's slots of a day from its first slot number).
         #[arg(long)]
         slot: u32,
     },
@@ -71,6 +73,7 @@ pub enum ClientCommand {
     },
     /// Seats left in each time slot of a site on a day.
     Site {
+        /// The site's id (its first column in the inventory).
         #[arg(long)]
         site: u32,
         /// YYYY-MM-DD.
@@ -79,13 +82,16 @@ pub enum ClientCommand {
     },
     /// Sites of a region with seats left on a day, a page at a time.
     Region {
+        /// The region's id.
         #[arg(long)]
         region: u16,
+        /// YYYY-MM-DD.
         #[arg(long, value_parser = parse_date)]
         date: Date,
         /// The page to start at (the previous page says the next one).
         #[arg(long, default_value_t = 0)]
         cursor: u32,
+        /// Sites a page holds at most.
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
@@ -93,13 +99,16 @@ pub enum ClientCommand {
     Stats,
     /// A slot's capacity (operators: with --operator).
     Capacity {
+        /// The slot number (`site` lists a site's slots of a day from its first slot number).
         #[arg(long)]
         slot: u32,
     },
     /// Adds seats to a slot, if its capacity is still the one you saw (operators: with --operator).
     AddCapacity {
+        /// The slot number (`site` lists a site's slots of a day from its first slot number).
         #[arg(long)]
         slot: u32,
+        /// Seats to add (0 reads the capacity).
         #[arg(long)]
         seats: u32,
         /// The capacity you saw (`capacity --slot`): the change is made only

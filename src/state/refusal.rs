@@ -17,6 +17,16 @@ pub enum LogUnavailable {
     Closed,
 }
 
+impl fmt::Display for LogUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogUnavailable::DiskFull => "the disk is full (free space, then restart the engine)",
+            LogUnavailable::IoFailed => "a write or sync failed (restart the engine)",
+            LogUnavailable::Closed => "the engine is shutting down",
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Refusal {
     /// The person key is zero; gateways must send the keyed hash of a resident number.
@@ -233,7 +243,7 @@ impl fmt::Display for Refusal {
             Refusal::CapacityChanged { slot, capacity } => {
                 write!(f, "{slot} has capacity {capacity} now, not the one the change expected")
             }
-            Refusal::LogUnavailable(why) => write!(f, "the log cannot take records ({why:?}); nothing was changed"),
+            Refusal::LogUnavailable(why) => write!(f, "the log cannot take records: {why}; nothing was made durable"),
             other => write!(f, "{}", other.code().name()),
         }
     }
