@@ -4,9 +4,9 @@
 mod common;
 
 use common::*;
-use yeyak::durable::DurableEngine;
+use yeyak::durable::{DurableEngine, OpenError};
 use yeyak::log::faults::{FaultPlan, FaultyStorage};
-use yeyak::log::FileStorage;
+use yeyak::log::{FileStorage, LogOptions};
 use yeyak::state::{LogUnavailable, Refusal};
 
 #[test]
@@ -137,4 +137,22 @@ fn a_campaign_whose_tables_do_not_fit_in_memory_is_refused_at_start_with_what_to
     write_small_campaign(directory.path());
     let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
     engine.close().unwrap();
+}
+
+#[test]
+fn a_file_system_without_room_for_a_log_segment_is_refused_at_start() {
+    let directory = tempfile::tempdir().unwrap();
+    write_small_campaign(directory.path());
+    // A segment of 768 TiB: more than any test machine's disk has free.
+    let options = LogOptions { segment_size_bytes: 64 + 48 * (1 << 44), ..small_log_options() };
+    match DurableEngine::open(directory.path(), options, false) {
+        Err(OpenError::NoRoomForLog { needed_bytes, available_bytes, .. }) => {
+            assert_eq!(needed_bytes, options.segment_size_bytes);
+            assert!(available_bytes < needed_bytes);
+        }
+        other => panic!("expected NoRoomForLog, got {:?}", other.map(|_| ())),
+    }
+    // Nothing was written: the same directory opens with a segment that fits.
+    assert!(!directory.path().join("log").exists());
+    DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
 }

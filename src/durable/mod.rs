@@ -19,8 +19,11 @@ use crate::state::{BookingRequest, CancelRequest, Engine, LogUnavailable, Outcom
 
 mod open;
 
+use open::{
+    check_room_for_a_segment, lock_data_directory, lock_data_directory_to_read, recover_state, snapshot_window, Access,
+    RecoveredState,
+};
 pub use open::{load_campaign, OpenError, MEMORY_CHECK_SKIP_ENV};
-use open::{lock_data_directory, lock_data_directory_to_read, recover_state, snapshot_window, Access, RecoveredState};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
@@ -173,6 +176,7 @@ impl DurableEngine {
         let started = Instant::now();
         let (rules, created_demo_campaign) = load_campaign(data_directory, create_demo)?;
         let lock = lock_data_directory(data_directory)?;
+        check_room_for_a_segment(data_directory, &options.log)?;
         let campaign_id = rules.campaign_id;
         let RecoveredState { engine, snapshot, snapshots_passed_over, recovered } =
             recover_state(data_directory, &rules, &options.log, Access::Serve)?;

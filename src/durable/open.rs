@@ -34,6 +34,14 @@ pub enum OpenError {
     Snapshot(#[from] SnapshotError),
     #[error("{path} is locked: another yeyak has this data directory open; stop it first")]
     Locked { path: PathBuf },
+    /// The first record after start-up opens a new log segment, preallocated
+    /// whole: without room for one, no change could ever be made durable.
+    #[error(
+        "{path}: the log's next segment needs {} MiB and the file system has {} MiB free: no booking could \
+         be made durable; free space there, or give another --data-dir",
+        needed_bytes.div_ceil(1 << 20), available_bytes >> 20
+    )]
+    NoRoomForLog { path: PathBuf, needed_bytes: u64, available_bytes: u64 },
     /// campaign.toml no longer describes the campaign the data directory was
     /// written for; nothing in the directory was changed.
     #[error(
@@ -176,6 +184,21 @@ fn holds_records(data_directory: &Path) -> bool {
 }
 
 /// Takes the data directory's lock, so that two engines never write one log.
+/// Refuses to start when the file system of the log has no room for the
+/// segment the first record will create (`OpenError::NoRoomForLog`).
+pub(super) fn check_room_for_a_segment(data_directory: &Path, options: &LogOptions) -> Result<(), OpenError> {
+    let log_directory = data_directory.join(LOG_DIRECTORY);
+    // Before the first start the log directory does not exist yet: it will
+    // be made inside the data directory.
+    let path = if log_directory.is_dir() { log_directory } else { data_directory.to_path_buf() };
+    let available_bytes =
+        crate::log::storage::available_bytes(&path).map_err(|source| OpenError::Io { path: path.clone(), source })?;
+    if available_bytes < options.segment_size_bytes {
+        return Err(OpenError::NoRoomForLog { path, needed_bytes: options.segment_size_bytes, available_bytes });
+    }
+    Ok(())
+}
+
 pub(super) fn lock_data_directory(data_directory: &Path) -> Result<std::fs::File, OpenError> {
     let path = data_directory.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
