@@ -153,6 +153,9 @@ fn start_book_from_the_shell_stop_and_restart() {
     assert!(line("changes") == Some("1") && line("cancellations") == Some("1"), "{text}");
     assert!(text.contains("refused: not eligible"), "refusals by code: {text}");
     assert!(text.contains("refused: already booked"), "refusals by code: {text}");
+    // Queries' refusals read like commands' ones: the code's name, then why.
+    let (ok, text) = client(directory.path(), &address, &["site", "--site", "999", "--date", "2021-08-26"]);
+    assert!(!ok && text.contains("refused (unknown site): "), "{text}");
     // An operator reads a slot's capacity and adds to it from what they saw;
     // the same change again is refused, not applied twice.
     let (ok, text) = client(directory.path(), &address, &["capacity", "--slot", "7"]);

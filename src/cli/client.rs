@@ -234,7 +234,7 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
                 println!("holds no reservation");
                 Ok(())
             }
-            Err(refusal) => Err(format!("refused: {refusal}")),
+            Err(refusal) => Err(refused(&refusal)),
         },
         ClientCommand::Site { site, date } => {
             match client.site_availability(&SiteQuery { site_id: site, date }).map_err(said)? {
@@ -244,7 +244,7 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
                     }
                     Ok(())
                 }
-                Err(refusal) => Err(format!("refused: {refusal}")),
+                Err(refusal) => Err(refused(&refusal)),
             }
         }
         ClientCommand::Region { region, date, cursor, limit } => {
@@ -260,7 +260,7 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
                     }
                     Ok(())
                 }
-                Err(refusal) => Err(format!("refused: {refusal}")),
+                Err(refusal) => Err(refused(&refusal)),
             }
         }
         ClientCommand::Capacity { slot } => match client.capacity(SlotIndex(slot)).map_err(said)? {
