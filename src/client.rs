@@ -411,10 +411,7 @@ impl Client {
 
     /// A slot's capacity, read by adding zero seats (an operator connection).
     pub fn capacity(&mut self, slot: SlotIndex) -> Result<Result<u32, Refusal>, ClientError> {
-        match self.add_capacity(&CapacityAddition { slot, seats: 0, expected_capacity: 0 })? {
-            Err(Refusal::CapacityChanged { capacity, .. }) => Ok(Ok(capacity)),
-            other => Ok(other),
-        }
+        self.add_capacity(&CapacityAddition { slot, seats: 0, expected_capacity: 0 })
     }
 
     /// The slot a person holds, if any.

@@ -146,8 +146,11 @@ impl Model {
     /// Compare-and-add, as docs/protocol.md says for ADD_CAPACITY.
     fn add_capacity(&mut self, slot: u32, seats: u32, expected: u32) -> Result<u32, Refusal> {
         let capacity = self.capacity[&slot];
+        if seats == 0 {
+            return Ok(capacity);
+        }
         if capacity != expected {
-            if seats > 0 && expected + seats == capacity {
+            if expected + seats == capacity {
                 return Ok(capacity);
             }
             return Err(Refusal::CapacityChanged { slot: SlotIndex(slot), capacity });

@@ -374,7 +374,8 @@ impl Engine {
     /// if the slot already has `expected_capacity + seats`, this very change
     /// was applied (its answer was lost) and the answer is the same, with
     /// nothing added twice; any other capacity means another change came
-    /// first, refused as `CapacityChanged` with the capacity now.
+    /// first, refused as `CapacityChanged` with the capacity now. Zero seats
+    /// is a read: the capacity, whatever `expected_capacity` says.
     ///
     /// Takes the capacity lock, then appends: the caller already holds the
     /// log's append lock (its `LogWriter::appender` is the journal), so the
@@ -393,16 +394,16 @@ impl Engine {
         }
         let _serialized = self.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let capacity = self.slots.capacity(slot.0);
+        if seats == 0 {
+            // A read of the capacity: nothing to log.
+            return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
+        }
         if capacity != expected_capacity {
-            if seats > 0 && expected_capacity.checked_add(seats) == Some(capacity) {
+            if expected_capacity.checked_add(seats) == Some(capacity) {
                 // Applied before; the answer waits for its record like any read.
                 return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
             }
             return refused(Refusal::CapacityChanged { slot, capacity });
-        }
-        if seats == 0 {
-            // A read of the capacity: nothing to log.
-            return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
         }
         let Some(new_capacity) = capacity.checked_add(seats).filter(|c| *c <= crate::state::SLOT_CAPACITY_MAX) else {
             return refused(Refusal::CapacityOverflow { slot, capacity });
