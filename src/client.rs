@@ -21,7 +21,7 @@ use crate::state::{BookingRequest, Refusal, RegionPage};
 
 /// How long a call waits for its reply (and a write for room) by default.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long connecting and the handshake may take by default.
+/// How long connecting, and then each step of the handshake, may take by default.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +82,10 @@ pub struct Client {
     timeout: Option<Duration>,
     /// A read or write failed: every later call is refused with `Broken`.
     broken: bool,
+    /// The socket's read (write) timeout was shortened to what was left of
+    /// a deadline: the next read (write) sets it back to `timeout` first.
+    read_timeout_shortened: bool,
+    write_timeout_shortened: bool,
     buffer: ReadBuffer,
     /// Frames sent but not yet written: written together before the next read.
     unwritten: Vec<u8>,
@@ -165,8 +169,9 @@ impl Client {
         Self::connect_within(address, role, key_id, key, CONNECT_TIMEOUT, CALL_TIMEOUT)
     }
 
-    /// `connect` with its own timeouts: for connecting and the handshake, and
-    /// then for each read and write.
+    /// `connect` with its own timeouts: for connecting, then for each step
+    /// of the handshake (a write and a reply, twice), and then for each
+    /// write of requests and each reply (`set_timeout`).
     pub fn connect_within(
         address: SocketAddr,
         role: Role,
@@ -182,6 +187,8 @@ impl Client {
             stream,
             timeout: None,
             broken: false,
+            read_timeout_shortened: false,
+            write_timeout_shortened: false,
             buffer: ReadBuffer::default(),
             unwritten: Vec::new(),
             next_request_id: PROOF_REQUEST_ID + 1,
@@ -205,6 +212,8 @@ impl Client {
         self.stream.set_read_timeout(timeout)?;
         self.stream.set_write_timeout(timeout)?;
         self.timeout = timeout;
+        self.read_timeout_shortened = false;
+        self.write_timeout_shortened = false;
         Ok(())
     }
 
@@ -241,13 +250,13 @@ impl Client {
         if !self.unwritten.is_empty() {
             // A failed write may have sent part of the bytes: resending them
             // would put the stream out of step, so the client is broken.
+            self.restore_timeout(Side::Write)?;
             let deadline = self.deadline();
-            let (mut written, mut writes) = (0, 0);
+            let mut written = 0;
             while written < self.unwritten.len() {
-                if writes > 0 {
+                if written > 0 {
                     self.shorten_timeout(Side::Write, deadline)?;
                 }
-                writes += 1;
                 match self.stream.write(&self.unwritten[written..]) {
                     Ok(0) => return Err(self.broken_by(std::io::ErrorKind::WriteZero.into())),
                     Ok(count) => written += count,
@@ -256,9 +265,6 @@ impl Client {
                 }
             }
             self.unwritten.clear();
-            if writes > 1 && deadline.is_some() {
-                self.stream.set_write_timeout(self.timeout)?;
-            }
         }
         Ok(())
     }
@@ -277,6 +283,7 @@ impl Client {
     /// Sends raw bytes (for tests of bad frames).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         self.flush()?;
+        self.restore_timeout(Side::Write)?;
         self.stream.write_all(bytes).map_err(|e| self.broken_by(e))
     }
 
@@ -300,13 +307,11 @@ impl Client {
     /// queued requests first).
     pub fn receive(&mut self) -> Result<Reply, ClientError> {
         self.flush()?;
+        self.restore_timeout(Side::Read)?;
         let deadline = self.deadline();
         let mut reads = 0;
         loop {
             if let Some(reply) = self.receive_buffered()? {
-                if reads > 1 && deadline.is_some() {
-                    self.stream.set_read_timeout(self.timeout)?;
-                }
                 return Ok(reply);
             }
             if reads > 0 {
@@ -326,13 +331,14 @@ impl Client {
     }
 
     /// When a write of the queued requests, or the read of a reply, starting now must end.
+    /// (`None`: no timeout, or one too long to have an end.)
     fn deadline(&self) -> Option<Instant> {
-        self.timeout.map(|timeout| Instant::now() + timeout)
+        self.timeout.and_then(|timeout| Instant::now().checked_add(timeout))
     }
 
     /// Sets the socket's timeout for `side` to what is left before `deadline`
-    /// (the caller sets it back to the whole timeout when done); past the
-    /// deadline, the client is broken and the call `TimedOut`.
+    /// (the next operation on that side sets it back: `restore_timeout`);
+    /// past the deadline, the client is broken and the call `TimedOut`.
     fn shorten_timeout(&mut self, side: Side, deadline: Option<Instant>) -> Result<(), ClientError> {
         let Some(deadline) = deadline else { return Ok(()) };
         let left = deadline.saturating_duration_since(Instant::now());
@@ -340,10 +346,32 @@ impl Client {
             return Err(self.broken_by(std::io::ErrorKind::TimedOut.into()));
         }
         let set = match side {
-            Side::Read => self.stream.set_read_timeout(Some(left)),
-            Side::Write => self.stream.set_write_timeout(Some(left)),
+            Side::Read => {
+                self.read_timeout_shortened = true;
+                self.stream.set_read_timeout(Some(left))
+            }
+            Side::Write => {
+                self.write_timeout_shortened = true;
+                self.stream.set_write_timeout(Some(left))
+            }
         };
         set.map_err(|e| self.broken_by(e))
+    }
+
+    /// Sets the socket's timeout for `side` back to the whole `timeout` if a
+    /// deadline shortened it (however the operation that did so ended).
+    fn restore_timeout(&mut self, side: Side) -> Result<(), ClientError> {
+        let set = match side {
+            Side::Read if self.read_timeout_shortened => self.stream.set_read_timeout(self.timeout),
+            Side::Write if self.write_timeout_shortened => self.stream.set_write_timeout(self.timeout),
+            _ => return Ok(()),
+        };
+        set.map_err(|e| self.broken_by(e))?;
+        match side {
+            Side::Read => self.read_timeout_shortened = false,
+            Side::Write => self.write_timeout_shortened = false,
+        }
+        Ok(())
     }
 
     /// An I/O error as the caller sees it; the client is broken from now on.

@@ -398,6 +398,16 @@ fn a_peer_that_never_answers_times_the_blocking_client_out() {
 }
 
 #[test]
+fn a_timeout_too_long_to_have_an_end_is_no_timeout() {
+    let running = start(ServerConfig::default());
+    let mut client = gateway(&running.server, &running.keys);
+    client.set_timeout(Some(Duration::MAX)).unwrap();
+    assert_eq!(client.reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)));
+    assert!(client.stats().is_ok());
+    running.server.shutdown().unwrap();
+}
+
+#[test]
 fn a_peer_that_trickles_a_reply_times_the_blocking_client_out_all_the_same() {
     // Sends the start of a long frame a byte every 10 ms: each read gets
     // something well within the timeout, the reply never completes.
