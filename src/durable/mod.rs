@@ -176,13 +176,13 @@ impl DurableEngine {
         let started = Instant::now();
         let (rules, created_demo_campaign) = load_campaign(data_directory, create_demo)?;
         let lock = lock_data_directory(data_directory)?;
-        check_room_for_a_segment(data_directory, &options.log)?;
         let campaign_id = rules.campaign_id;
         let RecoveredState { engine, snapshot, snapshots_passed_over, recovered } =
             recover_state(data_directory, &rules, &options.log, Access::Serve)?;
         let log_directory = data_directory.join(LOG_DIRECTORY);
         let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
         let (from_lsn, _) = snapshot_window(snapshot.as_ref());
+        check_room_for_a_segment(data_directory, &options.log)?;
         let log =
             LogWriter::start(storage, options.log, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
         let report = RecoveryReport::of(snapshot, snapshots_passed_over, recovered, started, created_demo_campaign);
@@ -210,7 +210,11 @@ impl DurableEngine {
         let started = Instant::now();
         let (rules, _) = load_campaign(data_directory, false)?;
         let _lock = lock_data_directory_to_read(data_directory)?;
-        let state = recover_state(data_directory, &rules, &LogOptions::default(), Access::Check)?;
+        let options = LogOptions::default();
+        let state = recover_state(data_directory, &rules, &options, Access::Check)?;
+        // Without removing what start-up would (a torn tail's segments, a
+        // snapshot's temporary file): a start may find a little more room.
+        check_room_for_a_segment(data_directory, &options)?;
         let RecoveredState { snapshot, snapshots_passed_over, recovered, .. } = state;
         Ok(RecoveryReport::of(snapshot, snapshots_passed_over, recovered, started, false))
     }

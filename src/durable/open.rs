@@ -183,9 +183,10 @@ fn holds_records(data_directory: &Path) -> bool {
     has_any(LOG_DIRECTORY) || has_any(SNAPSHOT_DIRECTORY)
 }
 
-/// Takes the data directory's lock, so that two engines never write one log.
 /// Refuses to start when the file system of the log has no room for the
-/// segment the first record will create (`OpenError::NoRoomForLog`).
+/// segment the first record will create (`OpenError::NoRoomForLog`). Run
+/// after recovery, which may have removed files (a torn tail's segments, a
+/// snapshot's temporary file).
 pub(super) fn check_room_for_a_segment(data_directory: &Path, options: &LogOptions) -> Result<(), OpenError> {
     let log_directory = data_directory.join(LOG_DIRECTORY);
     // Before the first start the log directory does not exist yet: it will
@@ -199,6 +200,7 @@ pub(super) fn check_room_for_a_segment(data_directory: &Path, options: &LogOptio
     Ok(())
 }
 
+/// Takes the data directory's lock, so that two engines never write one log.
 pub(super) fn lock_data_directory(data_directory: &Path) -> Result<std::fs::File, OpenError> {
     let path = data_directory.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()

@@ -108,7 +108,9 @@ pub fn create_directory_durably(directory: &Path) -> io::Result<()> {
     sync_directory(directory.parent().unwrap_or(Path::new(".")))
 }
 
-/// Bytes an unprivileged writer may still use on the file system of `path`.
+/// Bytes this process may still write on the file system of `path`: the
+/// free blocks when it runs as root (which may use the blocks a file system
+/// reserves for it), else the blocks available to unprivileged writers.
 pub fn available_bytes(path: &Path) -> io::Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
@@ -118,7 +120,9 @@ pub fn available_bytes(path: &Path) -> io::Result<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
+    // SAFETY: `geteuid` only reads the process's credentials.
+    let blocks = if unsafe { libc::geteuid() } == 0 { stats.f_bfree } else { stats.f_bavail };
+    Ok((blocks as u64).saturating_mul(stats.f_frsize as u64))
 }
 
 impl LogStorage for FileStorage {
