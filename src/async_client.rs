@@ -72,7 +72,7 @@ pub enum AsyncClientError {
     Unreachable(String),
     #[error("the connection closed before the reply came")]
     Closed,
-    #[error("the engine refused the request whole: {}", code::name(.0.code).unwrap_or("state machine refusal"))]
+    #[error("the engine refused the request whole: {}", crate::client::refused_whole(.0))]
     Refused(Answer),
     #[error("authentication failed: the engine does not accept this key")]
     Unauthenticated,

@@ -54,15 +54,17 @@ pub enum ClientError {
 
 /// What an ERROR frame's answer says: the protocol's code by name (with its
 /// limit), or the state machine's refusal in words.
-fn refused_whole(answer: &Answer) -> String {
+pub(crate) fn refused_whole(answer: &Answer) -> String {
     let code = answer.code;
     if let Some(name) = crate::protocol::code::name(code) {
         let limit = if answer.value != 0 { format!(", limit {}", answer.value) } else { String::new() };
         return format!("{name} (code {code}{limit})");
     }
-    match answer.to_refusal() {
-        Some(refusal) => format!("{refusal} (code {code})"),
-        None => format!("unknown code {code}"),
+    match (answer.to_refusal(), crate::state::ResultCode::from_u8(code)) {
+        (Some(refusal), _) => format!("{refusal} (code {code})"),
+        // A code this client knows, with details it cannot read.
+        (None, Some(known)) => format!("{} (code {code})", known.name()),
+        (None, None) => format!("unknown code {code}"),
     }
 }
 
@@ -519,7 +521,7 @@ mod tests {
         assert_eq!(
             disk_full.to_string(),
             "the engine refused the request whole: the log cannot take records: the disk is full (free space, \
-             then restart the engine); nothing was made durable (code 60)"
+             then restart the engine); not acknowledged: retry with the same idempotency key (code 60)"
         );
         let overloaded =
             ClientError::Refused(Answer { code: code::TOO_MANY_IN_FLIGHT, value: 4096, ..Answer::default() });
@@ -527,6 +529,8 @@ mod tests {
             overloaded.to_string(),
             "the engine refused the request whole: too many in flight (code 111, limit 4096)"
         );
+        let unreadable = ClientError::Refused(Answer { code: 60, small: 9, ..Answer::default() });
+        assert_eq!(unreadable.to_string(), "the engine refused the request whole: log unavailable (code 60)");
         let unknown = ClientError::Refused(Answer { code: 250, ..Answer::default() });
         assert_eq!(unknown.to_string(), "the engine refused the request whole: unknown code 250");
     }

@@ -920,6 +920,10 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
         split_reply_batch(&body).unwrap().iter().map(|item| Answer::decode(item.body).unwrap().0).collect();
     let held: Vec<_> = answers.iter().map(|a| (a.code, a.held_slot())).collect();
     assert_eq!(held, [(0, Some(SlotIndex(5))), (0, None)]);
+    // An operator's look at a slot's capacity (zero seats added) is a read too.
+    let (operator_id, key) = keys.first(Role::Operator).unwrap();
+    let mut operator = Client::connect(server.local_address(), Role::Operator, operator_id, key).unwrap();
+    assert!(matches!(operator.capacity(SlotIndex(5)), Ok(Ok(capacity)) if capacity > 0));
     // A batch with a change in it is refused whole.
     match batch(&mut client, true) {
         Err(ClientError::Refused(answer)) => assert_eq!(answer.code, ResultCode::LogUnavailable as u8),

@@ -12,6 +12,7 @@ use yeyak::durable::{DurableEngine, DurableOptions};
 use yeyak::log::{Durability, LogOptions, WriteMode};
 use yeyak::server::keys::KeyRing;
 use yeyak::server::{Clock, Server, ServerConfig};
+use yeyak::state::Refusal;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -194,7 +195,13 @@ pub fn start(args: StartArgs) -> Result<(), String> {
         eprintln!("second signal: exiting now; the log recovers at the next start");
         std::process::exit(130);
     });
-    server.shutdown().map_err(|e| format!("the log could not be closed cleanly: {e}"))?;
+    server.shutdown().map_err(|refusal| match refusal {
+        Refusal::LogUnavailable(why) => format!(
+            "the log could not be closed cleanly: {why}; every acknowledged booking is durable and the next start \
+             recovers it"
+        ),
+        other => format!("the log could not be closed cleanly: {other}"),
+    })?;
     println!("stopped cleanly");
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The engine thread: takes jobs from the ingress queue, applies them to the
 //! state machine, and releases each reply once every log record it depends on
-//! is durable (group commit: one sync releases many replies).
+//! is durable (group commit: one sync releases many replies). If the log
+//! fails, replies still waiting are refused, except those of requests that
+//! only read (`Pending::release`).
 //!
 //! Replies are encoded into one arena as they are computed and wait there in
 //! order; `durable_after` never decreases along the queue (one thread draws
@@ -48,7 +50,12 @@ impl Command {
     /// Whether the command only reads the state (its answer may be released
     /// once the log has failed, as `DurableEngine`'s reads are).
     fn is_read(&self) -> bool {
-        matches!(self, Command::Get(_) | Command::Site(_) | Command::Region(_))
+        match self {
+            Command::Get(_) | Command::Site(_) | Command::Region(_) => true,
+            // Zero seats reads the capacity (`Engine::add_capacity`).
+            Command::AddCapacity(addition) => addition.seats == 0,
+            Command::Reserve(_) | Command::Change(_) | Command::Cancel(_) => false,
+        }
     }
 
     pub fn opcode(&self) -> u8 {
@@ -140,8 +147,10 @@ impl Pending {
     /// failure (docs/log-format.md, "When the disk fails"). Returns how many
     /// replies were released.
     pub fn release(&mut self, engine: &DurableEngine) -> usize {
-        let durable = engine.log().durable_lsn();
+        // The failure first: the flusher stores the durable number before it
+        // records a failure, so a reply durable just before one is released.
         let failed = engine.log().writable().err();
+        let durable = engine.log().durable_lsn();
         let mut released = 0;
         while let Some(front) = self.replies.front() {
             let read_after_failure =

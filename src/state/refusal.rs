@@ -243,7 +243,9 @@ impl fmt::Display for Refusal {
             Refusal::CapacityChanged { slot, capacity } => {
                 write!(f, "{slot} has capacity {capacity} now, not the one the change expected")
             }
-            Refusal::LogUnavailable(why) => write!(f, "the log cannot take records: {why}; nothing was made durable"),
+            Refusal::LogUnavailable(why) => {
+                write!(f, "the log cannot take records: {why}; not acknowledged: retry with the same idempotency key")
+            }
             other => write!(f, "{}", other.code().name()),
         }
     }
