@@ -931,3 +931,21 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
     }
     assert_eq!(server.shutdown(), Err(Refusal::LogUnavailable(yeyak::state::LogUnavailable::DiskFull)));
 }
+
+#[test]
+fn a_bound_address_refuses_connections_until_its_server_listens() {
+    let address = yeyak::server::BoundAddress::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let local = address.local_address().unwrap();
+    let early = std::net::TcpStream::connect_timeout(&local, Duration::from_secs(2));
+    assert_eq!(early.map(|_| ()).unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let (keys, _) = KeyRing::load(directory.path(), true).unwrap();
+    let clock = Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
+    let server = Server::start_on(address, engine, keys.clone(), ServerConfig { clock, ..ServerConfig::default() });
+    let server = server.unwrap();
+    assert_eq!(server.local_address(), local);
+    assert_eq!(gateway(&server, &keys).reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)));
+    server.shutdown().unwrap();
+}

@@ -11,7 +11,7 @@ use yeyak::calendar::TimeOfDay;
 use yeyak::durable::{DurableEngine, DurableOptions};
 use yeyak::log::{Durability, LogOptions, WriteMode};
 use yeyak::server::keys::KeyRing;
-use yeyak::server::{Clock, Server, ServerConfig};
+use yeyak::server::{BoundAddress, Clock, Server, ServerConfig};
 use yeyak::state::Refusal;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -145,10 +145,11 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     // A clean stop leaves a snapshot, so the next start replays no log.
     let snapshots = yeyak::snapshot::SnapshotOptions { on_close: true, ..yeyak::snapshot::SnapshotOptions::default() };
     // What can be refused at once is refused before the tables are built and
-    // anything is written: the address (bound here and handed to the server,
-    // so nothing can take it meanwhile), and in production the keys.
+    // anything is written: the address (bound here, and listened on only
+    // once the server starts: meanwhile connections are refused, not left
+    // waiting), and in production the keys.
     let serve_error = |e: std::io::Error| format!("cannot serve on {}: {e}", args.listen);
-    let listener = std::net::TcpListener::bind(args.listen).map_err(serve_error)?;
+    let address = BoundAddress::bind(args.listen).map_err(serve_error)?;
     let production_keys =
         if demo { None } else { Some(KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?) };
     let (engine, report) =
@@ -182,7 +183,7 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     println!("durability {:?}; campaign \"{}\"", args.durability, rules.name);
     let config = ServerConfig { listen: args.listen, clock, ..args.server };
     let mut signals = Signals::catch()?;
-    let server = Server::start_on(listener, engine, keys, config).map_err(serve_error)?;
+    let server = Server::start_on(address, engine, keys, config).map_err(serve_error)?;
     println!(
         "serving on {} ({:?} reactor; yeyak client --help to book from the shell)",
         server.local_address(),

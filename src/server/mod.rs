@@ -123,6 +123,34 @@ impl Shared {
     }
 }
 
+/// Connections the kernel queues for the network thread to accept.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// An address bound for a server that does not listen yet. Binding refuses
+/// an address another server listens on, at once; until `Server::start_on`
+/// listens, a connection attempt is refused rather than left waiting while
+/// the tables are built and the log replayed. (With `SO_REUSEADDR`, as
+/// servers set it, another process could still bind and listen meanwhile;
+/// `start_on` then fails with "address in use".)
+pub struct BoundAddress {
+    socket: socket2::Socket,
+}
+
+impl BoundAddress {
+    pub fn bind(address: SocketAddr) -> std::io::Result<BoundAddress> {
+        let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+        // As std's `TcpListener::bind`: a restart may bind while the last
+        // run's connections linger in TIME_WAIT.
+        socket.set_reuse_address(true)?;
+        socket.bind(&address.into())?;
+        Ok(BoundAddress { socket })
+    }
+
+    pub fn local_address(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()?.as_socket().ok_or_else(|| std::io::Error::other("not an IP address"))
+    }
+}
+
 /// A running server.
 pub struct Server {
     shared: Arc<Shared>,
@@ -134,15 +162,14 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen` and starts serving `engine`.
     pub fn start(engine: DurableEngine, keys: KeyRing, config: ServerConfig) -> std::io::Result<Server> {
-        Server::start_on(std::net::TcpListener::bind(config.listen)?, engine, keys, config)
+        Server::start_on(BoundAddress::bind(config.listen)?, engine, keys, config)
     }
 
-    /// Starts serving `engine` on a listener bound beforehand (`yeyak start`
+    /// Starts serving `engine` on an address bound beforehand (`yeyak start`
     /// binds before it builds the tables, so a taken address is refused at
-    /// once, and keeps the address until the server takes it over).
-    /// `config.listen` is not used.
+    /// once, and keeps the address meanwhile). `config.listen` is not used.
     pub fn start_on(
-        listener: std::net::TcpListener,
+        address: BoundAddress,
         engine: DurableEngine,
         keys: KeyRing,
         config: ServerConfig,
@@ -151,6 +178,8 @@ impl Server {
         if config.reactor == reactor::Reactor::Uring && !reactor::uring_available() {
             return Err(std::io::Error::other("io_uring is not available to this process: use the tokio reactor"));
         }
+        address.socket.listen(LISTEN_BACKLOG)?;
+        let listener = std::net::TcpListener::from(address.socket);
         listener.set_nonblocking(true)?;
         let local_address = listener.local_addr()?;
         let shared = Arc::new(Shared {
