@@ -35,6 +35,11 @@ fn restart_recovers_exactly_the_acknowledged_state() {
     let (engine, report) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
     assert!(report.records_replayed > 500);
     assert!(report.torn_tail.is_none());
+    // The report says where start-up's time went: phases within the whole.
+    let phases = report.phases;
+    assert!(phases.tables > std::time::Duration::ZERO && phases.log > std::time::Duration::ZERO, "{phases:?}");
+    assert!(phases.tables + phases.snapshot + phases.log <= report.elapsed, "{phases:?} {:?}", report.elapsed);
+    assert!(report.to_string().contains("(tables "), "{report}");
     assert_eq!(engine.engine().logical_state(), before);
     // A retry after the restart returns the first answer and books nothing more.
     let first = before.people[&person(1)].holds;

@@ -351,6 +351,8 @@ fn recovery(data_dir: PathBuf, without_snapshots: bool) {
             report.records_replayed
         ),
     }
+    let yeyak::durable::RecoveryPhases { tables, snapshot, log } = report.phases;
+    println!("  of which: tables {tables:.2?}, snapshot {snapshot:.2?}, log {log:.2?}");
     println!("  reservations held: {}", engine.engine().reservations_count());
 }
 

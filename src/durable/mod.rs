@@ -23,7 +23,7 @@ use open::{
     check_room_for_a_segment, lock_data_directory, lock_data_directory_to_read, recover_state, snapshot_window, Access,
     RecoveredState,
 };
-pub use open::{load_campaign, OpenError, MEMORY_CHECK_SKIP_ENV};
+pub use open::{load_campaign, OpenError, RecoveryPhases, MEMORY_CHECK_SKIP_ENV};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";
@@ -61,6 +61,9 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     pub removed_segments: Vec<PathBuf>,
     pub elapsed: Duration,
+    /// How `elapsed` divides (the rest: reading campaign.toml, the lock,
+    /// starting the log writer).
+    pub phases: RecoveryPhases,
     pub created_demo_campaign: bool,
 }
 
@@ -69,6 +72,7 @@ impl RecoveryReport {
         snapshot: Option<UsedSnapshot>,
         snapshots_passed_over: Vec<String>,
         recovered: crate::log::recovery::RecoveredLog,
+        phases: RecoveryPhases,
         started: Instant,
         created_demo_campaign: bool,
     ) -> RecoveryReport {
@@ -81,6 +85,7 @@ impl RecoveryReport {
             torn_tail: recovered.torn_tail,
             removed_segments: recovered.removed_segments,
             elapsed: started.elapsed(),
+            phases,
             created_demo_campaign,
         }
     }
@@ -101,6 +106,8 @@ impl std::fmt::Display for RecoveryReport {
             )?,
             None => write!(f, "in {:.2?} from the log: {} records replayed", self.elapsed, self.records_replayed)?,
         }
+        let RecoveryPhases { tables, snapshot, log } = self.phases;
+        write!(f, " (tables {tables:.2?}, snapshot {snapshot:.2?}, log {log:.2?})")?;
         for passed_over in &self.snapshots_passed_over {
             write!(f, "\n  snapshot passed over: {passed_over}")?;
         }
@@ -177,7 +184,7 @@ impl DurableEngine {
         let (rules, created_demo_campaign) = load_campaign(data_directory, create_demo)?;
         let lock = lock_data_directory(data_directory)?;
         let campaign_id = rules.campaign_id;
-        let RecoveredState { engine, snapshot, snapshots_passed_over, recovered } =
+        let RecoveredState { engine, snapshot, snapshots_passed_over, recovered, phases } =
             recover_state(data_directory, &rules, &options.log, Access::Serve)?;
         let log_directory = data_directory.join(LOG_DIRECTORY);
         let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
@@ -185,7 +192,8 @@ impl DurableEngine {
         check_room_for_a_segment(data_directory, &options.log)?;
         let log =
             LogWriter::start(storage, options.log, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
-        let report = RecoveryReport::of(snapshot, snapshots_passed_over, recovered, started, created_demo_campaign);
+        let report =
+            RecoveryReport::of(snapshot, snapshots_passed_over, recovered, phases, started, created_demo_campaign);
         let snapshot_state = SnapshotState { attempted_lsn: from_lsn, ..SnapshotState::default() };
         let core = Arc::new(Core {
             _lock: lock,
@@ -215,8 +223,8 @@ impl DurableEngine {
         // Without removing what start-up would (a torn tail's segments, a
         // snapshot's temporary file): a start may find a little more room.
         check_room_for_a_segment(data_directory, &options)?;
-        let RecoveredState { snapshot, snapshots_passed_over, recovered, .. } = state;
-        Ok(RecoveryReport::of(snapshot, snapshots_passed_over, recovered, started, false))
+        let RecoveredState { snapshot, snapshots_passed_over, recovered, phases, .. } = state;
+        Ok(RecoveryReport::of(snapshot, snapshots_passed_over, recovered, phases, started, false))
     }
 
     pub fn engine(&self) -> &Engine {

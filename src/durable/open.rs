@@ -263,6 +263,20 @@ pub(super) struct RecoveredState {
     pub(super) snapshot: Option<UsedSnapshot>,
     pub(super) snapshots_passed_over: Vec<String>,
     pub(super) recovered: RecoveredLog,
+    pub(super) phases: RecoveryPhases,
+}
+
+/// Where start-up's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryPhases {
+    /// Planning the inventory and building the empty tables (the kernel
+    /// zeroing their pages), for every engine built (one more for each
+    /// snapshot passed over after its restore began).
+    pub tables: std::time::Duration,
+    /// Checking and restoring snapshots, the tables' building excluded.
+    pub snapshot: std::time::Duration,
+    /// Reading and replaying the log.
+    pub log: std::time::Duration,
 }
 
 /// Rebuilds the engine's state from a data directory: the newest usable
@@ -275,11 +289,15 @@ pub(super) fn recover_state(
     access: Access,
 ) -> Result<RecoveredState, OpenError> {
     let campaign_id = rules.campaign_id;
+    let tables = std::cell::Cell::new(std::time::Duration::ZERO);
     let build_engine = || -> Result<Engine, OpenError> {
+        let started = std::time::Instant::now();
         // Refused before the tables are allocated, for CSV inventories too.
         let plan = Inventory::plan(rules, data_directory)?;
         check_table_memory(rules, plan.slot_count(), log_options, memory_to_check_against())?;
-        Ok(Engine::new(rules.clone(), plan.build()?))
+        let engine = Engine::new(rules.clone(), plan.build()?);
+        tables.set(tables.get() + started.elapsed());
+        Ok(engine)
     };
     let log_directory = data_directory.join(LOG_DIRECTORY);
     let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
@@ -300,7 +318,10 @@ pub(super) fn recover_state(
         return Err(OpenError::CampaignChanged { found });
     }
     let first_lsn = first_header.map(|header| header.first_lsn);
+    let restoring = std::time::Instant::now();
     let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_lsn, access)?;
+    let snapshot_phase = restoring.elapsed().saturating_sub(tables.get());
+    let replaying = std::time::Instant::now();
     let Restored { engine, snapshot, wrapped_slots, passed_over, other_inventory } = restored;
     let mode = match access {
         Access::Serve => RecoveryMode::TruncateTornTail,
@@ -309,7 +330,8 @@ pub(super) fn recover_state(
     let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots, mode)
         .and_then(|recovered| check_log_reaches_back(&recovered, snapshot.as_ref(), &passed_over).map(|()| recovered))
         .map_err(|error| blame_changed_inventory(other_inventory.as_ref(), error))?;
-    Ok(RecoveredState { engine, snapshot, snapshots_passed_over: passed_over, recovered })
+    let phases = RecoveryPhases { tables: tables.get(), snapshot: snapshot_phase, log: replaying.elapsed() };
+    Ok(RecoveredState { engine, snapshot, snapshots_passed_over: passed_over, recovered, phases })
 }
 
 /// When a snapshot was passed over for being of another inventory (`found`
