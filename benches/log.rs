@@ -40,7 +40,7 @@ impl Writer {
     }
 
     fn segment(storage: &mut FileStorage, segment_index: u64, first_lsn: u64) -> Box<dyn SegmentFile> {
-        let header = SegmentHeader { segment_index, first_lsn, campaign_id: 1 };
+        let header = SegmentHeader { segment_index, first_lsn, campaign_id: 1, inventory: Default::default() };
         let size = (SEGMENT_HEADER_BYTES + RECORD_BYTES * SEGMENT_RECORDS as usize) as u64;
         storage.create_segment(&header, size).expect("the disk has room")
     }

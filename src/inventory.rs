@@ -36,6 +36,27 @@ pub struct Site {
     pub name: String,
 }
 
+/// What a slot number means, in a log segment's header (docs/log-format.md):
+/// a slot is `(site index × days + day index) × slots_per_day + time index`,
+/// so the numbers keep their site, date and time exactly when the layout
+/// (first date, days, slots a day, day start, slot length) is the same and
+/// the sites are the same in the same order, with sites added at the end
+/// only. All zeros: not recorded (a segment written before stamps were).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InventoryStamp {
+    /// CRC32C of the layout's 12 bytes (docs/log-format.md).
+    pub layout_crc: u32,
+    pub site_count: u32,
+    /// CRC32C of the site ids, 4 bytes each, little-endian, in order.
+    pub sites_crc: u32,
+}
+
+impl InventoryStamp {
+    pub fn recorded(&self) -> bool {
+        self.site_count != 0
+    }
+}
+
 /// Where and when a slot is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotAddress {
@@ -208,6 +229,51 @@ impl Inventory {
 
     pub fn slot_count(&self) -> u32 {
         self.initial_capacity.len() as u32
+    }
+
+    /// This inventory's stamp (`InventoryStamp`).
+    pub fn stamp(&self) -> InventoryStamp {
+        let site_count = self.sites.len() as u32;
+        InventoryStamp { layout_crc: self.layout_crc(), site_count, sites_crc: self.sites_crc(self.sites.len()) }
+    }
+
+    /// Why slot numbers written under `stamp` would mean other slots in this
+    /// inventory, if they would.
+    pub fn differs_from(&self, stamp: &InventoryStamp) -> Option<String> {
+        if !stamp.recorded() {
+            return None;
+        }
+        if stamp.layout_crc != self.layout_crc() {
+            return Some(
+                "other service days or time slots (first date, days, slots a day, day start or slot length)".into(),
+            );
+        }
+        let sites = stamp.site_count as usize;
+        if sites > self.sites.len() {
+            return Some(format!("{sites} sites, where campaign.toml has {}", self.sites.len()));
+        }
+        if stamp.sites_crc != self.sites_crc(sites) {
+            return Some(format!("other sites, or the same in another order, among the first {sites}"));
+        }
+        None
+    }
+
+    /// CRC32C of: the first date (days since 1970-01-01, i32), days,
+    /// slots a day, the day's start (minutes after midnight) and the slot
+    /// length (minutes), each u16: 12 bytes, little-endian.
+    fn layout_crc(&self) -> u32 {
+        let mut bytes = [0u8; 12];
+        bytes[0..4].copy_from_slice(&self.first_date.days_since_epoch().to_le_bytes());
+        bytes[4..6].copy_from_slice(&self.days.to_le_bytes());
+        bytes[6..8].copy_from_slice(&self.slots_per_day.to_le_bytes());
+        bytes[8..10].copy_from_slice(&self.day_start.minute_of_day().to_le_bytes());
+        bytes[10..12].copy_from_slice(&self.slot_minutes.to_le_bytes());
+        crate::crc::crc32c(&bytes)
+    }
+
+    /// CRC32C of the first `count` site ids, u32 little-endian each.
+    fn sites_crc(&self, count: usize) -> u32 {
+        self.sites[..count].iter().fold(0, |crc, site| crate::crc::crc32c_append(crc, &site.id.to_le_bytes()))
     }
 
     pub fn sites(&self) -> &[Site] {

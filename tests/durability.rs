@@ -162,3 +162,44 @@ fn a_file_system_without_room_for_a_log_segment_is_refused_at_start() {
     assert_eq!(segments, 0);
     DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
 }
+
+#[test]
+fn a_log_of_other_days_time_slots_or_sites_is_refused_and_sites_added_at_the_end_are_not() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    for index in 0..50 {
+        engine.reserve(&booking(index, (index * 211 % 10_800) as u32, 1), now).unwrap();
+    }
+    let before = engine.engine().logical_state();
+    engine.close().unwrap();
+    let campaign = directory.path().join("campaign.toml");
+    let original = std::fs::read_to_string(&campaign).unwrap();
+    let layout = "other service days or time slots";
+    let changes = [
+        (original.replace("days = 30", "days = 31"), layout),
+        (original.replace("slots_per_day = 18", "slots_per_day = 17"), layout),
+        (original.replace("day_start = \"09:00\"", "day_start = \"08:00\""), layout),
+        (original.replace("slot_minutes = 30", "slot_minutes = 20"), layout),
+        (original.replace("first_date = \"2021-08-26\"", "first_date = \"2021-08-27\""), layout),
+        (original.replace("sites = 20", "sites = 19"), "20 sites, where campaign.toml has 19"),
+    ];
+    for (changed, expected) in changes {
+        assert_ne!(changed, original);
+        std::fs::write(&campaign, &changed).unwrap();
+        let error = DurableEngine::open(directory.path(), small_log_options(), false).err().expect("refused");
+        let text = error.to_string();
+        assert!(matches!(error, OpenError::CampaignChanged { .. }) && text.contains(expected), "{text}");
+        let checked = DurableEngine::check(directory.path()).expect_err("log verify refuses too");
+        assert!(matches!(checked, OpenError::CampaignChanged { .. }), "{checked}");
+    }
+    // Sites added at the end keep every slot number: the bookings stay where they were.
+    std::fs::write(&campaign, original.replace("sites = 20", "sites = 21")).unwrap();
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert_eq!(engine.engine().logical_state().people, before.people);
+    engine.close().unwrap();
+    std::fs::write(&campaign, &original).unwrap();
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert_eq!(engine.engine().logical_state().people, before.people);
+}

@@ -190,8 +190,15 @@ impl DurableEngine {
         let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
         let (from_lsn, _) = snapshot_window(snapshot.as_ref());
         check_room_for_a_segment(data_directory, &options.log)?;
-        let log =
-            LogWriter::start(storage, options.log, campaign_id, recovered.next_lsn, recovered.next_segment_index)?;
+        let stamp = engine.inventory().stamp();
+        let log = LogWriter::start(
+            storage,
+            options.log,
+            campaign_id,
+            stamp,
+            recovered.next_lsn,
+            recovered.next_segment_index,
+        )?;
         let report =
             RecoveryReport::of(snapshot, snapshots_passed_over, recovered, phases, started, created_demo_campaign);
         let snapshot_state = SnapshotState { attempted_lsn: from_lsn, ..SnapshotState::default() };

@@ -323,6 +323,7 @@ pub(super) fn recover_state(
     let snapshot_phase = restoring.elapsed().saturating_sub(tables.get());
     let replaying = std::time::Instant::now();
     let Restored { engine, snapshot, wrapped_slots, passed_over, other_inventory } = restored;
+    check_log_inventory(&log_directory, engine.inventory())?;
     let mode = match access {
         Access::Serve => RecoveryMode::TruncateTornTail,
         Access::Check => RecoveryMode::ReadOnly,
@@ -332,6 +333,22 @@ pub(super) fn recover_state(
         .map_err(|error| blame_changed_inventory(other_inventory.as_ref(), error))?;
     let phases = RecoveryPhases { tables: tables.get(), snapshot: snapshot_phase, log: replaying.elapsed() };
     Ok(RecoveredState { engine, snapshot, snapshots_passed_over: passed_over, recovered, phases })
+}
+
+/// Refuses a log with a segment written for an inventory in which its slot
+/// numbers meant other slots (other service days or time slots, other sites
+/// before the last of that time: `Inventory::differs_from`), as
+/// `CampaignChanged`: replayed, its bookings would move to other
+/// appointments. A segment whose header does not read is recovery's business.
+fn check_log_inventory(log_directory: &Path, inventory: &Inventory) -> Result<(), OpenError> {
+    for (_, path) in list_segments(log_directory)? {
+        let Ok(header) = read_segment_header(&path) else { continue };
+        if let Some(why) = inventory.differs_from(&header.inventory) {
+            let found = format!("{} was written for an inventory with {why}", path.display());
+            return Err(OpenError::CampaignChanged { found });
+        }
+    }
+    Ok(())
 }
 
 /// When a snapshot was passed over for being of another inventory (`found`

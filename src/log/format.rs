@@ -4,6 +4,8 @@
 //! The log knows nothing of what records mean: it carries a type byte and 32
 //! opaque payload bytes for the layer above.
 
+use crate::inventory::InventoryStamp;
+
 /// First bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"YEYAKLOG";
 /// Bumped whenever a byte of this format changes meaning.
@@ -144,8 +146,10 @@ impl Record {
 /// The segment header:
 ///
 /// ```text
-/// 0        8         10            12         16              24          32            36        60       64
-/// | magic  | version | record size | reserved | segment index | first lsn | campaign id | reserved | crc32c |
+/// 0        8         10            12         16              24          32            36
+/// | magic  | version | record size | reserved | segment index | first lsn | campaign id |
+/// 36                  40           44          48         60       64
+/// | inventory layout  | site count | sites crc | reserved | crc32c |
 /// ```
 /// The CRC32C covers bytes 0..60.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,6 +157,8 @@ pub struct SegmentHeader {
     pub segment_index: u64,
     pub first_lsn: u64,
     pub campaign_id: u32,
+    /// What the slot numbers of its records mean (zeros: not recorded).
+    pub inventory: InventoryStamp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -176,6 +182,9 @@ impl SegmentHeader {
         bytes[16..24].copy_from_slice(&self.segment_index.to_le_bytes());
         bytes[24..32].copy_from_slice(&self.first_lsn.to_le_bytes());
         bytes[32..36].copy_from_slice(&self.campaign_id.to_le_bytes());
+        bytes[36..40].copy_from_slice(&self.inventory.layout_crc.to_le_bytes());
+        bytes[40..44].copy_from_slice(&self.inventory.site_count.to_le_bytes());
+        bytes[44..48].copy_from_slice(&self.inventory.sites_crc.to_le_bytes());
         let crc = crate::crc::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
         bytes
@@ -200,6 +209,11 @@ impl SegmentHeader {
             segment_index: u64_le(&bytes[16..24]),
             first_lsn: u64_le(&bytes[24..32]),
             campaign_id: u32_le(&bytes[32..36]),
+            inventory: InventoryStamp {
+                layout_crc: u32_le(&bytes[36..40]),
+                site_count: u32_le(&bytes[40..44]),
+                sites_crc: u32_le(&bytes[44..48]),
+            },
         })
     }
 }
@@ -246,8 +260,11 @@ mod tests {
 
     #[test]
     fn segment_header_round_trip_and_defects() {
-        let header = SegmentHeader { segment_index: 3, first_lsn: 1001, campaign_id: 9 };
+        let inventory = InventoryStamp { layout_crc: 0x0403_0201, site_count: 0x0807_0605, sites_crc: 0x0c0b_0a09 };
+        let header = SegmentHeader { segment_index: 3, first_lsn: 1001, campaign_id: 9, inventory };
         let bytes = header.encode();
+        assert_eq!(&bytes[36..48], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], "as docs/log-format.md lays it out");
+        assert_eq!(&bytes[48..60], &[0; 12], "reserved");
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         let mut bad = bytes;
         bad[0] = b'X';

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
 
+use crate::inventory::InventoryStamp;
 use crate::log::format::{Record, RecordBytes, SegmentHeader, RECORD_BYTES, SEGMENT_HEADER_BYTES};
 use crate::log::storage::{record_area_bytes, LogStorage, SegmentFile, WriteMode};
 use crate::state::entry::{Entry, Journal, Lsn};
@@ -292,6 +293,7 @@ struct Flusher {
     storage: Box<dyn LogStorage>,
     options: LogOptions,
     campaign_id: u32,
+    inventory: InventoryStamp,
     segment: Option<Box<dyn SegmentFile>>,
     next_segment_index: u64,
     segment_records_used: u64,
@@ -305,6 +307,7 @@ impl LogWriter {
         storage: Box<dyn LogStorage>,
         options: LogOptions,
         campaign_id: u32,
+        inventory: InventoryStamp,
         next_lsn: Lsn,
         next_segment_index: u64,
     ) -> Result<LogWriter, LogOptionsError> {
@@ -332,6 +335,7 @@ impl LogWriter {
             storage,
             options,
             campaign_id,
+            inventory,
             segment: None,
             next_segment_index,
             segment_records_used: 0,
@@ -577,7 +581,12 @@ impl Flusher {
     }
 
     fn open_next_segment(&mut self, first_lsn: Lsn) -> Result<(), (std::io::Error, &'static str)> {
-        let header = SegmentHeader { segment_index: self.next_segment_index, first_lsn, campaign_id: self.campaign_id };
+        let header = SegmentHeader {
+            segment_index: self.next_segment_index,
+            first_lsn,
+            campaign_id: self.campaign_id,
+            inventory: self.inventory,
+        };
         let segment = self
             .storage
             .create_segment(&header, self.options.segment_size_bytes)
@@ -657,7 +666,8 @@ mod tests {
             ring_records,
             group_records_max,
         };
-        LogWriter::start(Box::new(FileStorage::new(directory, WriteMode::Pwrite)), options, 9, 1, 0).unwrap()
+        let storage = Box::new(FileStorage::new(directory, WriteMode::Pwrite));
+        LogWriter::start(storage, options, 9, InventoryStamp::default(), 1, 0).unwrap()
     }
 
     /// Every record read back from the directory, in order, as (lsn, entry).
