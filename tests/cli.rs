@@ -296,6 +296,17 @@ fn the_config_file_is_read_and_flags_win_over_it() {
     let output = Command::new(YEYAK).args(["start", "--config"]).arg(&config).output().unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("no keys in"), "the file's production = true took effect");
+    // Limits past their named maximum, and an empty data_dir, are refused by name.
+    let output = Command::new(YEYAK)
+        .args(["start", "--ingress-queue-jobs", "18446744073709551615", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && text.contains("ingress_queue_jobs = 18446744073709551615: must be between"));
+    write("[server]\ndata_dir = \"\"\n".into());
+    let output = Command::new(YEYAK).args(["start", "--config"]).arg(&config).output().unwrap();
+    assert!(String::from_utf8_lossy(&output.stderr).contains("data_dir is empty"), "{output:?}");
     write("[server]\nlisten = \"not an address\"\n".into());
     let output = Command::new(YEYAK).args(["start", "--config"]).arg(&config).output().unwrap();
     assert!(

@@ -48,10 +48,16 @@ pub struct StartArgs {
     #[arg(long, env = "YEYAK_DURABILITY", value_enum)]
     pub durability: Option<Durability>,
     /// Refuse to start without a campaign and keys already in the data directory.
-    /// From the environment: YEYAK_PRODUCTION=1, true, yes or on.
-    #[arg(long, env = "YEYAK_PRODUCTION", value_parser = clap::builder::BoolishValueParser::new())]
-    #[serde(default)]
-    pub production: bool,
+    /// `--production=false` (or YEYAK_PRODUCTION=0, false, no, off) overrides the file's.
+    #[arg(
+        long,
+        env = "YEYAK_PRODUCTION",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub production: Option<bool>,
     /// Connections open at once [default: 10000].
     #[arg(long, env = "YEYAK_CONNECTIONS_MAX")]
     pub connections_max: Option<u32>,
@@ -111,19 +117,14 @@ impl StartArgs {
             reactor: self.reactor.or(file.reactor).unwrap_or(defaults.reactor),
             ..defaults
         };
-        if server.connections_max == 0
-            || server.in_flight_max == 0
-            || server.ingress_queue_jobs == 0
-            || server.ingress_queue_commands == 0
-        {
-            return Err(
-                "connections_max, in_flight_max, ingress_queue_jobs and ingress_queue_commands must be at least 1"
-                    .into(),
-            );
+        server.check().map_err(|e| e.to_string())?;
+        let production = self.production.or(file.production).unwrap_or(false);
+        let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("yeyak-data"));
+        if data_dir.as_os_str().is_empty() {
+            return Err("data_dir is empty: give a directory (the default is yeyak-data)".into());
         }
-        let production = self.production || file.production;
         Ok(Settings {
-            data_dir: self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("yeyak-data")),
+            data_dir,
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
             // A production engine reads the system clock unless told otherwise.
             clock: self.clock.or(file.clock).unwrap_or(if production {
@@ -235,5 +236,39 @@ impl Signals {
                 _ = terminate.recv() => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StartArgs;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Start {
+        #[command(flatten)]
+        args: StartArgs,
+    }
+
+    fn production(flags: &[&str], file: &str) -> bool {
+        let directory = tempfile::tempdir().unwrap();
+        let config = directory.path().join("yeyak.toml");
+        std::fs::write(&config, file).unwrap();
+        let config = config.to_str().unwrap();
+        let args = Start::try_parse_from([&["start", "--config", config][..], flags].concat()).unwrap().args;
+        args.settings().unwrap().production
+    }
+
+    #[test]
+    fn the_production_flag_overrides_the_file_both_ways() {
+        let on = "[server]\nproduction = true\n";
+        let off = "[server]\nproduction = false\n";
+        assert!(production(&[], on));
+        assert!(!production(&["--production=false"], on));
+        assert!(!production(&["--production=no"], on));
+        assert!(production(&["--production"], off));
+        assert!(production(&["--production=true"], off));
+        assert!(!production(&[], ""));
+        assert!(Start::try_parse_from(["start", "--production=maybe"]).is_err());
     }
 }

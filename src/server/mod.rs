@@ -75,6 +75,44 @@ pub struct ServerConfig {
     pub reactor: reactor::Reactor,
 }
 
+/// The largest `connections_max`.
+pub const CONNECTIONS_MAX_LIMIT: u32 = 1 << 20;
+/// The largest `in_flight_max`.
+pub const IN_FLIGHT_MAX_LIMIT: u32 = 1 << 20;
+/// The largest `ingress_queue_jobs`: the queue is allocated whole at start
+/// (about 90 bytes a job), so this bounds it at about 90 MiB.
+pub const INGRESS_QUEUE_JOBS_LIMIT: usize = 1 << 20;
+/// The largest `ingress_queue_commands` (about 60 bytes a queued command).
+pub const INGRESS_QUEUE_COMMANDS_LIMIT: usize = 1 << 24;
+
+/// A server setting outside its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} = {value}: must be between 1 and {max}")]
+pub struct ServerConfigError {
+    pub name: &'static str,
+    pub value: u64,
+    pub max: u64,
+}
+
+impl ServerConfig {
+    /// Refuses a limit of 0 (nothing could be served) or past its named
+    /// maximum (memory taken at start, or an allocation that cannot be made).
+    pub fn check(&self) -> Result<(), ServerConfigError> {
+        let limits = [
+            ("connections_max", u64::from(self.connections_max), u64::from(CONNECTIONS_MAX_LIMIT)),
+            ("in_flight_max", u64::from(self.in_flight_max), u64::from(IN_FLIGHT_MAX_LIMIT)),
+            ("ingress_queue_jobs", self.ingress_queue_jobs as u64, INGRESS_QUEUE_JOBS_LIMIT as u64),
+            ("ingress_queue_commands", self.ingress_queue_commands as u64, INGRESS_QUEUE_COMMANDS_LIMIT as u64),
+        ];
+        for (name, value, max) in limits {
+            if !(1..=max).contains(&value) {
+                return Err(ServerConfigError { name, value, max });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -175,6 +213,7 @@ impl Server {
         config: ServerConfig,
     ) -> std::io::Result<Server> {
         // Checked before any thread starts, so a refusal leaves nothing running.
+        config.check().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         if config.reactor == reactor::Reactor::Uring && !reactor::uring_available() {
             return Err(std::io::Error::other("io_uring is not available to this process: use the tokio reactor"));
         }
@@ -186,7 +225,7 @@ impl Server {
             engine: Arc::new(engine),
             keys,
             config,
-            ingress: ArrayQueue::new(config.ingress_queue_jobs.max(1)),
+            ingress: ArrayQueue::new(config.ingress_queue_jobs),
             ingress_commands: std::sync::atomic::AtomicUsize::new(0),
             counters: Counters::default(),
             stopping: AtomicBool::new(false),
