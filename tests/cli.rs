@@ -503,3 +503,41 @@ fn a_mistyped_address_or_data_directory_is_named_not_taken_for_an_empty_engine()
         assert!(!output.status.success() && text.contains("no campaign.toml"), "log {command}: {text}");
     }
 }
+
+#[test]
+fn log_verify_fails_when_a_segment_was_cut_from_outside_and_dump_says_so() {
+    use common::*;
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = yeyak::durable::DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    for index in 0..7 {
+        engine.reserve(&booking(index, index as u32 * 3, 1), now).unwrap();
+    }
+    engine.close().unwrap();
+    let segment = directory.path().join("log").join("segment-0000000001.log");
+    let log = |args: &[&str]| {
+        let output =
+            Command::new(YEYAK).arg("log").args(args).arg("--data-dir").arg(directory.path()).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), stdout.into_owned(), stderr.into_owned())
+    };
+    let (ok, stdout, stderr) = log(&["verify"]);
+    assert!(ok && stdout.ends_with("ok\n"), "{stdout}{stderr}");
+    // Nothing was removed behind a snapshot, and a limit of 0 asks for nothing.
+    let (ok, stdout, stderr) = log(&["dump", "--from", "0"]);
+    assert!(ok && stdout.lines().count() == 7 && stderr.is_empty(), "{stdout}{stderr}");
+    let (ok, stdout, stderr) = log(&["dump", "--limit", "0"]);
+    assert!(ok && stdout.is_empty() && stderr.is_empty(), "{stdout}{stderr}");
+
+    // Cut inside the third record, as only something outside yeyak cuts a preallocated file.
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(64 + 48 * 2 + 20).unwrap();
+    let (ok, stdout, stderr) = log(&["verify"]);
+    assert!(!ok && stderr.contains("was cut short from outside yeyak"), "{stdout}{stderr}");
+    let (ok, stdout, stderr) = log(&["dump"]);
+    assert!(ok && stdout.lines().count() == 2 && stderr.contains("torn tail in"), "{stdout}{stderr}");
+    // Cut inside the header.
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(5).unwrap();
+    let (ok, stdout, stderr) = log(&["verify"]);
+    assert!(!ok && stderr.contains("was cut short from outside yeyak"), "{stdout}{stderr}");
+}

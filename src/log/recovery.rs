@@ -48,6 +48,11 @@ pub struct TornTail {
     pub defect: String,
     /// Bytes after the tail start that were not zero (now zeroed).
     pub bytes_discarded: u64,
+    /// The file was shortened by something other than yeyak (which only
+    /// writes into preallocated files): records after the cut, acknowledged
+    /// ones among them, may be lost, where a crash's torn tail loses only
+    /// what was never acknowledged.
+    pub cut_from_outside: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,8 +300,13 @@ pub fn recover_with_lookahead(
                 if position + 1 < listed.len() {
                     return Err(corrupt(whole_end, defect));
                 }
-                recovered.torn_tail =
-                    Some(TornTail { path: path.clone(), offset: whole_end, defect, bytes_discarded: partial });
+                recovered.torn_tail = Some(TornTail {
+                    path: path.clone(),
+                    offset: whole_end,
+                    defect,
+                    bytes_discarded: partial,
+                    cut_from_outside: true,
+                });
                 if mode == RecoveryMode::TruncateTornTail {
                     zero_range(path, whole_end, file_end)?;
                 }
@@ -385,6 +395,7 @@ fn finish_tail(
             offset,
             defect: defect.to_string(),
             bytes_discarded: nonzero_end - offset,
+            cut_from_outside: false,
         });
         if mode == RecoveryMode::TruncateTornTail {
             zero_range(&segment.path, offset, nonzero_end)?;
@@ -409,11 +420,16 @@ fn finish_torn_header(
     recovered: &mut RecoveredLog,
     reason: String,
 ) -> Result<(), RecoveryError> {
+    // A crash while a segment is created leaves it empty (before its
+    // preallocation) or whole-sized with a torn header; only something
+    // outside yeyak leaves it with part of a header.
+    let length = segment.bytes().len();
     recovered.torn_tail = Some(TornTail {
         path: segment.path.clone(),
         offset: 0,
         defect: format!("segment header: {reason}"),
         bytes_discarded: segment.last_nonzero_byte_end(0),
+        cut_from_outside: length > 0 && length < SEGMENT_HEADER_BYTES,
     });
     recovered.removed_segments.push(segment.path.clone());
     if mode == RecoveryMode::TruncateTornTail {
