@@ -12,6 +12,12 @@ pub const MS_PER_MINUTE: i64 = 60 * MS_PER_SECOND;
 pub const MS_PER_DAY: i64 = 24 * 60 * MS_PER_MINUTE;
 pub const MINUTES_PER_DAY: u16 = 24 * 60;
 
+/// The first date yeyak takes (1900-01-01), as days since 1970-01-01: the
+/// protocol carries no other, so campaign.toml may name no other.
+pub const DATE_DAYS_MIN: i32 = -25_567;
+/// The last date yeyak takes (2099-12-31), as days since 1970-01-01.
+pub const DATE_DAYS_MAX: i32 = 47_481;
+
 /// A calendar date, stored as days since 1970-01-01.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Date {
@@ -88,7 +94,9 @@ impl Date {
         let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(error());
         };
-        if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        // Digits only: `parse` would take a sign ("+021" as year 21).
+        let digits = |part: &str, width: usize| part.len() == width && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(y, 4) || !digits(m, 2) || !digits(d, 2) {
             return Err(error());
         }
         let year = y.parse().map_err(|_| error())?;
@@ -137,7 +145,7 @@ impl TimeOfDay {
     pub fn parse(text: &str) -> Result<TimeOfDay, TimeOfDayParseError> {
         let error = || TimeOfDayParseError { text: text.to_string() };
         let (h, m) = text.trim().split_once(':').ok_or_else(error)?;
-        if h.len() != 2 || m.len() != 2 {
+        if h.len() != 2 || m.len() != 2 || !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
             return Err(error());
         }
         let hour: u16 = h.parse().map_err(|_| error())?;
@@ -210,6 +218,10 @@ mod tests {
         assert!(Date::parse("2021-02-29").is_err());
         assert!(Date::parse("2021-8-09").is_err());
         assert!(Date::parse("garbage").is_err());
+        for signed in ["+021-08-26", "-021-08-26", "2021-+8-26", "2021-08-+6"] {
+            assert!(Date::parse(signed).is_err(), "{signed}");
+        }
+        assert!(TimeOfDay::parse("+9:00").is_err() && TimeOfDay::parse("09:+0").is_err());
         assert_eq!(TimeOfDay::parse("20:00").unwrap().minute_of_day(), 1200);
         assert!(TimeOfDay::parse("24:00").is_err());
     }

@@ -326,6 +326,7 @@ impl CampaignFile {
                 format!("{} is outside 1..={SLOTS_PER_DAY_MAX}", service.slots_per_day),
             ));
         }
+        check_date_range("service.days", first.add_days(i32::from(service.days) - 1))?;
         if service.slot_minutes == 0 {
             return Err(invalid("service.slot_minutes", "must be at least 1"));
         }
@@ -381,7 +382,17 @@ fn check_generated(generated: &GeneratedInventory) -> Result<(), ConfigError> {
 }
 
 fn date_field(field: &str, text: &str) -> Result<Date, ConfigError> {
-    Date::parse(text).map_err(|e| invalid(field, e.to_string()))
+    let date = Date::parse(text).map_err(|e| invalid(field, e.to_string()))?;
+    check_date_range(field, date)?;
+    Ok(date)
+}
+
+/// Refuses a date outside 1900-01-01..=2099-12-31: the protocol carries no other.
+fn check_date_range(field: &str, date: Date) -> Result<(), ConfigError> {
+    if (crate::calendar::DATE_DAYS_MIN..=crate::calendar::DATE_DAYS_MAX).contains(&date.days_since_epoch()) {
+        return Ok(());
+    }
+    Err(invalid(field, format!("{date} is outside 1900-01-01..=2099-12-31, the dates the protocol carries")))
 }
 
 fn time_field(field: &str, text: &str) -> Result<TimeOfDay, ConfigError> {
@@ -452,6 +463,16 @@ mod tests {
         assert_eq!(field_of(e.unwrap_err()), "service.slots_per_day");
         let e = with(|t| *t = t.replace("people_max = 20_000_000", "people_max = 0"));
         assert_eq!(field_of(e.unwrap_err()), "limits.people_max");
+    }
+
+    #[test]
+    fn dates_the_protocol_cannot_carry_are_refused() {
+        let e = with(|t| *t = t.replace("first_date = \"2021-08-26\"", "first_date = \"9999-12-31\""));
+        assert_eq!(field_of(e.unwrap_err()), "service.first_date");
+        let e = with(|t| *t = t.replace("first_date = \"2021-08-26\"", "first_date = \"2099-12-15\""));
+        assert_eq!(field_of(e.unwrap_err()), "service.days", "the 30th day is in 2100");
+        let e = with(|t| *t = t.replacen("born_from = \"", "born_from = \"0000-01-01\" #", 1));
+        assert!(field_of(e.unwrap_err()).ends_with("born_from"));
     }
 
     #[test]

@@ -207,6 +207,9 @@ impl Inventory {
                 }
             }
         }
+        if sites.is_empty() {
+            return Err(InventoryError::Shape("no sites: the file has no row after its header".into()));
+        }
         if sites.len() as u64 > u64::from(SITES_MAX) {
             return Err(InventoryError::Shape(format!("{} sites; at most {SITES_MAX}", sites.len())));
         }
@@ -579,6 +582,7 @@ mod tests {
                 "site_id,region_id,site_name,date,time,capacity\n1,1,A,2021-08-26,09:00,1\n1,2,A,2021-08-26,09:30,1\n",
                 "different region",
             ),
+            ("site_id,region_id,site_name,date,time,capacity\n", "no sites"),
         ];
         for (text, expected) in cases {
             let error = Inventory::from_csv(&rules, text.as_bytes()).unwrap_err().to_string();

@@ -90,8 +90,9 @@ impl Engine {
         while position < scan_end && sites.len() < limit as usize {
             let site_index = site_indexes[position];
             let first = inventory.first_slot_of_day(site_index, day_index).0;
-            let seats: u32 =
-                (first..first + u32::from(inventory.slots_per_day())).map(|slot| self.slots.remaining(slot)).sum();
+            // Saturating: a day of many large slots may hold more than 2³² seats.
+            let seats = (first..first + u32::from(inventory.slots_per_day()))
+                .fold(0u32, |seats, slot| seats.saturating_add(self.slots.remaining(slot)));
             if seats > 0 {
                 sites.push((inventory.sites()[site_index as usize].id, seats));
             }
@@ -120,5 +121,29 @@ impl Engine {
     /// Confirmed reservations: capacity minus seats left, over all slots.
     pub fn reservations_count(&self) -> u64 {
         (0..self.slots.len()).map(|slot| u64::from(self.slots.capacity(slot) - self.slots.remaining(slot))).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::calendar::{Date, TimeOfDay};
+    use crate::config::CampaignRules;
+    use crate::inventory::Inventory;
+    use crate::state::{Engine, SLOT_CAPACITY_MAX};
+
+    #[test]
+    fn a_region_page_saturates_a_day_of_more_than_four_billion_seats() {
+        let mut rules = CampaignRules::demo();
+        (rules.day_start, rules.slot_minutes, rules.slots_per_day) = (TimeOfDay::parse("00:00").unwrap(), 5, 288);
+        let mut csv = String::from("site_id,region_id,site_name,date,time,capacity\n");
+        for slot in 0..257 {
+            let time = TimeOfDay::from_minute_of_day(slot * 5).unwrap();
+            csv.push_str(&format!("1,1,Big,2021-08-26,{time},{SLOT_CAPACITY_MAX}\n"));
+        }
+        csv.push_str("2,1,Small,2021-08-26,09:00,3\n");
+        let inventory = Inventory::from_csv(&rules, csv.as_bytes()).unwrap();
+        let engine = Engine::new(rules, inventory);
+        let page = engine.region_availability(1, Date::parse("2021-08-26").unwrap(), 0, 10).unwrap();
+        assert_eq!(page.sites, [(1, u32::MAX), (2, 3)]);
     }
 }

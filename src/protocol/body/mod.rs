@@ -16,9 +16,9 @@ pub use batch::{
 };
 pub use stats::{Stats, STATS_COUNTERS, STATS_COUNTER_NAMES};
 
-/// Dates on the wire lie in 1900-01-01..=2099-12-31 (days since 1970-01-01).
-pub const DATE_DAYS_MIN: i32 = -25_567;
-pub const DATE_DAYS_MAX: i32 = 47_481;
+/// Dates on the wire lie in 1900-01-01..=2099-12-31 (days since 1970-01-01),
+/// the dates campaign.toml may name.
+pub use crate::calendar::{DATE_DAYS_MAX, DATE_DAYS_MIN};
 
 /// Why a body is not what its opcode needs.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
