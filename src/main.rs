@@ -63,6 +63,8 @@ struct DemoArgs {
     /// `sync`: every answer waits for fdatasync (default); `none`: no syncs, for trying things only.
     #[arg(long, value_enum, default_value_t = Durability::Sync)]
     durability: Durability,
+    /// How records reach the disk: `pwrite` + fdatasync (default, the faster here), or into
+    /// a mapping + msync (docs/log-format.md).
     #[arg(long, value_enum, default_value_t = WriteMode::Pwrite)]
     write_mode: WriteMode,
     /// Varies the simulated crowd.
@@ -74,11 +76,13 @@ struct DemoArgs {
 enum LogCommand {
     /// Checks every segment, record and snapshot; changes nothing.
     Verify {
+        /// The data directory (with its campaign.toml, log and snapshots).
         #[arg(long, env = "YEYAK_DATA_DIR", default_value = "yeyak-data")]
         data_dir: PathBuf,
     },
     /// Prints records, one a line; changes nothing.
     Dump {
+        /// The data directory (with its campaign.toml and log).
         #[arg(long, env = "YEYAK_DATA_DIR", default_value = "yeyak-data")]
         data_dir: PathBuf,
         /// The first sequence number to print.
@@ -94,6 +98,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colours for a terminal only, not escape codes in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     if !matches!(cli.command, Some(Command::Start(_))) {
@@ -138,11 +144,12 @@ fn demo(args: DemoArgs) -> Result<(), String> {
     }
     println!("opened {first}");
     println!(
-        "{} simulated people made {} requests in {:.2?} ({:.0} durable answers/s):",
+        "{} simulated people made {} requests in {:.2?} ({:.0} {}answers/s):",
         args.people,
         summary.attempts,
         summary.booking_time,
-        summary.attempts as f64 / summary.booking_time.as_secs_f64()
+        summary.attempts as f64 / summary.booking_time.as_secs_f64(),
+        if args.durability == yeyak::log::Durability::Sync { "durable " } else { "" }
     );
     for (code, count) in &summary.results {
         let label = if *code == ResultCode::Ok { "ok" } else { code.name() };

@@ -20,6 +20,7 @@ pub struct ClientArgs {
     /// Where keys.toml is (the server's data directory).
     #[arg(long, env = "YEYAK_DATA_DIR", default_value = "yeyak-data", global = true)]
     pub data_dir: PathBuf,
+    /// The engine's address (`yeyak start --listen`).
     #[arg(long, env = "YEYAK_ADDRESS", default_value = "127.0.0.1:7878", global = true)]
     pub address: SocketAddr,
     /// Connect as the operator of the first operator key (books are recorded under it).
@@ -68,6 +69,7 @@ pub enum ClientCommand {
     },
     /// The slot a person holds.
     Get {
+        /// The person key, as hex (as for reserve).
         #[arg(long, value_parser = parse_person)]
         person: PersonKey,
     },

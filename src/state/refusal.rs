@@ -237,9 +237,12 @@ impl fmt::Display for Refusal {
                 write!(f, "people table full ({people_max}); raise limits.people_max")
             }
             Refusal::CapacityOverflow { slot, capacity } => {
-                write!(f, "{slot} would exceed capacity {capacity}")
+                let max = crate::state::SLOT_CAPACITY_MAX;
+                write!(f, "{slot} has capacity {capacity}: adding would pass the largest a slot may have, {max}")
             }
-            Refusal::PageTooLarge { requested, page_max } => write!(f, "page of {requested}; at most {page_max}"),
+            Refusal::PageTooLarge { requested, page_max } => {
+                write!(f, "a page of {requested} sites: a page holds 1 to {page_max}")
+            }
             Refusal::CapacityChanged { slot, capacity } => {
                 write!(f, "{slot} has capacity {capacity} now, not the one the change expected")
             }
