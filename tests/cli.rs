@@ -358,7 +358,12 @@ fn sigterm_under_load_keeps_every_acknowledged_reservation() {
                 }
             });
         }
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        // Under load: SIGTERM once a hundred bookings were acknowledged
+        // (however long that takes on a slow disk), the clients still sending.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while acknowledged.lock().unwrap().len() <= 100 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         terminate(child, stdout);
     });
     let acknowledged = acknowledged.into_inner().unwrap();
