@@ -243,6 +243,12 @@ impl CampaignFile {
             Some(text) => date_field("window.last_open_date", text)?,
             None => last_service_date,
         };
+        if rotation_start > last_service_date {
+            return Err(invalid(
+                "rotation.start_date",
+                format!("{rotation_start} is after the last service day {last_service_date}: nothing could be booked"),
+            ));
+        }
         if window_last_open_date < rotation_start {
             return Err(invalid(
                 "window.last_open_date",
@@ -471,6 +477,8 @@ mod tests {
         assert_eq!(field_of(e.unwrap_err()), "service.first_date");
         let e = with(|t| *t = t.replace("first_date = \"2021-08-26\"", "first_date = \"2099-12-15\""));
         assert_eq!(field_of(e.unwrap_err()), "service.days", "the 30th day is in 2100");
+        let e = with(|t| *t = t.replace("start_date = \"2021-08-09\"", "start_date = \"2030-08-09\""));
+        assert_eq!(field_of(e.unwrap_err()), "rotation.start_date", "bookings would open after the last service day");
         let e = with(|t| *t = t.replacen("born_from = \"", "born_from = \"0000-01-01\" #", 1));
         assert!(field_of(e.unwrap_err()).ends_with("born_from"));
     }
