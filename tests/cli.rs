@@ -545,3 +545,18 @@ fn log_verify_fails_when_a_segment_was_cut_from_outside_and_dump_says_so() {
     let (ok, stdout, stderr) = log(&["verify"]);
     assert!(!ok && stderr.contains("was cut short from outside yeyak"), "{stdout}{stderr}");
 }
+
+#[test]
+fn a_bad_keys_file_is_refused_before_anything_is_written() {
+    let directory = tempfile::tempdir().unwrap();
+    std::fs::write(directory.path().join("keys.toml"), "garbage = [").unwrap();
+    let output = Command::new(YEYAK)
+        .args(["start", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(directory.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && text.contains("keys.toml"), "{text}");
+    let left: Vec<_> = std::fs::read_dir(directory.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left, ["keys.toml"], "no campaign, lock or log written");
+}

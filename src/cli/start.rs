@@ -151,14 +151,18 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     // waiting), and in production the keys.
     let serve_error = |e: std::io::Error| format!("cannot serve on {}: {e}", args.listen);
     let address = BoundAddress::bind(args.listen).map_err(serve_error)?;
-    let production_keys =
-        if demo { None } else { Some(KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?) };
+    // Keys already there are read now (a bad keys.toml is refused before the
+    // directory is locked and recovered); only missing demo keys wait, to be
+    // generated once the demo campaign is in place.
+    let keys_exist = args.data_dir.join(yeyak::server::keys::KEYS_FILE).exists();
+    let early_keys =
+        if keys_exist || !demo { Some(KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?) } else { None };
     let (engine, report) =
         DurableEngine::open(&args.data_dir, DurableOptions { log, snapshots }, demo).map_err(|e| e.to_string())?;
     if report.created_demo_campaign {
         println!("created the demo campaign in {}/campaign.toml", args.data_dir.display());
     }
-    let (keys, generated) = match production_keys {
+    let (keys, generated) = match early_keys {
         Some(loaded) => loaded,
         None => KeyRing::load(&args.data_dir, demo).map_err(|e| e.to_string())?,
     };
