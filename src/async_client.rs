@@ -95,7 +95,11 @@ impl AsyncClientError {
             AsyncClientError::Unreachable(_) | AsyncClientError::Closed | AsyncClientError::TimedOut(_) => true,
             AsyncClientError::Refused(answer) => matches!(
                 answer.code,
-                code::OVERLOADED | code::TOO_MANY_IN_FLIGHT | code::SHUTTING_DOWN | code::TOO_MANY_CONNECTIONS
+                code::OVERLOADED
+                    | code::TOO_MANY_IN_FLIGHT
+                    | code::SHUTTING_DOWN
+                    | code::TOO_MANY_CONNECTIONS
+                    | code::STARTING
             ),
             _ => false,
         }

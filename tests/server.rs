@@ -933,11 +933,18 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
 }
 
 #[test]
-fn a_bound_address_refuses_connections_until_its_server_listens() {
+fn a_held_address_answers_starting_until_its_server_takes_over() {
     let address = yeyak::server::BoundAddress::bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
     let local = address.local_address().unwrap();
-    let early = std::net::TcpStream::connect_timeout(&local, Duration::from_secs(2));
-    assert_eq!(early.map(|_| ()).unwrap_err().kind(), std::io::ErrorKind::ConnectionRefused);
+    // A second engine on the same address is refused at once.
+    assert!(yeyak::server::BoundAddress::bind(local).is_err());
+    // A connection while the engine starts is told so and closed, not left waiting.
+    let early =
+        Client::connect_within(local, Role::Gateway, 1, &[7; 32], Duration::from_secs(5), Duration::from_secs(5));
+    match early {
+        Err(ClientError::Refused(answer)) => assert_eq!(answer.code, code::STARTING),
+        other => panic!("a connection during start-up: {:?}", other.map(|_| ())),
+    }
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
     let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();

@@ -186,6 +186,9 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
         ClientError::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
             format!("no engine at {} ({io}): start one with `yeyak start`, or give its --address", args.address)
         }
+        ClientError::Refused(answer) if answer.code == yeyak::protocol::code::STARTING => {
+            format!("the engine at {} is still starting (recovering its data): try again in a moment", args.address)
+        }
         error => error.to_string(),
     })?;
     let channel = if args.operator { Channel::Operator { operator_id: key_id } } else { Channel::Person };

@@ -146,8 +146,8 @@ pub fn start(args: StartArgs) -> Result<(), String> {
     // A clean stop leaves a snapshot, so the next start replays no log.
     let snapshots = yeyak::snapshot::SnapshotOptions { on_close: true, ..yeyak::snapshot::SnapshotOptions::default() };
     // What can be refused at once is refused before the tables are built and
-    // anything is written: the address (bound here, and listened on only
-    // once the server starts: meanwhile connections are refused, not left
+    // anything is written: the address (held from here, so a second engine
+    // cannot take it; connections meanwhile are answered STARTING, not left
     // waiting), and in production the keys.
     let serve_error = |e: std::io::Error| format!("cannot serve on {}: {e}", args.listen);
     let address = BoundAddress::bind(args.listen).map_err(serve_error)?;

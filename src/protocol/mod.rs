@@ -95,6 +95,7 @@ pub mod code {
     pub const TOO_MANY_IN_FLIGHT: u8 = 111;
     pub const TOO_MANY_CONNECTIONS: u8 = 112;
     pub const SHUTTING_DOWN: u8 = 113;
+    pub const STARTING: u8 = 114;
     pub const UNAUTHENTICATED: u8 = 120;
     pub const NOT_ALLOWED: u8 = 121;
 
@@ -119,6 +120,7 @@ pub mod code {
             TOO_MANY_IN_FLIGHT => "too many in flight",
             TOO_MANY_CONNECTIONS => "too many connections",
             SHUTTING_DOWN => "shutting down",
+            STARTING => "starting",
             UNAUTHENTICATED => "unauthenticated",
             NOT_ALLOWED => "not allowed",
             _ => return None,

@@ -161,31 +161,83 @@ impl Shared {
     }
 }
 
-/// Connections the kernel queues for the network thread to accept.
-const LISTEN_BACKLOG: i32 = 1024;
-
-/// An address bound for a server that does not listen yet. Binding refuses
-/// an address another server listens on, at once; until `Server::start_on`
-/// listens, a connection attempt is refused rather than left waiting while
-/// the tables are built and the log replayed. (With `SO_REUSEADDR`, as
-/// servers set it, another process could still bind and listen meanwhile;
-/// `start_on` then fails with "address in use".)
+/// An address held for a server that is still starting. It listens from
+/// the start, so no other process can take it (a second engine on the same
+/// port is refused at once), and a thread answers every connection at once
+/// with STARTING and closes it, so that nobody waits on a connection nothing
+/// reads while the tables are built and the log replayed. `Server::start_on`
+/// takes the listener over.
 pub struct BoundAddress {
-    socket: socket2::Socket,
+    listener: std::net::TcpListener,
+    _turning_away: TurningAway,
 }
+
+/// The thread that answers STARTING; stopped (and joined) when dropped.
+struct TurningAway {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for TurningAway {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// How often the start-up thread looks for connections to turn away.
+const STARTING_POLL: Duration = Duration::from_millis(10);
 
 impl BoundAddress {
     pub fn bind(address: SocketAddr) -> std::io::Result<BoundAddress> {
-        let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
-        // As std's `TcpListener::bind`: a restart may bind while the last
-        // run's connections linger in TIME_WAIT.
-        socket.set_reuse_address(true)?;
-        socket.bind(&address.into())?;
-        Ok(BoundAddress { socket })
+        let listener = std::net::TcpListener::bind(address)?;
+        let turner = listener.try_clone()?;
+        // Shared with `listener` (one open file): the server wants it too.
+        turner.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new().name("yeyak-starting".into()).spawn(move || {
+            let mut starting = Vec::new();
+            let answer = crate::protocol::Answer { code: crate::protocol::code::STARTING, ..Default::default() };
+            crate::protocol::encode_frame(
+                &mut starting,
+                crate::protocol::opcode::ERROR,
+                crate::protocol::frame::flag::REPLY,
+                0,
+                |out| answer.encode(out),
+            );
+            while !stopped.load(Ordering::Acquire) {
+                match turner.accept() {
+                    Ok((mut stream, _)) => {
+                        // Best effort: the peer may be gone already. What it
+                        // sent is read before the close, which would otherwise
+                        // reset the connection and could lose the answer.
+                        let _ = stream.set_nonblocking(false);
+                        let _ = stream.set_write_timeout(Some(STARTING_POLL));
+                        let _ = stream.set_read_timeout(Some(STARTING_POLL));
+                        let _ = std::io::Write::write_all(&mut stream, &starting);
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                        let mut sink = [0; 256];
+                        while std::io::Read::read(&mut stream, &mut sink).is_ok_and(|read| read > 0) {}
+                    }
+                    Err(_) => std::thread::sleep(STARTING_POLL),
+                }
+            }
+        })?;
+        Ok(BoundAddress { listener, _turning_away: TurningAway { stop, thread: Some(thread) } })
     }
 
     pub fn local_address(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()?.as_socket().ok_or_else(|| std::io::Error::other("not an IP address"))
+        self.listener.local_addr()
+    }
+
+    /// Stops turning connections away; the listener for the server.
+    fn into_listener(self) -> std::net::TcpListener {
+        let BoundAddress { listener, _turning_away } = self;
+        drop(_turning_away);
+        listener
     }
 }
 
@@ -217,8 +269,7 @@ impl Server {
         if config.reactor == reactor::Reactor::Uring && !reactor::uring_available() {
             return Err(std::io::Error::other("io_uring is not available to this process: use the tokio reactor"));
         }
-        address.socket.listen(LISTEN_BACKLOG)?;
-        let listener = std::net::TcpListener::from(address.socket);
+        let listener = address.into_listener();
         listener.set_nonblocking(true)?;
         let local_address = listener.local_addr()?;
         let shared = Arc::new(Shared {
