@@ -41,7 +41,9 @@ pub struct Site {
 /// so the numbers keep their site, date and time exactly when the layout
 /// (first date, days, slots a day, day start, slot length) is the same and
 /// the sites are the same in the same order, with sites added at the end
-/// only. All zeros: not recorded (a segment written before stamps were).
+/// only (which a snapshot of the smaller inventory does not allow for:
+/// docs/log-format.md). All zeros: not recorded (a segment written before
+/// stamps were).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InventoryStamp {
     /// CRC32C of the layout's 12 bytes (docs/log-format.md).
