@@ -40,7 +40,8 @@ impl Writer {
     }
 
     fn segment(storage: &mut FileStorage, segment_index: u64, first_lsn: u64) -> Box<dyn SegmentFile> {
-        let header = SegmentHeader { segment_index, first_lsn, campaign_id: 1, inventory: Default::default() };
+        let header =
+            SegmentHeader { segment_index, first_lsn, campaign_id: 1, inventory: Default::default(), size_bytes: 0 };
         let size = (SEGMENT_HEADER_BYTES + RECORD_BYTES * SEGMENT_RECORDS as usize) as u64;
         storage.create_segment(&header, size).expect("the disk has room")
     }

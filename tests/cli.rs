@@ -534,6 +534,12 @@ fn log_verify_fails_when_a_segment_was_cut_from_outside_and_dump_says_so() {
     let (ok, stdout, stderr) = log(&["dump", "--limit", "0"]);
     assert!(ok && stdout.is_empty() && stderr.is_empty(), "{stdout}{stderr}");
 
+    // Cut at a record's boundary: shorter than the segment was created.
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(64 + 48 * 4).unwrap();
+    let (ok, stdout, stderr) = log(&["verify"]);
+    assert!(!ok && stderr.contains("was cut short from outside yeyak"), "{stdout}{stderr}");
+    let (ok, stdout, stderr) = log(&["dump"]);
+    assert!(ok && stdout.lines().count() == 4 && stderr.contains("torn tail in"), "{stdout}{stderr}");
     // Cut inside the third record, as only something outside yeyak cuts a preallocated file.
     std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(64 + 48 * 2 + 20).unwrap();
     let (ok, stdout, stderr) = log(&["verify"]);

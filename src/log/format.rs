@@ -148,8 +148,8 @@ impl Record {
 /// ```text
 /// 0        8         10            12         16              24          32            36
 /// | magic  | version | record size | reserved | segment index | first lsn | campaign id |
-/// 36                  40           44          48         60       64
-/// | inventory layout  | site count | sites crc | reserved | crc32c |
+/// 36                  40           44          48                  56         60       64
+/// | inventory layout  | site count | sites crc | size (bytes)      | reserved | crc32c |
 /// ```
 /// The CRC32C covers bytes 0..60.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +159,8 @@ pub struct SegmentHeader {
     pub campaign_id: u32,
     /// What the slot numbers of its records mean (zeros: not recorded).
     pub inventory: InventoryStamp,
+    /// The size the file was created (preallocated) with; 0: not recorded.
+    pub size_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -185,6 +187,7 @@ impl SegmentHeader {
         bytes[36..40].copy_from_slice(&self.inventory.layout_crc.to_le_bytes());
         bytes[40..44].copy_from_slice(&self.inventory.site_count.to_le_bytes());
         bytes[44..48].copy_from_slice(&self.inventory.sites_crc.to_le_bytes());
+        bytes[48..56].copy_from_slice(&self.size_bytes.to_le_bytes());
         let crc = crate::crc::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
         bytes
@@ -214,6 +217,7 @@ impl SegmentHeader {
                 site_count: u32_le(&bytes[40..44]),
                 sites_crc: u32_le(&bytes[44..48]),
             },
+            size_bytes: u64_le(&bytes[48..56]),
         })
     }
 }
@@ -261,10 +265,12 @@ mod tests {
     #[test]
     fn segment_header_round_trip_and_defects() {
         let inventory = InventoryStamp { layout_crc: 0x0403_0201, site_count: 0x0807_0605, sites_crc: 0x0c0b_0a09 };
-        let header = SegmentHeader { segment_index: 3, first_lsn: 1001, campaign_id: 9, inventory };
+        let header =
+            SegmentHeader { segment_index: 3, first_lsn: 1001, campaign_id: 9, inventory, size_bytes: 0x1413_1211 };
         let bytes = header.encode();
         assert_eq!(&bytes[36..48], &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], "as docs/log-format.md lays it out");
-        assert_eq!(&bytes[48..60], &[0; 12], "reserved");
+        assert_eq!(&bytes[48..56], &[0x11, 0x12, 0x13, 0x14, 0, 0, 0, 0]);
+        assert_eq!(&bytes[56..60], &[0; 4], "reserved");
         assert_eq!(SegmentHeader::decode(&bytes), Ok(header));
         let mut bad = bytes;
         bad[0] = b'X';

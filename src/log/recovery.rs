@@ -309,7 +309,26 @@ pub fn recover_with_lookahead(
                 });
                 if mode == RecoveryMode::TruncateTornTail {
                     zero_range(path, whole_end, file_end)?;
+                    restore_size(path, header.size_bytes)?;
                 }
+                break;
+            }
+            // Cut at a record's boundary: shorter than it was created.
+            let created = header.size_bytes;
+            if created != 0 && file_end < created {
+                let defect = format!(
+                    "the file is {file_end} bytes, shorter than the {created} it was created with: it was cut short \
+                     from outside yeyak, and records after the cut, if any, are lost"
+                );
+                if position + 1 < listed.len() {
+                    return Err(corrupt(file_end, defect));
+                }
+                if mode == RecoveryMode::TruncateTornTail {
+                    restore_size(path, created)?;
+                }
+                let path = path.clone();
+                recovered.torn_tail =
+                    Some(TornTail { path, offset: file_end, defect, bytes_discarded: 0, cut_from_outside: true });
                 break;
             }
         }
@@ -436,6 +455,19 @@ fn finish_torn_header(
         std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
         let directory = segment.path.parent().unwrap_or(Path::new("."));
         sync_directory(directory).map_err(io_error(directory))?;
+    }
+    Ok(())
+}
+
+/// Gives a segment cut short from outside its created size back (zeros
+/// after its records, as the writer leaves them), so that the cut is
+/// reported once, at the start that mended it. 0: size not recorded.
+fn restore_size(path: &Path, created: u64) -> Result<(), RecoveryError> {
+    let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+    let length = file.metadata().map_err(io_error(path))?.len();
+    if created > length {
+        file.set_len(created).map_err(io_error(path))?;
+        file.sync_all().map_err(io_error(path))?;
     }
     Ok(())
 }

@@ -586,6 +586,7 @@ impl Flusher {
             first_lsn,
             campaign_id: self.campaign_id,
             inventory: self.inventory,
+            size_bytes: self.options.segment_size_bytes,
         };
         let segment = self
             .storage
