@@ -57,6 +57,49 @@ impl InventoryStamp {
     pub fn recorded(&self) -> bool {
         self.site_count != 0
     }
+
+    fn of(layout_crc: u32, sites: &[Site]) -> InventoryStamp {
+        InventoryStamp { layout_crc, site_count: sites.len() as u32, sites_crc: sites_crc(sites) }
+    }
+
+    /// Why slot numbers written under this stamp would mean other slots in
+    /// an inventory of `layout_crc` and `sites`, if they would.
+    fn differs_from(&self, layout_crc: u32, sites: &[Site]) -> Option<String> {
+        if !self.recorded() {
+            return None;
+        }
+        if self.layout_crc != layout_crc {
+            return Some(
+                "other service days or time slots (first date, days, slots a day, day start or slot length)".into(),
+            );
+        }
+        let count = self.site_count as usize;
+        if count > sites.len() {
+            return Some(format!("{count} sites, where campaign.toml has {}", sites.len()));
+        }
+        if self.sites_crc != sites_crc(&sites[..count]) {
+            return Some(format!("other sites, or the same in another order, among the first {count}"));
+        }
+        None
+    }
+}
+
+/// CRC32C of: the first date (days since 1970-01-01, i32), days, slots a
+/// day, the day's start (minutes after midnight) and the slot length
+/// (minutes), each u16: 12 bytes, little-endian.
+fn layout_crc(first_date: Date, days: u16, slots_per_day: u16, day_start: TimeOfDay, slot_minutes: u16) -> u32 {
+    let mut bytes = [0u8; 12];
+    bytes[0..4].copy_from_slice(&first_date.days_since_epoch().to_le_bytes());
+    bytes[4..6].copy_from_slice(&days.to_le_bytes());
+    bytes[6..8].copy_from_slice(&slots_per_day.to_le_bytes());
+    bytes[8..10].copy_from_slice(&day_start.minute_of_day().to_le_bytes());
+    bytes[10..12].copy_from_slice(&slot_minutes.to_le_bytes());
+    crate::crc::crc32c(&bytes)
+}
+
+/// CRC32C of the site ids, u32 little-endian each.
+fn sites_crc(sites: &[Site]) -> u32 {
+    sites.iter().fold(0, |crc, site| crate::crc::crc32c_append(crc, &site.id.to_le_bytes()))
 }
 
 /// Where and when a slot is.
@@ -169,14 +212,7 @@ impl Inventory {
 
     /// A national-scale demo inventory, the same for the same parameters.
     pub fn generate(rules: &CampaignRules, generated: &GeneratedInventory) -> Result<Inventory, InventoryError> {
-        let sites = (0..generated.sites)
-            .map(|index| Site {
-                id: index + 1,
-                region_id: (index % u32::from(generated.regions)) as u16 + 1,
-                name: format!("Demo site {}", index + 1),
-            })
-            .collect();
-        let mut inventory = Inventory::empty(rules, sites)?;
+        let mut inventory = Inventory::empty(rules, generated_sites(generated))?;
         let spread = u64::from(generated.capacity_per_slot_mean) * 2 - 1;
         for (slot, capacity) in inventory.initial_capacity.iter_mut().enumerate() {
             *capacity = 1 + (crate::mix64(slot as u64) % spread) as u32;
@@ -238,47 +274,8 @@ impl Inventory {
 
     /// This inventory's stamp (`InventoryStamp`).
     pub fn stamp(&self) -> InventoryStamp {
-        let site_count = self.sites.len() as u32;
-        InventoryStamp { layout_crc: self.layout_crc(), site_count, sites_crc: self.sites_crc(self.sites.len()) }
-    }
-
-    /// Why slot numbers written under `stamp` would mean other slots in this
-    /// inventory, if they would.
-    pub fn differs_from(&self, stamp: &InventoryStamp) -> Option<String> {
-        if !stamp.recorded() {
-            return None;
-        }
-        if stamp.layout_crc != self.layout_crc() {
-            return Some(
-                "other service days or time slots (first date, days, slots a day, day start or slot length)".into(),
-            );
-        }
-        let sites = stamp.site_count as usize;
-        if sites > self.sites.len() {
-            return Some(format!("{sites} sites, where campaign.toml has {}", self.sites.len()));
-        }
-        if stamp.sites_crc != self.sites_crc(sites) {
-            return Some(format!("other sites, or the same in another order, among the first {sites}"));
-        }
-        None
-    }
-
-    /// CRC32C of: the first date (days since 1970-01-01, i32), days,
-    /// slots a day, the day's start (minutes after midnight) and the slot
-    /// length (minutes), each u16: 12 bytes, little-endian.
-    fn layout_crc(&self) -> u32 {
-        let mut bytes = [0u8; 12];
-        bytes[0..4].copy_from_slice(&self.first_date.days_since_epoch().to_le_bytes());
-        bytes[4..6].copy_from_slice(&self.days.to_le_bytes());
-        bytes[6..8].copy_from_slice(&self.slots_per_day.to_le_bytes());
-        bytes[8..10].copy_from_slice(&self.day_start.minute_of_day().to_le_bytes());
-        bytes[10..12].copy_from_slice(&self.slot_minutes.to_le_bytes());
-        crate::crc::crc32c(&bytes)
-    }
-
-    /// CRC32C of the first `count` site ids, u32 little-endian each.
-    fn sites_crc(&self, count: usize) -> u32 {
-        self.sites[..count].iter().fold(0, |crc, site| crate::crc::crc32c_append(crc, &site.id.to_le_bytes()))
+        let layout = layout_crc(self.first_date, self.days, self.slots_per_day, self.day_start, self.slot_minutes);
+        InventoryStamp::of(layout, &self.sites)
     }
 
     pub fn sites(&self) -> &[Site] {
@@ -411,6 +408,17 @@ impl Inventory {
     }
 }
 
+/// The sites of a generated inventory: ids 1, 2, 3, … in order.
+fn generated_sites(generated: &GeneratedInventory) -> Vec<Site> {
+    (0..generated.sites)
+        .map(|index| Site {
+            id: index + 1,
+            region_id: (index % u32::from(generated.regions)) as u16 + 1,
+            name: format!("Demo site {}", index + 1),
+        })
+        .collect()
+}
+
 struct CsvRow {
     line: u64,
     site: Site,
@@ -443,6 +451,24 @@ impl InventoryPlan<'_> {
             PlanSource::Csv { sites, .. } => sites.len() as u64,
         };
         sites * u64::from(Inventory::slots_per_site(self.rules))
+    }
+
+    /// Why slot numbers written under `stamp` (a log segment's) would mean
+    /// other slots in this inventory, if they would: known before the
+    /// tables are built.
+    pub fn differs_from(&self, stamp: &InventoryStamp) -> Option<String> {
+        let rules = self.rules;
+        let layout = layout_crc(
+            rules.service_first_date,
+            rules.service_days,
+            rules.slots_per_day,
+            rules.day_start,
+            rules.slot_minutes,
+        );
+        match &self.source {
+            PlanSource::Generate(generated) => stamp.differs_from(layout, &generated_sites(generated)),
+            PlanSource::Csv { sites, .. } => stamp.differs_from(layout, sites),
+        }
     }
 
     /// Allocates and fills the inventory's tables.

@@ -307,7 +307,7 @@ fn a_changed_campaign_toml_is_refused_and_the_data_directory_left_as_it_was() {
     let original = std::fs::read_to_string(&campaign).unwrap();
     let changes = [
         (original.replacen("id = 1", "id = 2", 1), "of campaign 1, and campaign.toml says campaign 2"),
-        (original.replace("sites = 20", "sites = 19"), "other capacities"),
+        (original.replace("sites = 20", "sites = 19"), "20 sites, where campaign.toml has 19"),
         (original.replace("capacity_per_slot_mean = 2", "capacity_per_slot_mean = 3"), "other capacities"),
         (original.replace("people_max = 100_000", "people_max = 10"), "more than limits.people_max = 10"),
     ];

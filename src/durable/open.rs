@@ -290,16 +290,20 @@ pub(super) fn recover_state(
 ) -> Result<RecoveredState, OpenError> {
     let campaign_id = rules.campaign_id;
     let tables = std::cell::Cell::new(std::time::Duration::ZERO);
+    let log_directory = data_directory.join(LOG_DIRECTORY);
+    let log_checked = std::cell::Cell::new(false);
     let build_engine = || -> Result<Engine, OpenError> {
         let started = std::time::Instant::now();
         // Refused before the tables are allocated, for CSV inventories too.
         let plan = Inventory::plan(rules, data_directory)?;
+        if !log_checked.replace(true) {
+            check_log_inventory(&log_directory, &plan)?;
+        }
         check_table_memory(rules, plan.slot_count(), log_options, memory_to_check_against())?;
         let engine = Engine::new(rules.clone(), plan.build()?);
         tables.set(tables.get() + started.elapsed());
         Ok(engine)
     };
-    let log_directory = data_directory.join(LOG_DIRECTORY);
     let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
     if access == Access::Serve {
         create_directory_durably(&log_directory)
@@ -323,7 +327,6 @@ pub(super) fn recover_state(
     let snapshot_phase = restoring.elapsed().saturating_sub(tables.get());
     let replaying = std::time::Instant::now();
     let Restored { engine, snapshot, wrapped_slots, passed_over, other_inventory } = restored;
-    check_log_inventory(&log_directory, engine.inventory())?;
     let mode = match access {
         Access::Serve => RecoveryMode::TruncateTornTail,
         Access::Check => RecoveryMode::ReadOnly,
@@ -340,7 +343,7 @@ pub(super) fn recover_state(
 /// before the last of that time: `Inventory::differs_from`), as
 /// `CampaignChanged`: replayed, its bookings would move to other
 /// appointments. A segment whose header does not read is recovery's business.
-fn check_log_inventory(log_directory: &Path, inventory: &Inventory) -> Result<(), OpenError> {
+fn check_log_inventory(log_directory: &Path, inventory: &crate::inventory::InventoryPlan<'_>) -> Result<(), OpenError> {
     for (_, path) in list_segments(log_directory)? {
         let Ok(header) = read_segment_header(&path) else { continue };
         if let Some(why) = inventory.differs_from(&header.inventory) {
