@@ -329,9 +329,21 @@ fn dump(data_dir: PathBuf, from: u64, limit: u64) -> Result<(), String> {
     let log_directory = existing_log_directory(&data_dir)?;
     // Where each slot is, when the campaign's inventory still reads; the
     // records are printed without it otherwise.
-    let inventory = yeyak::durable::load_campaign(&data_dir, false)
-        .ok()
-        .and_then(|(rules, _)| yeyak::inventory::Inventory::load(&rules, &data_dir).ok());
+    let rules = yeyak::durable::load_campaign(&data_dir, false).ok().map(|(rules, _)| rules);
+    let plan = rules.as_ref().and_then(|rules| yeyak::inventory::Inventory::plan(rules, &data_dir).ok());
+    // Not where campaign.toml no longer says what the log's slot numbers mean.
+    let written_for_another = plan.as_ref().and_then(|plan| {
+        let segments = yeyak::log::recovery::list_segments(&log_directory).ok()?;
+        segments.iter().find_map(|(_, path)| {
+            let header = yeyak::log::retention::read_segment_header(path).ok()?;
+            plan.differs_from(&header.inventory)
+                .map(|why| format!("{} was written for an inventory with {why}", path.display()))
+        })
+    });
+    if let Some(why) = &written_for_another {
+        eprintln!("(slot places not shown: {why})");
+    }
+    let inventory = plan.filter(|_| written_for_another.is_none()).and_then(|plan| plan.build().ok());
     let place = |entry: &Entry| {
         let slot = entry.slot();
         match inventory.as_ref().and_then(|inventory| inventory.address(slot)) {

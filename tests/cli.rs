@@ -533,6 +533,16 @@ fn log_verify_fails_when_a_segment_was_cut_from_outside_and_dump_says_so() {
     assert!(ok && stdout.lines().count() == 7 && stderr.is_empty(), "{stdout}{stderr}");
     let (ok, stdout, stderr) = log(&["dump", "--limit", "0"]);
     assert!(ok && stdout.is_empty() && stderr.is_empty(), "{stdout}{stderr}");
+    // Slot places come from campaign.toml: not shown when it no longer describes the log.
+    let (_, stdout, _) = log(&["dump"]);
+    assert!(stdout.lines().all(|line| line.contains("[slot #")), "{stdout}");
+    let campaign = directory.path().join("campaign.toml");
+    let original = std::fs::read_to_string(&campaign).unwrap();
+    std::fs::write(&campaign, original.replace("days = 30", "days = 31")).unwrap();
+    let (ok, stdout, stderr) = log(&["dump"]);
+    assert!(ok && stdout.lines().count() == 7 && !stdout.contains("[slot #"), "{stdout}");
+    assert!(stderr.contains("slot places not shown") && stderr.contains("other service days"), "{stderr}");
+    std::fs::write(&campaign, original).unwrap();
 
     // Cut at a record's boundary: shorter than the segment was created.
     std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(64 + 48 * 4).unwrap();
