@@ -239,19 +239,17 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
                     tail.bytes_discarded
                 )
                 .map_err(stdout_error)?;
+                if tail.cut_from_outside {
+                    findings.push(format!(
+                        "{} was cut short from outside yeyak (at byte {}): acknowledged records after the cut, if \
+                         there were any, are lost; restore the file from a copy if there is one",
+                        tail.path.display(),
+                        tail.offset
+                    ));
+                }
             }
         }
         Err(error) => findings.push(format!("reading every segment: {error}")),
-    }
-    if let Some(tail) = scan.as_ref().ok().and_then(|recovered| recovered.torn_tail.as_ref()) {
-        if tail.cut_from_outside {
-            findings.push(format!(
-                "{} was cut short from outside yeyak (at byte {}): acknowledged records after the cut, if there \
-                 were any, are lost; restore the file from a copy if there is one",
-                tail.path.display(),
-                tail.offset
-            ));
-        }
     }
     if bad_entries > 0 {
         findings.push(format!("{bad_entries} records have checksums but payloads this yeyak cannot read"));
@@ -332,14 +330,9 @@ fn dump(data_dir: PathBuf, from: u64, limit: u64) -> Result<(), String> {
     let rules = yeyak::durable::load_campaign(&data_dir, false).ok().map(|(rules, _)| rules);
     let plan = rules.as_ref().and_then(|rules| yeyak::inventory::Inventory::plan(rules, &data_dir).ok());
     // Not where campaign.toml no longer says what the log's slot numbers mean.
-    let written_for_another = plan.as_ref().and_then(|plan| {
-        let segments = yeyak::log::recovery::list_segments(&log_directory).ok()?;
-        segments.iter().find_map(|(_, path)| {
-            let header = yeyak::log::retention::read_segment_header(path).ok()?;
-            plan.differs_from(&header.inventory)
-                .map(|why| format!("{} was written for an inventory with {why}", path.display()))
-        })
-    });
+    let written_for_another = plan
+        .as_ref()
+        .and_then(|plan| yeyak::durable::log_written_for_another_inventory(&log_directory, plan).ok().flatten());
     if let Some(why) = &written_for_another {
         eprintln!("(slot places not shown: {why})");
     }

@@ -23,7 +23,7 @@ use open::{
     check_room_for_a_segment, lock_data_directory, lock_data_directory_to_read, recover_state, snapshot_window, Access,
     RecoveredState,
 };
-pub use open::{load_campaign, OpenError, RecoveryPhases, MEMORY_CHECK_SKIP_ENV};
+pub use open::{load_campaign, log_written_for_another_inventory, OpenError, RecoveryPhases, MEMORY_CHECK_SKIP_ENV};
 
 pub const CAMPAIGN_FILE: &str = "campaign.toml";
 pub const LOG_DIRECTORY: &str = "log";

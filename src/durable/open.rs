@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{CampaignRules, ConfigError, DEMO_CAMPAIGN_TOML};
 use crate::durable::{UsedSnapshot, CAMPAIGN_FILE, LOCK_FILE, LOG_DIRECTORY, SNAPSHOT_DIRECTORY};
-use crate::inventory::{Inventory, InventoryError};
+use crate::inventory::{Inventory, InventoryError, InventoryPlan};
 use crate::log::format::{SegmentHeader, RECORD_HEADER_BYTES};
 use crate::log::recovery::{list_segments, recover_with_lookahead, RecoveredLog};
 use crate::log::retention::read_segment_header;
@@ -339,19 +339,31 @@ pub(super) fn recover_state(
 }
 
 /// Refuses a log with a segment written for an inventory in which its slot
-/// numbers meant other slots (other service days or time slots, other sites
-/// before the last of that time: `Inventory::differs_from`), as
-/// `CampaignChanged`: replayed, its bookings would move to other
-/// appointments. A segment whose header does not read is recovery's business.
-fn check_log_inventory(log_directory: &Path, inventory: &crate::inventory::InventoryPlan<'_>) -> Result<(), OpenError> {
+/// numbers meant other slots, as `CampaignChanged`: replayed, its bookings
+/// would move to other appointments.
+fn check_log_inventory(log_directory: &Path, inventory: &InventoryPlan<'_>) -> Result<(), OpenError> {
+    match log_written_for_another_inventory(log_directory, inventory)? {
+        Some(found) => Err(OpenError::CampaignChanged { found }),
+        None => Ok(()),
+    }
+}
+
+/// The first log segment written for an inventory in which its slot numbers
+/// meant other slots than in `inventory` (other service days or time slots,
+/// other sites before the last of that time: `InventoryPlan::differs_from`),
+/// said as "<file> was written for an inventory with <why>". A segment whose
+/// header does not read is recovery's business.
+pub fn log_written_for_another_inventory(
+    log_directory: &Path,
+    inventory: &InventoryPlan<'_>,
+) -> Result<Option<String>, OpenError> {
     for (_, path) in list_segments(log_directory)? {
         let Ok(header) = read_segment_header(&path) else { continue };
         if let Some(why) = inventory.differs_from(&header.inventory) {
-            let found = format!("{} was written for an inventory with {why}", path.display());
-            return Err(OpenError::CampaignChanged { found });
+            return Ok(Some(format!("{} was written for an inventory with {why}", path.display())));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// When a snapshot was passed over for being of another inventory (`found`
