@@ -951,3 +951,32 @@ fn a_held_address_answers_starting_until_its_server_takes_over() {
     assert_eq!(gateway(&server, &keys).reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)));
     server.shutdown().unwrap();
 }
+
+#[test]
+fn the_async_client_waits_out_an_engine_restarting_on_its_address() {
+    use yeyak::async_client::{AsyncClient, AsyncClientOptions};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let (server, keys) = start_in(directory.path(), ServerConfig::default());
+    let address = server.local_address();
+    let (id, key) = keys.first(Role::Gateway).unwrap();
+    let options = AsyncClientOptions { attempts_max: 10, ..AsyncClientOptions::default() };
+    let client = runtime.block_on(AsyncClient::connect_with(address, Role::Gateway, id, key, options)).unwrap();
+    assert_eq!(runtime.block_on(client.reserve(&wire_booking(1, 5, 1))).unwrap(), Ok(SlotIndex(5)));
+    server.shutdown().unwrap();
+    // The restart holds the address at once and answers STARTING while it recovers.
+    let held = yeyak::server::BoundAddress::bind(address).unwrap();
+    let data = directory.path().to_path_buf();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        let rules = yeyak::config::CampaignRules::parse(&std::fs::read_to_string(data.join("campaign.toml")).unwrap());
+        let clock = Clock::Simulated { start_ms: open_evening_ms(&rules.unwrap()), since: Instant::now() };
+        let (engine, _) = DurableEngine::open(&data, small_log_options(), false).unwrap();
+        Server::start_on(held, engine, keys, ServerConfig { clock, ..ServerConfig::default() }).unwrap()
+    });
+    // Refused STARTING, then retried with backoff until the engine serves.
+    assert_eq!(runtime.block_on(client.reserve(&wire_booking(2, 6, 1))).unwrap(), Ok(SlotIndex(6)));
+    let server = restarter.join().unwrap();
+    assert_eq!(server.engine().reservation_of(person(1)), Ok(Some(SlotIndex(5))), "kept over the restart");
+    server.shutdown().unwrap();
+}
