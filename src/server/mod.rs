@@ -252,7 +252,8 @@ pub struct Server {
 impl Server {
     /// Binds `config.listen` and starts serving `engine`.
     pub fn start(engine: DurableEngine, keys: KeyRing, config: ServerConfig) -> std::io::Result<Server> {
-        Server::start_on(BoundAddress::bind(config.listen)?, engine, keys, config)
+        // Nothing to turn away while nothing is slow to start: a plain listener.
+        Server::serve(std::net::TcpListener::bind(config.listen)?, engine, keys, config)
     }
 
     /// Starts serving `engine` on an address bound beforehand (`yeyak start`
@@ -264,12 +265,20 @@ impl Server {
         keys: KeyRing,
         config: ServerConfig,
     ) -> std::io::Result<Server> {
+        Server::serve(address.into_listener(), engine, keys, config)
+    }
+
+    fn serve(
+        listener: std::net::TcpListener,
+        engine: DurableEngine,
+        keys: KeyRing,
+        config: ServerConfig,
+    ) -> std::io::Result<Server> {
         // Checked before any thread starts, so a refusal leaves nothing running.
         config.check().map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
         if config.reactor == reactor::Reactor::Uring && !reactor::uring_available() {
             return Err(std::io::Error::other("io_uring is not available to this process: use the tokio reactor"));
         }
-        let listener = address.into_listener();
         listener.set_nonblocking(true)?;
         let local_address = listener.local_addr()?;
         let shared = Arc::new(Shared {
