@@ -511,10 +511,7 @@ fn a_mistyped_address_or_data_directory_is_named_not_taken_for_an_empty_engine()
 #[test]
 fn log_verify_fails_when_a_segment_was_cut_from_outside_and_dump_says_so() {
     use common::*;
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = yeyak::durable::DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let (directory, now, engine) = small_campaign_open(small_log_options());
     for index in 0..7 {
         engine.reserve(&booking(index, index as u32 * 3, 1), now).unwrap();
     }

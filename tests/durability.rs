@@ -165,10 +165,7 @@ fn a_file_system_without_room_for_a_log_segment_is_refused_at_start() {
 
 #[test]
 fn a_log_of_other_days_time_slots_or_sites_is_refused_and_sites_added_at_the_end_are_not() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let (directory, now, engine) = small_campaign_open(small_log_options());
     for index in 0..50 {
         engine.reserve(&booking(index, (index * 211 % 10_800) as u32, 1), now).unwrap();
     }

@@ -47,15 +47,6 @@ fn reopen(directory: &Path, options: DurableOptions) -> (DurableEngine, yeyak::d
     DurableEngine::open(directory, options, false).unwrap()
 }
 
-/// A small campaign in a new data directory, the instant of its first evening
-/// open to everyone, and an engine opened on it.
-fn small_campaign_open(options: DurableOptions) -> (tempfile::TempDir, i64, DurableEngine) {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let (engine, _) = reopen(directory.path(), options);
-    (directory, open_evening_ms(&rules), engine)
-}
-
 /// A copy of a data directory, without its snapshots.
 fn copy_without_snapshots(from: &Path) -> tempfile::TempDir {
     let copy = tempfile::tempdir().unwrap();

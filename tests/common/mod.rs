@@ -5,6 +5,7 @@ use std::path::Path;
 
 use yeyak::calendar::{Date, TimeOfDay};
 use yeyak::config::{CampaignRules, DEMO_CAMPAIGN_TOML};
+use yeyak::durable::{DurableEngine, DurableOptions};
 use yeyak::inventory::SlotIndex;
 use yeyak::log::{Durability, LogOptions, WriteMode};
 use yeyak::rules::Channel;
@@ -60,4 +61,13 @@ pub fn booking(index: u64, slot: u32, idempotency_key: u64) -> BookingRequest {
 
 pub fn cancelling(index: u64, idempotency_key: u64) -> CancelRequest {
     CancelRequest { person: person(index), birth_date: birth_date(), idempotency_key, channel: Channel::Person }
+}
+
+/// A small campaign in a new data directory, the instant of its first evening
+/// open to everyone, and an engine opened on it with `options`.
+pub fn small_campaign_open(options: impl Into<DurableOptions>) -> (tempfile::TempDir, i64, DurableEngine) {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let (engine, _) = DurableEngine::open(directory.path(), options, false).unwrap();
+    (directory, open_evening_ms(&rules), engine)
 }
