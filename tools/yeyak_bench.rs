@@ -9,6 +9,8 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
+mod prototype;
+
 use yeyak::calendar::{Date, TimeOfDay};
 use yeyak::config::CampaignRules;
 use yeyak::durable::{DurableEngine, DurableOptions};
@@ -120,6 +122,22 @@ enum Command {
         #[arg(long, default_value_t = 4_000_000)]
         steps: u64,
     },
+    /// Issue #2's throwaway design rebuilt (open-addressing people table, one
+    /// counter per slot, 48-byte records, a sync thread doing pwrite +
+    /// fdatasync) on the crowd of `reserve` and `durable`: a peer saying what
+    /// this machine allows right now. No rules, no idempotency, no recovery.
+    Prototype {
+        #[arg(long, default_value_t = 16_000_000)]
+        people: u64,
+        /// Slot counters one to a cache line, as yeyak's, or packed 16 to a line.
+        #[arg(long, value_enum, default_value_t = prototype::SlotLayout::Line)]
+        slots: prototype::SlotLayout,
+        #[arg(long, default_value = "/tmp/yeyak-bench-prototype")]
+        data_dir: PathBuf,
+        /// No records at all: the peer of `reserve`.
+        #[arg(long)]
+        without_log: bool,
+    },
 }
 
 fn main() {
@@ -157,6 +175,12 @@ fn main() {
         }
         Command::Latency { rate, seconds, data_dir, reactor } => latency(rate, seconds, data_dir, reactor),
         Command::Probe { steps } => probe(steps),
+        Command::Prototype { people, slots, data_dir, without_log } => {
+            let rules = national_rules(people);
+            let inventory = Inventory::load(&rules, std::path::Path::new(".")).expect("generated");
+            let requests = crowd(&inventory, people);
+            prototype::run(&requests, inventory.initial_capacity(), slots, &data_dir, !without_log)
+        }
     }
 }
 
