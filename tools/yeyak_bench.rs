@@ -127,8 +127,9 @@ enum Command {
     /// fdatasync) on the crowd of `reserve` and `durable`: a peer saying what
     /// this machine allows right now. No rules, no idempotency, no recovery.
     Prototype {
-        #[arg(long, default_value_t = 16_000_000)]
-        people: u64,
+        /// People in the crowd [default: 16 M as `durable`, with --wire 4 M as `wire`].
+        #[arg(long)]
+        people: Option<u64>,
         /// Slot counters one to a cache line, as yeyak's, or packed 16 to a line.
         #[arg(long, value_enum, default_value_t = prototype::SlotLayout::Line)]
         slots: prototype::SlotLayout,
@@ -137,6 +138,19 @@ enum Command {
         /// No records at all: the peer of `reserve`.
         #[arg(long)]
         without_log: bool,
+        /// Behind a loopback server, loaded as `wire` loads yeyak (issue #3's
+        /// prototype): the peer of `wire`.
+        #[arg(long)]
+        wire: bool,
+        /// With --wire: commands per frame.
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
+        /// With --wire: frames in flight per connection.
+        #[arg(long, default_value_t = 32)]
+        depth: usize,
+        /// With --wire: client connections (one thread each).
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
     },
 }
 
@@ -175,11 +189,17 @@ fn main() {
         }
         Command::Latency { rate, seconds, data_dir, reactor } => latency(rate, seconds, data_dir, reactor),
         Command::Probe { steps } => probe(steps),
-        Command::Prototype { people, slots, data_dir, without_log } => {
+        Command::Prototype { people, slots, data_dir, without_log, wire, batch, depth, connections } => {
+            let people = people.unwrap_or(if wire { 4_000_000 } else { 16_000_000 });
             let rules = national_rules(people);
             let inventory = Inventory::load(&rules, std::path::Path::new(".")).expect("generated");
             let requests = crowd(&inventory, people);
-            prototype::run(&requests, inventory.initial_capacity(), slots, &data_dir, !without_log)
+            if wire {
+                let load = (batch.max(1), depth.max(1), connections.max(1));
+                prototype::run_wire(&requests, inventory.initial_capacity(), slots, &data_dir, load)
+            } else {
+                prototype::run(&requests, inventory.initial_capacity(), slots, &data_dir, !without_log)
+            }
         }
     }
 }
