@@ -411,6 +411,7 @@ fn local_datetime_field(field: &str, text: &str, offset: UtcOffset) -> Result<i6
     let reason = || format!("`{text}` is not a local date and time of the form YYYY-MM-DD HH:MM");
     let (date, time) = text.trim().split_once(' ').ok_or_else(|| invalid(field, reason()))?;
     let date = Date::parse(date).map_err(|_| invalid(field, reason()))?;
+    check_date_range(field, date)?;
     let time = TimeOfDay::parse(time).map_err(|_| invalid(field, reason()))?;
     Ok(offset.utc_ms(date, time))
 }
@@ -481,6 +482,8 @@ mod tests {
         assert_eq!(field_of(e.unwrap_err()), "service.days", "the 30th day is in 2100");
         let e = with(|t| *t = t.replace("start_date = \"2021-08-09\"", "start_date = \"2030-08-09\""));
         assert_eq!(field_of(e.unwrap_err()), "rotation.start_date", "bookings would open after the last service day");
+        let e = with(|t| *t = t.replace("proxy_cutoff = \"2021-08-09 18:00\"", "proxy_cutoff = \"0021-08-09 18:00\""));
+        assert_eq!(field_of(e.unwrap_err()), "cohort[0].proxy_cutoff", "a year mistyped");
         // Birth-date bounds are never sent: an open lower bound is fine.
         assert!(with(|t| *t = t.replacen("born_from = \"", "born_from = \"1800-01-01\" #", 1)).is_ok());
     }
