@@ -1,27 +1,31 @@
-//! `yeyak-bench prototype`: the throwaway design issue #2 quotes as its
-//! yardstick, rebuilt as a peer measured in the same run as `reserve` and
-//! `durable`.
+//! `yeyak-bench prototype`: the throwaway designs issues #2 and #3 quote as
+//! their yardsticks, rebuilt as peers measured in the same runs as `reserve`,
+//! `durable` and `wire`.
 //!
 //! Issue #2 sets its bars from a prototype "on this kind of machine": an
 //! open-addressing people table with prefetching, one counter per slot,
 //! 48-byte records and a sync thread doing `pwrite` + `fdatasync` (23.6 M
-//! reservations/s without the log, 19 M/s durable). This VM's speed moves by
-//! two to three times between phases (docs/benchmarks.md), so an absolute
-//! figure from one run says little; the same design run beside yeyak says how
-//! far yeyak is from what the machine allows at that minute.
+//! reservations/s without the log, 19 M/s durable); issue #3 from the same
+//! behind a tokio current-thread server (14.5 M/s with batch frames). This
+//! VM's speed moves by two to three times between phases (docs/benchmarks.md),
+//! so an absolute figure from one run says little; the same design run beside
+//! yeyak says how far yeyak is from what the machine allows at that minute.
 //!
-//! It is a floor, not a booking engine: it checks no campaign rule (cohort,
-//! rotation, window), keeps no idempotency key, has no recovery, one booking
-//! thread and no latch, and its records are written once and never read. It
-//! lets the written pages go once durable, as yeyak's log learned to on this
-//! VM (docs/log-format.md), so that the two differ in the booking thread's
-//! work, not in the kernel's.
+//! It is a lean implementation of the design, not a booking engine: it checks
+//! no campaign rule (cohort, rotation, window), keeps no idempotency key, has
+//! no recovery, one booking thread and no latch, and its records are written
+//! once and never read. Where yeyak learned a cheaper way on this VM, the peer
+//! does the same, so that the two differ in what a booking costs and not in
+//! tricks: the sync thread *seals* each record (sequence number, length,
+//! CRC) just before writing it, as yeyak's flusher does, and lets the written
+//! pages go once durable (docs/log-format.md).
 
 use std::fs::File;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
@@ -67,24 +71,130 @@ impl SlotLayout {
 const RECORD_BYTES: usize = 48;
 /// Requests looked ahead: their person and slot lines are prefetched.
 const AHEAD: usize = 8;
-/// The booking thread hands its records over after this many requests (a
-/// batch frame's worth) if the sync thread has taken the last group, and waits
-/// for it only when this many batches are held (`durable` keeps 64 batches in
-/// flight too).
+/// The in-process booking thread appends its records a batch at a time (a
+/// batch frame's worth), and waits before appending while more than
+/// `BATCHES_IN_FLIGHT_MAX` batches are not durable: `durable` keeps 64
+/// batches unanswered the same way.
 const BATCH: usize = 1024;
-const BATCHES_HELD_MAX: usize = 64;
+const BATCHES_IN_FLIGHT_MAX: usize = 64;
+/// What the group buffers are given up front: the most records in flight.
+const GROUP_BYTES: usize = BATCH * (BATCHES_IN_FLIGHT_MAX + 1) * RECORD_BYTES;
+/// Bytes of one command in the wire peer's frames: person key (16), slot
+/// (4), idempotency key (8), zeros (4). A frame is a u32 count and that many
+/// commands; its reply a u32 count and one byte a command (0 = booked).
+const WIRE_COMMAND_BYTES: usize = 32;
+/// Commands a wire frame may carry.
+pub const WIRE_FRAME_COMMANDS_MAX: usize = 1 << 16;
 
-/// What the booking thread and the sync thread share.
+/// The log: what the booking side and the sync thread share.
+struct Log {
+    file: File,
+    groups: Mutex<Groups>,
+    changed: Condvar,
+    /// Records durable so far, for readers that do not take the lock.
+    durable: AtomicU64,
+}
+
 #[derive(Default)]
 struct Groups {
-    /// Records handed over and not yet taken by the sync thread.
-    handed: Vec<u8>,
+    /// Records appended and not yet taken by the sync thread, unsealed.
+    appended: Vec<u8>,
+    /// Records appended so far (the last one's sequence number).
+    appended_records: u64,
     /// Records made durable so far.
     durable_records: u64,
-    /// The last record's sequence number (the wire peer's server numbers
-    /// its records here, under the lock it appends them under).
-    last_sequence: u64,
     finished: bool,
+}
+
+impl Log {
+    /// A fresh log file in a fresh `data_dir`, preallocated for `records`.
+    fn create(data_dir: &Path, records: usize) -> Log {
+        let _ = std::fs::remove_dir_all(data_dir);
+        std::fs::create_dir_all(data_dir).expect("can create the data directory");
+        let path = data_dir.join("log");
+        let file =
+            File::options().read(true).write(true).create(true).truncate(true).open(&path).expect("can create the log");
+        if records > 0 {
+            let length = libc::off_t::try_from(records * RECORD_BYTES).expect("the log's size fits off_t");
+            // SAFETY: `fallocate` on a file descriptor we own, no pointers.
+            let allocated = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) };
+            assert_eq!(allocated, 0, "fallocate {}: {}", path.display(), std::io::Error::last_os_error());
+            file.sync_all().expect("the disk works");
+        }
+        let groups = Groups { appended: Vec::with_capacity(GROUP_BYTES), ..Groups::default() };
+        Log { file, groups: Mutex::new(groups), changed: Condvar::new(), durable: AtomicU64::new(0) }
+    }
+
+    /// Appends `records` (whole unsealed records) after the others; returns
+    /// the last one's sequence number. With `in_flight_max`, first waits
+    /// until no more than that many records are not durable.
+    fn append(&self, records: &[u8], in_flight_max: Option<u64>) -> u64 {
+        let mut groups = self.groups.lock().expect("not poisoned");
+        if let Some(in_flight_max) = in_flight_max {
+            while groups.appended_records - groups.durable_records > in_flight_max {
+                groups = self.changed.wait(groups).expect("not poisoned");
+            }
+        }
+        groups.appended.extend_from_slice(records);
+        groups.appended_records += (records.len() / RECORD_BYTES) as u64;
+        self.changed.notify_all();
+        groups.appended_records
+    }
+
+    /// Tells the sync thread that nothing more will be appended.
+    fn finish(&self) {
+        self.groups.lock().expect("not poisoned").finished = true;
+        self.changed.notify_all();
+    }
+
+    /// The sync thread: takes every record appended since the last group,
+    /// seals them, writes them at the log's end and makes them durable with
+    /// one `fdatasync`, then tells `on_durable` how many records are durable.
+    /// Returns how many syncs it made once `finish` was called and all is durable.
+    fn sync_groups(&self, on_durable: impl Fn(u64)) -> u64 {
+        const PAGE_BYTES: u64 = 4096;
+        let mut group: Vec<u8> = Vec::with_capacity(GROUP_BYTES);
+        let mut offset = 0u64;
+        let mut syncs = 0;
+        loop {
+            {
+                let mut groups = self.groups.lock().expect("not poisoned");
+                while groups.appended.is_empty() && !groups.finished {
+                    groups = self.changed.wait(groups).expect("not poisoned");
+                }
+                if groups.appended.is_empty() {
+                    return syncs;
+                }
+                // The emptied buffer goes back to be appended to.
+                group.clear();
+                std::mem::swap(&mut groups.appended, &mut group);
+            }
+            let first_sequence = offset / RECORD_BYTES as u64 + 1;
+            for (index, record) in group.chunks_exact_mut(RECORD_BYTES).enumerate() {
+                seal(record.try_into().expect("48 bytes"), first_sequence + index as u64);
+            }
+            self.file.write_all_at(&group, offset).expect("the disk works");
+            self.file.sync_data().expect("the disk works");
+            syncs += 1;
+            // Let go of the durable pages, but the one the next group writes into.
+            let first_page = offset & !(PAGE_BYTES - 1);
+            offset += group.len() as u64;
+            let last_page = offset & !(PAGE_BYTES - 1);
+            if let (true, Ok(from), Ok(length)) = (
+                last_page > first_page,
+                libc::off_t::try_from(first_page),
+                libc::off_t::try_from(last_page - first_page),
+            ) {
+                // SAFETY: `posix_fadvise` on a file descriptor we own, no pointers.
+                unsafe { libc::posix_fadvise(self.file.as_raw_fd(), from, length, libc::POSIX_FADV_DONTNEED) };
+            }
+            let durable = offset / RECORD_BYTES as u64;
+            self.groups.lock().expect("not poisoned").durable_records = durable;
+            self.durable.store(durable, Ordering::Release);
+            self.changed.notify_all();
+            on_durable(durable);
+        }
+    }
 }
 
 /// The people table and the slot counters.
@@ -92,64 +202,6 @@ struct Tables {
     people: yeyak::memory::ZeroedArray<PersonCell>,
     seats: yeyak::memory::ZeroedArray<SeatCell>,
     stride: usize,
-}
-
-/// A fresh log file in a fresh `data_dir`, preallocated for `records`.
-fn create_log(data_dir: &Path, records: usize) -> File {
-    let _ = std::fs::remove_dir_all(data_dir);
-    std::fs::create_dir_all(data_dir).expect("can create the data directory");
-    let path = data_dir.join("log");
-    let file =
-        File::options().read(true).write(true).create(true).truncate(true).open(&path).expect("can create the log");
-    if records > 0 {
-        let length = libc::off_t::try_from(records * RECORD_BYTES).expect("the log's size fits off_t");
-        // SAFETY: `fallocate` on a file descriptor we own, no pointers.
-        let allocated = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, length) };
-        assert_eq!(allocated, 0, "fallocate {}: {}", path.display(), std::io::Error::last_os_error());
-        file.sync_all().expect("the disk works");
-    }
-    file
-}
-
-/// Books `requests`, the records made durable, or (`with_log` false) with no
-/// record at all, the peer of `reserve`.
-pub fn run(requests: &[BookingRequest], initial_capacity: &[u32], layout: SlotLayout, data_dir: &Path, with_log: bool) {
-    let file = create_log(data_dir, if with_log { requests.len() } else { 0 });
-    let tables = Tables::new(requests.len(), initial_capacity, layout);
-    let groups = Mutex::new(Groups::default());
-    let changed = Condvar::new();
-
-    let started = Instant::now();
-    let (booked, syncs) = std::thread::scope(|scope| {
-        let sync_thread = scope.spawn(|| sync_groups(&file, &groups, &changed, |_| {}));
-        let booked = if with_log {
-            book::<true>(requests, &tables, &groups, &changed)
-        } else {
-            book::<false>(requests, &tables, &groups, &changed)
-        };
-        groups.lock().expect("not poisoned").finished = true;
-        changed.notify_all();
-        (booked, sync_thread.join().expect("the sync thread does not panic"))
-    });
-    let seconds = started.elapsed().as_secs_f64();
-    let refused = requests.len() as u64 - booked;
-    let rate = booked as f64 / seconds / 1e6;
-    println!(
-        "prototype (issue #2's throwaway design: no rules, no idempotency, no recovery; 1 booking thread{}): people={} slots={layout:?}",
-        if with_log { " + sync thread" } else { ", no log" },
-        requests.len()
-    );
-    if with_log {
-        let durable = groups.lock().expect("not poisoned").durable_records;
-        assert_eq!(durable, booked, "every booked record was made durable");
-        println!(
-            "  {booked} durable reservations ({refused} refused) in {seconds:.3} s = {rate:.2} M/s; {syncs} syncs ({:.0} records/sync)",
-            booked as f64 / syncs.max(1) as f64
-        );
-    } else {
-        println!("  {booked} reservations ({refused} refused) in {seconds:.3} s = {rate:.2} M reservations/s, no log");
-    }
-    let _ = std::fs::remove_dir_all(data_dir);
 }
 
 impl Tables {
@@ -163,7 +215,7 @@ impl Tables {
             stride,
         };
         for (seat, capacity) in tables.seats.iter().step_by(stride).zip(initial_capacity) {
-            seat.0.store(*capacity, Relaxed);
+            seat.0.store(*capacity, Ordering::Relaxed);
         }
         tables
     }
@@ -190,6 +242,7 @@ impl Tables {
     /// Books `request` if its person holds nothing and its slot has a seat.
     #[inline]
     fn book(&self, request: &BookingRequest) -> bool {
+        use Ordering::Relaxed;
         let key = request.person.0;
         let (low, high) = (key as u64, (key >> 64) as u64);
         let mask = self.people.len() - 1;
@@ -215,143 +268,108 @@ impl Tables {
         cell.slot.store(u64::from(request.slot.0), Relaxed);
         true
     }
+
+    /// Books `requests` in turn, prefetching ahead; for each, `booked(request,
+    /// was_booked)`. Returns how many were booked.
+    #[inline]
+    fn book_all(&self, requests: &[BookingRequest], mut booked: impl FnMut(&BookingRequest, bool)) -> u64 {
+        let mut count = 0;
+        for (index, request) in requests.iter().enumerate() {
+            if let Some(ahead) = requests.get(index + AHEAD) {
+                self.prefetch(ahead);
+            }
+            let was_booked = self.book(request);
+            count += u64::from(was_booked);
+            booked(request, was_booked);
+        }
+        count
+    }
 }
 
-/// Appends `request`'s record, yeyak's layout (docs/log-format.md), type 1 =
-/// Reserved, with its CRC computed here, on the booking thread.
+/// Appends `request`'s record, yeyak's layout (docs/log-format.md) with type
+/// 1 = Reserved, unsealed: `seal` writes length, sequence number and CRC.
 #[inline]
-fn append_record(records: &mut Vec<u8>, sequence: u64, request: &BookingRequest) {
+fn append_record(records: &mut Vec<u8>, request: &BookingRequest) {
     let mut record = [0u8; RECORD_BYTES];
-    record[4..6].copy_from_slice(&(RECORD_BYTES as u16).to_le_bytes());
     record[6] = 1;
-    record[8..16].copy_from_slice(&sequence.to_le_bytes());
     record[16..32].copy_from_slice(&request.person.0.to_le_bytes());
     record[32..36].copy_from_slice(&request.slot.0.to_le_bytes());
     record[40..48].copy_from_slice(&request.idempotency_key.to_le_bytes());
-    let checked: &[u8; RECORD_BYTES - 4] = record[4..].try_into().expect("44 bytes");
-    let crc = yeyak::crc::crc32c_fixed(checked);
-    record[0..4].copy_from_slice(&crc.to_le_bytes());
     records.extend_from_slice(&record);
 }
 
-/// Books every request in turn; returns how many were booked.
-fn book<const WITH_LOG: bool>(
-    requests: &[BookingRequest],
-    tables: &Tables,
-    groups: &Mutex<Groups>,
-    changed: &Condvar,
-) -> u64 {
-    let mut records: Vec<u8> = Vec::with_capacity(if WITH_LOG { BATCH * BATCHES_HELD_MAX * RECORD_BYTES } else { 0 });
-    let mut sequence = 0u64;
-    for (index, request) in requests.iter().enumerate() {
-        if let Some(ahead) = requests.get(index + AHEAD) {
-            tables.prefetch(ahead);
-        }
-        if !tables.book(request) {
-            continue;
-        }
-        sequence += 1;
-        if WITH_LOG {
-            append_record(&mut records, sequence, request);
-            if (index + 1) % BATCH == 0 {
-                hand_over(&mut records, groups, changed);
-            }
-        }
-    }
-    if WITH_LOG {
-        // The last records, once the sync thread has taken the group before.
-        let mut shared = groups.lock().expect("not poisoned");
-        while !shared.handed.is_empty() {
-            shared = changed.wait(shared).expect("not poisoned");
-        }
-        shared.handed = records;
-        changed.notify_all();
-    }
-    sequence
+fn seal(record: &mut [u8; RECORD_BYTES], sequence: u64) {
+    record[4..6].copy_from_slice(&(RECORD_BYTES as u16).to_le_bytes());
+    record[8..16].copy_from_slice(&sequence.to_le_bytes());
+    let checked: &[u8; RECORD_BYTES - 4] = record[4..].try_into().expect("44 bytes");
+    let crc = yeyak::crc::crc32c_fixed(checked);
+    record[0..4].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Group commit: gives `records` to the sync thread if it has taken the last
-/// group; otherwise keeps them for the next hand-over, waiting only when
-/// `BATCHES_HELD_MAX` batches are held.
-fn hand_over(records: &mut Vec<u8>, groups: &Mutex<Groups>, changed: &Condvar) {
-    let mut shared = groups.lock().expect("not poisoned");
-    loop {
-        if shared.handed.is_empty() {
-            std::mem::swap(&mut shared.handed, records);
-            changed.notify_all();
-            return;
-        }
-        if records.len() < BATCH * BATCHES_HELD_MAX * RECORD_BYTES {
-            return;
-        }
-        shared = changed.wait(shared).expect("not poisoned");
+/// Books `requests`, the records made durable, or (`with_log` false) with no
+/// record at all, the peer of `reserve`.
+pub fn run(requests: &[BookingRequest], initial_capacity: &[u32], layout: SlotLayout, data_dir: &Path, with_log: bool) {
+    let log = Log::create(data_dir, if with_log { requests.len() } else { 0 });
+    let tables = Tables::new(requests.len(), initial_capacity, layout);
+    let started = Instant::now();
+    let (booked, syncs) = std::thread::scope(|scope| {
+        let sync_thread = scope.spawn(|| log.sync_groups(|_| {}));
+        let booked = if with_log {
+            let in_flight_max = Some((BATCH * BATCHES_IN_FLIGHT_MAX) as u64);
+            let mut records = Vec::with_capacity(BATCH * RECORD_BYTES);
+            let mut booked = 0;
+            for batch in requests.chunks(BATCH) {
+                records.clear();
+                booked += tables.book_all(batch, |request, booked| {
+                    if booked {
+                        append_record(&mut records, request);
+                    }
+                });
+                log.append(&records, in_flight_max);
+            }
+            booked
+        } else {
+            tables.book_all(requests, |_, _| {})
+        };
+        log.finish();
+        (booked, sync_thread.join().expect("the sync thread does not panic"))
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(booked, requests.len() as u64, "every request was for a free seat");
+    let rate = booked as f64 / seconds / 1e6;
+    println!(
+        "prototype (issue #2's throwaway design: no rules, no idempotency, no recovery; 1 booking thread{}): people={} slots={layout:?}",
+        if with_log { " + sync thread" } else { ", no log" },
+        requests.len()
+    );
+    if with_log {
+        assert_eq!(log.durable.load(Ordering::Acquire), booked, "every booked record was made durable");
+        println!(
+            "  {booked} durable reservations in {seconds:.3} s = {rate:.2} M/s; {syncs} syncs ({:.0} records/sync)",
+            booked as f64 / syncs.max(1) as f64
+        );
+    } else {
+        println!("  {booked} reservations in {seconds:.3} s = {rate:.2} M reservations/s, no log");
     }
+    let _ = std::fs::remove_dir_all(data_dir);
 }
 
-/// Writes each handed-over group at the log's end and makes it durable with
-/// one `fdatasync`, then tells `on_durable` how many records are durable;
-/// returns how many syncs it made.
-fn sync_groups(file: &File, groups: &Mutex<Groups>, changed: &Condvar, on_durable: impl Fn(u64)) -> u64 {
-    const PAGE_BYTES: u64 = 4096;
-    let mut group: Vec<u8> = Vec::new();
-    let mut offset = 0u64;
-    let mut syncs = 0;
-    loop {
-        {
-            let mut shared = groups.lock().expect("not poisoned");
-            while shared.handed.is_empty() && !shared.finished {
-                shared = changed.wait(shared).expect("not poisoned");
-            }
-            if shared.handed.is_empty() {
-                return syncs;
-            }
-            // The emptied buffer goes back for the booking thread's next group.
-            group.clear();
-            std::mem::swap(&mut shared.handed, &mut group);
-            changed.notify_all();
-        }
-        file.write_all_at(&group, offset).expect("the disk works");
-        file.sync_data().expect("the disk works");
-        syncs += 1;
-        // Let go of the durable pages, but the one the next group writes into.
-        let first_page = offset & !(PAGE_BYTES - 1);
-        offset += group.len() as u64;
-        let last_page = offset & !(PAGE_BYTES - 1);
-        if let (true, Ok(from), Ok(length)) =
-            (last_page > first_page, libc::off_t::try_from(first_page), libc::off_t::try_from(last_page - first_page))
-        {
-            // SAFETY: `posix_fadvise` on a file descriptor we own, no pointers.
-            unsafe { libc::posix_fadvise(file.as_raw_fd(), from, length, libc::POSIX_FADV_DONTNEED) };
-        }
-        let durable = offset / RECORD_BYTES as u64;
-        groups.lock().expect("not poisoned").durable_records = durable;
-        on_durable(durable);
-    }
-}
-
-/// Bytes of one command in the wire peer's frames: person key (16), slot
-/// (4), idempotency key (8), zeros (4). A frame is a u32 count and that many
-/// commands; its reply a u32 count and one byte a command (0 = booked).
-const WIRE_COMMAND_BYTES: usize = 32;
-/// Commands a frame may carry: a frame's count is checked against it.
-const WIRE_FRAME_COMMANDS_MAX: usize = 1 << 16;
-
-/// What the wire peer's server thread, its sync thread and its connections share.
+/// The wire peer's server state: its tables, its log, and the signal its
+/// connections wait on for durability.
 struct Server {
     tables: Tables,
-    groups: Mutex<Groups>,
-    changed: Condvar,
-    durable: AtomicU64,
+    log: Log,
     durable_changed: tokio::sync::Notify,
 }
 
-/// The wire peer: the same design behind a loopback server run as issue #3's
+/// The wire peer: the same design behind a loopback server, as issue #3's
 /// prototype was (one tokio current-thread server thread that reads frames,
-/// books and answers; a sync thread doing group commit; answers written
-/// once durable), loaded as `yeyak-bench wire` loads yeyak: `connections`
-/// client threads in this process, each with `depth` frames of `batch`
-/// commands in flight, frames encoded beforehand. No handshake, no frame
-/// checksum, no limits but the frame's count.
+/// books and queues answers; the sync thread; answers written once durable),
+/// loaded the way `yeyak-bench wire` loads yeyak: one client thread per
+/// connection in this process, `depth` frames of `batch` commands in flight,
+/// frames encoded beforehand, writes gathered up to 64 KiB, every reply
+/// already received read before sending more. Its protocol is leaner than
+/// yeyak's: no handshake, no frame checksum, a byte per answer.
 pub fn run_wire(
     requests: &[BookingRequest],
     initial_capacity: &[u32],
@@ -360,12 +378,10 @@ pub fn run_wire(
     load: (usize, usize, usize),
 ) {
     let (batch, depth, connections) = load;
-    let file = create_log(data_dir, requests.len());
+    assert!((1..=WIRE_FRAME_COMMANDS_MAX).contains(&batch), "a frame carries 1..={WIRE_FRAME_COMMANDS_MAX} commands");
     let server = std::sync::Arc::new(Server {
         tables: Tables::new(requests.len(), initial_capacity, layout),
-        groups: Mutex::new(Groups::default()),
-        changed: Condvar::new(),
-        durable: AtomicU64::new(0),
+        log: Log::create(data_dir, requests.len()),
         durable_changed: tokio::sync::Notify::new(),
     });
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("binds on loopback");
@@ -376,28 +392,26 @@ pub fn run_wire(
 
     let started = Instant::now();
     let (booked, syncs) = std::thread::scope(|scope| {
-        let sync_thread = scope.spawn(|| {
-            sync_groups(&file, &server.groups, &server.changed, |durable| {
-                server.durable.store(durable, std::sync::atomic::Ordering::Release);
-                server.durable_changed.notify_waiters();
-            })
-        });
+        let sync_thread = scope.spawn(|| server.log.sync_groups(|_| server.durable_changed.notify_waiters()));
         let server_thread = {
             let server = server.clone();
-            scope.spawn(move || serve(listener, shares.len(), server))
+            let connections = frames.len();
+            scope.spawn(move || serve(listener, connections, server))
         };
         let clients: Vec<_> =
             frames.iter().map(|frames| scope.spawn(move || load_one_connection(address, frames, depth))).collect();
         let booked: u64 = clients.into_iter().map(|client| client.join().expect("client threads do not panic")).sum();
         server_thread.join().expect("the server thread does not panic");
-        server.groups.lock().expect("not poisoned").finished = true;
-        server.changed.notify_all();
-        (booked, sync_thread.join().expect("the sync thread does not panic"))
+        server.log.finish();
+        let syncs = sync_thread.join().expect("the sync thread does not panic");
+        (booked, syncs)
     });
     let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(booked, requests.len() as u64, "every request was for a free seat");
     println!(
-        "prototype over loopback (issue #3's throwaway design: 1 tokio current-thread server thread + sync thread, in-process clients, frames encoded beforehand): people={} batch={batch} depth={depth} connections={connections} slots={layout:?}",
-        requests.len()
+        "prototype over loopback (issue #3's throwaway design: 1 tokio current-thread server thread + sync thread, in-process clients, frames encoded beforehand): people={} batch={batch} depth={depth} connections={} slots={layout:?}",
+        requests.len(),
+        shares.len()
     );
     println!(
         "  {booked} durable reservations in {seconds:.3} s = {:.2} M/s; {syncs} syncs ({:.0} records/sync)",
@@ -422,10 +436,9 @@ fn encode_wire_frame(commands: &[BookingRequest]) -> Vec<u8> {
 /// Sends `frames` with up to `depth` unanswered, reads every reply; returns
 /// how many commands were booked.
 fn load_one_connection(address: std::net::SocketAddr, frames: &[Vec<u8>], depth: usize) -> u64 {
-    use std::io::{Read, Write};
     let stream = std::net::TcpStream::connect(address).expect("connects");
     stream.set_nodelay(true).expect("a TCP socket");
-    let mut writer = stream.try_clone().expect("a socket can be cloned");
+    let mut writer = std::io::BufWriter::with_capacity(64 * 1024, stream.try_clone().expect("a socket can be cloned"));
     let mut reader = std::io::BufReader::with_capacity(1 << 16, stream);
     let (mut sent, mut received, mut booked) = (0, 0, 0u64);
     let mut reply = Vec::new();
@@ -434,12 +447,22 @@ fn load_one_connection(address: std::net::SocketAddr, frames: &[Vec<u8>], depth:
             writer.write_all(&frames[sent]).expect("sends");
             sent += 1;
         }
-        let mut count = [0u8; 4];
-        reader.read_exact(&mut count).expect("a reply");
-        reply.resize(u32::from_le_bytes(count) as usize, 0);
-        reader.read_exact(&mut reply).expect("a reply");
-        booked += reply.iter().filter(|answer| **answer == 0).count() as u64;
-        received += 1;
+        writer.flush().expect("sends");
+        // One blocking read, then every reply already buffered.
+        loop {
+            let mut count = [0u8; 4];
+            reader.read_exact(&mut count).expect("a reply");
+            reply.resize(u32::from_le_bytes(count) as usize, 0);
+            reader.read_exact(&mut reply).expect("a reply");
+            booked += reply.iter().filter(|answer| **answer == 0).count() as u64;
+            received += 1;
+            let buffered = reader.buffer();
+            let whole_reply_buffered = buffered.len() >= 4
+                && buffered.len() >= 4 + u32::from_le_bytes(buffered[..4].try_into().expect("4 bytes")) as usize;
+            if !whole_reply_buffered {
+                break;
+            }
+        }
     }
     booked
 }
@@ -463,25 +486,28 @@ fn serve(listener: std::net::TcpListener, connections: usize, server: std::sync:
     });
 }
 
-/// Reads frames, books their commands and queues each reply for the writer,
-/// which sends it once its records are durable.
+/// Reads frames, books their commands, appends their records and queues each
+/// reply for the writer, which sends it once its records are durable.
 async fn serve_connection(stream: tokio::net::TcpStream, server: std::sync::Arc<Server>) {
     use tokio::io::AsyncReadExt;
     let (read, write) = stream.into_split();
     let mut read = tokio::io::BufReader::with_capacity(1 << 18, read);
     let (replies, queued) = tokio::sync::mpsc::unbounded_channel();
     let writer = tokio::spawn(write_replies(write, queued, server.clone()));
-    let mut body = Vec::new();
-    let mut commands = Vec::new();
+    let (mut body, mut commands, mut records) = (Vec::new(), Vec::new(), Vec::new());
     loop {
         let mut count = [0u8; 4];
         if read.read_exact(&mut count).await.is_err() {
             break;
         }
         let count = u32::from_le_bytes(count) as usize;
-        assert!(count <= WIRE_FRAME_COMMANDS_MAX, "a frame of {count} commands");
+        if count > WIRE_FRAME_COMMANDS_MAX {
+            break; // Not a frame this peer's clients send: close.
+        }
         body.resize(count * WIRE_COMMAND_BYTES, 0);
-        read.read_exact(&mut body).await.expect("a whole frame");
+        if read.read_exact(&mut body).await.is_err() {
+            break;
+        }
         commands.clear();
         commands.extend(body.chunks_exact(WIRE_COMMAND_BYTES).map(|command| BookingRequest {
             person: yeyak::state::PersonKey(u128::from_le_bytes(command[0..16].try_into().expect("16 bytes"))),
@@ -491,24 +517,14 @@ async fn serve_connection(stream: tokio::net::TcpStream, server: std::sync::Arc<
         }));
         let mut reply = Vec::with_capacity(4 + count);
         reply.extend_from_slice(&(count as u32).to_le_bytes());
-        let last_sequence = {
-            let mut groups = server.groups.lock().expect("not poisoned");
-            let Groups { handed, last_sequence, .. } = &mut *groups;
-            for (index, command) in commands.iter().enumerate() {
-                if let Some(ahead) = commands.get(index + AHEAD) {
-                    server.tables.prefetch(ahead);
-                }
-                if server.tables.book(command) {
-                    *last_sequence += 1;
-                    append_record(handed, *last_sequence, command);
-                    reply.push(0);
-                } else {
-                    reply.push(1);
-                }
+        records.clear();
+        server.tables.book_all(&commands, |command, booked| {
+            if booked {
+                append_record(&mut records, command);
             }
-            *last_sequence
-        };
-        server.changed.notify_all();
+            reply.push(u8::from(!booked));
+        });
+        let last_sequence = server.log.append(&records, None);
         if replies.send((last_sequence, reply)).is_err() {
             break;
         }
@@ -537,8 +553,17 @@ async fn write_replies(
         while let Ok(reply) = queued.try_recv() {
             pending.push_back(reply);
         }
-        wait_durable(&server, pending.front().map_or(0, |(needed, _)| *needed)).await;
-        let durable = server.durable.load(std::sync::atomic::Ordering::Acquire);
+        let needed = pending.front().map_or(0, |(needed, _)| *needed);
+        let durable = loop {
+            let changed = server.durable_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let durable = server.log.durable.load(Ordering::Acquire);
+            if durable >= needed {
+                break durable;
+            }
+            changed.await;
+        };
         out.clear();
         while pending.front().is_some_and(|(needed, _)| *needed <= durable) {
             let (_, reply) = pending.pop_front().expect("a front");
@@ -547,18 +572,6 @@ async fn write_replies(
         if write.write_all(&out).await.is_err() {
             return;
         }
-    }
-}
-
-async fn wait_durable(server: &Server, needed: u64) {
-    loop {
-        let changed = server.durable_changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if server.durable.load(std::sync::atomic::Ordering::Acquire) >= needed {
-            return;
-        }
-        changed.await;
     }
 }
 

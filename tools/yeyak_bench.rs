@@ -145,8 +145,8 @@ enum Command {
         /// With --wire: commands per frame.
         #[arg(long, default_value_t = 1024)]
         batch: usize,
-        /// With --wire: frames in flight per connection.
-        #[arg(long, default_value_t = 32)]
+        /// With --wire: frames in flight per connection (as `wire`'s default).
+        #[arg(long, default_value_t = 16)]
         depth: usize,
         /// With --wire: client connections (one thread each).
         #[arg(long, default_value_t = 2)]
@@ -195,7 +195,11 @@ fn main() {
             let inventory = Inventory::load(&rules, std::path::Path::new(".")).expect("generated");
             let requests = crowd(&inventory, people);
             if wire {
-                let load = (batch.max(1), depth.max(1), connections.max(1));
+                if !(1..=prototype::WIRE_FRAME_COMMANDS_MAX).contains(&batch) {
+                    eprintln!("--batch {batch}: a frame carries 1..={} commands", prototype::WIRE_FRAME_COMMANDS_MAX);
+                    std::process::exit(2);
+                }
+                let load = (batch, depth.max(1), connections.max(1));
                 prototype::run_wire(&requests, inventory.initial_capacity(), slots, &data_dir, load)
             } else {
                 prototype::run(&requests, inventory.initial_capacity(), slots, &data_dir, !without_log)
