@@ -78,14 +78,8 @@ enum Command {
     Wire {
         #[arg(long, default_value_t = 4_000_000)]
         people: u64,
-        /// Reservations per frame: 1 sends RESERVE frames, more sends BATCH frames.
-        #[arg(long, default_value_t = 1024)]
-        batch: usize,
-        /// Frames each connection keeps in flight.
-        #[arg(long, default_value_t = 16)]
-        depth: usize,
-        #[arg(long, default_value_t = 2)]
-        connections: usize,
+        #[command(flatten)]
+        load: FrameLoad,
         #[arg(long, default_value = "/tmp/yeyak-bench-wire")]
         data_dir: PathBuf,
         #[arg(long, value_enum, default_value_t = yeyak::server::reactor::Reactor::Tokio)]
@@ -139,19 +133,26 @@ enum Command {
         #[arg(long)]
         without_log: bool,
         /// Behind a loopback server, loaded as `wire` loads yeyak (issue #3's
-        /// prototype): the peer of `wire`.
+        /// prototype): the peer of `wire`, with the frame options below.
         #[arg(long)]
         wire: bool,
-        /// With --wire: commands per frame.
-        #[arg(long, default_value_t = 1024)]
-        batch: usize,
-        /// With --wire: frames in flight per connection (as `wire`'s default).
-        #[arg(long, default_value_t = 16)]
-        depth: usize,
-        /// With --wire: client connections (one thread each).
-        #[arg(long, default_value_t = 2)]
-        connections: usize,
+        #[command(flatten)]
+        load: FrameLoad,
     },
+}
+
+/// How `wire` (and `prototype --wire`) load the server.
+#[derive(clap::Args, Clone, Copy)]
+struct FrameLoad {
+    /// Reservations per frame (yeyak: 1 sends RESERVE frames, more BATCH frames).
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// Frames each connection keeps in flight.
+    #[arg(long, default_value_t = 16)]
+    depth: usize,
+    /// Client connections, one thread each.
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
 }
 
 fn main() {
@@ -184,12 +185,19 @@ fn main() {
         }
         Command::Recovery { data_dir, without_snapshots } => recovery(data_dir, without_snapshots),
         Command::Memory { people } => memory(people),
-        Command::Wire { people, batch, depth, connections, data_dir, reactor, encode_live } => {
+        Command::Wire { people, load: FrameLoad { batch, depth, connections }, data_dir, reactor, encode_live } => {
             wire(WireLoad { people, batch, depth, connections, encode_live }, data_dir, reactor)
         }
         Command::Latency { rate, seconds, data_dir, reactor } => latency(rate, seconds, data_dir, reactor),
         Command::Probe { steps } => probe(steps),
-        Command::Prototype { people, slots, data_dir, without_log, wire, batch, depth, connections } => {
+        Command::Prototype {
+            people,
+            slots,
+            data_dir,
+            without_log,
+            wire,
+            load: FrameLoad { batch, depth, connections },
+        } => {
             let people = people.unwrap_or(if wire { 4_000_000 } else { 16_000_000 });
             let rules = national_rules(people);
             let inventory = Inventory::load(&rules, std::path::Path::new(".")).expect("generated");
