@@ -41,9 +41,9 @@ pub struct Site {
 /// so the numbers keep their site, date and time exactly when the layout
 /// (first date, days, slots a day, day start, slot length) is the same and
 /// the sites are the same in the same order, with sites added at the end
-/// only (which a snapshot of the smaller inventory does not allow for:
-/// docs/log-format.md). All zeros: not recorded (a segment written before
-/// stamps were).
+/// only (a snapshot records the stamp too, and is restored into such a
+/// larger inventory: docs/snapshot-format.md). All zeros: not recorded (a
+/// segment written before stamps were).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InventoryStamp {
     /// CRC32C of the layout's 12 bytes (docs/log-format.md).
@@ -56,6 +56,15 @@ pub struct InventoryStamp {
 impl InventoryStamp {
     pub fn recorded(&self) -> bool {
         self.site_count != 0
+    }
+
+    /// The stamp in four bytes, as a snapshot's header records it with the
+    /// site count beside it: CRC32C of `layout_crc` and `sites_crc`, u32 LE each.
+    pub fn digest(&self) -> u32 {
+        let mut bytes = [0u8; 8];
+        bytes[0..4].copy_from_slice(&self.layout_crc.to_le_bytes());
+        bytes[4..8].copy_from_slice(&self.sites_crc.to_le_bytes());
+        crate::crc::crc32c(&bytes)
     }
 
     fn of(layout_crc: u32, sites: &[Site]) -> InventoryStamp {
@@ -274,8 +283,22 @@ impl Inventory {
 
     /// This inventory's stamp (`InventoryStamp`).
     pub fn stamp(&self) -> InventoryStamp {
+        self.stamp_of_first(self.sites.len()).expect("every site is among the sites")
+    }
+
+    /// The stamp of the inventory of this one's first `site_count` sites
+    /// (same layout), and the number of slots it has; `None` if this one has
+    /// fewer sites. Slots are numbered site by site, so that inventory's
+    /// slots are this one's first.
+    pub fn stamp_of_first(&self, site_count: usize) -> Option<InventoryStamp> {
+        let sites = self.sites.get(..site_count)?;
         let layout = layout_crc(self.first_date, self.days, self.slots_per_day, self.day_start, self.slot_minutes);
-        InventoryStamp::of(layout, &self.sites)
+        Some(InventoryStamp::of(layout, sites))
+    }
+
+    /// The slots of this inventory's first `site_count` sites.
+    pub fn slots_of_first(&self, site_count: u32) -> u64 {
+        u64::from(site_count) * u64::from(self.slots_per_site)
     }
 
     pub fn sites(&self) -> &[Site] {

@@ -261,14 +261,53 @@ fn a_snapshot_of_another_inventory_is_not_used() {
     book_some(&engine, now, 0, 50);
     engine.take_snapshot().unwrap().unwrap();
     engine.close().unwrap();
-    // The same campaign with one more site: the snapshot no longer fits it.
-    let grown = small_campaign_toml().replace("sites = 20", "sites = 21");
-    std::fs::write(directory.path().join("campaign.toml"), grown).unwrap();
+    // The same sites with other capacities: the snapshot no longer fits them.
+    let changed = small_campaign_toml().replace("capacity_per_slot_mean = 2", "capacity_per_slot_mean = 3");
+    std::fs::write(directory.path().join("campaign.toml"), changed).unwrap();
     let (_, report) = reopen(directory.path(), options(usize::MAX));
     assert!(report.snapshot.is_none());
     assert!(report.snapshots_passed_over[0].contains("other capacities"), "{:?}", report.snapshots_passed_over);
     // The file is whole: it stays, for campaign.toml may be put back.
     assert_eq!(list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap().len(), 1);
+}
+
+#[test]
+fn sites_added_at_the_end_keep_a_snapshot_usable_after_its_segments_were_retired() {
+    let (directory, now, engine) = small_campaign_open(options(1));
+    book_some(&engine, now, 0, 300);
+    engine.take_snapshot().unwrap().unwrap();
+    book_some(&engine, now, 300, 20);
+    let before = engine.engine().logical_state();
+    engine.close().unwrap();
+    let files = listing(directory.path());
+    assert!(!files.iter().any(|name| name.ends_with("segment-0000000001.log")), "segments retired: {files:?}");
+    // Two sites more, after the twenty: every slot number keeps its meaning.
+    let campaign = directory.path().join("campaign.toml");
+    std::fs::write(&campaign, small_campaign_toml().replace("sites = 20", "sites = 22")).unwrap();
+    let (engine, report) = reopen(directory.path(), options(1));
+    assert!(report.snapshot.is_some(), "the snapshot of the first twenty sites is used: {report:?}");
+    let after = engine.engine().logical_state();
+    assert_eq!(after.people, before.people);
+    let old_slots = before.remaining.len();
+    assert_eq!(after.remaining[..old_slots], before.remaining[..]);
+    assert_eq!(after.capacity[..old_slots], before.capacity[..]);
+    assert_eq!(after.capacity.len(), old_slots / 20 * 22);
+    // The new sites' slots are whole and bookable.
+    assert_eq!(after.remaining[old_slots..], after.capacity[old_slots..]);
+    let new_slot = (old_slots..after.capacity.len()).find(|slot| after.capacity[*slot] > 0).unwrap() as u32;
+    assert_eq!(engine.reserve(&booking(1_000_000, new_slot, 1), now), Ok(SlotIndex(new_slot)));
+    // Its next snapshot is of the larger inventory, and a restart uses it.
+    engine.take_snapshot().unwrap().unwrap();
+    let grown = engine.engine().logical_state();
+    engine.close().unwrap();
+    let (engine, report) = reopen(directory.path(), options(1));
+    assert!(report.snapshot.is_some());
+    assert_eq!(engine.engine().logical_state(), grown);
+    engine.close().unwrap();
+    // Taking the sites away again is refused: the log now names their slots.
+    std::fs::write(&campaign, small_campaign_toml()).unwrap();
+    let error = DurableEngine::open(directory.path(), options(1), false).err().expect("refused");
+    assert!(matches!(error, yeyak::durable::OpenError::CampaignChanged { .. }), "{error}");
 }
 
 /// The names of the files of the log and snapshots directories.

@@ -96,8 +96,8 @@ impl ArchivedPersonImage {
 /// ```text
 /// 0       8         10           12            16          24        32             40            44
 /// | magic | version | header size | campaign id | start lsn | end lsn | people count | chunk count |
-/// 44               48                 52         60       64
-/// | inventory slots | inventory digest | reserved | crc32c |
+/// 44               48                 52                56                60       64
+/// | inventory slots | inventory digest | inventory sites | inventory stamp | crc32c |
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SnapshotHeader {
@@ -111,6 +111,11 @@ pub struct SnapshotHeader {
     pub inventory_slots: u32,
     /// CRC32C of the inventory's initial capacities (u32 LE each).
     pub inventory_digest: u32,
+    /// Sites of the inventory; 0: not recorded (a snapshot written before
+    /// this field was), and the inventory must then match exactly.
+    pub inventory_sites: u32,
+    /// `InventoryStamp::digest` of the inventory: its layout and site ids.
+    pub inventory_stamp: u32,
 }
 
 impl SnapshotHeader {
@@ -126,6 +131,8 @@ impl SnapshotHeader {
         bytes[40..44].copy_from_slice(&self.chunk_count.to_le_bytes());
         bytes[44..48].copy_from_slice(&self.inventory_slots.to_le_bytes());
         bytes[48..52].copy_from_slice(&self.inventory_digest.to_le_bytes());
+        bytes[52..56].copy_from_slice(&self.inventory_sites.to_le_bytes());
+        bytes[56..60].copy_from_slice(&self.inventory_stamp.to_le_bytes());
         let crc = crate::crc::crc32c(&bytes[..60]);
         bytes[60..64].copy_from_slice(&crc.to_le_bytes());
         bytes
@@ -151,6 +158,8 @@ impl SnapshotHeader {
             chunk_count: u32_le(&bytes[40..44]),
             inventory_slots: u32_le(&bytes[44..48]),
             inventory_digest: u32_le(&bytes[48..52]),
+            inventory_sites: u32_le(&bytes[52..56]),
+            inventory_stamp: u32_le(&bytes[56..60]),
         };
         if header.start_lsn == 0 || header.end_lsn < header.start_lsn {
             return Err(format!("records {}..{} is not a window", header.start_lsn, header.end_lsn));
@@ -250,6 +259,8 @@ mod tests {
             chunk_count: 2,
             inventory_slots: 10_800,
             inventory_digest: 0xdead_beef,
+            inventory_sites: 20,
+            inventory_stamp: 0x1234_5678,
         };
         let bytes = header.encode();
         assert_eq!(&bytes[0..12], b"YEYAKSNP\x01\x00\x40\x00");

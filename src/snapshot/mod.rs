@@ -66,11 +66,12 @@ pub enum SnapshotError {
     /// names now: the configuration changed, not the file.
     #[error("snapshot {path} was taken of campaign {snapshot_campaign}, and campaign.toml says campaign {campaign}")]
     OtherCampaign { path: PathBuf, snapshot_campaign: u32, campaign: u32 },
-    /// The snapshot is whole, but of another inventory (slots, capacities)
-    /// than campaign.toml describes now.
+    /// The snapshot is whole, but of another inventory (service days, sites,
+    /// capacities) than campaign.toml describes now, and not of its first sites.
     #[error(
-        "snapshot {path} was taken of an inventory of {snapshot_slots} slots with other capacities than the \
-         {slots} slots campaign.toml describes now"
+        "snapshot {path} was taken of an inventory of {snapshot_slots} slots with other capacities, sites or \
+         service days than the {slots} slots campaign.toml describes now (only sites added at the end keep a \
+         snapshot usable)"
     )]
     OtherInventory { path: PathBuf, snapshot_slots: u32, slots: u32 },
     /// The snapshot is whole, but holds more people than campaign.toml's
@@ -174,9 +175,7 @@ impl CheckedSnapshot {
             let (snapshot_campaign, campaign) = (header.campaign_id, campaign_id);
             return Err(SnapshotError::OtherCampaign { path: path.to_path_buf(), snapshot_campaign, campaign });
         }
-        if header.inventory_slots != inventory.slot_count()
-            || header.inventory_digest != inventory_digest(inventory.initial_capacity())
-        {
+        if !taken_of_this_inventory_or_its_first_sites(&header, inventory) {
             let (snapshot_slots, slots) = (header.inventory_slots, inventory.slot_count());
             return Err(SnapshotError::OtherInventory { path: path.to_path_buf(), snapshot_slots, slots });
         }
@@ -206,7 +205,8 @@ impl CheckedSnapshot {
             }
             let items = match chunk_header.kind {
                 chunk_kind::PEOPLE => people_of(body).map(|people| {
-                    let slots = inventory.slot_count();
+                    // The snapshot's own slots: sites added since have no holder in it.
+                    let slots = header.inventory_slots;
                     let bad = people.iter().find_map(|image| match image.person() {
                         Err(reason) => Some(reason),
                         Ok((key, _)) if image.slot.to_native() >= slots => {
@@ -312,5 +312,77 @@ impl CheckedSnapshot {
             wrapped.extend(engine.restore_person(key, record)?);
         }
         Ok(())
+    }
+}
+
+/// Whether a snapshot with `header` restores into `inventory`: taken of the
+/// same inventory (slots, initial capacities and, where the header records
+/// it, layout and sites), or of the inventory of its first sites, with sites
+/// added at the end since (docs/snapshot-format.md). Slots are numbered site
+/// by site, so the snapshot's slot numbers keep their meaning; the added
+/// sites' slots start with their inventory's capacity and no holder.
+fn taken_of_this_inventory_or_its_first_sites(header: &SnapshotHeader, inventory: &Inventory) -> bool {
+    let initial = inventory.initial_capacity();
+    if header.inventory_sites == 0 {
+        // Written before snapshots recorded their sites: the same inventory only.
+        return header.inventory_slots == inventory.slot_count()
+            && header.inventory_digest == inventory_digest(initial);
+    }
+    let Some(stamp) = inventory.stamp_of_first(header.inventory_sites as usize) else {
+        return false;
+    };
+    let slots = inventory.slots_of_first(header.inventory_sites);
+    stamp.digest() == header.inventory_stamp
+        && u64::from(header.inventory_slots) == slots
+        && initial
+            .get(..header.inventory_slots as usize)
+            .is_some_and(|first| inventory_digest(first) == header.inventory_digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inventory(sites: u32, days: u32) -> Inventory {
+        let text = crate::config::DEMO_CAMPAIGN_TOML
+            .replace("sites = 15000", &format!("sites = {sites}"))
+            .replace("regions = 17", "regions = 3")
+            .replace("days = 30", &format!("days = {days}"));
+        let rules = CampaignRules::parse(&text).unwrap();
+        Inventory::load(&rules, Path::new(".")).unwrap()
+    }
+
+    fn header_of(inventory: &Inventory) -> SnapshotHeader {
+        SnapshotHeader {
+            campaign_id: 1,
+            start_lsn: 1,
+            end_lsn: 1,
+            people_count: 0,
+            chunk_count: 0,
+            inventory_slots: inventory.slot_count(),
+            inventory_digest: inventory_digest(inventory.initial_capacity()),
+            inventory_sites: inventory.stamp().site_count,
+            inventory_stamp: inventory.stamp().digest(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_restores_into_its_inventory_or_one_with_sites_added_at_the_end() {
+        let fits = taken_of_this_inventory_or_its_first_sites;
+        let (small, grown) = (inventory(20, 30), inventory(22, 30));
+        let header = header_of(&small);
+        assert!(fits(&header, &small));
+        assert!(fits(&header, &grown));
+        assert!(!fits(&header, &inventory(19, 30)), "a site fewer");
+        assert!(!fits(&header, &inventory(22, 31)), "a service day more: other slot numbers");
+        assert!(!fits(&header_of(&grown), &small));
+        assert!(!fits(&SnapshotHeader { inventory_stamp: header.inventory_stamp ^ 1, ..header }, &grown));
+        assert!(!fits(&SnapshotHeader { inventory_slots: header.inventory_slots - 1, ..header }, &grown));
+        assert!(!fits(&SnapshotHeader { inventory_digest: header.inventory_digest ^ 1, ..header }, &grown));
+        assert!(!fits(&SnapshotHeader { inventory_digest: header.inventory_digest ^ 1, ..header }, &small));
+        // Written before snapshots recorded their sites: the same inventory only.
+        let unstamped = SnapshotHeader { inventory_sites: 0, inventory_stamp: 0, ..header };
+        assert!(fits(&unstamped, &small));
+        assert!(!fits(&unstamped, &grown));
     }
 }
