@@ -287,8 +287,7 @@ impl Inventory {
     }
 
     /// The stamp of the inventory of this one's first `site_count` sites
-    /// (same layout), and the number of slots it has; `None` if this one has
-    /// fewer sites. Slots are numbered site by site, so that inventory's
+    /// (same layout); `None` if this one has fewer sites. Slots are numbered site by site, so that inventory's
     /// slots are this one's first.
     pub fn stamp_of_first(&self, site_count: usize) -> Option<InventoryStamp> {
         let sites = self.sites.get(..site_count)?;

@@ -296,6 +296,13 @@ fn sites_added_at_the_end_keep_a_snapshot_usable_after_its_segments_were_retired
     assert_eq!(after.remaining[old_slots..], after.capacity[old_slots..]);
     let new_slot = (old_slots..after.capacity.len()).find(|slot| after.capacity[*slot] > 0).unwrap() as u32;
     assert_eq!(engine.reserve(&booking(1_000_000, new_slot, 1), now), Ok(SlotIndex(new_slot)));
+    // A restart without a new snapshot replays that booking on top of the
+    // snapshot of the twenty sites.
+    let booked_in_a_new_site = engine.engine().logical_state();
+    engine.close().unwrap();
+    let (engine, report) = reopen(directory.path(), options(1));
+    assert!(report.snapshot.is_some());
+    assert_eq!(engine.engine().logical_state(), booked_in_a_new_site);
     // Its next snapshot is of the larger inventory, and a restart uses it.
     engine.take_snapshot().unwrap().unwrap();
     let grown = engine.engine().logical_state();

@@ -216,7 +216,13 @@ impl CheckedSnapshot {
                     });
                     (people.len(), bad)
                 }),
-                _ => capacities_of(body).map(|capacities| (capacities.len(), None)),
+                _ => capacities_of(body).map(|capacities| {
+                    let slots = header.inventory_slots;
+                    let bad = capacities.iter().find(|image| image.slot.to_native() >= slots).map(|image| {
+                        format!("a capacity for slot #{}, outside the snapshot's {slots} slots", image.slot)
+                    });
+                    (capacities.len(), bad)
+                }),
             }
             .map_err(|e| invalid(body_offset, format!("chunk archive does not check: {e}")))?;
             let items = match items {
@@ -380,6 +386,36 @@ mod tests {
         assert!(!fits(&SnapshotHeader { inventory_slots: header.inventory_slots - 1, ..header }, &grown));
         assert!(!fits(&SnapshotHeader { inventory_digest: header.inventory_digest ^ 1, ..header }, &grown));
         assert!(!fits(&SnapshotHeader { inventory_digest: header.inventory_digest ^ 1, ..header }, &small));
+        // A CSV inventory with the same capacities site by site: only the
+        // sites' order tells the inventories apart, and the stamp does.
+        let rules = CampaignRules::demo();
+        let csv = |sites: &[u32]| {
+            let mut text = String::from("site_id,region_id,site_name,date,time,capacity\n");
+            for site in sites {
+                text.push_str(&format!("{site},1,Site {site},2021-08-26,09:00,5\n"));
+            }
+            Inventory::from_csv(&rules, text.as_bytes()).unwrap()
+        };
+        let ordered = header_of(&csv(&[7, 9]));
+        assert!(fits(&ordered, &csv(&[7, 9])));
+        assert!(fits(&ordered, &csv(&[7, 9, 8])), "a site added at the end");
+        assert!(!fits(&ordered, &csv(&[9, 7])), "the same sites in another order");
+        assert!(!fits(&ordered, &csv(&[7, 8, 9])), "a site added in the middle");
+        // A CSV inventory with the same capacities site by site: only the
+        // sites' order tells the inventories apart, and the stamp does.
+        let rules = CampaignRules::demo();
+        let csv = |sites: &[u32]| {
+            let mut text = String::from("site_id,region_id,site_name,date,time,capacity\n");
+            for site in sites {
+                text.push_str(&format!("{site},1,Site {site},2021-08-26,09:00,5\n"));
+            }
+            Inventory::from_csv(&rules, text.as_bytes()).unwrap()
+        };
+        let ordered = header_of(&csv(&[7, 9]));
+        assert!(fits(&ordered, &csv(&[7, 9])));
+        assert!(fits(&ordered, &csv(&[7, 9, 8])), "a site added at the end");
+        assert!(!fits(&ordered, &csv(&[9, 7])), "the same sites in another order");
+        assert!(!fits(&ordered, &csv(&[7, 8, 9])), "a site added in the middle");
         // Written before snapshots recorded their sites: the same inventory only.
         let unstamped = SnapshotHeader { inventory_sites: 0, inventory_stamp: 0, ..header };
         assert!(fits(&unstamped, &small));
