@@ -273,14 +273,7 @@ fn a_snapshot_of_another_inventory_is_not_used() {
 
 #[test]
 fn sites_added_at_the_end_keep_a_snapshot_usable_after_its_segments_were_retired() {
-    let (directory, now, engine) = small_campaign_open(options(1));
-    book_some(&engine, now, 0, 300);
-    engine.take_snapshot().unwrap().unwrap();
-    book_some(&engine, now, 300, 20);
-    let before = engine.engine().logical_state();
-    engine.close().unwrap();
-    let files = listing(directory.path());
-    assert!(!files.iter().any(|name| name.ends_with("segment-0000000001.log")), "segments retired: {files:?}");
+    let (directory, now, before, _) = snapshotted_with_segments_retired();
     // Two sites more, after the twenty: every slot number keeps its meaning.
     let campaign = directory.path().join("campaign.toml");
     std::fs::write(&campaign, small_campaign_toml().replace("sites = 20", "sites = 22")).unwrap();
@@ -317,6 +310,20 @@ fn sites_added_at_the_end_keep_a_snapshot_usable_after_its_segments_were_retired
     assert!(matches!(error, yeyak::durable::OpenError::CampaignChanged { .. }), "{error}");
 }
 
+/// A closed small campaign whose bookings are in a snapshot and a log tail,
+/// the segments before the snapshot retired; with its state and its files.
+fn snapshotted_with_segments_retired() -> (tempfile::TempDir, i64, LogicalState, Vec<String>) {
+    let (directory, now, engine) = small_campaign_open(options(1));
+    book_some(&engine, now, 0, 300);
+    engine.take_snapshot().unwrap().unwrap();
+    book_some(&engine, now, 300, 20);
+    let before = engine.engine().logical_state();
+    engine.close().unwrap();
+    let files = listing(directory.path());
+    assert!(!files.iter().any(|name| name.ends_with("segment-0000000001.log")), "segments retired: {files:?}");
+    (directory, now, before, files)
+}
+
 /// The names of the files of the log and snapshots directories.
 fn listing(directory: &Path) -> Vec<String> {
     let mut names = Vec::new();
@@ -332,14 +339,7 @@ fn listing(directory: &Path) -> Vec<String> {
 #[test]
 fn a_changed_campaign_toml_is_refused_and_the_data_directory_left_as_it_was() {
     use yeyak::durable::OpenError;
-    let (directory, now, engine) = small_campaign_open(options(1));
-    book_some(&engine, now, 0, 300);
-    engine.take_snapshot().unwrap().unwrap();
-    book_some(&engine, now, 300, 20);
-    let before = engine.engine().logical_state();
-    engine.close().unwrap();
-    let files = listing(directory.path());
-    assert!(!files.iter().any(|name| name.ends_with("segment-0000000001.log")), "segments retired: {files:?}");
+    let (directory, _, before, files) = snapshotted_with_segments_retired();
     let campaign = directory.path().join("campaign.toml");
     let original = std::fs::read_to_string(&campaign).unwrap();
     let changes = [
