@@ -292,8 +292,8 @@ impl CampaignFile {
             let field = |name: &str| format!("cohort[{index}].{name}");
             // Birth-date bounds may lie outside the protocol's dates ("born
             // before 1950" as 1800-01-01..=1949-12-31): no date is sent of them.
-            let born_from = Date::parse(&section.born_from).map_err(|e| invalid(&field("born_from"), e.to_string()))?;
-            let born_to = Date::parse(&section.born_to).map_err(|e| invalid(&field("born_to"), e.to_string()))?;
+            let born_from = any_date_field(&field("born_from"), &section.born_from)?;
+            let born_to = any_date_field(&field("born_to"), &section.born_to)?;
             if born_to < born_from {
                 return Err(invalid(&field("born_to"), format!("{born_to} is before born_from {born_from}")));
             }
@@ -390,9 +390,14 @@ fn check_generated(generated: &GeneratedInventory) -> Result<(), ConfigError> {
 }
 
 fn date_field(field: &str, text: &str) -> Result<Date, ConfigError> {
-    let date = Date::parse(text).map_err(|e| invalid(field, e.to_string()))?;
+    let date = any_date_field(field, text)?;
     check_date_range(field, date)?;
     Ok(date)
+}
+
+/// A date of any year (`date_field` without the protocol's range).
+fn any_date_field(field: &str, text: &str) -> Result<Date, ConfigError> {
+    Date::parse(text).map_err(|e| invalid(field, e.to_string()))
 }
 
 /// Refuses a date outside 1900-01-01..=2099-12-31: the protocol carries no other.

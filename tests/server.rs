@@ -47,12 +47,23 @@ macro_rules! on_both_reactors {
     };
 }
 
-fn start_in(directory: &std::path::Path, config: ServerConfig) -> (Server, KeyRing) {
-    let rules = write_small_campaign(directory);
+/// The engine and keys of the small campaign in `directory` (written there
+/// first unless it is there), and the configuration that serves it on the
+/// campaign's first open evening.
+fn open_in(directory: &std::path::Path, config: ServerConfig) -> (DurableEngine, KeyRing, ServerConfig) {
+    let campaign = directory.join("campaign.toml");
+    let rules = match std::fs::read_to_string(&campaign) {
+        Ok(text) => yeyak::config::CampaignRules::parse(&text).unwrap(),
+        Err(_) => write_small_campaign(directory),
+    };
     let (engine, _) = DurableEngine::open(directory, small_log_options(), false).unwrap();
     let (keys, _) = KeyRing::load(directory, true).unwrap();
     let clock = Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
-    let config = ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), clock, ..config };
+    (engine, keys, ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), clock, ..config })
+}
+
+fn start_in(directory: &std::path::Path, config: ServerConfig) -> (Server, KeyRing) {
+    let (engine, keys, config) = open_in(directory, config);
     (Server::start(engine, keys.clone(), config).unwrap(), keys)
 }
 
@@ -941,12 +952,8 @@ fn a_held_address_answers_starting_until_its_server_takes_over() {
         other => panic!("a connection during start-up: {:?}", other.map(|_| ())),
     }
     let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
-    let (keys, _) = KeyRing::load(directory.path(), true).unwrap();
-    let clock = Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
-    let server = Server::start_on(address, engine, keys.clone(), ServerConfig { clock, ..ServerConfig::default() });
-    let server = server.unwrap();
+    let (engine, keys, config) = open_in(directory.path(), ServerConfig::default());
+    let server = Server::start_on(address, engine, keys.clone(), config).unwrap();
     assert_eq!(server.local_address(), local);
     assert_eq!(gateway(&server, &keys).reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)));
     server.shutdown().unwrap();
@@ -969,10 +976,8 @@ fn the_async_client_waits_out_an_engine_restarting_on_its_address() {
     let data = directory.path().to_path_buf();
     let restarter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(400));
-        let rules = yeyak::config::CampaignRules::parse(&std::fs::read_to_string(data.join("campaign.toml")).unwrap());
-        let clock = Clock::Simulated { start_ms: open_evening_ms(&rules.unwrap()), since: Instant::now() };
-        let (engine, _) = DurableEngine::open(&data, small_log_options(), false).unwrap();
-        Server::start_on(held, engine, keys, ServerConfig { clock, ..ServerConfig::default() }).unwrap()
+        let (engine, keys, config) = open_in(&data, ServerConfig::default());
+        Server::start_on(held, engine, keys, config).unwrap()
     });
     // Refused STARTING, then retried with backoff until the engine serves.
     assert_eq!(runtime.block_on(client.reserve(&wire_booking(2, 6, 1))).unwrap(), Ok(SlotIndex(6)));

@@ -200,7 +200,7 @@ fn main() {
         } => {
             let people = people.unwrap_or(if wire { 4_000_000 } else { 16_000_000 });
             let rules = national_rules(people);
-            let inventory = Inventory::load(&rules, std::path::Path::new(".")).expect("generated");
+            let inventory = national_inventory(&rules);
             let requests = crowd(&inventory, people);
             if wire {
                 if !(1..=prototype::WIRE_FRAME_COMMANDS_MAX).contains(&batch) {
@@ -219,6 +219,11 @@ fn main() {
 /// The demo campaign at national scale, with room for `people`.
 fn national_rules(people: u64) -> CampaignRules {
     CampaignRules::parse(&national_campaign_toml(people)).expect("the demo campaign with a larger people_max is valid")
+}
+
+/// The demo campaign's generated inventory (8.1 M slots).
+fn national_inventory(rules: &CampaignRules) -> Inventory {
+    Inventory::load(rules, std::path::Path::new(".")).expect("the demo campaign's inventory is generated")
 }
 
 fn national_campaign_toml(people: u64) -> String {
@@ -291,7 +296,7 @@ fn book_all(
 
 fn reserve(people: u64, batch: usize) {
     let rules = national_rules(people);
-    let inventory = Inventory::load(&rules, std::path::Path::new(".")).expect("generated");
+    let inventory = national_inventory(&rules);
     let requests = crowd(&inventory, people);
     let now_ms = open_evening_ms(&rules);
     let engine = Engine::new(rules, inventory);
@@ -419,7 +424,7 @@ fn resident_bytes() -> u64 {
 
 fn memory(people: u64) {
     let rules = national_rules(people);
-    let inventory = Inventory::load(&rules, std::path::Path::new(".")).expect("generated");
+    let inventory = national_inventory(&rules);
     let slots = inventory.slot_count();
     let engine = Engine::new(rules, inventory);
     let journal = CountingJournal::default();

@@ -158,10 +158,8 @@ impl Pending {
             if front.durable_after <= durable || read_after_failure {
                 front.outbox.push_quietly(&self.arena[front.bytes.clone()]);
             } else if let Some(why) = failed {
-                let mut frame = Vec::new();
                 let answer = Answer::refusal(&Refusal::LogUnavailable(why));
-                encode_frame(&mut frame, opcode::ERROR, flag::REPLY, front.request_id, |out| answer.encode(out));
-                front.outbox.push_quietly(&frame);
+                front.outbox.push_quietly(&crate::server::connection::error_frame(front.request_id, answer));
             } else {
                 break;
             }

@@ -92,7 +92,8 @@ fn refuse(shared: &Shared, outbox: &Outbox, request_id: u64, answer: Answer) {
     outbox.push(&error_frame(request_id, answer));
 }
 
-fn error_frame(request_id: u64, answer: Answer) -> Vec<u8> {
+/// An ERROR frame answering `request_id` (0: the connection) with `answer`.
+pub(super) fn error_frame(request_id: u64, answer: Answer) -> Vec<u8> {
     let mut frame = Vec::new();
     encode_frame(&mut frame, opcode::ERROR, flag::REPLY, request_id, |out| answer.encode(out));
     frame

@@ -199,15 +199,8 @@ impl BoundAddress {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
         let thread = std::thread::Builder::new().name("yeyak-starting".into()).spawn(move || {
-            let mut starting = Vec::new();
             let answer = crate::protocol::Answer { code: crate::protocol::code::STARTING, ..Default::default() };
-            crate::protocol::encode_frame(
-                &mut starting,
-                crate::protocol::opcode::ERROR,
-                crate::protocol::frame::flag::REPLY,
-                0,
-                |out| answer.encode(out),
-            );
+            let starting = connection::error_frame(0, answer);
             while !stopped.load(Ordering::Acquire) {
                 match turner.accept() {
                     Ok((mut stream, _)) => {
@@ -233,11 +226,10 @@ impl BoundAddress {
         self.listener.local_addr()
     }
 
-    /// Stops turning connections away; the listener for the server.
+    /// Stops turning connections away (the thread is joined as the rest of
+    /// `self` drops, before this returns); the listener for the server.
     fn into_listener(self) -> std::net::TcpListener {
-        let BoundAddress { listener, _turning_away } = self;
-        drop(_turning_away);
-        listener
+        self.listener
     }
 }
 

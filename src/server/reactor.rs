@@ -133,16 +133,8 @@ fn admit(shared: &Shared) -> bool {
 }
 
 fn too_many_connections_frame(limit: u32) -> Vec<u8> {
-    let mut frame = Vec::new();
     let answer = crate::protocol::Answer::protocol(crate::protocol::code::TOO_MANY_CONNECTIONS, 0, limit);
-    crate::protocol::encode_frame(
-        &mut frame,
-        crate::protocol::opcode::ERROR,
-        crate::protocol::frame::flag::REPLY,
-        0,
-        |out| answer.encode(out),
-    );
-    frame
+    super::connection::error_frame(0, answer)
 }
 
 /// How long the accept loop waits after a failed accept (EMFILE, say).

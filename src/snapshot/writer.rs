@@ -166,6 +166,7 @@ fn write_temporary(
     }
     let end_lsn = log.next_lsn();
     let inventory = engine.inventory();
+    let stamp = inventory.stamp();
     let header = SnapshotHeader {
         campaign_id: engine.rules().campaign_id,
         start_lsn,
@@ -174,8 +175,8 @@ fn write_temporary(
         chunk_count: chunks.chunk_count,
         inventory_slots: inventory.slot_count(),
         inventory_digest: inventory_digest(inventory.initial_capacity()),
-        inventory_sites: inventory.stamp().site_count,
-        inventory_stamp: inventory.stamp().digest(),
+        inventory_sites: stamp.site_count,
+        inventory_stamp: stamp.digest(),
     };
     let size_bytes = chunks.position as u64;
     let file = chunks.out.into_inner().map_err(|e| io(e.into_error()))?;
