@@ -270,8 +270,10 @@ impl Tables {
     }
 
     /// Books `requests` in turn, prefetching ahead; for each, `booked(request,
-    /// was_booked)`. Returns how many were booked.
-    #[inline]
+    /// was_booked)`. Returns how many were booked. Never inlined, so that
+    /// callgrind can count its instructions alone (docs/benchmarks.md); one
+    /// call a batch costs nothing that shows.
+    #[inline(never)]
     fn book_all(&self, requests: &[BookingRequest], mut booked: impl FnMut(&BookingRequest, bool)) -> u64 {
         let mut count = 0;
         for (index, request) in requests.iter().enumerate() {
