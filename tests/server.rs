@@ -803,6 +803,99 @@ fn a_connection_over_its_in_flight_limit_is_answered_too_many_in_flight_at_once(
     assert_eq!(by_code, Some(1), "{stats:?}");
 }
 
+/// Sends one BATCH of `items` (opcode, body) and returns its reply items'
+/// bytes, or the answer that refused the batch whole.
+fn call_batch(client: &mut Client, items: &[(u8, Vec<u8>)]) -> Result<Vec<(u8, Vec<u8>)>, yeyak::protocol::Answer> {
+    use yeyak::protocol::body::{put_batch_header, put_batch_item, split_reply_batch};
+    let reply = client.call(opcode::BATCH, |out| {
+        put_batch_header(out, items.len() as u16);
+        for (item_opcode, item_body) in items {
+            put_batch_item(out, *item_opcode, |out| out.extend_from_slice(item_body));
+        }
+    });
+    let (header, body) = match reply {
+        Ok(reply) => reply,
+        Err(ClientError::Refused(answer)) => return Err(answer),
+        Err(other) => panic!("{other}"),
+    };
+    assert_eq!(header.opcode, opcode::BATCH);
+    let items = split_reply_batch(&body).unwrap();
+    Ok(items.iter().map(|item| (item.opcode, item.body.to_vec())).collect())
+}
+
+#[test]
+fn a_batch_of_reservations_alone_is_answered_as_the_same_reservations_among_other_commands() {
+    // The server applies a batch of RESERVE items only by a loop of its own
+    // (`Work::Reserves`), any other batch command by command: two servers on
+    // the same campaign and clock, one sent the reservations alone and one
+    // the same with a GET_RESERVATION in the middle, answer alike to the byte.
+    let encoded = |booking: BookingRequest| {
+        let mut body = Vec::new();
+        booking.encode(&mut body);
+        (opcode::RESERVE, body)
+    };
+    let bookings = [
+        wire_booking(1, 5, 1),
+        wire_booking(1, 5, 1), // a retry: the first answer
+        wire_booking(1, 6, 2), // already booked
+        wire_booking(2, 99_999_999, 1),
+        BookingRequest { person: yeyak::state::PersonKey(0), ..wire_booking(3, 7, 1) },
+        BookingRequest { idempotency_key: 0, ..wire_booking(4, 7, 1) },
+        BookingRequest { birth_date: yeyak::calendar::Date::parse("1940-01-01").unwrap(), ..wire_booking(5, 7, 1) },
+        wire_booking(6, 7, 1),
+    ];
+    let reserves: Vec<(u8, Vec<u8>)> = bookings.iter().map(|booking| encoded(*booking)).collect();
+    let get = (opcode::GET_RESERVATION, person(1).0.to_le_bytes().to_vec());
+    let mut mixed = reserves.clone();
+    mixed.insert(3, get);
+
+    let alone = start(ServerConfig::default());
+    let among = start(ServerConfig::default());
+    let (mut alone_client, mut among_client) =
+        (gateway(&alone.server, &alone.keys), gateway(&among.server, &among.keys));
+    let alone_answers = call_batch(&mut alone_client, &reserves).unwrap();
+    let mut among_answers = call_batch(&mut among_client, &mixed).unwrap();
+    let (get_opcode, get_answer) = among_answers.remove(3);
+    let (held, _) = yeyak::protocol::Answer::decode(&get_answer).unwrap();
+    assert_eq!((get_opcode, held.held_slot()), (opcode::GET_RESERVATION, Some(SlotIndex(5))));
+    assert_eq!(alone_answers, among_answers, "the same answers, byte for byte");
+    let codes: Vec<u8> = alone_answers
+        .iter()
+        .map(|(item_opcode, body)| {
+            assert_eq!(*item_opcode, opcode::RESERVE);
+            yeyak::protocol::Answer::decode(body).unwrap().0.code
+        })
+        .collect();
+    let expected = [
+        ResultCode::Ok,
+        ResultCode::Ok,
+        Refusal::AlreadyBooked { existing: SlotIndex(5) }.code(),
+        Refusal::UnknownSlot { slot: 99_999_999 }.code(),
+        Refusal::InvalidPersonKey.code(),
+        Refusal::InvalidIdempotencyKey.code(),
+        Refusal::NotEligible { birth_date: yeyak::calendar::Date::parse("1940-01-01").unwrap() }.code(),
+        ResultCode::Ok,
+    ];
+    assert_eq!(codes, expected.map(|code| code as u8));
+    // Counted alike: three answered OK (a retry counts again, docs/protocol.md)
+    // and five refusals.
+    let (alone_stats, among_stats) = (alone_client.stats().unwrap(), among_client.stats().unwrap());
+    for stats in [&alone_stats, &among_stats] {
+        assert_eq!((stats.counter("reservations"), stats.counter("refusals")), (Some(3), Some(5)));
+    }
+    assert_eq!(alone_stats.refusals_by_code, among_stats.refusals_by_code);
+    // A reservation a gateway may not make refuses the whole batch, in either
+    // shape, and books nothing of it.
+    let as_operator = BookingRequest { channel: Channel::Operator { operator_id: 7 }, ..wire_booking(8, 8, 1) };
+    let refused_alone = [encoded(wire_booking(9, 9, 1)), encoded(as_operator)];
+    let refused_among = [encoded(wire_booking(9, 9, 1)), mixed[3].clone(), encoded(as_operator)];
+    for (client, items) in [(&mut alone_client, &refused_alone[..]), (&mut among_client, &refused_among[..])] {
+        assert_eq!(call_batch(client, items).map_err(|answer| answer.code), Err(code::NOT_ALLOWED));
+        let query = PersonQuery { person: person(9) };
+        assert_eq!(client.reservation(&query).unwrap(), Ok(None), "nothing of the batch booked");
+    }
+}
+
 fn body_is_ok(body: &[u8]) -> bool {
     yeyak::protocol::Answer::decode(body).is_ok_and(|(answer, _)| answer.is_ok())
 }

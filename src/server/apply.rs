@@ -15,8 +15,8 @@ use std::sync::Arc;
 use crate::durable::DurableEngine;
 use crate::log::Appender;
 use crate::protocol::body::{
-    put_batch_answer, put_batch_header, put_batch_item, CapacityAddition, PersonQuery, RegionQuery, SiteQuery,
-    BATCH_ANSWER_ITEM_BYTES,
+    batch_answer_item, put_batch_answer, put_batch_header, put_batch_item, CapacityAddition, PersonQuery, RegionQuery,
+    SiteQuery, BATCH_ANSWER_ITEM_BYTES,
 };
 use crate::protocol::frame::flag;
 use crate::protocol::{code, encode_frame, opcode, Answer};
@@ -73,6 +73,10 @@ impl Command {
 
 pub enum Work {
     One(Command),
+    /// A BATCH frame of RESERVE items only, the gateways' common batch:
+    /// applied by the engine's own batch loop (`Engine::reserve_each`).
+    Reserves(Vec<BookingRequest>),
+    /// Any other BATCH frame.
     Batch(Vec<Command>),
 }
 
@@ -81,6 +85,7 @@ impl Work {
     pub fn commands(&self) -> u32 {
         match self {
             Work::One(_) => 1,
+            Work::Reserves(requests) => requests.len() as u32,
             Work::Batch(commands) => commands.len() as u32,
         }
     }
@@ -89,6 +94,8 @@ impl Work {
     fn reads_only(&self) -> bool {
         match self {
             Work::One(command) => command.is_read(),
+            // Empty, it changes nothing.
+            Work::Reserves(requests) => requests.is_empty(),
             Work::Batch(commands) => commands.iter().all(Command::is_read),
         }
     }
@@ -215,6 +222,23 @@ pub fn apply(
                     durable_after.max(apply_command(engine, log, command, job.operator_id, moment, tally, out));
             });
         }
+        Work::Reserves(requests) => {
+            encode_frame(&mut pending.arena, opcode::BATCH, flag::REPLY, job.request_id, |out| {
+                put_batch_header(out, requests.len() as u16);
+                // One answer an item: room for them all at once, each written in its place.
+                let first = out.len();
+                out.resize(first + requests.len() * BATCH_ANSWER_ITEM_BYTES, 0);
+                let mut items = out[first..].chunks_exact_mut(BATCH_ANSWER_ITEM_BYTES);
+                engine.engine().reserve_each(log, requests, moment, |outcome| {
+                    let answer = Answer::of_slot(&outcome.result);
+                    tally.count(opcode::RESERVE, answer.code);
+                    if let Some(item) = items.next() {
+                        item.copy_from_slice(&batch_answer_item(opcode::RESERVE, &answer));
+                    }
+                    durable_after = durable_after.max(outcome.durable_after);
+                });
+            });
+        }
         Work::Batch(commands) => {
             encode_frame(&mut pending.arena, opcode::BATCH, flag::REPLY, job.request_id, |out| {
                 put_batch_header(out, commands.len() as u16);
@@ -265,12 +289,18 @@ pub fn prefetch(engine: &DurableEngine, command: &Command) {
 
 /// Asks for the lines of a job's first command (prefetching across jobs).
 pub fn prefetch_job(engine: &DurableEngine, job: &Job) {
-    let first = match &job.work {
-        Work::One(command) => Some(command),
-        Work::Batch(commands) => commands.first(),
-    };
-    if let Some(command) = first {
-        prefetch(engine, command);
+    match &job.work {
+        Work::One(command) => prefetch(engine, command),
+        Work::Reserves(requests) => {
+            if let Some(request) = requests.first() {
+                engine.engine().prefetch_person_and_slot(request.person, request.slot.0);
+            }
+        }
+        Work::Batch(commands) => {
+            if let Some(command) = commands.first() {
+                prefetch(engine, command);
+            }
+        }
     }
 }
 

@@ -329,7 +329,7 @@ async fn read_loop<R: ReadBytes>(
                 continue;
             }
             opcode::BATCH => match batch(body, operator_id) {
-                Ok(commands) => Work::Batch(commands),
+                Ok(work) => work,
                 Err((code, value)) => {
                     refuse(shared, outbox, request_id, Answer::protocol(code, 0, value));
                     if code::closes_connection(code) {
@@ -416,17 +416,31 @@ fn booking(body: &[u8], operator_id: u32) -> Result<BookingRequest, u8> {
 }
 
 /// A BATCH body's commands, each decoded where it lies; the first bad item
-/// refuses the whole batch.
-fn batch(body: &[u8], operator_id: u32) -> Result<Vec<Command>, (u8, u32)> {
+/// refuses the whole batch. A batch of reservations only (what a gateway
+/// sends in a crowd) becomes `Work::Reserves`, any other `Work::Batch`.
+fn batch(body: &[u8], operator_id: u32) -> Result<Work, (u8, u32)> {
     let structure = |error| match error {
         BodyError::BatchTooLarge { max, .. } => (code::BATCH_TOO_LARGE, u32::from(max)),
         _ => (code::MALFORMED, 0),
     };
-    let items = BatchItems::of_requests(body, BATCH_COMMANDS_MAX).map_err(structure)?;
-    let mut commands = Vec::with_capacity(usize::from(items.announced()));
-    for item in items {
+    let mut items = BatchItems::of_requests(body, BATCH_COMMANDS_MAX).map_err(structure)?;
+    let announced = usize::from(items.announced());
+    let mut reserves = Vec::with_capacity(announced);
+    while let Some(item) = items.next() {
         let item = item.map_err(structure)?;
+        if item.opcode == opcode::RESERVE {
+            reserves.push(booking(item.body, operator_id).map_err(|code| (code, 0))?);
+            continue;
+        }
+        // Another command: the reservations so far and the rest, in order, as commands.
+        let mut commands = Vec::with_capacity(announced);
+        commands.extend(reserves.into_iter().map(Command::Reserve));
         commands.push(command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))?);
+        for item in items {
+            let item = item.map_err(structure)?;
+            commands.push(command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))?);
+        }
+        return Ok(Work::Batch(commands));
     }
-    Ok(commands)
+    Ok(Work::Reserves(reserves))
 }

@@ -196,6 +196,21 @@ impl Engine {
         outcomes: &mut Vec<Outcome<SlotIndex>>,
     ) {
         let moment = self.booking_moment(now_ms);
+        self.reserve_each(journal, requests, &moment, |outcome| outcomes.push(outcome));
+    }
+
+    /// `reserve_at` for each of `requests` in order, each outcome handed to
+    /// `outcome` as it comes, with the lines of the request `PREFETCH_AHEAD`
+    /// places ahead asked for first: the loop of `reserve_batch` and of the
+    /// server's batches of reservations (`server::apply`).
+    #[inline]
+    pub fn reserve_each(
+        &self,
+        journal: &impl Journal,
+        requests: &[BookingRequest],
+        moment: &Moment,
+        mut outcome: impl FnMut(Outcome<SlotIndex>),
+    ) {
         for request in requests.iter().take(PREFETCH_AHEAD) {
             self.prefetch(request);
         }
@@ -203,7 +218,7 @@ impl Engine {
             if let Some(ahead) = requests.get(index + PREFETCH_AHEAD) {
                 self.prefetch(ahead);
             }
-            outcomes.push(self.reserve_at(journal, request, &moment));
+            outcome(self.reserve_at(journal, request, moment));
         }
     }
 

@@ -144,11 +144,19 @@ pub const BATCH_ANSWER_ITEM_BYTES: usize = 4 + Answer::BYTES;
 /// `put_batch_item` with `answer.encode` as the body.
 #[inline]
 pub fn put_batch_answer(out: &mut Vec<u8>, opcode: u8, answer: &Answer) {
+    out.extend_from_slice(&batch_answer_item(opcode, answer));
+}
+
+/// The bytes of one batch reply item holding `answer` (`put_batch_answer`
+/// appends them; the engine thread also writes them into room made for a
+/// whole batch of answers).
+#[inline]
+pub fn batch_answer_item(opcode: u8, answer: &Answer) -> [u8; BATCH_ANSWER_ITEM_BYTES] {
     let mut item = [0; BATCH_ANSWER_ITEM_BYTES];
     item[0] = opcode;
     item[2..4].copy_from_slice(&(Answer::BYTES as u16).to_le_bytes());
     item[4..].copy_from_slice(&answer.to_bytes());
-    out.extend_from_slice(&item);
+    item
 }
 
 /// Appends one batch item, its body written by `write_body`.
