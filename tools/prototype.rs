@@ -392,23 +392,39 @@ pub fn run_wire(
     let frames: Vec<Vec<Vec<u8>>> =
         shares.iter().map(|share| share.chunks(batch).map(encode_wire_frame).collect()).collect();
 
+    let process_before = super::ThreadCpu::now();
     let started = Instant::now();
-    let (booked, syncs) = std::thread::scope(|scope| {
-        let sync_thread = scope.spawn(|| server.log.sync_groups(|_| server.durable_changed.notify_waiters()));
+    let (booked, syncs, cpu) = std::thread::scope(|scope| {
+        let sync_thread = scope.spawn(|| {
+            let syncs = server.log.sync_groups(|_| server.durable_changed.notify_waiters());
+            (syncs, super::own_cpu_seconds())
+        });
         let server_thread = {
             let server = server.clone();
             let connections = frames.len();
-            scope.spawn(move || serve(listener, connections, server))
+            scope.spawn(move || {
+                serve(listener, connections, server);
+                super::own_cpu_seconds()
+            })
         };
-        let clients: Vec<_> =
-            frames.iter().map(|frames| scope.spawn(move || load_one_connection(address, frames, depth))).collect();
-        let booked: u64 = clients.into_iter().map(|client| client.join().expect("client threads do not panic")).sum();
-        server_thread.join().expect("the server thread does not panic");
+        let clients: Vec<_> = frames
+            .iter()
+            .map(|frames| scope.spawn(move || (load_one_connection(address, frames, depth), super::own_cpu_seconds())))
+            .collect();
+        let mut booked = 0;
+        let mut clients_cpu = [0.0; 2];
+        for client in clients {
+            let (client_booked, [user, system]) = client.join().expect("client threads do not panic");
+            booked += client_booked;
+            clients_cpu = [clients_cpu[0] + user, clients_cpu[1] + system];
+        }
+        let server_cpu = server_thread.join().expect("the server thread does not panic");
         server.log.finish();
-        let syncs = sync_thread.join().expect("the sync thread does not panic");
-        (booked, syncs)
+        let (syncs, sync_cpu) = sync_thread.join().expect("the sync thread does not panic");
+        (booked, syncs, [server_cpu, sync_cpu, clients_cpu])
     });
     let seconds = started.elapsed().as_secs_f64();
+    let [process_user, process_system] = super::ThreadCpu::now().process_since(&process_before);
     assert_eq!(booked, requests.len() as u64, "every request was for a free seat");
     println!(
         "prototype over loopback (issue #3's throwaway design: 1 tokio current-thread server thread + sync thread, in-process clients, frames encoded beforehand): people={} batch={batch} depth={depth} connections={} slots={layout:?}",
@@ -419,6 +435,10 @@ pub fn run_wire(
         "  {booked} durable reservations in {seconds:.3} s = {:.2} M/s; {syncs} syncs ({:.0} records/sync)",
         booked as f64 / seconds / 1e6,
         booked as f64 / syncs.max(1) as f64
+    );
+    let [[server_user, server_system], [sync_user, sync_system], [clients_user, clients_system]] = cpu;
+    println!(
+        "  thread cpu seconds (user+system) during the run (wall {seconds:.2} s): (process, all threads) {process_user:.2}+{process_system:.2}, server {server_user:.2}+{server_system:.2}, sync {sync_user:.2}+{sync_system:.2}, clients {clients_user:.2}+{clients_system:.2}"
     );
     let _ = std::fs::remove_dir_all(data_dir);
 }

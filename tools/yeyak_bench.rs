@@ -491,6 +491,18 @@ impl ThreadCpu {
         ThreadCpu(threads)
     }
 
+    /// The whole process's user and system seconds since `before`.
+    fn process_since(&self, before: &ThreadCpu) -> [f64; 2] {
+        // SAFETY: sysconf has no preconditions.
+        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let ([user, system], [user_before, system_before]) =
+            (self.0.get(&0).map_or([0, 0], |(_, ticks)| *ticks), before.0.get(&0).map_or([0, 0], |(_, ticks)| *ticks));
+        [
+            user.saturating_sub(user_before) as f64 / ticks_per_second,
+            system.saturating_sub(system_before) as f64 / ticks_per_second,
+        ]
+    }
+
     /// "thread cpu seconds (user + system) during the run (wall 2.10 s):
     /// yeyak-engine 1.85+0.05, ...".
     fn since(&self, before: &ThreadCpu, wall_seconds: f64) -> String {
@@ -508,6 +520,19 @@ impl ThreadCpu {
             by_name.iter().map(|(name, [user, system])| format!("{name} {user:.2}+{system:.2}")).collect();
         format!("thread cpu seconds (user+system) during the run (wall {wall_seconds:.2} s): {}", busy.join(", "))
     }
+}
+
+/// The calling thread's CPU time so far, user and system seconds (for
+/// threads that end before `ThreadCpu` could read them: the clients).
+fn own_cpu_seconds() -> [f64; 2] {
+    // SAFETY: getrusage writes only the struct it is given.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
+    [seconds(usage.ru_utime), seconds(usage.ru_stime)]
 }
 
 /// utime and stime of a /proc stat line: the 14th and 15th fields, the
@@ -563,7 +588,7 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
     };
     let cpu_before = ThreadCpu::now();
     let started = Instant::now();
-    let booked: u64 = std::thread::scope(|scope| {
+    let (booked, clients_cpu) = std::thread::scope(|scope| {
         let workers: Vec<_> = shares
             .iter()
             .enumerate()
@@ -605,18 +630,24 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
                             reply = client.receive_buffered().expect("a reply");
                         }
                     }
-                    ok
+                    (ok, own_cpu_seconds())
                 })
             })
             .collect();
-        workers.into_iter().map(|w| w.join().expect("client threads do not panic")).sum()
+        let mut total = (0, [0.0; 2]);
+        for worker in workers {
+            let (ok, [user, system]) = worker.join().expect("client threads do not panic");
+            total = (total.0 + ok, [total.1[0] + user, total.1[1] + system]);
+        }
+        total
     });
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(booked, people, "every request was for a free seat");
     let encoding = if encode_live { "encoded live" } else { "frames encoded beforehand" };
     println!("wire (loopback, in-process server and clients, {encoding}): people={people} batch={batch} depth={depth} connections={connections} reactor={reactor:?}");
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s", booked as f64 / seconds / 1e6);
-    println!("  {}", ThreadCpu::now().since(&cpu_before, seconds));
+    let [clients_user, clients_system] = clients_cpu;
+    println!("  {}, clients {clients_user:.2}+{clients_system:.2}", ThreadCpu::now().since(&cpu_before, seconds));
     server.shutdown().expect("closes");
     let _ = std::fs::remove_dir_all(&data_dir);
 }
