@@ -426,21 +426,122 @@ fn batch(body: &[u8], operator_id: u32) -> Result<Work, (u8, u32)> {
     let mut items = BatchItems::of_requests(body, BATCH_COMMANDS_MAX).map_err(structure)?;
     let announced = usize::from(items.announced());
     let mut reserves = Vec::with_capacity(announced);
-    while let Some(item) = items.next() {
-        let item = item.map_err(structure)?;
-        if item.opcode == opcode::RESERVE {
-            reserves.push(booking(item.body, operator_id).map_err(|code| (code, 0))?);
-            continue;
-        }
-        // Another command: the reservations so far and the rest, in order, as commands.
-        let mut commands = Vec::with_capacity(announced);
-        commands.extend(reserves.into_iter().map(Command::Reserve));
-        commands.push(command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))?);
-        for item in items {
-            let item = item.map_err(structure)?;
-            commands.push(command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))?);
-        }
-        return Ok(Work::Batch(commands));
+    while let Some(body) = items.next_fixed::<{ BookingRequest::BYTES }>(opcode::RESERVE) {
+        reserves.push(booking(body, operator_id).map_err(|code| (code, 0))?);
     }
-    Ok(Work::Reserves(reserves))
+    // Whatever is next (another command, a bad item, bytes after the last
+    // item) is read in full: the reservations so far and the rest, in order,
+    // become commands.
+    let Some(item) = items.next() else { return Ok(Work::Reserves(reserves)) };
+    let mut commands = Vec::with_capacity(announced);
+    commands.extend(reserves.into_iter().map(Command::Reserve));
+    for item in std::iter::once(item).chain(items) {
+        let item = item.map_err(structure)?;
+        commands.push(command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))?);
+    }
+    Ok(Work::Batch(commands))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::body::{put_batch_header, put_batch_item};
+    use crate::rules::Channel;
+    use crate::state::PersonKey;
+
+    fn booking(index: u8) -> BookingRequest {
+        BookingRequest {
+            person: PersonKey(u128::from(index) + 1),
+            birth_date: crate::calendar::Date::parse("1990-05-15").unwrap(),
+            slot: crate::inventory::SlotIndex(u32::from(index)),
+            idempotency_key: 1,
+            channel: Channel::Person,
+        }
+    }
+
+    /// A batch item: opcode and body.
+    type Item = (u8, Vec<u8>);
+
+    /// A bad batch: what is wrong, its items, how many its header announces, the refusal.
+    type Case = (&'static str, Vec<Item>, u16, (u8, u32));
+
+    fn body_of(items: &[Item], announced: u16) -> Vec<u8> {
+        let mut body = Vec::new();
+        put_batch_header(&mut body, announced);
+        for (item_opcode, item_body) in items {
+            put_batch_item(&mut body, *item_opcode, |out| out.extend_from_slice(item_body));
+        }
+        body
+    }
+
+    fn reserve(request: BookingRequest) -> Item {
+        let mut body = Vec::new();
+        request.encode(&mut body);
+        (opcode::RESERVE, body)
+    }
+
+    fn opcodes(work: &Work) -> Vec<u8> {
+        match work {
+            Work::One(command) => vec![command.opcode()],
+            Work::Reserves(requests) => vec![opcode::RESERVE; requests.len()],
+            Work::Batch(commands) => commands.iter().map(Command::opcode).collect(),
+        }
+    }
+
+    #[test]
+    fn a_batch_of_reservations_only_is_decoded_as_reservations_and_any_other_as_commands_in_order() {
+        let reserves: Vec<_> = (0..5).map(|index| reserve(booking(index))).collect();
+        let Ok(Work::Reserves(requests)) = batch(&body_of(&reserves, 5), 0) else { panic!("reservations only") };
+        assert_eq!(requests, (0..5).map(booking).collect::<Vec<_>>());
+        assert!(matches!(batch(&body_of(&[], 0), 0), Ok(Work::Reserves(requests)) if requests.is_empty()));
+        // A GET in the middle, or at either end: every command, in order.
+        let get = (opcode::GET_RESERVATION, 7u128.to_le_bytes().to_vec());
+        for at in [0, 2, 5] {
+            let mut items = reserves.clone();
+            items.insert(at, get.clone());
+            let work = batch(&body_of(&items, 6), 0).unwrap();
+            assert!(matches!(work, Work::Batch(_)), "GET at {at}");
+            let expected: Vec<u8> = items.iter().map(|(item_opcode, _)| *item_opcode).collect();
+            assert_eq!(opcodes(&work), expected, "GET at {at}");
+            let Work::Batch(commands) = work else { unreachable!() };
+            let booked: Vec<BookingRequest> = commands
+                .iter()
+                .filter_map(|command| match command {
+                    Command::Reserve(request) => Some(*request),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(booked, (0..5).map(booking).collect::<Vec<_>>(), "GET at {at}");
+        }
+    }
+
+    #[test]
+    fn a_bad_item_refuses_the_batch_wherever_the_reservations_stop() {
+        let good = reserve(booking(1));
+        let as_operator = reserve(BookingRequest { channel: Channel::Operator { operator_id: 9 }, ..booking(2) });
+        let short = (opcode::RESERVE, good.1[..39].to_vec());
+        let bad_date = {
+            let mut item = good.clone();
+            item.1[16..20].copy_from_slice(&i32::MAX.to_le_bytes());
+            item
+        };
+        let cancel = (opcode::CANCEL, good.1.clone());
+        let cases: [Case; 6] = [
+            ("a gateway booking as an operator", vec![good.clone(), as_operator.clone()], 2, (code::NOT_ALLOWED, 0)),
+            ("the same after a cancel", vec![cancel.clone(), as_operator], 2, (code::NOT_ALLOWED, 0)),
+            ("a short reservation", vec![good.clone(), short], 2, (code::MALFORMED, 0)),
+            ("a birth date out of range", vec![good.clone(), bad_date], 2, (code::MALFORMED, 0)),
+            ("an item more than announced", vec![good.clone(), good.clone()], 1, (code::MALFORMED, 0)),
+            ("an item fewer than announced", vec![good.clone()], 2, (code::MALFORMED, 0)),
+        ];
+        for (case, items, announced, refusal) in cases {
+            assert_eq!(batch(&body_of(&items, announced), 0).err(), Some(refusal), "{case}");
+        }
+        let too_many = body_of(&[], BATCH_COMMANDS_MAX + 1);
+        assert_eq!(batch(&too_many, 0).err(), Some((code::BATCH_TOO_LARGE, u32::from(BATCH_COMMANDS_MAX))));
+        // An operator books as itself only, in a batch of reservations as anywhere.
+        let own = reserve(BookingRequest { channel: Channel::Operator { operator_id: 9 }, ..booking(3) });
+        assert!(matches!(batch(&body_of(&[own.clone(), own.clone()], 2), 9), Ok(Work::Reserves(r)) if r.len() == 2));
+        assert_eq!(batch(&body_of(&[own, good], 2), 9).err(), Some((code::NOT_ALLOWED, 0)), "a person's booking");
+    }
 }

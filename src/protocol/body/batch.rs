@@ -63,6 +63,29 @@ impl<'a> BatchItems<'a> {
         self.count
     }
 
+    /// The body of the next item if it is an `opcode` item of exactly `N`
+    /// bytes (a fixed-size command, which `opcode` must be), and the item
+    /// is taken; else `None` and nothing is taken, for the iterator to read
+    /// the item whatever it is. The server's loop over a batch of
+    /// reservations: one comparison of the item header instead of the
+    /// iterator's general checks and its `Result` (callgrind: about 120
+    /// instructions an item before).
+    #[inline(always)]
+    pub fn next_fixed<const N: usize>(&mut self, opcode: u8) -> Option<&'a [u8; N]> {
+        if self.next_index >= self.count {
+            return None;
+        }
+        let (header, after) = self.reader.remaining().split_first_chunk::<4>()?;
+        let (body, _) = after.split_first_chunk::<N>()?;
+        let length = (N as u16).to_le_bytes();
+        if *header != [opcode, 0, length[0], length[1]] {
+            return None;
+        }
+        self.reader.position += 4 + N;
+        self.next_index += 1;
+        Some(body)
+    }
+
     #[inline]
     fn item(&mut self) -> Result<BatchItem<'a>, BodyError> {
         let rest = self.reader.remaining();
