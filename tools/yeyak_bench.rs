@@ -18,7 +18,7 @@ use yeyak::inventory::{Inventory, SlotIndex};
 use yeyak::log::{Durability, LogOptions, WriteMode};
 use yeyak::rules::Channel;
 use yeyak::snapshot::SnapshotOptions;
-use yeyak::state::{BookingRequest, CountingJournal, Engine, Outcome, PersonKey};
+use yeyak::state::{BookingRequest, CountingJournal, Engine, Journal, PersonKey};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -271,27 +271,38 @@ fn crowd(inventory: &Inventory, people: u64) -> Vec<BookingRequest> {
         .collect()
 }
 
-/// Books `requests` a batch at a time through `apply_batch`; `after_batch`
-/// gets each batch's `durable_after`. Returns how many were booked.
+/// Books `requests` a batch at a time through `apply_batch`, which returns
+/// how many of the batch were booked and its `durable_after`; `after_batch`
+/// gets the latter. Returns how many were booked.
 fn book_all(
     requests: &[BookingRequest],
     batch: usize,
-    mut apply_batch: impl FnMut(&[BookingRequest], &mut Vec<Outcome<SlotIndex>>),
+    mut apply_batch: impl FnMut(&[BookingRequest]) -> (u64, u64),
     mut after_batch: impl FnMut(u64),
 ) -> u64 {
     let mut booked = 0;
-    let mut outcomes = Vec::with_capacity(batch);
     for chunk in requests.chunks(batch) {
-        outcomes.clear();
-        apply_batch(chunk, &mut outcomes);
-        let mut durable_after = 0;
-        for outcome in &outcomes {
-            booked += u64::from(outcome.result.is_ok());
-            durable_after = durable_after.max(outcome.durable_after);
-        }
+        let (batch_booked, durable_after) = apply_batch(chunk);
+        booked += batch_booked;
         after_batch(durable_after);
     }
     booked
+}
+
+/// Books one batch through the engine's batch loop (`Engine::reserve_each`,
+/// the server's loop too) and takes from each outcome what its caller
+/// needs: whether it booked, and when it may be released. The peers do the
+/// same with theirs (tools/prototype.rs). Never inlined, so that callgrind
+/// can count it alone (docs/benchmarks.md).
+#[inline(never)]
+fn book_batch(engine: &Engine, journal: &impl Journal, chunk: &[BookingRequest], now_ms: i64) -> (u64, u64) {
+    let moment = engine.booking_moment(now_ms);
+    let (mut booked, mut durable_after) = (0, 0);
+    engine.reserve_each(journal, chunk, &moment, |outcome| {
+        booked += u64::from(outcome.result.is_ok());
+        durable_after = durable_after.max(outcome.durable_after);
+    });
+    (booked, durable_after)
 }
 
 fn reserve(people: u64, batch: usize) {
@@ -302,9 +313,7 @@ fn reserve(people: u64, batch: usize) {
     let engine = Engine::new(rules, inventory);
     let journal = CountingJournal::default();
     let started = Instant::now();
-    let apply_batch = |chunk: &[BookingRequest], outcomes: &mut Vec<_>| {
-        engine.reserve_batch(&journal, chunk, now_ms, outcomes);
-    };
+    let apply_batch = |chunk: &[BookingRequest]| book_batch(&engine, &journal, chunk, now_ms);
     let booked = book_all(&requests, batch, apply_batch, |_| {});
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(booked, people, "every request was for a free seat");
@@ -344,9 +353,7 @@ fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf
     let mut pending = std::collections::VecDeque::new();
     let mut waited = std::time::Duration::ZERO;
     // A batch appends under one hold of the log's append lock, as a server round does.
-    let apply_batch = |chunk: &[BookingRequest], outcomes: &mut Vec<_>| {
-        engine.engine().reserve_batch(&engine.log().appender(), chunk, now_ms, outcomes);
-    };
+    let apply_batch = |chunk: &[BookingRequest]| book_batch(engine.engine(), &engine.log().appender(), chunk, now_ms);
     let booked = book_all(&requests, batch, apply_batch, |durable_after| {
         pending.push_back(durable_after);
         while pending.len() > 64 {
