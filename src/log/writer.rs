@@ -459,11 +459,8 @@ pub struct Appender<'log> {
 }
 
 impl Appender<'_> {
-    /// Hands every record appended so far to the flusher, keeping the lock:
-    /// a long run of commands (a server round) lets the flusher write and
-    /// sync its first records while the rest are applied. Dropping the
-    /// appender does the same.
-    pub fn publish(&self) {
+    /// Hands every record appended so far to the flusher.
+    fn publish(&self) {
         let next = self.shared.next_lsn.load(Ordering::Relaxed);
         if self.shared.written_lsn.load(Ordering::Relaxed) != next {
             // SeqCst, as the flusher's parking (`Flusher::idle`): it either sees

@@ -388,22 +388,14 @@ fn engine_loop(shared: &Shared) {
             apply::prefetch_job(engine, job);
         }
         if !round.is_empty() {
-            // One hold of the log's append lock for the round. Each job's
-            // records go to the flusher as soon as it is applied, and replies
-            // made durable meanwhile are released between jobs: a round may
-            // hold every frame the clients have in flight, and waiting for its
-            // end to start syncing would leave the engine idle while the
-            // round's records are synced and the clients wait for replies.
+            // One hold of the log's append lock for the round; its records go
+            // to the flusher when it is dropped, before replies are looked at.
             let log = engine.log().appender();
             while let Some(job) = round.pop_front() {
                 if let Some(ahead) = round.get(apply::PREFETCH_AHEAD - 1) {
                     apply::prefetch_job(engine, ahead);
                 }
                 apply::apply(engine, &log, job, &moment, &mut pending, &mut tally);
-                log.publish();
-                if pending.releasable(engine) {
-                    pending.release(engine);
-                }
             }
             tally.flush(&shared.counters.engine);
             // Counted until applied, so the bound covers the round in hand too.
