@@ -1023,11 +1023,19 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
     let (operator_id, key) = keys.first(Role::Operator).unwrap();
     let mut operator = Client::connect(server.local_address(), Role::Operator, operator_id, key).unwrap();
     assert!(matches!(operator.capacity(SlotIndex(5)), Ok(Ok(capacity)) if capacity > 0));
-    // A batch with a change in it is refused whole.
+    // A batch with a change in it is refused whole, and so is a batch of
+    // reservations only (the engine applies it by a loop of its own); an
+    // empty batch changes nothing and is answered.
     match batch(&mut client, true) {
         Err(ClientError::Refused(answer)) => assert_eq!(answer.code, ResultCode::LogUnavailable as u8),
         other => panic!("a batch with a reserve after the failure: {other:?}"),
     }
+    match client.reserve_batch(&[wire_booking(8, 9, 1), wire_booking(9, 9, 1)]) {
+        Err(ClientError::Refused(answer)) => assert_eq!(answer.code, ResultCode::LogUnavailable as u8),
+        other => panic!("a batch of reservations after the failure: {other:?}"),
+    }
+    let (_, body) = client.call(opcode::BATCH, |out| put_batch_header(out, 0)).unwrap();
+    assert!(split_reply_batch(&body).unwrap().is_empty(), "an empty batch is answered with no items");
     assert_eq!(server.shutdown(), Err(Refusal::LogUnavailable(yeyak::state::LogUnavailable::DiskFull)));
 }
 

@@ -533,11 +533,14 @@ impl ThreadCpu {
 /// threads that end before `ThreadCpu` could read them: the clients).
 fn own_cpu_seconds() -> [f64; 2] {
     // SAFETY: getrusage writes only the struct it is given.
-    let usage = unsafe {
+    let (usage, status) = unsafe {
         let mut usage = std::mem::zeroed::<libc::rusage>();
-        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
-        usage
+        let status = libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        (usage, status)
     };
+    if status != 0 {
+        return [f64::NAN; 2];
+    }
     let seconds = |time: libc::timeval| time.tv_sec as f64 + time.tv_usec as f64 / 1e6;
     [seconds(usage.ru_utime), seconds(usage.ru_stime)]
 }

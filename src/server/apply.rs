@@ -13,6 +13,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::durable::DurableEngine;
+use crate::inventory::SlotIndex;
 use crate::log::Appender;
 use crate::protocol::body::{
     batch_answer_item, put_batch_answer, put_batch_header, put_batch_item, CapacityAddition, PersonQuery, RegionQuery,
@@ -22,7 +23,7 @@ use crate::protocol::frame::flag;
 use crate::protocol::{code, encode_frame, opcode, Answer};
 use crate::server::connection::Outbox;
 use crate::server::stats::Tally;
-use crate::state::{BookingRequest, Engine, Journal, LogUnavailable, Lsn, Moment, Refusal};
+use crate::state::{BookingRequest, Engine, Journal, LogUnavailable, Lsn, Moment, Outcome, Refusal};
 
 /// A decoded command, ready for the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,12 +231,15 @@ pub fn apply(
                 out.resize(first + requests.len() * BATCH_ANSWER_ITEM_BYTES, 0);
                 let mut items = out[first..].chunks_exact_mut(BATCH_ANSWER_ITEM_BYTES);
                 engine.engine().reserve_each(log, requests, moment, |outcome| {
-                    let answer = Answer::of_slot(&outcome.result);
+                    let (answer, after) = slot_answer(&outcome);
                     tally.count(opcode::RESERVE, answer.code);
-                    if let Some(item) = items.next() {
+                    // One outcome a request, one item each: the room fits.
+                    let item = items.next();
+                    debug_assert!(item.is_some(), "more outcomes than requests");
+                    if let Some(item) = item {
                         item.copy_from_slice(&batch_answer_item(opcode::RESERVE, &answer));
                     }
-                    durable_after = durable_after.max(outcome.durable_after);
+                    durable_after = durable_after.max(after);
                 });
             });
         }
@@ -323,6 +327,12 @@ fn apply_command(
     }
 }
 
+/// The answer to a command whose result is a slot, and its `durable_after`.
+#[inline(always)]
+fn slot_answer(outcome: &Outcome<SlotIndex>) -> (Answer, Lsn) {
+    (Answer::of_slot(&outcome.result), outcome.durable_after)
+}
+
 /// A query whose reply is longer than one answer.
 enum Query<'c> {
     Site(&'c SiteQuery),
@@ -343,18 +353,9 @@ fn apply_fixed<'c>(
 ) -> Result<(Answer, Lsn), Query<'c>> {
     let engine = durable.engine();
     let (answer, durable_after) = match command {
-        Command::Reserve(booking) => {
-            let outcome = engine.reserve_at(log, booking, moment);
-            (Answer::of_slot(&outcome.result), outcome.durable_after)
-        }
-        Command::Change(booking) => {
-            let outcome = engine.change_at(log, booking, moment);
-            (Answer::of_slot(&outcome.result), outcome.durable_after)
-        }
-        Command::Cancel(booking) => {
-            let outcome = engine.cancel_at(log, &booking.cancel_request(), moment);
-            (Answer::of_slot(&outcome.result), outcome.durable_after)
-        }
+        Command::Reserve(booking) => slot_answer(&engine.reserve_at(log, booking, moment)),
+        Command::Change(booking) => slot_answer(&engine.change_at(log, booking, moment)),
+        Command::Cancel(booking) => slot_answer(&engine.cancel_at(log, &booking.cancel_request(), moment)),
         Command::Get(query) => {
             let outcome = engine.reservation_of(log, query.person);
             let answer = match outcome.result {

@@ -526,6 +526,30 @@ mod tests {
             item
         };
         let cancel = (opcode::CANCEL, good.1.clone());
+        let body_with = |items: &[Item], announced: u16, change: &dyn Fn(&mut Vec<u8>)| {
+            let mut body = body_of(items, announced);
+            change(&mut body);
+            body
+        };
+        // Bytes a header cannot say: checked where the reservations stop too.
+        let second_item = 4 + 4 + BookingRequest::BYTES;
+        let raw_cases: [(&str, Vec<u8>); 3] = [
+            (
+                "a reserved byte set in a RESERVE item header",
+                body_with(&[good.clone(), good.clone()], 2, &|body| body[second_item + 1] = 1),
+            ),
+            (
+                "a RESERVE item cut short by the end",
+                body_with(&[good.clone(), good.clone()], 2, &|body| body.truncate(body.len() - 1)),
+            ),
+            (
+                "an opcode that cannot be batched after the reservations",
+                body_with(&[good.clone(), good.clone()], 2, &|body| body[second_item] = opcode::STATS),
+            ),
+        ];
+        for (case, body) in raw_cases {
+            assert_eq!(batch(&body, 0).err(), Some((code::MALFORMED, 0)), "{case}");
+        }
         let cases: [Case; 6] = [
             ("a gateway booking as an operator", vec![good.clone(), as_operator.clone()], 2, (code::NOT_ALLOWED, 0)),
             ("the same after a cancel", vec![cancel.clone(), as_operator], 2, (code::NOT_ALLOWED, 0)),

@@ -187,9 +187,7 @@ impl Engine {
     /// Books many requests stamped with the same time, as a batch frame
     /// carries them: the rules' time-dependent part is computed once, and the
     /// person buckets and slot counters of requests a few places ahead are
-    /// prefetched so that their cache misses overlap. Never inlined, so that
-    /// callgrind can count it alone (docs/benchmarks.md).
-    #[inline(never)]
+    /// prefetched so that their cache misses overlap.
     pub fn reserve_batch(
         &self,
         journal: &impl Journal,
