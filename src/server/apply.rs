@@ -53,8 +53,7 @@ impl Command {
     fn is_read(&self) -> bool {
         match self {
             Command::Get(_) | Command::Site(_) | Command::Region(_) => true,
-            // Zero seats reads the capacity (`Engine::add_capacity`).
-            Command::AddCapacity(addition) => addition.seats == 0,
+            Command::AddCapacity(addition) => addition.only_reads(),
             Command::Reserve(_) | Command::Change(_) | Command::Cancel(_) => false,
         }
     }

@@ -406,6 +406,11 @@ impl Engine {
         }
     }
 
+    /// Whether `add_capacity` of `seats` only reads the capacity (and logs nothing).
+    pub fn capacity_change_only_reads(seats: u32) -> bool {
+        seats == 0
+    }
+
     /// Adds `seats` to a slot whose capacity is `expected_capacity` (R1).
     /// Returns the new capacity.
     ///
@@ -433,7 +438,7 @@ impl Engine {
         }
         let _serialized = self.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let capacity = self.slots.capacity(slot.0);
-        if seats == 0 {
+        if Self::capacity_change_only_reads(seats) {
             // A read of the capacity: nothing to log.
             return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
         }

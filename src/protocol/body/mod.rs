@@ -328,7 +328,7 @@ impl RegionQuery {
     }
 }
 
-/// ADD_CAPACITY (8 bytes).
+/// ADD_CAPACITY (16 bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CapacityAddition {
     pub slot: SlotIndex,
@@ -339,6 +339,12 @@ pub struct CapacityAddition {
 
 impl CapacityAddition {
     pub const BYTES: usize = 16;
+
+    /// Whether it only reads the slot's capacity (zero seats:
+    /// `Engine::add_capacity` logs nothing for it).
+    pub fn only_reads(&self) -> bool {
+        crate::state::Engine::capacity_change_only_reads(self.seats)
+    }
 
     pub fn decode(bytes: &[u8]) -> Result<CapacityAddition, BodyError> {
         let mut reader = Reader::exact(bytes, Self::BYTES)?;
