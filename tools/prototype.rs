@@ -414,9 +414,9 @@ pub fn run_wire(
         let mut booked = 0;
         let mut clients_cpu = [0.0; 2];
         for client in clients {
-            let (client_booked, [user, system]) = client.join().expect("client threads do not panic");
+            let (client_booked, cpu) = client.join().expect("client threads do not panic");
             booked += client_booked;
-            clients_cpu = [clients_cpu[0] + user, clients_cpu[1] + system];
+            clients_cpu = super::cpu_sum(clients_cpu, cpu);
         }
         let server_cpu = server_thread.join().expect("the server thread does not panic");
         server.log.finish();

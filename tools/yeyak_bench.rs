@@ -500,33 +500,38 @@ impl ThreadCpu {
 
     /// The whole process's user and system seconds since `before`.
     fn process_since(&self, before: &ThreadCpu) -> [f64; 2] {
-        // SAFETY: sysconf has no preconditions.
-        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        let ([user, system], [user_before, system_before]) =
-            (self.0.get(&0).map_or([0, 0], |(_, ticks)| *ticks), before.0.get(&0).map_or([0, 0], |(_, ticks)| *ticks));
-        [
-            user.saturating_sub(user_before) as f64 / ticks_per_second,
-            system.saturating_sub(system_before) as f64 / ticks_per_second,
-        ]
+        let ticks = |cpu: &ThreadCpu| cpu.0.get(&0).map_or([0, 0], |(_, ticks)| *ticks);
+        let ([user, system], [user_before, system_before]) = (ticks(self), ticks(before));
+        [seconds_of_ticks(user.saturating_sub(user_before)), seconds_of_ticks(system.saturating_sub(system_before))]
     }
 
     /// "thread cpu seconds (user + system) during the run (wall 2.10 s):
     /// yeyak-engine 1.85+0.05, ...".
     fn since(&self, before: &ThreadCpu, wall_seconds: f64) -> String {
-        // SAFETY: sysconf has no preconditions.
-        let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         let mut by_name = std::collections::BTreeMap::<&str, [f64; 2]>::new();
         for (tid, (name, ticks)) in &self.0 {
             let earlier = before.0.get(tid).map_or([0, 0], |(_, ticks)| *ticks);
             let seconds = by_name.entry(name.as_str()).or_default();
             for (sum, (now, then)) in seconds.iter_mut().zip(ticks.iter().zip(earlier)) {
-                *sum += now.saturating_sub(then) as f64 / ticks_per_second;
+                *sum += seconds_of_ticks(now.saturating_sub(then));
             }
         }
         let busy: Vec<String> =
             by_name.iter().map(|(name, [user, system])| format!("{name} {user:.2}+{system:.2}")).collect();
         format!("thread cpu seconds (user+system) during the run (wall {wall_seconds:.2} s): {}", busy.join(", "))
     }
+}
+
+/// Seconds in `ticks` clock ticks (/proc's unit of CPU time).
+fn seconds_of_ticks(ticks: u64) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / ticks_per_second
+}
+
+/// User and system seconds added up (the client threads' CPU time).
+fn cpu_sum(a: [f64; 2], b: [f64; 2]) -> [f64; 2] {
+    [a[0] + b[0], a[1] + b[1]]
 }
 
 /// The calling thread's CPU time so far, user and system seconds (for
@@ -646,8 +651,8 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
             .collect();
         let mut total = (0, [0.0; 2]);
         for worker in workers {
-            let (ok, [user, system]) = worker.join().expect("client threads do not panic");
-            total = (total.0 + ok, [total.1[0] + user, total.1[1] + system]);
+            let (ok, cpu) = worker.join().expect("client threads do not panic");
+            total = (total.0 + ok, cpu_sum(total.1, cpu));
         }
         total
     });

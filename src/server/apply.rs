@@ -90,6 +90,15 @@ impl Work {
         }
     }
 
+    /// The person and slot the request's first command touches, for prefetching across jobs.
+    fn first_touch(&self) -> Option<(crate::state::PersonKey, u32)> {
+        match self {
+            Work::One(command) => command.touches(),
+            Work::Reserves(requests) => requests.first().map(|request| (request.person, request.slot.0)),
+            Work::Batch(commands) => commands.first().and_then(Command::touches),
+        }
+    }
+
     /// Whether every command of the request only reads.
     fn reads_only(&self) -> bool {
         match self {
@@ -292,18 +301,8 @@ pub fn prefetch(engine: &DurableEngine, command: &Command) {
 
 /// Asks for the lines of a job's first command (prefetching across jobs).
 pub fn prefetch_job(engine: &DurableEngine, job: &Job) {
-    match &job.work {
-        Work::One(command) => prefetch(engine, command),
-        Work::Reserves(requests) => {
-            if let Some(request) = requests.first() {
-                engine.engine().prefetch_person_and_slot(request.person, request.slot.0);
-            }
-        }
-        Work::Batch(commands) => {
-            if let Some(command) = commands.first() {
-                prefetch(engine, command);
-            }
-        }
+    if let Some((person, slot)) = job.work.first_touch() {
+        engine.engine().prefetch_person_and_slot(person, slot);
     }
 }
 

@@ -230,17 +230,23 @@ impl Engine {
     /// Asks the CPU for the lines `request` will touch; returns its person's home bucket.
     #[inline]
     fn prefetch(&self, request: &BookingRequest) -> Home {
-        let home = self.people.home(request.person);
-        self.people.prefetch_home(home);
-        self.slots.prefetch(request.slot.0);
-        home
+        self.prefetch_lines(request.person, request.slot.0)
     }
 
     /// Asks the CPU for the cache lines a command on `person` and `slot` will touch.
     #[inline]
     pub fn prefetch_person_and_slot(&self, person: PersonKey, slot: u32) {
-        self.people.prefetch(person);
+        self.prefetch_lines(person, slot);
+    }
+
+    /// Both prefetches: the person's home bucket (returned, for the lookup
+    /// that follows) and the slot's counter.
+    #[inline]
+    fn prefetch_lines(&self, person: PersonKey, slot: u32) -> Home {
+        let home = self.people.home(person);
+        self.people.prefetch_home(home);
         self.slots.prefetch(slot);
+        home
     }
 
     /// `reserve` with the rules' time-dependent part computed beforehand

@@ -231,12 +231,6 @@ impl PeopleTable {
         Home(crate::mix64((key.0 as u64) ^ (key.0 >> 64) as u64) & self.bucket_mask)
     }
 
-    /// Asks the CPU to bring a person's home bucket into cache.
-    #[inline]
-    pub fn prefetch(&self, key: PersonKey) {
-        self.prefetch_home(self.home(key));
-    }
-
     /// Asks the CPU to bring the bucket at `home` into cache.
     #[inline]
     pub fn prefetch_home(&self, home: Home) {
