@@ -16,6 +16,9 @@ use std::ops::Deref;
 
 /// The huge page size tables are aligned to.
 pub const HUGE_PAGE_BYTES: usize = 2 << 20;
+/// Every table starts on a cache line, so that the two 32-byte people buckets
+/// a search looks at first share one (`state::people`).
+pub const CACHE_LINE_BYTES: usize = 64;
 /// Smaller tables stay on small pages: they gain little, and faulting in huge
 /// pages (the kernel may compact memory to find them) costs more than it saves
 /// when a table is made and dropped often, as in the crash tests.
@@ -46,7 +49,11 @@ impl<T: Zeroable> ZeroedArray<T> {
     pub fn new(length: usize) -> ZeroedArray<T> {
         // At least one element is allocated, so the layout is never empty.
         let bytes = std::mem::size_of::<T>().checked_mul(length.max(1)).expect("table size fits the address space");
-        let align = std::mem::align_of::<T>().max(if bytes >= HUGE_TABLE_BYTES_MIN { HUGE_PAGE_BYTES } else { 1 });
+        let align = std::mem::align_of::<T>().max(if bytes >= HUGE_TABLE_BYTES_MIN {
+            HUGE_PAGE_BYTES
+        } else {
+            CACHE_LINE_BYTES
+        });
         let layout = Layout::from_size_align(bytes.max(1), align).expect("table layout is valid");
         // SAFETY: the layout has a non-zero size.
         let raw = unsafe { std::alloc::alloc_zeroed(layout) };
