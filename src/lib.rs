@@ -8,7 +8,7 @@
 //! | crc & memory | [`crc`], [`memory`] | CRC-32C (fast on short inputs); big zeroed tables on huge pages, faulted in on every core |
 //! | inventory | [`inventory`] | sites, regions, slots and their dense [`inventory::SlotIndex`] numbers |
 //! | rules | [`rules`] | who may book when: cohorts, rotation days, booking windows, proxies (pure) |
-//! | state machine | [`state`] | [`state::Engine`]: lock-free slot counters, the people table, reserve / cancel / change; hands [`state::Entry`]s to a [`state::Journal`] |
+//! | state machine | [`state`] | [`state::Engine`]: atomic slot counters, the people table, reserve / cancel / change (shared by many writers, or one writer at a time without locked instructions); hands [`state::Entry`]s to a [`state::Journal`] |
 //! | log | [`log`] | the append-only segmented log: record format, group-commit writer, recovery, retention |
 //! | snapshot | [`snapshot`] | the state at a point of the log (rkyv chunks), taken in the background; recovery = snapshot + log tail |
 //! | protocol | [`protocol`] | the wire format (docs/protocol.md): frames, command bodies, answers; bytes in, bytes out, no I/O |
@@ -19,8 +19,9 @@
 //!
 //! Where a reservation goes, over the network: a gateway's frame is decoded by
 //! `server::connection` → a job in the ingress queue → the engine thread
-//! (`server::apply`), holding the log's append lock for its round
-//! (`log::LogWriter::appender`), calls `state::Engine::reserve_at` (rules →
+//! (`server::apply`), holding the log's append lock and the engine's writer
+//! lock for its round (`log::LogWriter::appender`, `state::Engine::writer`),
+//! calls `state::EngineWriter::reserve_each` or `reserve_at` (rules →
 //! person latch → slot counter `take` → `Journal::append` draws a sequence
 //! number and encodes the record into the log's ring) → when the round lets
 //! go of the lock, the log's flusher thread writes a group of

@@ -1,4 +1,5 @@
-//! The one door through which the lock-free tables reach their atomics.
+//! The one door through which the lock-free tables reach their atomics (and
+//! the engine its writer lock).
 //!
 //! Normal builds use `std`'s atomics. The shuttle model tests
 //! (`cargo test --features shuttle --test shuttle_models`) build the same code
@@ -7,9 +8,14 @@
 
 #[cfg(not(feature = "shuttle"))]
 pub use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+/// The engine's writer lock (`Engine::into_sole_writer`).
+#[cfg(not(feature = "shuttle"))]
+pub use std::sync::{Mutex, MutexGuard};
 
 #[cfg(feature = "shuttle")]
 pub use shuttle::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(feature = "shuttle")]
+pub use shuttle::sync::{Mutex, MutexGuard};
 
 /// Tells the scheduler (or the CPU) that this thread is waiting for another.
 #[inline]

@@ -199,6 +199,52 @@ fn people_max_is_never_passed_by_people_added_at_once() {
     );
 }
 
+/// A sole-writer engine: two writers book the one seat of a slot for two
+/// people (each command takes the writer lock, then changes the tables with
+/// plain stores) while a reader reads both people and the seat without the
+/// lock. One booking; the reader never sees a person half-written, nor a
+/// seat count that disagrees with what it saw booked before.
+#[test]
+fn a_sole_writer_and_a_lockless_reader() {
+    shuttle::check_random(
+        || {
+            let engine = Arc::new(tiny_engine().into_sole_writer());
+            let journal = Arc::new(ModelJournal::default());
+            let now = evening(&engine);
+            let writers: Vec<_> = (1..=2u128)
+                .map(|person| {
+                    let (engine, journal) = (Arc::clone(&engine), Arc::clone(&journal));
+                    thread::spawn(move || engine.reserve(&*journal, &request(person, 100, 1), now).result)
+                })
+                .collect();
+            let reader = {
+                let engine = Arc::clone(&engine);
+                thread::spawn(move || {
+                    for _ in 0..2 {
+                        let booked: Vec<_> = (1..=2u128)
+                            .filter_map(|person| engine.person_record(PersonKey(person)))
+                            .inspect(|record| {
+                                let last = record.last.expect("a person is in the table once a command was applied");
+                                assert_eq!(record.holds, Some(last.slot), "{record:?}");
+                            })
+                            .collect();
+                        assert!(booked.len() <= 1, "{booked:?}");
+                        let (left, capacity) = engine.slot_seats(SlotIndex(100)).unwrap();
+                        assert!(left < capacity || booked.is_empty(), "a booking read before its seat was taken");
+                    }
+                })
+            };
+            let results: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+            reader.join().unwrap();
+            let booked: Vec<_> = results.iter().filter_map(|r| r.ok()).collect();
+            assert_eq!(booked, [SlotIndex(100)], "{results:?}");
+            assert_eq!(engine.slot_seats(SlotIndex(100)), Some((0, 1)));
+            assert_eq!(engine.people_count(), 1);
+        },
+        ITERATIONS,
+    );
+}
+
 #[test]
 fn one_person_two_devices_books_once() {
     shuttle::check_random(

@@ -1,7 +1,8 @@
 //! Multi-thread stress: four threads book, change and cancel on a few slots
-//! with little capacity, through the durable engine. No slot is overbooked,
-//! nobody holds two slots, every acknowledged answer is in the final state,
-//! and a restart recovers that state exactly.
+//! with little capacity, through the durable engine, a bare shared engine
+//! and a bare sole-writer engine. No slot is overbooked, nobody holds two
+//! slots, every acknowledged answer is in the final state, and (durable) a
+//! restart recovers that state exactly.
 //!
 //! The seed is printed; set YEYAK_STRESS_SEED to replay a run.
 
@@ -9,9 +10,13 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use std::path::Path;
+
 use common::*;
+use yeyak::config::CampaignRules;
 use yeyak::durable::DurableEngine;
-use yeyak::inventory::SlotIndex;
+use yeyak::inventory::{Inventory, SlotIndex};
+use yeyak::state::{CommandKind, CountingJournal, Engine, LogicalState};
 
 const THREADS: u64 = 4;
 const OWNED_PEOPLE: u64 = 300;
@@ -29,22 +34,31 @@ impl Dice {
     }
 }
 
-#[test]
-fn no_overbooking_no_double_booking_under_threads() {
+/// What a stress thread asks of an engine: one of its commands.
+enum Ask {
+    Reserve(u64, u32, u64),
+    Change(u64, u32, u64),
+    Cancel(u64, u64),
+}
+
+/// The answer to an `Ask`: acknowledged or not, and the slot it says the person holds.
+type Answered = (bool, Option<SlotIndex>);
+
+fn seed() -> u64 {
     let seed = std::env::var("YEYAK_STRESS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
     });
     eprintln!("stress seed: {seed} (YEYAK_STRESS_SEED={seed} replays the schedule of requests)");
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    seed
+}
 
-    // Each thread's view of its own people: what the last acknowledged answer says they hold.
-    let views: Vec<BTreeMap<u64, Option<SlotIndex>>> = std::thread::scope(|scope| {
+/// Runs `THREADS` threads of random commands through `ask`; returns each
+/// thread's view of its own people (what the last acknowledged answer says
+/// they hold).
+fn hammer(seed: u64, ask: &(dyn Fn(Ask) -> Answered + Sync)) -> Vec<BTreeMap<u64, Option<SlotIndex>>> {
+    std::thread::scope(|scope| {
         let workers: Vec<_> = (0..THREADS)
             .map(|thread| {
-                let engine = &engine;
                 scope.spawn(move || {
                     let mut dice = Dice(seed ^ yeyak::mix64(thread));
                     let mut view = BTreeMap::new();
@@ -57,18 +71,12 @@ fn no_overbooking_no_double_booking_under_threads() {
                         };
                         let slot = dice.below(u64::from(SLOTS)) as u32;
                         let key = 1 + operation * THREADS + thread;
-                        let (result, holds_after) = match dice.below(5) {
-                            0..=2 => {
-                                let r = engine.reserve(&booking(index, slot, key), now);
-                                (r.is_ok(), r.ok())
-                            }
-                            3 => {
-                                let r = engine.change(&booking(index, slot, key), now);
-                                (r.is_ok(), r.ok())
-                            }
-                            _ => (engine.cancel(&cancelling(index, key), now).is_ok(), None),
+                        let (acknowledged, holds_after) = match dice.below(5) {
+                            0..=2 => ask(Ask::Reserve(index, slot, key)),
+                            3 => ask(Ask::Change(index, slot, key)),
+                            _ => ask(Ask::Cancel(index, key)),
                         };
-                        if result && !shared {
+                        if acknowledged && !shared {
                             view.insert(index, holds_after);
                         }
                     }
@@ -77,9 +85,11 @@ fn no_overbooking_no_double_booking_under_threads() {
             })
             .collect();
         workers.into_iter().map(|w| w.join().unwrap()).collect()
-    });
+    })
+}
 
-    let state = engine.engine().logical_state();
+/// No slot overbooked, seats taken = holders, every acknowledged answer kept.
+fn check(state: &LogicalState, views: &[BTreeMap<u64, Option<SlotIndex>>]) {
     let mut holders = vec![0u32; state.remaining.len()];
     for record in state.people.values() {
         if let Some(slot) = record.holds {
@@ -90,13 +100,103 @@ fn no_overbooking_no_double_booking_under_threads() {
         assert!(state.remaining[slot] <= state.capacity[slot], "slot {slot}");
         assert_eq!(state.capacity[slot] - state.remaining[slot], *held, "slot {slot}: seats taken vs holders");
     }
-    for view in &views {
+    for view in views {
         for (index, holds) in view {
             assert_eq!(state.people[&person(*index)].holds, *holds, "person {index}: acknowledged answer lost");
         }
     }
     assert!(state.reservations() > 0);
+}
+
+/// The commands of `hammer` against a bare engine with a counting journal.
+fn ask_engine(engine: &Engine, now: i64, ask: Ask) -> Answered {
+    let journal = CountingJournal::default();
+    match ask {
+        Ask::Reserve(index, slot, key) => {
+            let r = engine.reserve(&journal, &booking(index, slot, key), now).result;
+            (r.is_ok(), r.ok())
+        }
+        Ask::Change(index, slot, key) => {
+            let r = engine.change(&journal, &booking(index, slot, key), now).result;
+            (r.is_ok(), r.ok())
+        }
+        Ask::Cancel(index, key) => (engine.cancel(&journal, &cancelling(index, key), now).result.is_ok(), None),
+    }
+}
+
+/// Through the durable engine, whose changes hold the log's append lock and
+/// its engine's writer lock (a sole-writer engine): then a restart.
+#[test]
+fn no_overbooking_no_double_booking_under_threads() {
+    let seed = seed();
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert!(engine.engine().has_sole_writer());
+    let views = hammer(seed, &|ask| match ask {
+        Ask::Reserve(index, slot, key) => {
+            let r = engine.reserve(&booking(index, slot, key), now);
+            (r.is_ok(), r.ok())
+        }
+        Ask::Change(index, slot, key) => {
+            let r = engine.change(&booking(index, slot, key), now);
+            (r.is_ok(), r.ok())
+        }
+        Ask::Cancel(index, key) => (engine.cancel(&cancelling(index, key), now).is_ok(), None),
+    });
+    let state = engine.engine().logical_state();
+    check(&state, &views);
     engine.close().unwrap();
     let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
     assert!(engine.engine().logical_state() == state, "restart changed the state");
+}
+
+/// A shared engine, no log: the threads' commands really run at once, on
+/// the lock-free counters and the person latches alone.
+#[test]
+fn a_shared_engine_neither_overbooks_nor_double_books_under_threads() {
+    let seed = seed();
+    let rules = CampaignRules::parse(&small_campaign_toml()).unwrap();
+    let now = open_evening_ms(&rules);
+    let inventory = Inventory::plan(&rules, Path::new(".")).unwrap().build().unwrap();
+    let engine = Engine::new(rules, inventory);
+    assert!(!engine.has_sole_writer());
+    let views = hammer(seed, &|ask| ask_engine(&engine, now, ask));
+    check(&engine.logical_state(), &views);
+}
+
+/// A sole-writer engine called from many threads (each command takes its
+/// writer lock), while another thread reads people and seats throughout:
+/// readers take no lock, and see every record whole.
+#[test]
+fn a_sole_writer_engine_serializes_writers_while_readers_read() {
+    let seed = seed();
+    let rules = CampaignRules::parse(&small_campaign_toml()).unwrap();
+    let now = open_evening_ms(&rules);
+    let inventory = Inventory::plan(&rules, Path::new(".")).unwrap().build().unwrap();
+    let engine = Engine::new(rules, inventory).into_sole_writer();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let views = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut reads = 0u64;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                let state = engine.logical_state();
+                for (slot, seats_left) in state.remaining.iter().enumerate() {
+                    assert!(*seats_left <= state.capacity[slot], "slot {slot} read above its capacity");
+                }
+                for record in state.people.values() {
+                    let last = record.last.expect("a person in the table has a last command");
+                    assert_eq!(record.holds.is_some(), last.kind != CommandKind::Cancel, "{record:?} read torn");
+                }
+                reads += 1;
+            }
+            reads
+        });
+        let views = hammer(seed, &|ask| ask_engine(&engine, now, ask));
+        done.store(true, std::sync::atomic::Ordering::Release);
+        assert!(reader.join().unwrap() > 0);
+        views
+    });
+    check(&engine.logical_state(), &views);
 }

@@ -38,6 +38,11 @@ enum Command {
         people: u64,
         #[arg(long, default_value_t = 1024)]
         batch: usize,
+        /// Book through a shared engine (`Engine::new`: read-modify-writes,
+        /// for many writer threads) instead of a sole-writer one (as the
+        /// server's and `DurableEngine`'s are).
+        #[arg(long)]
+        shared_writers: bool,
     },
     /// Durable reservations/s in process: apply + log + group commit, answers released when durable.
     Durable {
@@ -158,7 +163,7 @@ struct FrameLoad {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Command::Reserve { people, batch } => reserve(people, batch),
+        Command::Reserve { people, batch, shared_writers } => reserve(people, batch, shared_writers),
         Command::Durable {
             people,
             batch,
@@ -298,26 +303,28 @@ fn book_all(
 fn book_batch(engine: &Engine, journal: &impl Journal, chunk: &[BookingRequest], now_ms: i64) -> (u64, u64) {
     let moment = engine.booking_moment(now_ms);
     let (mut booked, mut durable_after) = (0, 0);
-    engine.reserve_each(journal, chunk, &moment, |outcome| {
+    engine.writer().reserve_each(journal, chunk, &moment, |outcome| {
         booked += u64::from(outcome.result.is_ok());
         durable_after = durable_after.max(outcome.durable_after);
     });
     (booked, durable_after)
 }
 
-fn reserve(people: u64, batch: usize) {
+fn reserve(people: u64, batch: usize, shared_writers: bool) {
     let rules = national_rules(people);
     let inventory = national_inventory(&rules);
     let requests = crowd(&inventory, people);
     let now_ms = open_evening_ms(&rules);
-    let engine = Engine::new(rules, inventory);
+    let shared = Engine::new(rules, inventory);
+    let engine = if shared_writers { shared } else { shared.into_sole_writer() };
     let journal = CountingJournal::default();
     let started = Instant::now();
     let apply_batch = |chunk: &[BookingRequest]| book_batch(&engine, &journal, chunk, now_ms);
     let booked = book_all(&requests, batch, apply_batch, |_| {});
     let seconds = started.elapsed().as_secs_f64();
     assert_eq!(booked, people, "every request was for a free seat");
-    println!("reserve (in process, 1 thread, durability off): people={people} batch={batch}");
+    let writers = if shared_writers { "shared (read-modify-writes)" } else { "sole (the server's)" };
+    println!("reserve (in process, 1 thread, durability off): people={people} batch={batch} writers={writers}");
     println!("  {booked} reservations in {seconds:.3} s = {:.2} M reservations/s", booked as f64 / seconds / 1e6);
     println!("  {}", huge_page_share());
 }

@@ -204,7 +204,11 @@ impl DurableEngine {
         let snapshot_state = SnapshotState { attempted_lsn: from_lsn, ..SnapshotState::default() };
         let core = Arc::new(Core {
             _lock: lock,
-            engine,
+            // Every change from here on holds the log's append lock first:
+            // changes are one at a time anyway, so they need no locked
+            // instructions (`Engine::into_sole_writer`). Recovery, before,
+            // restored the snapshot on many threads.
+            engine: engine.into_sole_writer(),
             log,
             snapshot_directory,
             log_directory,

@@ -23,7 +23,7 @@ use crate::protocol::frame::flag;
 use crate::protocol::{code, encode_frame, opcode, Answer};
 use crate::server::connection::Outbox;
 use crate::server::stats::Tally;
-use crate::state::{BookingRequest, Engine, Journal, LogUnavailable, Lsn, Moment, Outcome, Refusal};
+use crate::state::{BookingRequest, Engine, EngineWriter, Journal, LogUnavailable, Lsn, Moment, Outcome, Refusal};
 
 /// A decoded command, ready for the state machine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,22 +213,39 @@ impl Pending {
     }
 }
 
+/// What the engine thread holds while it applies a round of jobs: the log's
+/// append lock, then the engine's writer lock (that order, as
+/// `Engine::writer` says; dropped in the same order, the log's first, which
+/// hands the round's records to the flusher).
+pub struct Writing<'engine> {
+    pub log: Appender<'engine>,
+    pub writer: EngineWriter<'engine>,
+}
+
+impl<'engine> Writing<'engine> {
+    pub fn start(engine: &'engine DurableEngine) -> Writing<'engine> {
+        let log = engine.log().appender();
+        Writing { log, writer: engine.engine().writer() }
+    }
+}
+
 /// Applies one job at `moment` and queues its reply.
 pub fn apply(
     engine: &DurableEngine,
-    log: &Appender<'_>,
+    writing: &Writing<'_>,
     job: Job,
     moment: &Moment,
     pending: &mut Pending,
     tally: &mut Tally,
 ) {
     let start = pending.arena.len();
+    let log = &writing.log;
     let mut durable_after = log.next_lsn();
     match &job.work {
         Work::One(command) => {
             encode_frame(&mut pending.arena, command.opcode(), flag::REPLY, job.request_id, |out| {
                 durable_after =
-                    durable_after.max(apply_command(engine, log, command, job.operator_id, moment, tally, out));
+                    durable_after.max(apply_command(engine, writing, command, job.operator_id, moment, tally, out));
             });
         }
         Work::Reserves(requests) => {
@@ -238,7 +255,7 @@ pub fn apply(
                 let first = out.len();
                 out.resize(first + requests.len() * BATCH_ANSWER_ITEM_BYTES, 0);
                 let mut items = out[first..].chunks_exact_mut(BATCH_ANSWER_ITEM_BYTES);
-                engine.engine().reserve_each(log, requests, moment, |outcome| {
+                writing.writer.reserve_each(log, requests, moment, |outcome| {
                     let (answer, after) = slot_answer(&outcome);
                     tally.count(opcode::RESERVE, answer.code);
                     // One outcome a request, one item each: the room fits.
@@ -262,7 +279,7 @@ pub fn apply(
                     if let Some(ahead) = commands.get(index + PREFETCH_AHEAD) {
                         prefetch(engine, ahead);
                     }
-                    let after = match apply_fixed(engine, log, command, job.operator_id, moment, tally) {
+                    let after = match apply_fixed(engine, writing, command, job.operator_id, moment, tally) {
                         Ok((answer, after)) => {
                             put_batch_answer(out, command.opcode(), &answer);
                             after
@@ -309,19 +326,19 @@ pub fn prefetch_job(engine: &DurableEngine, job: &Job) {
 /// Runs one command, writes its reply body, returns its `durable_after`.
 fn apply_command(
     durable: &DurableEngine,
-    log: &Appender<'_>,
+    writing: &Writing<'_>,
     command: &Command,
     operator_id: u32,
     moment: &Moment,
     tally: &mut Tally,
     out: &mut Vec<u8>,
 ) -> Lsn {
-    match apply_fixed(durable, log, command, operator_id, moment, tally) {
+    match apply_fixed(durable, writing, command, operator_id, moment, tally) {
         Ok((answer, durable_after)) => {
             answer.encode(out);
             durable_after
         }
-        Err(query) => apply_query(durable, log, query, tally, out),
+        Err(query) => apply_query(durable, &writing.log, query, tally, out),
     }
 }
 
@@ -343,19 +360,19 @@ enum Query<'c> {
 #[inline(always)]
 fn apply_fixed<'c>(
     durable: &DurableEngine,
-    log: &Appender<'_>,
+    writing: &Writing<'_>,
     command: &'c Command,
     operator_id: u32,
     moment: &Moment,
     tally: &mut Tally,
 ) -> Result<(Answer, Lsn), Query<'c>> {
-    let engine = durable.engine();
+    let (log, writer) = (&writing.log, &writing.writer);
     let (answer, durable_after) = match command {
-        Command::Reserve(booking) => slot_answer(&engine.reserve_at(log, booking, moment)),
-        Command::Change(booking) => slot_answer(&engine.change_at(log, booking, moment)),
-        Command::Cancel(booking) => slot_answer(&engine.cancel_at(log, &booking.cancel_request(), moment)),
+        Command::Reserve(booking) => slot_answer(&writer.reserve_at(log, booking, moment)),
+        Command::Change(booking) => slot_answer(&writer.change_at(log, booking, moment)),
+        Command::Cancel(booking) => slot_answer(&writer.cancel_at(log, &booking.cancel_request(), moment)),
         Command::Get(query) => {
-            let outcome = engine.reservation_of(log, query.person);
+            let outcome = durable.engine().reservation_of(log, query.person);
             let answer = match outcome.result {
                 Ok(held) => Answer::held(held),
                 Err(refusal) => Answer::refusal(&refusal),
@@ -364,7 +381,7 @@ fn apply_fixed<'c>(
         }
         Command::AddCapacity(addition) => {
             let outcome =
-                engine.add_capacity(log, addition.slot, addition.seats, addition.expected_capacity, operator_id);
+                writer.add_capacity(log, addition.slot, addition.seats, addition.expected_capacity, operator_id);
             let answer = match outcome.result {
                 Ok(capacity) => Answer::ok(capacity),
                 Err(refusal) => Answer::refusal(&refusal),

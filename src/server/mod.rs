@@ -388,14 +388,15 @@ fn engine_loop(shared: &Shared) {
             apply::prefetch_job(engine, job);
         }
         if !round.is_empty() {
-            // One hold of the log's append lock for the round; its records go
-            // to the flusher when it is dropped, before replies are looked at.
-            let log = engine.log().appender();
+            // One hold of the log's append lock and the engine's writer lock
+            // for the round; its records go to the flusher when it is
+            // dropped, before replies are looked at.
+            let writing = apply::Writing::start(engine);
             while let Some(job) = round.pop_front() {
                 if let Some(ahead) = round.get(apply::PREFETCH_AHEAD - 1) {
                     apply::prefetch_job(engine, ahead);
                 }
-                apply::apply(engine, &log, job, &moment, &mut pending, &mut tally);
+                apply::apply(engine, &writing, job, &moment, &mut pending, &mut tally);
             }
             tally.flush(&shared.counters.engine);
             // Counted until applied, so the bound covers the round in hand too.

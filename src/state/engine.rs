@@ -2,8 +2,12 @@
 //!
 //! Every method takes `now_ms` as an argument and the `Journal` to hand its
 //! entries to; it reads no clock and does no I/O. Methods take `&self`: many
-//! threads may call them at once. Per-person commands are serialized by the
-//! person's latch (see `people.rs`); slots by their atomic counters.
+//! threads may call them at once. In a shared engine (`Engine::new`)
+//! per-person commands are serialized by the person's latch (see
+//! `people.rs`), slots by their atomic counters; a sole-writer engine
+//! (`into_sole_writer`) serializes its changes with one writer lock and
+//! changes the tables without locked instructions (docs/architecture.md,
+//! "Writers").
 //!
 //! Each state change follows *take, log, give*: capacity is taken before the
 //! entry is appended, and given back after. docs/log-format.md explains why
@@ -19,6 +23,7 @@ use crate::state::entry::{Entry, Journal, Lsn};
 use crate::state::people::{CommandKind, Home, LastCommand, PeopleTable, PersonKey, PersonLatch, PersonRecord};
 use crate::state::refusal::Refusal;
 use crate::state::slot_counters::SlotCounters;
+use crate::state::{Shared, Sole, Writers};
 
 /// A reservation or change request, as the gateway sends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,13 +80,53 @@ pub struct Engine {
     pub(crate) people: PeopleTable,
     /// Serializes capacity changes (rare, operator-driven) with each other.
     pub(crate) capacity_changes: Mutex<()>,
+    /// `Some` in a sole-writer engine (`into_sole_writer`): the writer lock
+    /// every change holds.
+    sole_writer: Option<crate::sync::Mutex<()>>,
+}
+
+/// The right to change an engine's state, for as long as it lives
+/// (`Engine::writer`). In a sole-writer engine it holds the writer lock,
+/// and its commands change the tables with plain atomic stores (`Sole`); in
+/// a shared engine it holds nothing, and they use read-modify-writes (`Shared`).
+pub struct EngineWriter<'engine> {
+    engine: &'engine Engine,
+    held: Option<crate::sync::MutexGuard<'engine, ()>>,
 }
 
 impl Engine {
+    /// An engine any number of threads may change at once: every change to
+    /// its tables is an atomic read-modify-write, and no command waits for
+    /// another unless both are on the same person.
     pub fn new(rules: CampaignRules, inventory: Inventory) -> Engine {
         let slots = SlotCounters::new(inventory.initial_capacity());
         let people = PeopleTable::new(rules.people_max);
-        Engine { rules, inventory, slots, people, capacity_changes: Mutex::new(()) }
+        Engine { rules, inventory, slots, people, capacity_changes: Mutex::new(()), sole_writer: None }
+    }
+
+    /// This engine, from now on changed by one thread at a time: every
+    /// change holds its writer lock (`writer`, once for a batch or a round;
+    /// each command method takes it for the command), and changes its tables
+    /// with atomic loads and stores instead of locked read-modify-writes.
+    /// Readers do not take the lock. For an engine whose changes are serialized
+    /// anyway: `DurableEngine`'s hold the log's append lock, whose order is
+    /// the log's (docs/architecture.md, "Writers").
+    pub fn into_sole_writer(self) -> Engine {
+        Engine { sole_writer: Some(crate::sync::Mutex::new(())), ..self }
+    }
+
+    /// Whether changes hold one writer lock (`into_sole_writer`).
+    pub fn has_sole_writer(&self) -> bool {
+        self.sole_writer.is_some()
+    }
+
+    /// The right to change this engine: takes the writer lock of a
+    /// sole-writer engine (waiting for the thread holding it), nothing in a
+    /// shared one. Lock order: the log's append lock (the journal), then
+    /// this, then the capacity lock.
+    pub fn writer(&self) -> EngineWriter<'_> {
+        let held = self.sole_writer.as_ref().map(|lock| lock.lock().unwrap_or_else(|poison| poison.into_inner()));
+        EngineWriter { engine: self, held }
     }
 
     pub fn rules(&self) -> &CampaignRules {
@@ -181,7 +226,7 @@ impl Engine {
 
     /// Books `request.slot` for a person who holds nothing (R2, R3).
     pub fn reserve(&self, journal: &impl Journal, request: &BookingRequest, now_ms: i64) -> Outcome<SlotIndex> {
-        self.reserve_at(journal, request, &self.booking_moment(now_ms))
+        self.writer().reserve_at(journal, request, &self.booking_moment(now_ms))
     }
 
     /// Books many requests stamped with the same time, as a batch frame
@@ -196,15 +241,12 @@ impl Engine {
         outcomes: &mut Vec<Outcome<SlotIndex>>,
     ) {
         let moment = self.booking_moment(now_ms);
-        self.reserve_each(journal, requests, &moment, |outcome| outcomes.push(outcome));
+        self.writer().reserve_each(journal, requests, &moment, |outcome| outcomes.push(outcome));
     }
 
-    /// `reserve_at` for each of `requests` in order, each outcome handed to
-    /// `outcome` as it comes, with the lines of the request `PREFETCH_AHEAD`
-    /// places ahead asked for first: the loop of `reserve_batch` and of the
-    /// server's batches of reservations (`server::apply`).
-    #[inline]
-    pub fn reserve_each(
+    /// `EngineWriter::reserve_each`, for a writer of kind `W`.
+    #[inline(always)]
+    fn reserve_each_as<W: Writers>(
         &self,
         journal: &impl Journal,
         requests: &[BookingRequest],
@@ -223,7 +265,7 @@ impl Engine {
             if let Some(ahead) = requests.get(index + PREFETCH_AHEAD) {
                 *kept = self.prefetch(ahead);
             }
-            outcome(self.reserve_inlined(journal, request, moment, home));
+            outcome(self.reserve_inlined::<W>(journal, request, moment, home));
         }
     }
 
@@ -252,7 +294,7 @@ impl Engine {
     /// `reserve` with the rules' time-dependent part computed beforehand
     /// (`booking_moment`), as a caller applying many commands at one instant does.
     pub fn reserve_at(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Outcome<SlotIndex> {
-        self.reserve_inlined(journal, request, moment, self.people.home(request.person))
+        self.writer().reserve_at(journal, request, moment)
     }
 
     /// `reserve_at`, inlined into the batch loop (`reserve_each`): called,
@@ -260,7 +302,7 @@ impl Engine {
     /// passing its outcome through memory (callgrind, the server's batches).
     /// `home` is the person's home bucket (`PeopleTable::home`).
     #[inline(always)]
-    fn reserve_inlined(
+    fn reserve_inlined<W: Writers>(
         &self,
         journal: &impl Journal,
         request: &BookingRequest,
@@ -273,7 +315,7 @@ impl Engine {
             return self.refuse_unless_retry(journal, refusal, person, kind, idempotency_key, Some(slot));
         }
         let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
-        let latch = match self.people.latch_or_insert_from(person, home) {
+        let latch = match self.people.latch_or_insert_from::<W>(person, home) {
             Ok(latch) => latch,
             Err(full) => return refused(Refusal::PeopleTableFull { people_max: full.people_max }),
         };
@@ -284,7 +326,7 @@ impl Engine {
         if let Some(existing) = record.holds {
             return refused(Refusal::AlreadyBooked { existing });
         }
-        if self.slots.take(slot.0).is_err() {
+        if self.slots.take_as::<W>(slot.0).is_err() {
             self.people.abandon(latch);
             return refused(Refusal::SlotFull { slot });
         }
@@ -308,12 +350,22 @@ impl Engine {
     /// Moves a person's reservation to `request.slot` atomically: the old slot
     /// is kept unless the new one is taken (R3).
     pub fn change(&self, journal: &impl Journal, request: &BookingRequest, now_ms: i64) -> Outcome<SlotIndex> {
-        self.change_at(journal, request, &self.booking_moment(now_ms))
+        self.writer().change_at(journal, request, &self.booking_moment(now_ms))
     }
 
     /// `change` with the rules' time-dependent part computed beforehand
     /// (`booking_moment`), as a caller applying many commands at one instant does.
     pub fn change_at(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Outcome<SlotIndex> {
+        self.writer().change_at(journal, request, moment)
+    }
+
+    /// `EngineWriter::change_at`, for a writer of kind `W`.
+    fn change_at_as<W: Writers>(
+        &self,
+        journal: &impl Journal,
+        request: &BookingRequest,
+        moment: &Moment,
+    ) -> Outcome<SlotIndex> {
         let BookingRequest { person, slot, idempotency_key, .. } = *request;
         if let Err(refusal) = self.check_booking(journal, request, moment) {
             return self.refuse_unless_retry(
@@ -339,7 +391,7 @@ impl Engine {
         if old_slot == slot {
             return refused(Refusal::SameSlot { slot });
         }
-        if self.slots.take(slot.0).is_err() {
+        if self.slots.take_as::<W>(slot.0).is_err() {
             return refused(Refusal::SlotFull { slot });
         }
         let entry = Entry::Changed { person, slot, idempotency_key, operator_id: request.channel.operator_id() };
@@ -362,11 +414,17 @@ impl Engine {
     /// Gives up a person's reservation. Allowed outside booking windows, but
     /// not once the appointment has begun; family proxies only until the cutoff.
     pub fn cancel(&self, journal: &impl Journal, request: &CancelRequest, now_ms: i64) -> Outcome<SlotIndex> {
-        self.cancel_at(journal, request, &self.booking_moment(now_ms))
+        self.writer().cancel_at(journal, request, &self.booking_moment(now_ms))
     }
 
     /// `cancel` at a `Moment` computed beforehand, as `reserve_at`.
     pub fn cancel_at(&self, journal: &impl Journal, request: &CancelRequest, moment: &Moment) -> Outcome<SlotIndex> {
+        self.writer().cancel_at(journal, request, moment)
+    }
+
+    /// `EngineWriter::cancel_at`: the same for both kinds of writer (a seat
+    /// given back is an atomic add, a person already in the table is latched).
+    fn cancel_at_held(&self, journal: &impl Journal, request: &CancelRequest, moment: &Moment) -> Outcome<SlotIndex> {
         let now_ms = moment.now_ms();
         let CancelRequest { person, idempotency_key, .. } = *request;
         let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
@@ -438,6 +496,18 @@ impl Engine {
         expected_capacity: u32,
         operator_id: u32,
     ) -> Outcome<u32> {
+        self.writer().add_capacity(journal, slot, seats, expected_capacity, operator_id)
+    }
+
+    /// `EngineWriter::add_capacity`.
+    fn add_capacity_held(
+        &self,
+        journal: &impl Journal,
+        slot: SlotIndex,
+        seats: u32,
+        expected_capacity: u32,
+        operator_id: u32,
+    ) -> Outcome<u32> {
         let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         if !self.inventory.contains(slot) {
             return refused(Refusal::UnknownSlot { slot: slot.0 });
@@ -482,6 +552,66 @@ impl Engine {
     /// Seats left and capacity of a slot.
     pub fn slot_seats(&self, slot: SlotIndex) -> Option<(u32, u32)> {
         self.inventory.contains(slot).then(|| (self.slots.remaining(slot.0), self.slots.capacity(slot.0)))
+    }
+}
+
+impl EngineWriter<'_> {
+    /// Whether this writer holds a sole-writer engine's lock (`Sole`).
+    pub fn is_sole(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// `Engine::reserve_at`.
+    #[inline]
+    pub fn reserve_at(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Outcome<SlotIndex> {
+        let (engine, home) = (self.engine, self.engine.people.home(request.person));
+        match self.held {
+            Some(_) => engine.reserve_inlined::<Sole>(journal, request, moment, home),
+            None => engine.reserve_inlined::<Shared>(journal, request, moment, home),
+        }
+    }
+
+    /// `reserve_at` for each of `requests` in order, each outcome handed to
+    /// `outcome` as it comes, with the lines of the request `PREFETCH_AHEAD`
+    /// places ahead asked for first: the loop of `Engine::reserve_batch` and
+    /// of the server's batches of reservations (`server::apply`).
+    #[inline]
+    pub fn reserve_each(
+        &self,
+        journal: &impl Journal,
+        requests: &[BookingRequest],
+        moment: &Moment,
+        outcome: impl FnMut(Outcome<SlotIndex>),
+    ) {
+        match self.held {
+            Some(_) => self.engine.reserve_each_as::<Sole>(journal, requests, moment, outcome),
+            None => self.engine.reserve_each_as::<Shared>(journal, requests, moment, outcome),
+        }
+    }
+
+    /// `Engine::change_at`.
+    pub fn change_at(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Outcome<SlotIndex> {
+        match self.held {
+            Some(_) => self.engine.change_at_as::<Sole>(journal, request, moment),
+            None => self.engine.change_at_as::<Shared>(journal, request, moment),
+        }
+    }
+
+    /// `Engine::cancel_at`.
+    pub fn cancel_at(&self, journal: &impl Journal, request: &CancelRequest, moment: &Moment) -> Outcome<SlotIndex> {
+        self.engine.cancel_at_held(journal, request, moment)
+    }
+
+    /// `Engine::add_capacity`.
+    pub fn add_capacity(
+        &self,
+        journal: &impl Journal,
+        slot: SlotIndex,
+        seats: u32,
+        expected_capacity: u32,
+        operator_id: u32,
+    ) -> Outcome<u32> {
+        self.engine.add_capacity_held(journal, slot, seats, expected_capacity, operator_id)
     }
 }
 

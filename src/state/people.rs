@@ -7,6 +7,11 @@
 //! removed: a cancelled reservation leaves the person's bucket in place, with
 //! the idempotency record of the cancel.
 //!
+//! Two kinds of writer (`state::Writers`): in a shared engine, the scheme
+//! below; a sole-writer engine's one writer at a time claims empty buckets
+//! and counts people with plain stores, and latches existing people as below
+//! (readers latch them too).
+//!
 //! Uniqueness without a global lock: each bucket carries a *latch* bit in its
 //! state word. A command on a person sets the latch with a compare-exchange,
 //! reads and changes the person, and clears it with a release store. Two
@@ -26,6 +31,7 @@
 use crossbeam_utils::CachePadded;
 
 use crate::inventory::SlotIndex;
+use crate::state::{Shared, Writers};
 use crate::sync::{AtomicU64, Ordering};
 
 /// A person as the engine knows them: the gateway's keyed hash of the resident
@@ -323,35 +329,53 @@ impl PeopleTable {
     /// ever placed beyond a bucket holding a *published* key, which is never removed.
     #[inline]
     pub fn latch_or_insert(&self, key: PersonKey) -> Result<PersonLatch<'_>, PeopleTableFull> {
-        self.latch_or_insert_from(key, self.home(key))
+        self.latch_or_insert_from::<Shared>(key, self.home(key))
     }
 
-    /// `latch_or_insert` with the person's `home` computed beforehand.
+    /// `latch_or_insert` with the person's `home` computed beforehand, by a
+    /// writer of kind `W` (`Writers`). The sole writer claims an empty bucket
+    /// and counts the person with stores: no other thread claims buckets or
+    /// counts people meanwhile, and readers never latch an empty bucket. A
+    /// person already in the table is latched with a compare-exchange in
+    /// both cases, since readers latch them too (`get`, `for_each`).
     #[inline]
-    pub fn latch_or_insert_from(&self, key: PersonKey, home: Home) -> Result<PersonLatch<'_>, PeopleTableFull> {
+    pub fn latch_or_insert_from<W: Writers>(
+        &self,
+        key: PersonKey,
+        home: Home,
+    ) -> Result<PersonLatch<'_>, PeopleTableFull> {
         debug_assert!(key.0 != 0, "the engine refuses the zero key before this");
         loop {
             let (bucket, state) = self.find(key, home);
             if state != 0 {
                 return Ok(Self::latch_bucket(bucket, state));
             }
-            if bucket.state.compare_exchange(0, LATCHED, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            if W::SOLE {
+                bucket.state.store(LATCHED, Ordering::Relaxed);
+            } else if bucket.state.compare_exchange(0, LATCHED, Ordering::Acquire, Ordering::Relaxed).is_err() {
                 // Another thread claimed this bucket first: look again, it may be our key.
                 continue;
             }
-            return self.count_claimed(bucket, key);
+            return self.count_claimed::<W>(bucket, key);
         }
     }
 
     /// Counts a new person into a bucket this thread claimed and writes their
     /// key, still latched and not yet published: `commit` publishes them.
     #[inline]
-    fn count_claimed<'table>(
+    fn count_claimed<'table, W: Writers>(
         &'table self,
         bucket: &'table Bucket,
         key: PersonKey,
     ) -> Result<PersonLatch<'table>, PeopleTableFull> {
-        if self.people_count.fetch_add(1, Ordering::Relaxed) >= self.people_max {
+        let counted = if W::SOLE {
+            let counted = self.people_count.load(Ordering::Relaxed);
+            self.people_count.store(counted + 1, Ordering::Relaxed);
+            counted
+        } else {
+            self.people_count.fetch_add(1, Ordering::Relaxed)
+        };
+        if counted >= self.people_max {
             self.people_count.fetch_sub(1, Ordering::Relaxed);
             bucket.state.store(0, Ordering::Release);
             return Err(PeopleTableFull { people_max: self.people_max });

@@ -78,6 +78,9 @@ impl Engine {
     /// Applies one logged entry, checking that it is consistent with the state.
     #[inline]
     pub fn replay(&self, lsn: Lsn, entry: &Entry) -> Result<(), ReplayError> {
+        // Holds the writer lock of a sole-writer engine (recovery replays
+        // into a shared one, where this costs a test of `None`).
+        let _writer = self.writer();
         self.replay_checked(entry).map_err(|defect| explain(lsn, defect))
     }
 

@@ -54,6 +54,7 @@ impl Engine {
 
     /// Restores one slot's capacity into a freshly built engine (before any person).
     pub fn restore_capacity(&self, slot: SlotIndex, capacity: u32) -> Result<(), String> {
+        let _writer = self.writer(); // a sole-writer engine's lock; restores run on shared ones
         if !self.inventory().contains(slot) {
             return Err(format!("capacity of {slot}, which is outside the inventory"));
         }
@@ -69,6 +70,7 @@ impl Engine {
     /// Returns the slot the person holds if its count went below zero: the
     /// caller checks it after the window (`check_window`).
     pub fn restore_person(&self, key: PersonKey, record: PersonRecord) -> Result<Option<u32>, String> {
+        let _writer = self.writer(); // a sole-writer engine's lock; restores run on shared ones
         let Some(last) = record.last else {
             return Err(format!("person {:#x} has no history", key.0));
         };
@@ -96,6 +98,7 @@ impl Engine {
     /// comment). `touched` collects the slots whose seats moved.
     #[inline]
     pub fn replay_in_window(&self, lsn: Lsn, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), ReplayError> {
+        let _writer = self.writer(); // a sole-writer engine's lock; restores run on shared ones
         self.replay_in_window_checked(entry, touched).map_err(|defect| explain(lsn, defect))
     }
 

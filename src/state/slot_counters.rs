@@ -9,6 +9,7 @@
 //! *after*, so when one thread's `take` consumes capacity another's `give`
 //! returned, the giver's log sequence number was drawn first.
 
+use crate::state::Writers;
 use crate::sync::{AtomicU32, Ordering};
 
 /// The largest capacity a single slot may have.
@@ -74,6 +75,22 @@ impl SlotCounters {
 
     pub fn is_empty(&self) -> bool {
         self.cells.is_empty()
+    }
+
+    /// `take` by a writer of kind `W`: for the sole writer (`Writers`), a
+    /// load and a store; nobody else changes the counter meanwhile.
+    #[inline]
+    pub fn take_as<W: Writers>(&self, slot: u32) -> Result<(), SlotFull> {
+        if !W::SOLE {
+            return self.take(slot);
+        }
+        let remaining = &self.cells[slot as usize].remaining;
+        let seen = remaining.load(Ordering::Relaxed);
+        if seen == 0 {
+            return Err(SlotFull);
+        }
+        remaining.store(seen - 1, Ordering::Release);
+        Ok(())
     }
 
     /// Takes one seat, unless none remain. Lock-free: a compare-exchange loop
