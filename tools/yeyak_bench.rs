@@ -294,7 +294,7 @@ fn book_all(
     booked
 }
 
-/// Books one batch through the engine's batch loop (`Engine::reserve_each`,
+/// Books one batch through the engine's batch loop (`EngineWriter::reserve_each`,
 /// the server's loop too) and takes from each outcome what its caller
 /// needs: whether it booked, and when it may be released. The peers do the
 /// same with theirs (tools/prototype.rs). Never inlined, so that callgrind

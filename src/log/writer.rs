@@ -352,12 +352,13 @@ impl LogWriter {
     /// a server round): the only way to append (`Appender` is the `Journal`),
     /// with one hand-over to the flusher when it is dropped. Records are not
     /// made durable before then, so never wait for durability while holding
-    /// one. Lock order: the append lock first, then person latches, then the
-    /// engine's capacity lock. Taking the lock before the command starts is
-    /// what keeps that order: a command latches its person, then appends.
+    /// one. Lock order: the append lock first, then the engine's writer lock
+    /// (a sole-writer engine's), then person latches, then the engine's
+    /// capacity lock. Taking the lock before the command starts is what keeps
+    /// that order: a command latches its person, then appends.
     pub fn appender(&self) -> Appender<'_> {
         let guard = self.shared.append_lock.lock().unwrap_or_else(|p| p.into_inner());
-        Appender { shared: &self.shared, _guard: guard }
+        Appender { shared: &self.shared, _guard: guard, _one_thread: std::marker::PhantomData }
     }
 
     /// The number the next record will get: every number below it is drawn
@@ -456,6 +457,9 @@ impl Drop for LogWriter {
 pub struct Appender<'log> {
     shared: &'log Shared,
     _guard: std::sync::MutexGuard<'log, ()>,
+    /// Neither `Send` nor `Sync`: appends write the ring through the
+    /// lock's ownership, so one thread at a time may use an appender.
+    _one_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Appender<'_> {

@@ -74,7 +74,7 @@ impl Command {
 pub enum Work {
     One(Command),
     /// A BATCH frame of RESERVE items only, the gateways' common batch:
-    /// applied by the engine's own batch loop (`Engine::reserve_each`).
+    /// applied by the engine's own batch loop (`EngineWriter::reserve_each`).
     Reserves(Vec<BookingRequest>),
     /// Any other BATCH frame.
     Batch(Vec<Command>),

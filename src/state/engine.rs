@@ -89,9 +89,13 @@ pub struct Engine {
 /// (`Engine::writer`). In a sole-writer engine it holds the writer lock,
 /// and its commands change the tables with plain atomic stores (`Sole`); in
 /// a shared engine it holds nothing, and they use read-modify-writes (`Shared`).
+/// Neither `Send` nor `Sync`: the thread that took the lock is the one writer.
+/// While it lives, this thread must not call `Engine`'s command methods
+/// (they take the lock again, and wait for themselves).
 pub struct EngineWriter<'engine> {
     engine: &'engine Engine,
     held: Option<crate::sync::MutexGuard<'engine, ()>>,
+    _one_thread: std::marker::PhantomData<*const ()>,
 }
 
 impl Engine {
@@ -126,7 +130,7 @@ impl Engine {
     /// this, then the capacity lock.
     pub fn writer(&self) -> EngineWriter<'_> {
         let held = self.sole_writer.as_ref().map(|lock| lock.lock().unwrap_or_else(|poison| poison.into_inner()));
-        EngineWriter { engine: self, held }
+        EngineWriter { engine: self, held, _one_thread: std::marker::PhantomData }
     }
 
     pub fn rules(&self) -> &CampaignRules {
@@ -486,8 +490,9 @@ impl Engine {
     /// is a read: the capacity, whatever `expected_capacity` says.
     ///
     /// Takes the capacity lock, then appends: the caller already holds the
-    /// log's append lock (its `LogWriter::appender` is the journal), so the
-    /// lock order is append lock, then capacity lock.
+    /// log's append lock (its `LogWriter::appender` is the journal), and
+    /// this takes the writer lock of a sole-writer engine, so the lock order
+    /// is append lock, writer lock, capacity lock.
     pub fn add_capacity(
         &self,
         journal: &impl Journal,
@@ -574,7 +579,8 @@ impl EngineWriter<'_> {
     /// `reserve_at` for each of `requests` in order, each outcome handed to
     /// `outcome` as it comes, with the lines of the request `PREFETCH_AHEAD`
     /// places ahead asked for first: the loop of `Engine::reserve_batch` and
-    /// of the server's batches of reservations (`server::apply`).
+    /// of the server's batches of reservations (`server::apply`). `outcome`
+    /// runs under this writer: it must not call `Engine`'s command methods.
     #[inline]
     pub fn reserve_each(
         &self,

@@ -168,7 +168,7 @@ impl Entry {
 /// `append` only queues the entry in memory and draws its sequence number: the
 /// state machine does no I/O. The caller releases a command's answer once the
 /// log reports every record before `Outcome::durable_after` durable.
-pub trait Journal: Sync {
+pub trait Journal {
     fn append(&self, entry: &Entry) -> Result<Lsn, LogUnavailable>;
     /// The sequence number the next `append` will draw.
     fn next_lsn(&self) -> Lsn;

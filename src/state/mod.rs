@@ -26,15 +26,15 @@ pub use slot_counters::{SlotCounters, SLOT_CAPACITY_MAX};
 /// sole-writer engine's writer lock (`Engine::writer`), so a change is an
 /// atomic load and a store, with no locked instruction. Readers (queries,
 /// the snapshot) work the same against both.
-pub trait Writers {
+pub(crate) trait Writers {
     const SOLE: bool;
 }
 
 /// Many writers at once (`Writers`).
-pub enum Shared {}
+pub(crate) enum Shared {}
 
 /// One writer, holding the engine's writer lock (`Writers`).
-pub enum Sole {}
+pub(crate) enum Sole {}
 
 impl Writers for Shared {
     const SOLE: bool = false;

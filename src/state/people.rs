@@ -23,7 +23,8 @@
 //! `LATCHED`; the claimer writes the key words and runs its command, and the
 //! commit stores `PUBLISHED | ...` with release ordering. A prober that finds
 //! a claimed but unpublished bucket waits for the publication before
-//! comparing keys, so the same key can never be inserted twice. A command
+//! comparing keys, so the same key can never be inserted twice (every search
+//! of a key walks the same buckets in the same order, `find`). A command
 //! refused before its commit (a full slot, say) empties the claim again, so a
 //! person is in the table only once a command of theirs was applied: the
 //! table after a restart, which replays only applied commands, is the same.
@@ -324,9 +325,10 @@ impl PeopleTable {
     /// A new person's bucket is claimed, counted, and their key written,
     /// unpublished; a claim past `people_max` is undone (state back to 0) at
     /// once, and one whose command is refused by `abandon`, in both cases
-    /// before the key is published. Undoing is safe for linear probing because
-    /// a prober that met the claimed bucket waited for it, and a key is only
-    /// ever placed beyond a bucket holding a *published* key, which is never removed.
+    /// before the key is published. Undoing is safe because a prober that met
+    /// the claimed bucket waited for it, and a key is only ever placed after
+    /// (in its own search order, `find`) buckets holding *published* keys,
+    /// which are never removed.
     #[inline]
     pub fn latch_or_insert(&self, key: PersonKey) -> Result<PersonLatch<'_>, PeopleTableFull> {
         self.latch_or_insert_from::<Shared>(key, self.home(key))
@@ -339,7 +341,7 @@ impl PeopleTable {
     /// person already in the table is latched with a compare-exchange in
     /// both cases, since readers latch them too (`get`, `for_each`).
     #[inline]
-    pub fn latch_or_insert_from<W: Writers>(
+    pub(crate) fn latch_or_insert_from<W: Writers>(
         &self,
         key: PersonKey,
         home: Home,
@@ -514,21 +516,24 @@ mod tests {
 
     #[test]
     fn people_who_share_a_home_are_each_found_and_kept_apart() {
-        // 64 buckets; 40 people whose homes crowd into buckets 6..=9, odd
-        // and even homes, so that searches run across lines and wrap.
+        // 64 buckets; 40 people whose homes crowd into buckets 60..=63, odd
+        // and even homes, so that searches run across lines and wrap past
+        // the table's end to its start.
         let table = PeopleTable::new(50);
         assert_eq!(table.bucket_mask, 63);
         let crowd: Vec<PersonKey> =
-            (1..).map(PersonKey).filter(|key| (6..=9).contains(&table.home(*key).0)).take(40).collect();
+            (1..).map(PersonKey).filter(|key| (60..=63).contains(&table.home(*key).0)).take(40).collect();
         for (n, key) in crowd.iter().enumerate() {
             table.latch_or_insert(*key).unwrap().commit(reserved(n as u32, n as u64 + 1));
         }
         for (n, key) in crowd.iter().enumerate() {
             assert_eq!(table.get(*key), Some(reserved(n as u32, n as u64 + 1)), "person {n}");
         }
-        let absent = (1..).map(PersonKey).find(|key| table.home(*key).0 == 7 && !crowd.contains(key));
+        let absent = (1..).map(PersonKey).find(|key| table.home(*key).0 == 63 && !crowd.contains(key));
         assert_eq!(table.get(absent.unwrap()), None);
         assert_eq!(table.len(), 40);
+        let wrapped = crowd.iter().filter(|key| table.buckets.iter().position(|b| b.key() == **key) < Some(60));
+        assert!(wrapped.count() >= 36, "the crowd filled the table's start");
     }
 
     #[test]

@@ -102,13 +102,13 @@ impl Engine {
         Ok(RegionPage { sites, next_cursor })
     }
 
-    /// Copies out the whole logical state (allocates: for checks and tools).
     /// What the engine holds for one person: `None` for a person no applied
     /// command has named. Waits out a command in progress on them.
     pub fn person_record(&self, person: PersonKey) -> Option<PersonRecord> {
         self.people.get(person)
     }
 
+    /// Copies out the whole logical state (allocates: for checks and tools).
     pub fn logical_state(&self) -> LogicalState {
         let mut people = BTreeMap::new();
         self.people.for_each(|key, record| {

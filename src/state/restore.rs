@@ -66,7 +66,8 @@ impl Engine {
     }
 
     /// Restores one person into a freshly built engine. Safe to call from
-    /// several threads at once (the tables are the same lock-free ones).
+    /// several threads at once: on a shared engine (recovery's) they run at
+    /// once on the lock-free tables; on a sole-writer one, one at a time.
     /// Returns the slot the person holds if its count went below zero: the
     /// caller checks it after the window (`check_window`).
     pub fn restore_person(&self, key: PersonKey, record: PersonRecord) -> Result<Option<u32>, String> {

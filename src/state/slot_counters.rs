@@ -80,7 +80,7 @@ impl SlotCounters {
     /// `take` by a writer of kind `W`: for the sole writer (`Writers`), a
     /// load and a store; nobody else changes the counter meanwhile.
     #[inline]
-    pub fn take_as<W: Writers>(&self, slot: u32) -> Result<(), SlotFull> {
+    pub(crate) fn take_as<W: Writers>(&self, slot: u32) -> Result<(), SlotFull> {
         if !W::SOLE {
             return self.take(slot);
         }
