@@ -43,6 +43,11 @@ enum Command {
         /// server's and `DurableEngine`'s are).
         #[arg(long)]
         shared_writers: bool,
+        /// Book the same crowd into a sole-writer and a shared engine, batch
+        /// about (which goes first alternates), timing each side: both meet
+        /// the machine in the same state, within microseconds.
+        #[arg(long, conflicts_with = "shared_writers")]
+        against_shared: bool,
     },
     /// Durable reservations/s in process: apply + log + group commit, answers released when durable.
     Durable {
@@ -163,7 +168,8 @@ struct FrameLoad {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
-        Command::Reserve { people, batch, shared_writers } => reserve(people, batch, shared_writers),
+        Command::Reserve { people, batch, against_shared: true, .. } => reserve_against_shared(people, batch),
+        Command::Reserve { people, batch, shared_writers, .. } => reserve(people, batch, shared_writers),
         Command::Durable {
             people,
             batch,
@@ -429,6 +435,37 @@ fn recovery(data_dir: PathBuf, without_snapshots: bool) {
     let yeyak::durable::RecoveryPhases { tables, snapshot, log } = report.phases;
     println!("  of which: tables {tables:.2?}, snapshot {snapshot:.2?}, log {log:.2?}");
     println!("  reservations held: {}", engine.engine().reservations_count());
+}
+
+/// `reserve --against-shared`: the same requests into a sole-writer engine
+/// and a shared one, a batch to each in turn, each batch timed.
+fn reserve_against_shared(people: u64, batch: usize) {
+    let rules = national_rules(people);
+    let requests = crowd(&national_inventory(&rules), people);
+    let now_ms = open_evening_ms(&rules);
+    let sole = Engine::new(rules.clone(), national_inventory(&rules)).into_sole_writer();
+    let shared_inventory = national_inventory(&rules);
+    let shared = Engine::new(rules, shared_inventory);
+    let (sole_journal, shared_journal) = (CountingJournal::default(), CountingJournal::default());
+    let mut seconds = [0.0f64; 2];
+    let mut booked = [0u64; 2];
+    let mut timed = |side: usize, chunk: &[BookingRequest]| {
+        let started = Instant::now();
+        let (engine, journal) = if side == 0 { (&sole, &sole_journal) } else { (&shared, &shared_journal) };
+        booked[side] += book_batch(engine, journal, chunk, now_ms).0;
+        seconds[side] += started.elapsed().as_secs_f64();
+    };
+    for (index, chunk) in requests.chunks(batch).enumerate() {
+        let first = index % 2;
+        timed(first, chunk);
+        timed(1 - first, chunk);
+    }
+    assert_eq!(booked, [people, people], "every request was for a free seat, on both sides");
+    let rate = |side: usize| booked[side] as f64 / seconds[side] / 1e6;
+    println!("reserve, sole writer against shared, batches interleaved (in process, 1 thread, durability off): people={people} batch={batch}");
+    println!("  sole writer: {} reservations in {:.3} s = {:.2} M/s", booked[0], seconds[0], rate(0));
+    println!("  shared:      {} reservations in {:.3} s = {:.2} M/s", booked[1], seconds[1], rate(1));
+    println!("  sole / shared = {:.3}", rate(0) / rate(1));
 }
 
 fn resident_bytes() -> u64 {
