@@ -48,6 +48,10 @@ enum Command {
         /// the machine in the same state, within microseconds.
         #[arg(long, conflicts_with = "shared_writers")]
         against_shared: bool,
+        /// The same, a sole-writer engine against the peer (tools/prototype.rs,
+        /// without its log), in batches of 1,024.
+        #[arg(long, conflicts_with_all = ["shared_writers", "against_shared"])]
+        against_peer: bool,
     },
     /// Durable reservations/s in process: apply + log + group commit, answers released when durable.
     Durable {
@@ -168,6 +172,7 @@ struct FrameLoad {
 fn main() {
     let cli = Cli::parse();
     match cli.command {
+        Command::Reserve { people, against_peer: true, .. } => reserve_against_peer(people),
         Command::Reserve { people, batch, against_shared: true, .. } => reserve_against_shared(people, batch),
         Command::Reserve { people, batch, shared_writers, .. } => reserve(people, batch, shared_writers),
         Command::Durable {
@@ -466,6 +471,21 @@ fn reserve_against_shared(people: u64, batch: usize) {
     println!("  sole writer: {} reservations in {:.3} s = {:.2} M/s", booked[0], seconds[0], rate(0));
     println!("  shared:      {} reservations in {:.3} s = {:.2} M/s", booked[1], seconds[1], rate(1));
     println!("  sole / shared = {:.3}", rate(0) / rate(1));
+}
+
+/// `reserve --against-peer`: a sole-writer engine and the peer's tables,
+/// batches interleaved (`prototype::run_interleaved`).
+fn reserve_against_peer(people: u64) {
+    let rules = national_rules(people);
+    let inventory = national_inventory(&rules);
+    let requests = crowd(&inventory, people);
+    let now_ms = open_evening_ms(&rules);
+    let initial_capacity = inventory.initial_capacity().to_vec();
+    let engine = Engine::new(rules, inventory).into_sole_writer();
+    let journal = CountingJournal::default();
+    prototype::run_interleaved(&requests, &initial_capacity, prototype::SlotLayout::Line, |batch| {
+        book_batch(&engine, &journal, batch, now_ms).0
+    });
 }
 
 fn resident_bytes() -> u64 {
