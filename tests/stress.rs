@@ -108,6 +108,14 @@ fn check(state: &LogicalState, views: &[BTreeMap<u64, Option<SlotIndex>>]) {
     assert!(state.reservations() > 0);
 }
 
+/// A bare shared engine on the small campaign, and an instant it books at.
+fn small_engine() -> (Engine, i64) {
+    let rules = CampaignRules::parse(&small_campaign_toml()).unwrap();
+    let now = open_evening_ms(&rules);
+    let inventory = Inventory::plan(&rules, Path::new(".")).unwrap().build().unwrap();
+    (Engine::new(rules, inventory), now)
+}
+
 /// The commands of `hammer` against a bare engine with a counting journal.
 fn ask_engine(engine: &Engine, now: i64, ask: Ask) -> Answered {
     let journal = CountingJournal::default();
@@ -157,10 +165,7 @@ fn no_overbooking_no_double_booking_under_threads() {
 #[test]
 fn a_shared_engine_neither_overbooks_nor_double_books_under_threads() {
     let seed = seed();
-    let rules = CampaignRules::parse(&small_campaign_toml()).unwrap();
-    let now = open_evening_ms(&rules);
-    let inventory = Inventory::plan(&rules, Path::new(".")).unwrap().build().unwrap();
-    let engine = Engine::new(rules, inventory);
+    let (engine, now) = small_engine();
     assert!(!engine.has_sole_writer());
     let views = hammer(seed, &|ask| ask_engine(&engine, now, ask));
     check(&engine.logical_state(), &views);
@@ -172,10 +177,8 @@ fn a_shared_engine_neither_overbooks_nor_double_books_under_threads() {
 #[test]
 fn a_sole_writer_engine_serializes_writers_while_readers_read() {
     let seed = seed();
-    let rules = CampaignRules::parse(&small_campaign_toml()).unwrap();
-    let now = open_evening_ms(&rules);
-    let inventory = Inventory::plan(&rules, Path::new(".")).unwrap().build().unwrap();
-    let engine = Engine::new(rules, inventory).into_sole_writer();
+    let (engine, now) = small_engine();
+    let engine = engine.into_sole_writer();
     let done = std::sync::atomic::AtomicBool::new(false);
     let views = std::thread::scope(|scope| {
         let reader = scope.spawn(|| {

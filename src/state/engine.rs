@@ -504,46 +504,6 @@ impl Engine {
         self.writer().add_capacity(journal, slot, seats, expected_capacity, operator_id)
     }
 
-    /// `EngineWriter::add_capacity`.
-    fn add_capacity_held(
-        &self,
-        journal: &impl Journal,
-        slot: SlotIndex,
-        seats: u32,
-        expected_capacity: u32,
-        operator_id: u32,
-    ) -> Outcome<u32> {
-        let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
-        if !self.inventory.contains(slot) {
-            return refused(Refusal::UnknownSlot { slot: slot.0 });
-        }
-        let _serialized = self.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
-        let capacity = self.slots.capacity(slot.0);
-        if Self::capacity_change_only_reads(seats) {
-            // A read of the capacity: nothing to log.
-            return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
-        }
-        if capacity != expected_capacity {
-            if expected_capacity.checked_add(seats) == Some(capacity) {
-                // Applied before; the answer waits for its record like any read.
-                return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
-            }
-            return refused(Refusal::CapacityChanged { slot, capacity });
-        }
-        let Some(new_capacity) = capacity.checked_add(seats).filter(|c| *c <= crate::state::SLOT_CAPACITY_MAX) else {
-            return refused(Refusal::CapacityOverflow { slot, capacity });
-        };
-        let entry = Entry::CapacityAdded { slot, seats, capacity: new_capacity, operator_id };
-        match journal.append(&entry) {
-            Ok(lsn) => {
-                let added = self.slots.add_capacity(slot.0, seats);
-                debug_assert_eq!(added, Some(new_capacity));
-                Outcome { result: Ok(new_capacity), durable_after: lsn + 1 }
-            }
-            Err(why) => refused(Refusal::LogUnavailable(why)),
-        }
-    }
-
     /// The slot a person holds, if any.
     pub fn reservation_of(&self, journal: &impl Journal, person: PersonKey) -> Outcome<Option<SlotIndex>> {
         let result = if person.0 == 0 {
@@ -608,7 +568,8 @@ impl EngineWriter<'_> {
         self.engine.cancel_at_held(journal, request, moment)
     }
 
-    /// `Engine::add_capacity`.
+    /// `Engine::add_capacity`: the same for both kinds of writer (capacity
+    /// changes hold the engine's capacity lock).
     pub fn add_capacity(
         &self,
         journal: &impl Journal,
@@ -617,7 +578,36 @@ impl EngineWriter<'_> {
         expected_capacity: u32,
         operator_id: u32,
     ) -> Outcome<u32> {
-        self.engine.add_capacity_held(journal, slot, seats, expected_capacity, operator_id)
+        let engine = self.engine;
+        let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
+        if !engine.inventory.contains(slot) {
+            return refused(Refusal::UnknownSlot { slot: slot.0 });
+        }
+        let _serialized = engine.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
+        let capacity = engine.slots.capacity(slot.0);
+        if Engine::capacity_change_only_reads(seats) {
+            // A read of the capacity: nothing to log.
+            return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
+        }
+        if capacity != expected_capacity {
+            if expected_capacity.checked_add(seats) == Some(capacity) {
+                // Applied before; the answer waits for its record like any read.
+                return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
+            }
+            return refused(Refusal::CapacityChanged { slot, capacity });
+        }
+        let Some(new_capacity) = capacity.checked_add(seats).filter(|c| *c <= crate::state::SLOT_CAPACITY_MAX) else {
+            return refused(Refusal::CapacityOverflow { slot, capacity });
+        };
+        let entry = Entry::CapacityAdded { slot, seats, capacity: new_capacity, operator_id };
+        match journal.append(&entry) {
+            Ok(lsn) => {
+                let added = engine.slots.add_capacity(slot.0, seats);
+                debug_assert_eq!(added, Some(new_capacity));
+                Outcome { result: Ok(new_capacity), durable_after: lsn + 1 }
+            }
+            Err(why) => refused(Refusal::LogUnavailable(why)),
+        }
     }
 }
 
