@@ -228,7 +228,7 @@ impl fmt::Display for Refusal {
             }
             Refusal::SlotInPast { slot } => write!(f, "{slot} has already begun"),
             Refusal::SlotFull { slot } => write!(f, "{slot} is full"),
-            Refusal::AlreadyBooked { existing } => write!(f, "already booked: {existing}"),
+            Refusal::AlreadyBooked { existing } => write!(f, "holds {existing} already: cancel or change it"),
             Refusal::SameSlot { slot } => write!(f, "already holds {slot}"),
             Refusal::IdempotencyKeyReused { idempotency_key } => {
                 write!(f, "idempotency key {idempotency_key} was used for a different command")
@@ -266,5 +266,12 @@ mod tests {
         assert_eq!(refusal.to_string(), "family proxy booking closed (cutoff at 2021-08-19 11:00:12.345 UTC)");
         let refusal = Refusal::WindowClosed { next_open_ms: None };
         assert!(refusal.to_string().ends_with("never (the campaign is over)"));
+    }
+
+    #[test]
+    fn already_booked_names_the_slot_held_and_what_to_do() {
+        let refusal = Refusal::AlreadyBooked { existing: SlotIndex(100) };
+        let said = format!("refused ({}): {refusal}", refusal.code().name());
+        assert_eq!(said, "refused (already booked): holds slot #100 already: cancel or change it");
     }
 }
