@@ -23,7 +23,7 @@ use crate::state::entry::{Entry, Journal, Lsn};
 use crate::state::people::{CommandKind, Home, LastCommand, PeopleTable, PersonKey, PersonLatch, PersonRecord};
 use crate::state::refusal::Refusal;
 use crate::state::slot_counters::SlotCounters;
-use crate::state::{Shared, Sole, Writers};
+use crate::state::writer::Writers;
 
 /// A reservation or change request, as the gateway sends it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,20 +82,7 @@ pub struct Engine {
     pub(crate) capacity_changes: Mutex<()>,
     /// `Some` in a sole-writer engine (`into_sole_writer`): the writer lock
     /// every change holds.
-    sole_writer: Option<crate::sync::Mutex<()>>,
-}
-
-/// The right to change an engine's state, for as long as it lives
-/// (`Engine::writer`). In a sole-writer engine it holds the writer lock,
-/// and its commands change the tables with plain atomic stores (`Sole`); in
-/// a shared engine it holds nothing, and they use read-modify-writes (`Shared`).
-/// Neither `Send` nor `Sync`: the thread that took the lock is the one writer.
-/// While it lives, this thread must not call `Engine`'s command methods
-/// (they take the lock again, and wait for themselves).
-pub struct EngineWriter<'engine> {
-    engine: &'engine Engine,
-    held: Option<crate::sync::MutexGuard<'engine, ()>>,
-    _one_thread: std::marker::PhantomData<*const ()>,
+    pub(crate) sole_writer: Option<crate::sync::Mutex<()>>,
 }
 
 impl Engine {
@@ -106,31 +93,6 @@ impl Engine {
         let slots = SlotCounters::new(inventory.initial_capacity());
         let people = PeopleTable::new(rules.people_max);
         Engine { rules, inventory, slots, people, capacity_changes: Mutex::new(()), sole_writer: None }
-    }
-
-    /// This engine, from now on changed by one thread at a time: every
-    /// change holds its writer lock (`writer`, once for a batch or a round;
-    /// each command method takes it for the command), and changes its tables
-    /// with atomic loads and stores instead of locked read-modify-writes.
-    /// Readers do not take the lock. For an engine whose changes are serialized
-    /// anyway: `DurableEngine`'s hold the log's append lock, whose order is
-    /// the log's (docs/architecture.md, "Writers").
-    pub fn into_sole_writer(self) -> Engine {
-        Engine { sole_writer: Some(crate::sync::Mutex::new(())), ..self }
-    }
-
-    /// Whether changes hold one writer lock (`into_sole_writer`).
-    pub fn has_sole_writer(&self) -> bool {
-        self.sole_writer.is_some()
-    }
-
-    /// The right to change this engine: takes the writer lock of a
-    /// sole-writer engine (waiting for the thread holding it), nothing in a
-    /// shared one. Lock order: the log's append lock (the journal), then
-    /// this, then the capacity lock.
-    pub fn writer(&self) -> EngineWriter<'_> {
-        let held = self.sole_writer.as_ref().map(|lock| lock.lock().unwrap_or_else(|poison| poison.into_inner()));
-        EngineWriter { engine: self, held, _one_thread: std::marker::PhantomData }
     }
 
     pub fn rules(&self) -> &CampaignRules {
@@ -250,7 +212,7 @@ impl Engine {
 
     /// `EngineWriter::reserve_each`, for a writer of kind `W`.
     #[inline(always)]
-    fn reserve_each_as<W: Writers>(
+    pub(super) fn reserve_each_as<W: Writers>(
         &self,
         journal: &impl Journal,
         requests: &[BookingRequest],
@@ -306,7 +268,7 @@ impl Engine {
     /// passing its outcome through memory (callgrind, the server's batches).
     /// `home` is the person's home bucket (`PeopleTable::home`).
     #[inline(always)]
-    fn reserve_inlined<W: Writers>(
+    pub(super) fn reserve_inlined<W: Writers>(
         &self,
         journal: &impl Journal,
         request: &BookingRequest,
@@ -364,7 +326,7 @@ impl Engine {
     }
 
     /// `EngineWriter::change_at`, for a writer of kind `W`.
-    fn change_at_as<W: Writers>(
+    pub(super) fn change_at_as<W: Writers>(
         &self,
         journal: &impl Journal,
         request: &BookingRequest,
@@ -428,7 +390,12 @@ impl Engine {
 
     /// `EngineWriter::cancel_at`: the same for both kinds of writer (a seat
     /// given back is an atomic add, a person already in the table is latched).
-    fn cancel_at_held(&self, journal: &impl Journal, request: &CancelRequest, moment: &Moment) -> Outcome<SlotIndex> {
+    pub(super) fn cancel_at_held(
+        &self,
+        journal: &impl Journal,
+        request: &CancelRequest,
+        moment: &Moment,
+    ) -> Outcome<SlotIndex> {
         let now_ms = moment.now_ms();
         let CancelRequest { person, idempotency_key, .. } = *request;
         let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
@@ -504,73 +471,8 @@ impl Engine {
         self.writer().add_capacity(journal, slot, seats, expected_capacity, operator_id)
     }
 
-    /// The slot a person holds, if any.
-    pub fn reservation_of(&self, journal: &impl Journal, person: PersonKey) -> Outcome<Option<SlotIndex>> {
-        let result = if person.0 == 0 {
-            Err(Refusal::InvalidPersonKey)
-        } else {
-            Ok(self.people.get(person).and_then(|record| record.holds))
-        };
-        Outcome { result, durable_after: journal.next_lsn() }
-    }
-
-    /// Seats left and capacity of a slot.
-    pub fn slot_seats(&self, slot: SlotIndex) -> Option<(u32, u32)> {
-        self.inventory.contains(slot).then(|| (self.slots.remaining(slot.0), self.slots.capacity(slot.0)))
-    }
-}
-
-impl EngineWriter<'_> {
-    /// Whether this writer holds a sole-writer engine's lock (`Sole`).
-    pub fn is_sole(&self) -> bool {
-        self.held.is_some()
-    }
-
-    /// `Engine::reserve_at`.
-    #[inline]
-    pub fn reserve_at(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Outcome<SlotIndex> {
-        let (engine, home) = (self.engine, self.engine.people.home(request.person));
-        match self.held {
-            Some(_) => engine.reserve_inlined::<Sole>(journal, request, moment, home),
-            None => engine.reserve_inlined::<Shared>(journal, request, moment, home),
-        }
-    }
-
-    /// `reserve_at` for each of `requests` in order, each outcome handed to
-    /// `outcome` as it comes, with the lines of the request `PREFETCH_AHEAD`
-    /// places ahead asked for first: the loop of `Engine::reserve_batch` and
-    /// of the server's batches of reservations (`server::apply`). `outcome`
-    /// runs under this writer: it must not call `Engine`'s command methods.
-    #[inline]
-    pub fn reserve_each(
-        &self,
-        journal: &impl Journal,
-        requests: &[BookingRequest],
-        moment: &Moment,
-        outcome: impl FnMut(Outcome<SlotIndex>),
-    ) {
-        match self.held {
-            Some(_) => self.engine.reserve_each_as::<Sole>(journal, requests, moment, outcome),
-            None => self.engine.reserve_each_as::<Shared>(journal, requests, moment, outcome),
-        }
-    }
-
-    /// `Engine::change_at`.
-    pub fn change_at(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Outcome<SlotIndex> {
-        match self.held {
-            Some(_) => self.engine.change_at_as::<Sole>(journal, request, moment),
-            None => self.engine.change_at_as::<Shared>(journal, request, moment),
-        }
-    }
-
-    /// `Engine::cancel_at`.
-    pub fn cancel_at(&self, journal: &impl Journal, request: &CancelRequest, moment: &Moment) -> Outcome<SlotIndex> {
-        self.engine.cancel_at_held(journal, request, moment)
-    }
-
-    /// `Engine::add_capacity`: the same for both kinds of writer (capacity
-    /// changes hold the engine's capacity lock).
-    pub fn add_capacity(
+    /// `EngineWriter::add_capacity`.
+    pub(super) fn add_capacity_held(
         &self,
         journal: &impl Journal,
         slot: SlotIndex,
@@ -578,14 +480,13 @@ impl EngineWriter<'_> {
         expected_capacity: u32,
         operator_id: u32,
     ) -> Outcome<u32> {
-        let engine = self.engine;
         let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
-        if !engine.inventory.contains(slot) {
+        if !self.inventory.contains(slot) {
             return refused(Refusal::UnknownSlot { slot: slot.0 });
         }
-        let _serialized = engine.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
-        let capacity = engine.slots.capacity(slot.0);
-        if Engine::capacity_change_only_reads(seats) {
+        let _serialized = self.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
+        let capacity = self.slots.capacity(slot.0);
+        if Self::capacity_change_only_reads(seats) {
             // A read of the capacity: nothing to log.
             return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
         }
@@ -602,12 +503,27 @@ impl EngineWriter<'_> {
         let entry = Entry::CapacityAdded { slot, seats, capacity: new_capacity, operator_id };
         match journal.append(&entry) {
             Ok(lsn) => {
-                let added = engine.slots.add_capacity(slot.0, seats);
+                let added = self.slots.add_capacity(slot.0, seats);
                 debug_assert_eq!(added, Some(new_capacity));
                 Outcome { result: Ok(new_capacity), durable_after: lsn + 1 }
             }
             Err(why) => refused(Refusal::LogUnavailable(why)),
         }
+    }
+
+    /// The slot a person holds, if any.
+    pub fn reservation_of(&self, journal: &impl Journal, person: PersonKey) -> Outcome<Option<SlotIndex>> {
+        let result = if person.0 == 0 {
+            Err(Refusal::InvalidPersonKey)
+        } else {
+            Ok(self.people.get(person).and_then(|record| record.holds))
+        };
+        Outcome { result, durable_after: journal.next_lsn() }
+    }
+
+    /// Seats left and capacity of a slot.
+    pub fn slot_seats(&self, slot: SlotIndex) -> Option<(u32, u32)> {
+        self.inventory.contains(slot).then(|| (self.slots.remaining(slot.0), self.slots.capacity(slot.0)))
     }
 }
 
