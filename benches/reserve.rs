@@ -13,7 +13,7 @@ use yeyak::calendar::{Date, TimeOfDay};
 use yeyak::config::{CampaignRules, DEMO_CAMPAIGN_TOML};
 use yeyak::inventory::{Inventory, SlotIndex};
 use yeyak::rules::Channel;
-use yeyak::state::{BookingRequest, CountingJournal, Engine, PersonKey};
+use yeyak::state::{BookingRequest, CapacityChange, CountingJournal, Engine, PersonKey};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -97,7 +97,8 @@ fn reserve_on_two_threads(count: u64, same_slot: bool) -> Duration {
     if same_slot {
         let capacity = engine.slot_seats(SlotIndex(0)).expect("slot 0 exists").1;
         let seats = yeyak::state::SLOT_CAPACITY_MAX - capacity;
-        assert!(engine.add_capacity(&CountingJournal::default(), SlotIndex(0), seats, capacity, 1).result.is_ok());
+        let change = CapacityChange { slot: SlotIndex(0), seats, expected_capacity: capacity, operator_id: 1 };
+        assert!(engine.add_capacity(&CountingJournal::default(), &change).result.is_ok());
     }
     let per_thread = count.min(PEOPLE_PER_ENGINE / 2);
     let started = Instant::now();

@@ -15,7 +15,9 @@ use crate::inventory::SlotIndex;
 use crate::log::{FileStorage, LogOptions, LogStorage, LogWriter, TornTail};
 use crate::snapshot::format::SnapshotHeader;
 use crate::snapshot::{retire, take_snapshot, SnapshotError, SnapshotOptions, SnapshotSummary};
-use crate::state::{BookingRequest, CancelRequest, Engine, LogUnavailable, Outcome, PersonKey, Refusal};
+use crate::state::{
+    BookingRequest, CancelRequest, CapacityChange, Engine, LogUnavailable, Outcome, PersonKey, Refusal,
+};
 
 mod open;
 
@@ -291,7 +293,8 @@ impl DurableEngine {
     ) -> Result<u32, Refusal> {
         // The append lock before the capacity lock, as in a server round.
         let log = self.core.log.appender();
-        let outcome = self.core.engine.add_capacity(&log, slot, seats, expected_capacity, operator_id);
+        let change = CapacityChange { slot, seats, expected_capacity, operator_id };
+        let outcome = self.core.engine.add_capacity(&log, &change);
         drop(log);
         self.release(outcome)
     }

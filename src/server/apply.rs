@@ -380,8 +380,7 @@ fn apply_fixed<'c>(
             (answer, outcome.durable_after)
         }
         Command::AddCapacity(addition) => {
-            let outcome =
-                writer.add_capacity(log, addition.slot, addition.seats, addition.expected_capacity, operator_id);
+            let outcome = writer.add_capacity(log, &addition.change_by(operator_id));
             let answer = match outcome.result {
                 Ok(capacity) => Answer::ok(capacity),
                 Err(refusal) => Answer::refusal(&refusal),

@@ -43,6 +43,17 @@ pub struct CancelRequest {
     pub channel: Channel,
 }
 
+/// An operator's capacity change (`Engine::add_capacity`): `seats` more in
+/// `slot`, whose capacity the operator saw as `expected_capacity`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CapacityChange {
+    pub slot: SlotIndex,
+    pub seats: u32,
+    pub expected_capacity: u32,
+    /// The operator the log records as making the change (R10).
+    pub operator_id: u32,
+}
+
 /// What a command did, and when its answer may be released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome<T> {
@@ -446,8 +457,8 @@ impl Engine {
         seats == 0
     }
 
-    /// Adds `seats` to a slot whose capacity is `expected_capacity` (R1).
-    /// Returns the new capacity.
+    /// Adds `change.seats` to a slot whose capacity is
+    /// `change.expected_capacity` (R1). Returns the new capacity.
     ///
     /// Naming the capacity the operator saw makes the change safe to retry:
     /// if the slot already has `expected_capacity + seats`, this very change
@@ -460,26 +471,13 @@ impl Engine {
     /// log's append lock (its `LogWriter::appender` is the journal), and
     /// this takes the writer lock of a sole-writer engine, so the lock order
     /// is append lock, writer lock, capacity lock.
-    pub fn add_capacity(
-        &self,
-        journal: &impl Journal,
-        slot: SlotIndex,
-        seats: u32,
-        expected_capacity: u32,
-        operator_id: u32,
-    ) -> Outcome<u32> {
-        self.writer().add_capacity(journal, slot, seats, expected_capacity, operator_id)
+    pub fn add_capacity(&self, journal: &impl Journal, change: &CapacityChange) -> Outcome<u32> {
+        self.writer().add_capacity(journal, change)
     }
 
     /// `EngineWriter::add_capacity`.
-    pub(super) fn add_capacity_held(
-        &self,
-        journal: &impl Journal,
-        slot: SlotIndex,
-        seats: u32,
-        expected_capacity: u32,
-        operator_id: u32,
-    ) -> Outcome<u32> {
+    pub(super) fn add_capacity_held(&self, journal: &impl Journal, change: &CapacityChange) -> Outcome<u32> {
+        let CapacityChange { slot, seats, expected_capacity, operator_id } = *change;
         let refused = |refusal| Outcome { result: Err(refusal), durable_after: journal.next_lsn() };
         if !self.inventory.contains(slot) {
             return refused(Refusal::UnknownSlot { slot: slot.0 });

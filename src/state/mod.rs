@@ -11,7 +11,7 @@ pub mod restore;
 pub mod slot_counters;
 pub mod writer;
 
-pub use engine::{BookingRequest, CancelRequest, Engine, Moment, Outcome};
+pub use engine::{BookingRequest, CancelRequest, CapacityChange, Engine, Moment, Outcome};
 pub use entry::{CountingJournal, Entry, Journal, Lsn, MemoryJournal};
 pub use people::{CommandKind, LastCommand, PeopleTable, PersonKey, PersonRecord};
 pub use queries::{LogicalState, RegionPage, SiteAvailability};

@@ -4,7 +4,7 @@
 //! docs/architecture.md, "Writers", says which engines are which and why.
 
 use crate::inventory::SlotIndex;
-use crate::state::engine::{BookingRequest, CancelRequest, Engine, Moment, Outcome};
+use crate::state::engine::{BookingRequest, CancelRequest, CapacityChange, Engine, Moment, Outcome};
 use crate::state::entry::Journal;
 
 /// How a command changes the tables, chosen at compile time for each path.
@@ -124,14 +124,7 @@ impl EngineWriter<'_> {
 
     /// `Engine::add_capacity`: the same for both kinds of writer (capacity
     /// changes hold the engine's capacity lock).
-    pub fn add_capacity(
-        &self,
-        journal: &impl Journal,
-        slot: SlotIndex,
-        seats: u32,
-        expected_capacity: u32,
-        operator_id: u32,
-    ) -> Outcome<u32> {
-        self.engine.add_capacity_held(journal, slot, seats, expected_capacity, operator_id)
+    pub fn add_capacity(&self, journal: &impl Journal, change: &CapacityChange) -> Outcome<u32> {
+        self.engine.add_capacity_held(journal, change)
     }
 }

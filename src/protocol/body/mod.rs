@@ -5,7 +5,7 @@
 use crate::calendar::Date;
 use crate::inventory::SlotIndex;
 use crate::rules::Channel;
-use crate::state::{BookingRequest, CancelRequest, PersonKey};
+use crate::state::{BookingRequest, CancelRequest, CapacityChange, PersonKey};
 
 mod batch;
 mod stats;
@@ -339,6 +339,12 @@ pub struct CapacityAddition {
 
 impl CapacityAddition {
     pub const BYTES: usize = 16;
+
+    /// The state machine's change this asks for, made by `operator_id` (the
+    /// key id of the operator connection it came on).
+    pub fn change_by(&self, operator_id: u32) -> CapacityChange {
+        CapacityChange { slot: self.slot, seats: self.seats, expected_capacity: self.expected_capacity, operator_id }
+    }
 
     /// Whether it only reads the slot's capacity (zero seats:
     /// `Engine::add_capacity` logs nothing for it).
