@@ -7,7 +7,7 @@ use common::*;
 use yeyak::durable::{DurableEngine, OpenError};
 use yeyak::log::faults::{FaultPlan, FaultyStorage};
 use yeyak::log::{FileStorage, LogOptions};
-use yeyak::state::{LogUnavailable, Refusal};
+use yeyak::state::{CapacityChange, LogUnavailable, Refusal};
 
 #[test]
 fn restart_recovers_exactly_the_acknowledged_state() {
@@ -27,7 +27,8 @@ fn restart_recovers_exactly_the_acknowledged_state() {
         let _ = engine.change(&booking(index, 10_500 + (index % 50) as u32, 3), now);
     }
     let capacity = engine.engine().slot_seats(yeyak::inventory::SlotIndex(3)).unwrap().1;
-    engine.add_capacity(yeyak::inventory::SlotIndex(3), 5, capacity, 42).unwrap();
+    let slot = yeyak::inventory::SlotIndex(3);
+    engine.add_capacity(&CapacityChange { slot, seats: 5, expected_capacity: capacity, operator_id: 42 }).unwrap();
     let before = engine.engine().logical_state();
     assert!(before.reservations() > 300, "{}", before.reservations());
     engine.close().unwrap();

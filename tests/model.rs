@@ -16,7 +16,7 @@ use proptest::prelude::*;
 use yeyak::durable::{DurableEngine, DurableOptions};
 use yeyak::inventory::SlotIndex;
 use yeyak::snapshot::SnapshotOptions;
-use yeyak::state::{CommandKind, LastCommand, PersonKey, PersonRecord, Refusal};
+use yeyak::state::{CapacityChange, CommandKind, LastCommand, PersonKey, PersonRecord, Refusal};
 
 /// Slots the commands use: the first six, capacities from the inventory.
 const SLOTS: u32 = 6;
@@ -202,7 +202,9 @@ fn run(commands: &[Command]) -> Result<(), TestCaseError> {
                     1 => now.saturating_sub(seats),
                     _ => now + 5,
                 };
-                let got = engine.add_capacity(SlotIndex(slot), seats, expected, 1);
+                let change =
+                    CapacityChange { slot: SlotIndex(slot), seats, expected_capacity: expected, operator_id: 1 };
+                let got = engine.add_capacity(&change);
                 prop_assert_eq!(got, model.add_capacity(slot, seats, expected), "step {}: {:?}", step, command);
             }
             Command::Restart => {

@@ -11,7 +11,7 @@ use common::*;
 use yeyak::durable::{DurableEngine, DurableOptions, SNAPSHOT_DIRECTORY};
 use yeyak::inventory::SlotIndex;
 use yeyak::snapshot::{list_snapshots, CheckedSnapshot, SnapshotOptions};
-use yeyak::state::LogicalState;
+use yeyak::state::{CapacityChange, LogicalState};
 
 /// Snapshots only when asked, and no free-space reserve: these tests are about
 /// content, not disk space (a CI disk may have less than the default reserve free).
@@ -40,7 +40,7 @@ fn book_some(engine: &DurableEngine, now: i64, first: u64, count: u64) {
     }
     let slot = SlotIndex((first % 300) as u32);
     let capacity = engine.engine().slot_seats(slot).unwrap().1;
-    engine.add_capacity(slot, 2, capacity, 42).unwrap();
+    engine.add_capacity(&CapacityChange { slot, seats: 2, expected_capacity: capacity, operator_id: 42 }).unwrap();
 }
 
 fn reopen(directory: &Path, options: DurableOptions) -> (DurableEngine, yeyak::durable::RecoveryReport) {

@@ -50,7 +50,7 @@ enum Command {
         against_shared: bool,
         /// The same, a sole-writer engine against the peer (tools/prototype.rs,
         /// without its log), in batches of 1,024.
-        #[arg(long, conflicts_with_all = ["shared_writers", "against_shared"])]
+        #[arg(long, conflicts_with_all = ["shared_writers", "against_shared", "batch"])]
         against_peer: bool,
     },
     /// Durable reservations/s in process: apply + log + group commit, answers released when durable.

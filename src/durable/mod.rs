@@ -283,18 +283,11 @@ impl DurableEngine {
         self.release(outcome)
     }
 
-    /// See `Engine::add_capacity`: `expected_capacity` makes a retry safe.
-    pub fn add_capacity(
-        &self,
-        slot: SlotIndex,
-        seats: u32,
-        expected_capacity: u32,
-        operator_id: u32,
-    ) -> Result<u32, Refusal> {
+    /// See `Engine::add_capacity`: `change.expected_capacity` makes a retry safe.
+    pub fn add_capacity(&self, change: &CapacityChange) -> Result<u32, Refusal> {
         // The append lock before the capacity lock, as in a server round.
         let log = self.core.log.appender();
-        let change = CapacityChange { slot, seats, expected_capacity, operator_id };
-        let outcome = self.core.engine.add_capacity(&log, &change);
+        let outcome = self.core.engine.add_capacity(&log, change);
         drop(log);
         self.release(outcome)
     }

@@ -93,7 +93,7 @@ pub struct Engine {
     pub(crate) capacity_changes: Mutex<()>,
     /// `Some` in a sole-writer engine (`into_sole_writer`): the writer lock
     /// every change holds.
-    pub(crate) sole_writer: Option<crate::sync::Mutex<()>>,
+    pub(super) sole_writer: Option<crate::sync::Mutex<()>>,
 }
 
 impl Engine {
@@ -461,7 +461,7 @@ impl Engine {
     /// `change.expected_capacity` (R1). Returns the new capacity.
     ///
     /// Naming the capacity the operator saw makes the change safe to retry:
-    /// if the slot already has `expected_capacity + seats`, this very change
+    /// if the slot already has `change.expected_capacity + change.seats`, this very change
     /// was applied (its answer was lost) and the answer is the same, with
     /// nothing added twice; any other capacity means another change came
     /// first, refused as `CapacityChanged` with the capacity now. Zero seats

@@ -228,7 +228,9 @@ impl fmt::Display for Refusal {
             }
             Refusal::SlotInPast { slot } => write!(f, "{slot} has already begun"),
             Refusal::SlotFull { slot } => write!(f, "{slot} is full"),
-            Refusal::AlreadyBooked { existing } => write!(f, "holds {existing} already: cancel or change it"),
+            Refusal::AlreadyBooked { existing } => {
+                write!(f, "has a reservation already, at {existing}: cancel or change that one")
+            }
             Refusal::SameSlot { slot } => write!(f, "already holds {slot}"),
             Refusal::IdempotencyKeyReused { idempotency_key } => {
                 write!(f, "idempotency key {idempotency_key} was used for a different command")
@@ -272,6 +274,9 @@ mod tests {
     fn already_booked_names_the_slot_held_and_what_to_do() {
         let refusal = Refusal::AlreadyBooked { existing: SlotIndex(100) };
         let said = format!("refused ({}): {refusal}", refusal.code().name());
-        assert_eq!(said, "refused (already booked): holds slot #100 already: cancel or change it");
+        assert_eq!(
+            said,
+            "refused (already booked): has a reservation already, at slot #100: cancel or change that one"
+        );
     }
 }

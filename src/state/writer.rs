@@ -22,8 +22,9 @@ pub(crate) trait Writers {
 /// Many writers at once (`Writers`).
 pub(crate) enum Shared {}
 
-/// One writer, holding the engine's writer lock (`Writers`).
-pub(crate) enum Sole {}
+/// One writer, holding the engine's writer lock (`Writers`). Private to this
+/// module: only an `EngineWriter` that holds the lock picks it.
+enum Sole {}
 
 impl Writers for Shared {
     const SOLE: bool = false;
