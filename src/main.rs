@@ -94,6 +94,16 @@ enum LogCommand {
     },
 }
 
+/// The first environment variable a flag of `command` (or of its
+/// subcommands) reads that is set to the empty string.
+fn empty_environment_setting(command: &clap::Command) -> Option<String> {
+    let flags = command.get_arguments().filter_map(|argument| argument.get_env());
+    let empty = flags
+        .map(|name| name.to_string_lossy().into_owned())
+        .find(|name| std::env::var_os(name).is_some_and(|value| value.is_empty()));
+    empty.or_else(|| command.get_subcommands().find_map(empty_environment_setting))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -101,6 +111,12 @@ fn main() -> ExitCode {
         // Colours for a terminal only, not escape codes in a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    if let Some(name) = empty_environment_setting(&<Cli as clap::CommandFactory>::command()) {
+        // clap would say "a value is required for '--flag'", naming a flag
+        // that was never given.
+        eprintln!("yeyak: {name} is set but empty: unset it, or give it a value (see --help)");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Some(Command::Start(_))) {
         // A command whose output is piped into `head` ends quietly when the

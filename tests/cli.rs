@@ -239,6 +239,16 @@ fn flags_and_environment_read_as_documented() {
         let text = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && text.contains("no keys in"), "YEYAK_PRODUCTION={yes}: {text}");
     }
+    // A variable set but empty is named, not mistaken for a flag given without its value.
+    for (variable, args) in [("YEYAK_DATA_DIR", &["start"][..]), ("YEYAK_ADDRESS", &["client", "stats"][..])] {
+        let output = Command::new(YEYAK).args(args).env(variable, "").output().unwrap();
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}: {text}");
+        assert!(
+            text.contains(&format!("{variable} is set but empty")) && !text.contains("a value is required"),
+            "{variable}: {text}"
+        );
+    }
     // Person keys: hex digits, one optional 0x.
     for bad in ["0x0x12", "+12", "0x", "1".repeat(33).as_str()] {
         let output = Command::new(YEYAK).args(["client", "get", "--person", bad]).output().unwrap();
