@@ -111,13 +111,16 @@ fn main() -> ExitCode {
         // Colours for a terminal only, not escape codes in a log file.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Some(name) = empty_environment_setting(&<Cli as clap::CommandFactory>::command()) {
+    let command = <Cli as clap::CommandFactory>::command();
+    if let Some(name) = empty_environment_setting(&command) {
         // clap would say "a value is required for '--flag'", naming a flag
         // that was never given.
         eprintln!("yeyak: {name} is set but empty: unset it, or give it a value (see --help)");
         return ExitCode::from(2);
     }
-    let cli = Cli::parse();
+    // As `Cli::parse`, from the command built once above.
+    let cli =
+        <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit());
     if !matches!(cli.command, Some(Command::Start(_))) {
         // A command whose output is piped into `head` ends quietly when the
         // reader goes, as Unix tools do, instead of failing on the next print

@@ -356,36 +356,17 @@ pub fn run(requests: &[BookingRequest], initial_capacity: &[u32], layout: SlotLa
     let _ = std::fs::remove_dir_all(data_dir);
 }
 
-/// Books `requests` into the peer's tables (no log) and through `yeyak_batch`
-/// (yeyak's engine, booking one batch and returning how many it booked), a
-/// batch of `BATCH` to each in turn, which goes first alternating, and times
-/// each side: both meet the machine in the same state within microseconds,
-/// where whole runs one after the other meet it in different ones.
-pub fn run_interleaved(
-    requests: &[BookingRequest],
+/// The peer's booking without a log, one batch at a time, for a comparison
+/// interleaved with yeyak's (`yeyak-bench reserve --against-peer`): fresh
+/// tables for `people`, and a function that books a batch into them and
+/// returns how many it booked.
+pub fn batch_booker(
+    people: usize,
     initial_capacity: &[u32],
     layout: SlotLayout,
-    mut yeyak_batch: impl FnMut(&[BookingRequest]) -> u64,
-) {
-    let tables = Tables::new(requests.len(), initial_capacity, layout);
-    let mut seconds = [0.0f64; 2];
-    let mut booked = [0u64; 2];
-    for (index, batch) in requests.chunks(BATCH).enumerate() {
-        for side in [index % 2, 1 - index % 2] {
-            let started = Instant::now();
-            booked[side] += if side == 0 { yeyak_batch(batch) } else { tables.book_all(batch, |_, _| {}) };
-            seconds[side] += started.elapsed().as_secs_f64();
-        }
-    }
-    let all = requests.len() as u64;
-    assert_eq!(booked, [all, all], "every request was for a free seat, on both sides");
-    let rate = |side: usize| booked[side] as f64 / seconds[side] / 1e6;
-    println!(
-        "yeyak (sole writer) against the prototype, batches of {BATCH} interleaved (in process, 1 thread, no log): people={all} slots={layout:?}"
-    );
-    println!("  yeyak:     {all} reservations in {:.3} s = {:.2} M/s", seconds[0], rate(0));
-    println!("  prototype: {all} reservations in {:.3} s = {:.2} M/s", seconds[1], rate(1));
-    println!("  yeyak / prototype = {:.3}", rate(0) / rate(1));
+) -> impl FnMut(&[BookingRequest]) -> u64 {
+    let tables = Tables::new(people, initial_capacity, layout);
+    move |batch| tables.book_all(batch, |_, _| {})
 }
 
 /// The wire peer's server state: its tables, its log, and the signal its

@@ -443,7 +443,7 @@ fn recovery(data_dir: PathBuf, without_snapshots: bool) {
 }
 
 /// `reserve --against-shared`: the same requests into a sole-writer engine
-/// and a shared one, a batch to each in turn, each batch timed.
+/// and a shared one, batches interleaved.
 fn reserve_against_shared(people: u64, batch: usize) {
     let rules = national_rules(people);
     let requests = crowd(&national_inventory(&rules), people);
@@ -452,40 +452,65 @@ fn reserve_against_shared(people: u64, batch: usize) {
     let shared_inventory = national_inventory(&rules);
     let shared = Engine::new(rules, shared_inventory);
     let (sole_journal, shared_journal) = (CountingJournal::default(), CountingJournal::default());
-    let mut seconds = [0.0f64; 2];
-    let mut booked = [0u64; 2];
-    let mut timed = |side: usize, chunk: &[BookingRequest]| {
-        let started = Instant::now();
-        let (engine, journal) = if side == 0 { (&sole, &sole_journal) } else { (&shared, &shared_journal) };
-        booked[side] += book_batch(engine, journal, chunk, now_ms).0;
-        seconds[side] += started.elapsed().as_secs_f64();
-    };
-    for (index, chunk) in requests.chunks(batch).enumerate() {
-        let first = index % 2;
-        timed(first, chunk);
-        timed(1 - first, chunk);
-    }
-    assert_eq!(booked, [people, people], "every request was for a free seat, on both sides");
-    let rate = |side: usize| booked[side] as f64 / seconds[side] / 1e6;
     println!("reserve, sole writer against shared, batches interleaved (in process, 1 thread, durability off): people={people} batch={batch}");
-    println!("  sole writer: {} reservations in {:.3} s = {:.2} M/s", booked[0], seconds[0], rate(0));
-    println!("  shared:      {} reservations in {:.3} s = {:.2} M/s", booked[1], seconds[1], rate(1));
-    println!("  sole / shared = {:.3}", rate(0) / rate(1));
+    interleaved(
+        &requests,
+        batch,
+        ["sole writer", "shared"],
+        [&mut |chunk| book_batch(&sole, &sole_journal, chunk, now_ms).0, &mut |chunk| {
+            book_batch(&shared, &shared_journal, chunk, now_ms).0
+        }],
+    );
 }
 
-/// `reserve --against-peer`: a sole-writer engine and the peer's tables,
-/// batches interleaved (`prototype::run_interleaved`).
+/// `reserve --against-peer`: a sole-writer engine and the peer's tables
+/// (tools/prototype.rs, no log), batches of 1,024 interleaved.
 fn reserve_against_peer(people: u64) {
+    const BATCH: usize = 1024;
     let rules = national_rules(people);
     let inventory = national_inventory(&rules);
     let requests = crowd(&inventory, people);
     let now_ms = open_evening_ms(&rules);
-    let initial_capacity = inventory.initial_capacity().to_vec();
+    let layout = prototype::SlotLayout::Line;
+    let mut peer = prototype::batch_booker(requests.len(), inventory.initial_capacity(), layout);
     let engine = Engine::new(rules, inventory).into_sole_writer();
     let journal = CountingJournal::default();
-    prototype::run_interleaved(&requests, &initial_capacity, prototype::SlotLayout::Line, |batch| {
-        book_batch(&engine, &journal, batch, now_ms).0
-    });
+    println!("yeyak (sole writer) against the prototype, batches interleaved (in process, 1 thread, no log): people={people} batch={BATCH} slots={layout:?}");
+    interleaved(
+        &requests,
+        BATCH,
+        ["yeyak", "prototype"],
+        [&mut |chunk| book_batch(&engine, &journal, chunk, now_ms).0, &mut peer],
+    );
+}
+
+/// Books one batch and returns how many it booked (`interleaved`).
+type BatchBooker<'a> = dyn FnMut(&[BookingRequest]) -> u64 + 'a;
+
+/// Books `requests` through both `sides` (each books one batch and returns
+/// how many it booked), a batch of `batch` to each in turn, which goes first
+/// alternating, and times each side: both meet the machine in the same state
+/// within microseconds, where whole runs one after the other meet it in
+/// different ones. Prints each side's rate and their ratio.
+fn interleaved(requests: &[BookingRequest], batch: usize, names: [&str; 2], sides: [&mut BatchBooker; 2]) {
+    let mut seconds = [0.0f64; 2];
+    let mut booked = [0u64; 2];
+    for (index, chunk) in requests.chunks(batch).enumerate() {
+        for side in [index % 2, 1 - index % 2] {
+            let started = Instant::now();
+            booked[side] += sides[side](chunk);
+            seconds[side] += started.elapsed().as_secs_f64();
+        }
+    }
+    let all = requests.len() as u64;
+    assert_eq!(booked, [all, all], "every request was for a free seat, on both sides");
+    let rate = |side: usize| booked[side] as f64 / seconds[side] / 1e6;
+    let width = names[0].len().max(names[1].len()) + 1;
+    for side in 0..2 {
+        let name = format!("{}:", names[side]);
+        println!("  {name:width$} {all} reservations in {:.3} s = {:.2} M/s", seconds[side], rate(side));
+    }
+    println!("  {} / {} = {:.3}", names[0], names[1], rate(0) / rate(1));
 }
 
 fn resident_bytes() -> u64 {

@@ -54,6 +54,14 @@ pub struct CapacityChange {
     pub operator_id: u32,
 }
 
+impl CapacityChange {
+    /// Whether `Engine::add_capacity` of this change only reads the capacity
+    /// (zero seats), and logs nothing.
+    pub fn only_reads(&self) -> bool {
+        self.seats == 0
+    }
+}
+
 /// What a command did, and when its answer may be released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome<T> {
@@ -234,22 +242,16 @@ impl Engine {
         // kept here until the request is booked.
         let mut homes = [Home::default(); PREFETCH_AHEAD];
         for (home, request) in homes.iter_mut().zip(requests) {
-            *home = self.prefetch(request);
+            *home = self.prefetch_lines(request.person, request.slot.0);
         }
         for (index, request) in requests.iter().enumerate() {
             let kept = &mut homes[index % PREFETCH_AHEAD];
             let home = *kept;
             if let Some(ahead) = requests.get(index + PREFETCH_AHEAD) {
-                *kept = self.prefetch(ahead);
+                *kept = self.prefetch_lines(ahead.person, ahead.slot.0);
             }
             outcome(self.reserve_inlined::<W>(journal, request, moment, home));
         }
-    }
-
-    /// Asks the CPU for the lines `request` will touch; returns its person's home bucket.
-    #[inline]
-    fn prefetch(&self, request: &BookingRequest) -> Home {
-        self.prefetch_lines(request.person, request.slot.0)
     }
 
     /// Asks the CPU for the cache lines a command on `person` and `slot` will touch.
@@ -452,11 +454,6 @@ impl Engine {
         }
     }
 
-    /// Whether `add_capacity` of `seats` only reads the capacity (and logs nothing).
-    pub fn capacity_change_only_reads(seats: u32) -> bool {
-        seats == 0
-    }
-
     /// Adds `change.seats` to a slot whose capacity is
     /// `change.expected_capacity` (R1). Returns the new capacity.
     ///
@@ -484,7 +481,7 @@ impl Engine {
         }
         let _serialized = self.capacity_changes.lock().unwrap_or_else(|poison| poison.into_inner());
         let capacity = self.slots.capacity(slot.0);
-        if Self::capacity_change_only_reads(seats) {
+        if change.only_reads() {
             // A read of the capacity: nothing to log.
             return Outcome { result: Ok(capacity), durable_after: journal.next_lsn() };
         }

@@ -76,11 +76,6 @@ impl Engine {
 }
 
 impl EngineWriter<'_> {
-    /// Whether this writer holds a sole-writer engine's lock (`Sole`).
-    pub fn is_sole(&self) -> bool {
-        self.held.is_some()
-    }
-
     /// `Engine::reserve_at`.
     #[inline]
     pub fn reserve_at(&self, journal: &impl Journal, request: &BookingRequest, moment: &Moment) -> Outcome<SlotIndex> {

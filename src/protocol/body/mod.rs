@@ -346,10 +346,10 @@ impl CapacityAddition {
         CapacityChange { slot: self.slot, seats: self.seats, expected_capacity: self.expected_capacity, operator_id }
     }
 
-    /// Whether it only reads the slot's capacity (zero seats:
-    /// `Engine::add_capacity` logs nothing for it).
+    /// Whether it only reads the slot's capacity (`CapacityChange::only_reads`;
+    /// which operator asks does not matter).
     pub fn only_reads(&self) -> bool {
-        crate::state::Engine::capacity_change_only_reads(self.seats)
+        self.change_by(0).only_reads()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<CapacityAddition, BodyError> {
