@@ -772,9 +772,11 @@ fn serve_fresh(
     let config = yeyak::server::ServerConfig {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         clock,
-        in_flight_max,
+        in_flight_max: in_flight_max.min(yeyak::server::IN_FLIGHT_MAX_LIMIT),
         // The benchmark's connections may keep more in flight than the default queue holds.
-        ingress_queue_commands: (in_flight_max as usize * 64).max(1 << 20),
+        ingress_queue_commands: (in_flight_max as usize)
+            .saturating_mul(64)
+            .clamp(1 << 20, yeyak::server::INGRESS_QUEUE_COMMANDS_LIMIT),
         reactor,
         ..yeyak::server::ServerConfig::default()
     };
@@ -786,7 +788,7 @@ fn latency(rate: u64, seconds: u64, data_dir: PathBuf, reactor: yeyak::server::r
     use std::io::{Read, Write};
     use yeyak::protocol::handshake::Role;
     let total = rate * seconds;
-    let (server, keys, requests) = serve_fresh(total, &data_dir, u32::MAX, reactor);
+    let (server, keys, requests) = serve_fresh(total, &data_dir, yeyak::server::IN_FLIGHT_MAX_LIMIT, reactor);
     let (id, key) = keys.first(Role::Gateway).expect("a gateway key");
     let client = yeyak::client::Client::connect(server.local_address(), Role::Gateway, id, key).expect("connects");
     let mut writer = client.into_stream().expect("a stream");

@@ -1,0 +1,69 @@
+//! The short version of every benchmark command (`yeyak-bench`), at a small
+//! size: each runs to the end and prints its figure. Behaviour only, never
+//! speed (the figures are in docs/benchmarks.md, from the full runs). A
+//! benchmark that stops working (a setting its server refuses, a peer that
+//! panics) fails here rather than on the next person who runs it.
+
+use std::path::Path;
+use std::process::Command;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_yeyak-bench");
+
+/// Runs `yeyak-bench` with `arguments`; its standard output, once it has
+/// succeeded and printed a line matching each of `expected`.
+fn bench(arguments: &[&str], expected: &[&str]) -> String {
+    let output = Command::new(BENCH).args(arguments).output().expect("yeyak-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "yeyak-bench {arguments:?} failed: {}\n{stdout}\n{stderr}", output.status);
+    for wanted in expected {
+        assert!(stdout.contains(wanted), "yeyak-bench {arguments:?} printed no {wanted:?}:\n{stdout}\n{stderr}");
+    }
+    stdout
+}
+
+fn dir(root: &Path, name: &str) -> String {
+    root.join(name).to_str().expect("a UTF-8 temporary path").to_string()
+}
+
+#[test]
+fn in_process_benchmarks_and_their_peer_run_at_a_small_size() {
+    bench(&["reserve", "--people", "20000"], &["20000 reservations in", "M reservations/s"]);
+    bench(&["reserve", "--people", "20000", "--against-shared"], &["sole writer against shared"]);
+    bench(&["reserve", "--people", "20000", "--against-peer"], &["against the prototype"]);
+    bench(&["probe", "--steps", "10000"], &["ns"]);
+    let root = tempfile::tempdir().unwrap();
+    let prototype = dir(root.path(), "prototype");
+    bench(&["prototype", "--people", "20000", "--data-dir", &prototype], &["durable reservations in"]);
+    bench(&["prototype", "--people", "20000", "--without-log", "--data-dir", &prototype], &["20000 reservations in"]);
+}
+
+#[test]
+fn durable_then_recovery_run_on_the_same_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let data = dir(root.path(), "durable");
+    bench(
+        &["durable", "--people", "20000", "--data-dir", &data, "--keep", "--snapshot-on-close"],
+        &["20000 durable reservations in"],
+    );
+    bench(&["recovery", "--data-dir", &data], &["recovery from snapshot", "serving after"]);
+    bench(&["recovery", "--data-dir", &data, "--without-snapshots"], &["20000 records replayed", "serving after"]);
+}
+
+#[test]
+fn wire_latency_and_the_wire_peer_run_at_a_small_size() {
+    let root = tempfile::tempdir().unwrap();
+    let wire = dir(root.path(), "wire");
+    bench(&["wire", "--people", "20000", "--data-dir", &wire], &["20000 durable reservations in"]);
+    bench(&["wire", "--people", "2000", "--batch", "1", "--depth", "64", "--data-dir", &wire], &["2000 durable"]);
+    bench(&["latency", "--rate", "2000", "--seconds", "1", "--data-dir", &dir(root.path(), "latency")], &["p999"]);
+    bench(
+        &["prototype", "--wire", "--people", "20000", "--data-dir", &dir(root.path(), "prototype")],
+        &["durable reservations in"],
+    );
+}
+
+#[test]
+fn memory_runs_at_a_small_size() {
+    bench(&["memory", "--people", "20000"], &["resident"]);
+}
