@@ -248,8 +248,13 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
             }
             let (records, next) = (recovered.records, recovered.next_lsn);
             writeln!(out, "{records} records, next sequence number {next}").map_err(stdout_error)?;
-            if let Some(tail) = &recovered.torn_tail {
-                writeln!(
+            match &recovered.torn_tail {
+                // Start-up refuses it: the check below says so, and how to go on.
+                Some(tail) if tail.cut.is_some() => {
+                    writeln!(out, "cut short from outside yeyak: {}: {}", tail.path.display(), tail.defect)
+                        .map_err(stdout_error)?
+                }
+                Some(tail) => writeln!(
                     out,
                     "torn tail in {} at byte {}: {} ({} bytes would be discarded at start)",
                     tail.path.display(),
@@ -257,15 +262,8 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
                     tail.defect,
                     tail.bytes_discarded
                 )
-                .map_err(stdout_error)?;
-                if tail.cut_from_outside {
-                    findings.push(format!(
-                        "{} was cut short from outside yeyak (at byte {}): acknowledged records after the cut, if \
-                         there were any, are lost; restore the file from a copy if there is one",
-                        tail.path.display(),
-                        tail.offset
-                    ));
-                }
+                .map_err(stdout_error)?,
+                None => {}
             }
         }
         Err(error) => findings.push(format!("reading every segment: {error}")),
@@ -386,7 +384,13 @@ fn dump(data_dir: PathBuf, from: u64, limit: u64) -> Result<(), String> {
     // Said on standard error, so that the records alone go down a pipe.
     if let Some(tail) = &recovered.torn_tail {
         let (path, offset, defect) = (tail.path.display(), tail.offset, &tail.defect);
-        eprintln!("(torn tail in {path} at byte {offset}, not shown: {defect}; start-up cuts it)");
+        if tail.cut.is_some() {
+            eprintln!(
+                "(cut short from outside yeyak: {path}: {defect}; start-up refuses it: yeyak log verify says why)"
+            );
+        } else {
+            eprintln!("(torn tail in {path} at byte {offset}, not shown: {defect}; start-up cuts it)");
+        }
     }
     match first_seen {
         _ if limit == 0 => {}

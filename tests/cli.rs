@@ -519,7 +519,7 @@ fn a_mistyped_address_or_data_directory_is_named_not_taken_for_an_empty_engine()
 }
 
 #[test]
-fn log_verify_fails_when_a_segment_was_cut_from_outside_and_dump_says_so() {
+fn log_verify_says_start_up_refuses_a_segment_cut_from_outside_and_dump_shows_what_is_left() {
     use common::*;
     let (directory, now, engine) = small_campaign_open(small_log_options());
     for index in 0..7 {
@@ -551,22 +551,24 @@ fn log_verify_fails_when_a_segment_was_cut_from_outside_and_dump_says_so() {
     assert!(stderr.contains("slot places not shown") && stderr.contains("other service days"), "{stderr}");
     std::fs::write(&campaign, original).unwrap();
 
-    // Cut at a record's boundary: shorter than the segment was created.
-    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(64 + 48 * 4).unwrap();
-    let (ok, stdout, stderr) = log(&["verify"]);
-    assert!(!ok && stderr.contains("was cut short from outside yeyak"), "{stdout}{stderr}");
-    let (ok, stdout, stderr) = log(&["dump"]);
-    assert!(ok && stdout.lines().count() == 4 && stderr.contains("torn tail in"), "{stdout}{stderr}");
-    // Cut inside the third record, as only something outside yeyak cuts a preallocated file.
-    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(64 + 48 * 2 + 20).unwrap();
-    let (ok, stdout, stderr) = log(&["verify"]);
-    assert!(!ok && stderr.contains("was cut short from outside yeyak"), "{stdout}{stderr}");
-    let (ok, stdout, stderr) = log(&["dump"]);
-    assert!(ok && stdout.lines().count() == 2 && stderr.contains("torn tail in"), "{stdout}{stderr}");
-    // Cut inside the header.
-    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(5).unwrap();
-    let (ok, stdout, stderr) = log(&["verify"]);
-    assert!(!ok && stderr.contains("was cut short from outside yeyak"), "{stdout}{stderr}");
+    // Cut at a record's boundary, inside a record, inside the header: start-up
+    // would refuse (records after the cut may have been acknowledged), and
+    // says how to accept the loss; dump shows the records before the cut.
+    let created = std::fs::metadata(&segment).unwrap().len();
+    for (cut, records, accept) in [
+        (64 + 48 * 4, 4, format!("truncate -s {created}")),
+        (64 + 48 * 2 + 20, 2, format!("truncate -s {created}")),
+        (5, 0, "move the file away".to_string()),
+    ] {
+        std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(cut).unwrap();
+        let (ok, stdout, stderr) = log(&["verify"]);
+        assert!(!ok && stdout.contains("cut short from outside yeyak"), "cut at {cut}: {stdout}{stderr}");
+        assert!(stderr.contains("start-up would refuse") && stderr.contains(&accept), "cut at {cut}: {stderr}");
+        let (ok, stdout, stderr) = log(&["dump"]);
+        assert!(ok && stdout.lines().count() == records, "cut at {cut}: {stdout}{stderr}");
+        assert!(stderr.contains("start-up refuses it"), "cut at {cut}: {stderr}");
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), cut, "verify and dump change nothing");
+    }
 }
 
 #[test]

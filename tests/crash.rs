@@ -127,37 +127,101 @@ fn assert_clear_corruption(error: &OpenError, segment_name: &str) {
     }
 }
 
+/// A copy of the history with its last segment cut to `cut` bytes, which
+/// start-up must refuse, naming the file and the cut; then the cut accepted
+/// as the refusal says (the file given its size back): what recovers then.
+fn cut_refused_then_accepted(history: &History, cut: u64) -> (tempfile::TempDir, u64, LogicalState) {
+    let mut created = 0;
+    let (copy, refused) = history.recover_damaged(|segment| {
+        let file = std::fs::OpenOptions::new().write(true).open(segment).unwrap();
+        created = file.metadata().unwrap().len();
+        file.set_len(cut).unwrap();
+    });
+    let segment = copy.path().join("log").join(history.last_segment.file_name().unwrap());
+    match refused {
+        Err(OpenError::Recovery(error @ RecoveryError::CutShort { .. })) => {
+            let RecoveryError::CutShort { path, offset, .. } = &error else { unreachable!() };
+            assert_eq!((path, *offset), (&segment, cut), "cut at {cut}");
+            let message = error.to_string();
+            let accept = format!("truncate -s {created} {}", segment.display());
+            assert!(message.contains("cut short from outside yeyak") && message.contains(&accept), "{message}");
+        }
+        Err(other) => panic!("cut at {cut}: refused, but not as a cut: {other}"),
+        Ok(_) => panic!("cut at {cut}: started on a log that may have lost acknowledged records"),
+    }
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), cut, "the refusal changed nothing");
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(created).unwrap();
+    let (engine, report) = DurableEngine::open(copy.path(), small_log_options(), false)
+        .unwrap_or_else(|e| panic!("cut at {cut}, accepted: {e}"));
+    let state = engine.engine().logical_state();
+    drop(engine);
+    (copy, report.records_replayed, state)
+}
+
 #[test]
-fn cut_at_every_byte_recovers_the_records_before_the_cut() {
+fn a_cut_at_every_byte_is_refused_and_once_accepted_recovers_the_records_before_it() {
     let history = acknowledged_history();
     let expected: Vec<LogicalState> = (0..=history.total()).map(|n| history.prefix_state(n)).collect();
+    let original = std::fs::read(&history.last_segment).unwrap();
     for cut in history.damaged_from()..=history.damaged_to() {
-        let (_copy, result) = history.recover_damaged(|segment| {
-            let file = std::fs::OpenOptions::new().write(true).open(segment).unwrap();
-            file.set_len(cut).unwrap();
-        });
-        let (replayed, state) = result.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-        assert_eq!(replayed, history.records_before(cut), "cut at {cut}");
+        let (_copy, replayed, state) = cut_refused_then_accepted(&history, cut);
+        // A record whose bytes after the cut were zeros anyway is whole again
+        // once the file has its size back (its checksum says so).
+        let (header, record) = (SEGMENT_HEADER_BYTES as u64, RECORD_BYTES as u64);
+        let record_start = header + (cut - header) / record * record;
+        let record_end = (record_start + record) as usize;
+        let whole_again = cut > record_start && original[cut as usize..record_end].iter().all(|b| *b == 0);
+        assert_eq!(replayed, history.records_before(cut) + u64::from(whole_again), "cut at {cut}");
         assert!(state == expected[replayed as usize], "cut at {cut}: not the acknowledged prefix");
     }
 }
 
 #[test]
-fn a_file_cut_inside_a_record_is_reported_as_a_torn_tail_and_mended() {
+fn a_file_cut_inside_a_record_and_accepted_is_mended_as_a_torn_tail() {
     let history = acknowledged_history();
     let cut = history.damaged_from() + 20;
-    let copy = tempfile::tempdir().unwrap();
-    copy_directory(history.directory.path(), copy.path());
-    let segment = copy.path().join("log").join(history.last_segment.file_name().unwrap());
-    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(cut).unwrap();
-    let (engine, report) = DurableEngine::open(copy.path(), small_log_options(), false).unwrap();
-    let tail = report.torn_tail.clone().expect("the partial record is reported");
-    assert_eq!((tail.offset, tail.bytes_discarded), (history.damaged_from(), 20), "{tail:?}");
-    assert!(tail.defect.contains("ends 20 bytes into a record"), "{tail:?}");
-    assert_eq!(report.records_replayed, history.records_before(cut));
-    engine.close().unwrap();
+    let (copy, replayed, _) = cut_refused_then_accepted(&history, cut);
+    assert_eq!(replayed, history.records_before(cut));
+    // The partial record is gone: the next start finds a clean end.
     let (_, report) = DurableEngine::open(copy.path(), small_log_options(), false).unwrap();
     assert!(report.torn_tail.is_none(), "mended at the first start: {report:?}");
+    assert_eq!(report.records_replayed, history.records_before(cut));
+}
+
+#[test]
+fn a_cut_in_the_zeros_after_the_last_record_loses_nothing_and_is_mended() {
+    let history = acknowledged_history();
+    let cut = history.damaged_to() + 10 * RECORD_BYTES as u64;
+    let (copy, result) = history.recover_damaged(|segment| {
+        std::fs::OpenOptions::new().write(true).open(segment).unwrap().set_len(cut).unwrap();
+    });
+    let (replayed, state) = result.unwrap();
+    assert_eq!(replayed, history.total());
+    assert!(state == history.prefix_state(history.total()));
+    let (_, report) = DurableEngine::open(copy.path(), small_log_options(), false).unwrap();
+    assert!(report.torn_tail.is_none(), "its size given back at the first start: {report:?}");
+}
+
+#[test]
+fn the_last_segment_cut_inside_its_header_is_refused_and_kept() {
+    let history = acknowledged_history();
+    for cut in [1, 30, SEGMENT_HEADER_BYTES as u64 - 1] {
+        let (copy, result) = history.recover_damaged(|segment| {
+            std::fs::OpenOptions::new().write(true).open(segment).unwrap().set_len(cut).unwrap();
+        });
+        let segment = copy.path().join("log").join(history.last_segment.file_name().unwrap());
+        let error = result.err().unwrap_or_else(|| panic!("cut at {cut}: started"));
+        assert!(
+            matches!(&error, OpenError::Recovery(RecoveryError::CutShort { path, offset, .. }) if path == &segment && *offset == cut),
+            "cut at {cut}: {error}"
+        );
+        assert!(error.to_string().contains("move the file away"), "{error}");
+        assert_eq!(std::fs::metadata(&segment).unwrap().len(), cut, "kept as it was");
+        // Accepted (the file moved away): the segments before it recover.
+        std::fs::rename(&segment, copy.path().join("cut-segment")).unwrap();
+        let (_, report) = DurableEngine::open(copy.path(), small_log_options(), false).unwrap();
+        assert_eq!(report.records_replayed, history.total() - history.last_segment_records);
+    }
 }
 
 #[test]

@@ -334,6 +334,10 @@ pub(super) fn recover_state(
     let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots, mode)
         .and_then(|recovered| check_log_reaches_back(&recovered, snapshot.as_ref(), &passed_over).map(|()| recovered))
         .map_err(|error| blame_changed_inventory(other_inventory.as_ref(), error))?;
+    // A check refuses what start-up would (start-up's recovery refused it already).
+    if let Some(refusal) = recovered.torn_tail.as_ref().and_then(crate::log::TornTail::refusal) {
+        return Err(OpenError::Recovery(refusal));
+    }
     let phases = RecoveryPhases { tables: tables.get(), snapshot: snapshot_phase, log: replaying.elapsed() };
     Ok(RecoveredState { engine, snapshot, snapshots_passed_over: passed_over, recovered, phases })
 }

@@ -9,6 +9,6 @@ pub mod retention;
 pub mod storage;
 pub mod writer;
 
-pub use recovery::{recover, RecoveredLog, RecoveryError, RecoveryMode, TornTail};
+pub use recovery::{recover, OutsideCut, RecoveredLog, RecoveryError, RecoveryMode, TornTail};
 pub use storage::{FileStorage, LogStorage, SegmentFile, WriteMode};
 pub use writer::{Appender, Durability, LogOptions, LogWriter};

@@ -34,6 +34,12 @@ pub enum RecoveryError {
              file away only if you accept losing every record it holds and every record after it"
     )]
     Corrupt { path: PathBuf, offset: u64, reason: String },
+    #[error(
+        "log segment {path} was cut short from outside yeyak at byte {offset} ({reason}). The records after the \
+             cut, acknowledged ones among them, are lost, and yeyak will not start on it. Restore the data \
+             directory from a copy; or, to accept the loss, {accept}, and start again"
+    )]
+    CutShort { path: PathBuf, offset: u64, reason: String, accept: String },
     #[error("log segment {missing} is missing between {before} and {after} in {directory}")]
     MissingSegment { directory: PathBuf, missing: u64, before: u64, after: u64 },
     #[error("log record {lsn} in {path} at byte {offset} was refused by the state machine: {reason}")]
@@ -49,10 +55,44 @@ pub struct TornTail {
     /// Bytes after the tail start that were not zero (now zeroed).
     pub bytes_discarded: u64,
     /// The file was shortened by something other than yeyak (which only
-    /// writes into preallocated files): records after the cut, acknowledged
-    /// ones among them, may be lost, where a crash's torn tail loses only
-    /// what was never acknowledged.
-    pub cut_from_outside: bool,
+    /// writes into preallocated files) where its records ran up to the cut:
+    /// records after it, acknowledged ones among them, may be lost, where a
+    /// crash's torn tail loses only what was never acknowledged. Start-up
+    /// refuses such a log (`TornTail::refusal`); `ReadOnly` recovery
+    /// reports it. (A cut in the zeros after the last record loses
+    /// nothing: it is reported, and start-up gives the file its size back.)
+    pub cut: Option<OutsideCut>,
+}
+
+/// Where a file cut short from outside yeyak now ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutsideCut {
+    pub file_bytes: u64,
+    /// The size the segment was created with, where its header still says:
+    /// given back, the records before the cut recover.
+    pub created_bytes: Option<u64>,
+}
+
+impl TornTail {
+    /// Why start-up refuses this tail: a cut from outside yeyak that may
+    /// have taken acknowledged records (`cut`). None for a crash's torn tail.
+    pub fn refusal(&self) -> Option<RecoveryError> {
+        let cut = self.cut.as_ref()?;
+        let accept = match cut.created_bytes {
+            Some(created) => format!(
+                "give the file its size back (truncate -s {created} {}): the records before the cut are then \
+                 recovered",
+                self.path.display()
+            ),
+            None => "move the file away (every record it held is lost)".to_string(),
+        };
+        Some(RecoveryError::CutShort {
+            path: self.path.clone(),
+            offset: cut.file_bytes,
+            reason: self.defect.clone(),
+            accept,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,35 +340,46 @@ pub fn recover_with_lookahead(
                 if position + 1 < listed.len() {
                     return Err(corrupt(whole_end, defect));
                 }
-                recovered.torn_tail = Some(TornTail {
+                let cut = OutsideCut { file_bytes: file_end, created_bytes: Some(header.size_bytes) };
+                let tail = TornTail {
                     path: path.clone(),
                     offset: whole_end,
                     defect,
                     bytes_discarded: partial,
-                    cut_from_outside: true,
-                });
-                if mode == RecoveryMode::TruncateTornTail {
-                    zero_range(path, whole_end, file_end)?;
-                    restore_size(path, header.size_bytes)?;
-                }
+                    cut: Some(cut),
+                };
+                refuse_at_start(&tail, mode)?;
+                recovered.torn_tail = Some(tail);
                 break;
             }
             // Cut at a record's boundary: shorter than it was created.
             let created = header.size_bytes;
             if created != 0 && file_end < created {
-                let defect = format!(
-                    "the file is {file_end} bytes, shorter than the {created} it was created with: it was cut short \
-                     from outside yeyak, and records after the cut, if any, are lost"
-                );
+                // Records up to the cut: more may have followed. Zeros before
+                // it: the log ended there, and the cut took nothing written.
+                let records_to_the_cut = records == capacity;
+                let defect = if records_to_the_cut {
+                    format!(
+                        "the file is {file_end} bytes, shorter than the {created} it was created with, and its \
+                         records run up to the cut"
+                    )
+                } else {
+                    format!(
+                        "the file is {file_end} bytes, shorter than the {created} it was created with: it was cut \
+                         short from outside yeyak after its last record, and nothing written was lost"
+                    )
+                };
                 if position + 1 < listed.len() {
                     return Err(corrupt(file_end, defect));
                 }
+                let cut =
+                    records_to_the_cut.then_some(OutsideCut { file_bytes: file_end, created_bytes: Some(created) });
+                let tail = TornTail { path: path.clone(), offset: file_end, defect, bytes_discarded: 0, cut };
+                refuse_at_start(&tail, mode)?;
                 if mode == RecoveryMode::TruncateTornTail {
                     restore_size(path, created)?;
                 }
-                let path = path.clone();
-                recovered.torn_tail =
-                    Some(TornTail { path, offset: file_end, defect, bytes_discarded: 0, cut_from_outside: true });
+                recovered.torn_tail = Some(tail);
                 break;
             }
         }
@@ -414,7 +465,7 @@ fn finish_tail(
             offset,
             defect: defect.to_string(),
             bytes_discarded: nonzero_end - offset,
-            cut_from_outside: false,
+            cut: None,
         });
         if mode == RecoveryMode::TruncateTornTail {
             zero_range(&segment.path, offset, nonzero_end)?;
@@ -433,6 +484,15 @@ fn finish_tail(
     Ok(())
 }
 
+/// Start-up does not mend a log cut from outside yeyak that may have lost
+/// acknowledged records: it refuses before changing anything.
+fn refuse_at_start(tail: &TornTail, mode: RecoveryMode) -> Result<(), RecoveryError> {
+    match tail.refusal() {
+        Some(refusal) if mode == RecoveryMode::TruncateTornTail => Err(refusal),
+        _ => Ok(()),
+    }
+}
+
 fn finish_torn_header(
     segment: &MappedSegment,
     mode: RecoveryMode,
@@ -442,14 +502,18 @@ fn finish_torn_header(
     // A crash while a segment is created leaves it empty (before its
     // preallocation) or whole-sized with a torn header; only something
     // outside yeyak leaves it with part of a header.
-    let length = segment.bytes().len();
-    recovered.torn_tail = Some(TornTail {
+    let length = segment.bytes().len() as u64;
+    let cut = (length > 0 && length < SEGMENT_HEADER_BYTES as u64)
+        .then_some(OutsideCut { file_bytes: length, created_bytes: None });
+    let tail = TornTail {
         path: segment.path.clone(),
         offset: 0,
         defect: format!("segment header: {reason}"),
         bytes_discarded: segment.last_nonzero_byte_end(0),
-        cut_from_outside: length > 0 && length < SEGMENT_HEADER_BYTES,
-    });
+        cut,
+    };
+    refuse_at_start(&tail, mode)?;
+    recovered.torn_tail = Some(tail);
     recovered.removed_segments.push(segment.path.clone());
     if mode == RecoveryMode::TruncateTornTail {
         std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
