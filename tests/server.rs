@@ -1036,6 +1036,13 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
     }
     let (_, body) = client.call(opcode::BATCH, |out| put_batch_header(out, 0)).unwrap();
     assert!(split_reply_batch(&body).unwrap().is_empty(), "an empty batch is answered with no items");
+    // STATS counts what was answered: one reservation, and LOG_UNAVAILABLE
+    // for the reserve and the cancel, and for every command of the two batches.
+    let stats = client.stats().unwrap();
+    let counted = |name| stats.counter(name).unwrap();
+    assert_eq!((counted("reservations"), counted("cancellations"), counted("refusals")), (1, 0, 7), "{stats:?}");
+    let log_unavailable = ResultCode::LogUnavailable as u8;
+    assert_eq!(stats.refusals_by_code, [(log_unavailable, 7)], "{stats:?}");
     assert_eq!(server.shutdown(), Err(Refusal::LogUnavailable(yeyak::state::LogUnavailable::DiskFull)));
 }
 

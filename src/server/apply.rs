@@ -16,13 +16,13 @@ use crate::durable::DurableEngine;
 use crate::inventory::SlotIndex;
 use crate::log::Appender;
 use crate::protocol::body::{
-    batch_answer_item, put_batch_answer, put_batch_header, put_batch_item, CapacityAddition, PersonQuery, RegionQuery,
-    SiteQuery, BATCH_ANSWER_ITEM_BYTES,
+    batch_answer_item, put_batch_answer, put_batch_header, put_batch_item, BatchItems, CapacityAddition, PersonQuery,
+    RegionQuery, SiteQuery, BATCH_ANSWER_ITEM_BYTES,
 };
 use crate::protocol::frame::flag;
-use crate::protocol::{code, encode_frame, opcode, Answer};
+use crate::protocol::{code, decode_frame, encode_frame, opcode, Answer};
 use crate::server::connection::Outbox;
-use crate::server::stats::Tally;
+use crate::server::stats::{EngineCounters, Tally};
 use crate::state::{BookingRequest, Engine, EngineWriter, Journal, LogUnavailable, Lsn, Moment, Outcome, Refusal};
 
 /// A decoded command, ready for the state machine.
@@ -162,7 +162,7 @@ impl Pending {
     /// reads gets its answer, as reads keep working from memory after a
     /// failure (docs/log-format.md, "When the disk fails"). Returns how many
     /// replies were released.
-    pub fn release(&mut self, engine: &DurableEngine) -> usize {
+    pub fn release(&mut self, engine: &DurableEngine, counters: &EngineCounters) -> usize {
         // The failure first: the flusher stores the durable number before it
         // records a failure, so a reply durable just before one is released.
         let failed = engine.log().writable().err();
@@ -175,6 +175,7 @@ impl Pending {
                 front.outbox.push_quietly(&self.arena[front.bytes.clone()]);
             } else if let Some(why) = failed {
                 let answer = Answer::refusal(&Refusal::LogUnavailable(why));
+                recount_as_refused(&self.arena[front.bytes.clone()], front.commands, answer.code, counters);
                 front.outbox.push_quietly(&crate::server::connection::error_frame(front.request_id, answer));
             } else {
                 break;
@@ -211,6 +212,24 @@ impl Pending {
             }
         }
     }
+}
+
+/// The answers of a reply refused after the log failed were counted when
+/// it was applied (`Tally`); its requester gets `refusal_code` for every
+/// command instead, and STATS counts what was answered.
+fn recount_as_refused(reply: &[u8], commands: u32, refusal_code: u8, counters: &EngineCounters) {
+    // The arena holds frames this thread encoded: they decode.
+    let Ok((header, body)) = decode_frame(reply, u32::MAX) else { return };
+    if header.opcode == opcode::BATCH {
+        for item in BatchItems::of_replies(body).into_iter().flatten().flatten() {
+            if let Some(answer_code) = item.body.first() {
+                counters.take_back(item.opcode, *answer_code);
+            }
+        }
+    } else if let Some(answer_code) = body.first() {
+        counters.take_back(header.opcode, *answer_code);
+    }
+    counters.refusals_by_code.add(refusal_code, u64::from(commands));
 }
 
 /// What the engine thread holds while it applies a round of jobs: the log's

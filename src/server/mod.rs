@@ -402,7 +402,7 @@ fn engine_loop(shared: &Shared) {
             // Counted until applied, so the bound covers the round in hand too.
             shared.ingress_commands.fetch_sub(round_commands, Ordering::AcqRel);
         }
-        let released = pending.release(engine);
+        let released = pending.release(engine, &shared.counters.engine);
         if applied > 0 || released > 0 {
             continue;
         }

@@ -32,6 +32,10 @@ impl CodeCounts {
         self.0[usize::from(code)].fetch_add(count, Ordering::Relaxed);
     }
 
+    pub fn sub(&self, code: u8, count: u64) {
+        self.0[usize::from(code)].fetch_sub(count, Ordering::Relaxed);
+    }
+
     pub fn get(&self, code: u8) -> u64 {
         self.0[usize::from(code)].load(Ordering::Relaxed)
     }
@@ -45,6 +49,22 @@ pub struct EngineCounters {
     pub changes: AtomicU64,
     /// Commands the engine answered with each (engine) result code other than OK.
     pub refusals_by_code: CodeCounts,
+}
+
+impl EngineCounters {
+    /// Takes back one command's answer, counted (`Tally::count`) and
+    /// flushed when it was applied, that its requester never got: a reply
+    /// refused after the log failed.
+    pub fn take_back(&self, command_opcode: u8, answer_code: u8) {
+        let counter = match (answer_code, command_opcode) {
+            (code::OK, opcode::RESERVE) => &self.reservations,
+            (code::OK, opcode::CHANGE) => &self.changes,
+            (code::OK, opcode::CANCEL) => &self.cancellations,
+            (code::OK, _) => return,
+            (refused, _) => return self.refusals_by_code.sub(refused, 1),
+        };
+        counter.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counters for the STATS opcode.
