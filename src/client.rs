@@ -521,7 +521,7 @@ mod tests {
         assert_eq!(
             disk_full.to_string(),
             "the engine refused the request whole: the log cannot take records: the disk is full (free space, \
-             then restart the engine); not acknowledged: retry with the same idempotency key (code 60)"
+             then restart the engine); the change may or may not have been made (code 60)"
         );
         let overloaded =
             ClientError::Refused(Answer { code: code::TOO_MANY_IN_FLIGHT, value: 4096, ..Answer::default() });

@@ -585,3 +585,45 @@ fn a_bad_keys_file_is_refused_before_anything_is_written() {
     let left: Vec<_> = std::fs::read_dir(directory.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left, ["keys.toml"], "no campaign, lock or log written");
 }
+
+#[test]
+fn after_a_disk_failure_the_shell_client_says_how_to_find_out_what_was_made() {
+    use common::*;
+    use std::net::SocketAddr;
+    use yeyak::log::faults::{FaultPlan, FaultyStorage};
+    use yeyak::server::{Clock, Server, ServerConfig};
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let plan = FaultPlan::never();
+    let storage = yeyak::log::FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
+    let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
+    let (engine, _) =
+        yeyak::durable::DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
+    let (keys, _) = yeyak::server::keys::KeyRing::load(directory.path(), true).unwrap();
+    let clock = Clock::Simulated { start_ms: open_evening_ms(&rules), since: std::time::Instant::now() };
+    let config = ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), clock, ..ServerConfig::default() };
+    let server = Server::start(engine, keys, config).unwrap();
+    let address = server.local_address().to_string();
+    plan.writes_before_disk_full.store(0, std::sync::atomic::Ordering::SeqCst);
+    let birth = birth_date().to_string();
+    // The first change fails in its sync, the second at once: both say the
+    // key that finds out whether it was made.
+    for person in ["0x5", "0x6"] {
+        let reserve = ["reserve", "--person", person, "--birth-date", &birth, "--slot", "6", "--idempotency-key", "77"];
+        let (ok, text) = client(directory.path(), &address, &reserve);
+        assert!(!ok && text.contains("the disk is full"), "{text}");
+        assert!(
+            text.contains("repeat it with --idempotency-key 77") && text.contains("once the engine is back"),
+            "{text}"
+        );
+    }
+    // A capacity change has no key: look at the capacity before adding again.
+    let (ok, text) = client(
+        directory.path(),
+        &address,
+        &["--operator", "add-capacity", "--slot", "6", "--seats", "2", "--expected", "1"],
+    );
+    assert!(!ok && text.contains("the disk is full"), "{text}");
+    assert!(text.contains("capacity --slot 6) before adding again") && !text.contains("idempotency"), "{text}");
+    assert!(server.shutdown().is_err(), "the log failed");
+}

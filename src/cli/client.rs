@@ -172,6 +172,11 @@ fn said(error: ClientError) -> String {
     }
 }
 
+/// A request refused whole because the log failed.
+fn log_unavailable(error: &ClientError) -> bool {
+    matches!(error, ClientError::Refused(answer) if answer.code == yeyak::state::ResultCode::LogUnavailable as u8)
+}
+
 fn parse_date(text: &str) -> Result<Date, String> {
     let date = Date::parse(text).map_err(|e| e.to_string())?;
     yeyak::protocol::body::date_from_wire(date.days_since_epoch())
@@ -199,24 +204,30 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
         idempotency_key: person.idempotency_key.unwrap_or_else(fresh_idempotency_key),
         channel,
     };
-    // A lost answer (the connection broke, or no reply in time) leaves the
-    // outcome unknown: the same key asks again without booking twice.
-    let show =
-        |done: &str, booking: BookingRequest, result: Result<Result<SlotIndex, Refusal>, ClientError>| match result {
+    // A lost answer (the connection broke, no reply in time, the log failed
+    // before the change was durable) leaves the outcome unknown: the same
+    // key asks again without booking twice.
+    let show = |done: &str, booking: BookingRequest, result: Result<Result<SlotIndex, Refusal>, ClientError>| {
+        let repeat = |what: String| {
+            let key = booking.idempotency_key;
+            format!("{what}; repeat it with --idempotency-key {key} to find out without booking twice")
+        };
+        match result {
             Ok(Ok(slot)) => {
                 println!("{done} {slot}");
                 Ok(())
             }
+            Ok(Err(refusal @ Refusal::LogUnavailable(_))) => {
+                Err(repeat(format!("{}, once the engine is back", refused(&refusal))))
+            }
             Ok(Err(refusal)) => Err(refused(&refusal)),
+            Err(error) if log_unavailable(&error) => Err(repeat(format!("{error}, once the engine is back"))),
             Err(error @ (ClientError::Io(_) | ClientError::TimedOut(_) | ClientError::Closed)) => {
-                let key = booking.idempotency_key;
-                Err(format!(
-                    "{error}; the command may or may not have been applied: repeat it with \
-                     --idempotency-key {key} to find out without booking twice"
-                ))
+                Err(repeat(format!("{error}; the command may or may not have been applied")))
             }
             Err(error) => Err(said(error)),
-        };
+        }
+    };
     match args.command {
         ClientCommand::Reserve { person, slot } => {
             let booking = booking(&person, slot);
@@ -277,12 +288,23 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
         },
         ClientCommand::AddCapacity { slot, seats, expected } => {
             let addition = CapacityAddition { slot: SlotIndex(slot), seats, expected_capacity: expected };
-            match client.add_capacity(&addition).map_err(said)? {
-                Ok(capacity) => {
+            // A change whose outcome is unknown is not repeated blindly: the
+            // capacity it expected says whether it was made.
+            let check_first = |what: String| {
+                format!("{what}; once the engine is back, look at the slot's capacity (yeyak client --operator capacity --slot {slot}) before adding again")
+            };
+            match client.add_capacity(&addition) {
+                Ok(Ok(capacity)) => {
                     println!("{} now has a capacity of {}", SlotIndex(slot), seats_text(capacity));
                     Ok(())
                 }
-                Err(refusal) => Err(refused(&refusal)),
+                Ok(Err(refusal @ Refusal::LogUnavailable(_))) => Err(check_first(refused(&refusal))),
+                Ok(Err(refusal)) => Err(refused(&refusal)),
+                Err(error) if log_unavailable(&error) => Err(check_first(error.to_string())),
+                Err(error @ (ClientError::Io(_) | ClientError::TimedOut(_) | ClientError::Closed)) => {
+                    Err(check_first(format!("{error}; the change may or may not have been made")))
+                }
+                Err(error) => Err(said(error)),
             }
         }
         ClientCommand::Stats => {

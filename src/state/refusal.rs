@@ -249,7 +249,7 @@ impl fmt::Display for Refusal {
                 write!(f, "{slot} has capacity {capacity} now, not the one the change expected")
             }
             Refusal::LogUnavailable(why) => {
-                write!(f, "the log cannot take records: {why}; not acknowledged: retry with the same idempotency key")
+                write!(f, "the log cannot take records: {why}; the change may or may not have been made")
             }
             other => write!(f, "{}", other.code().name()),
         }
