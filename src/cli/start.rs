@@ -123,16 +123,28 @@ impl StartArgs {
         if data_dir.as_os_str().is_empty() {
             return Err("data_dir is empty: give a directory (the default is yeyak-data)".into());
         }
+        let clock = self.clock.or(file.clock).unwrap_or(if production {
+            ClockChoice::System
+        } else {
+            ClockChoice::CampaignOpen
+        });
+        let durability = self.durability.or(file.durability).unwrap_or(Durability::Sync);
+        // What a production engine must not do, refused rather than printed.
+        if production && durability == Durability::None {
+            return Err("durability none with production: answers would not wait for the disk, so a crash would \
+                        lose acknowledged reservations (none is for trying things only)"
+                .into());
+        }
+        if production && clock == ClockChoice::CampaignOpen {
+            return Err("clock campaign-open with production: SIMULATED time would open and close the booking \
+                        window at the wrong moments (a production engine reads the system clock)"
+                .into());
+        }
         Ok(Settings {
             data_dir,
             listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
-            // A production engine reads the system clock unless told otherwise.
-            clock: self.clock.or(file.clock).unwrap_or(if production {
-                ClockChoice::System
-            } else {
-                ClockChoice::CampaignOpen
-            }),
-            durability: self.durability.or(file.durability).unwrap_or(Durability::Sync),
+            clock,
+            durability,
             production,
             server,
         })
@@ -261,6 +273,18 @@ mod tests {
         let config = config.to_str().unwrap();
         let args = Start::try_parse_from([&["start", "--config", config][..], flags].concat()).unwrap().args;
         args.settings().unwrap().production
+    }
+
+    #[test]
+    fn production_refuses_no_durability_and_simulated_time() {
+        let settings =
+            |flags: &[&str]| Start::try_parse_from([&["start"][..], flags].concat()).unwrap().args.settings();
+        let none = settings(&["--production", "--durability", "none"]).unwrap_err();
+        assert!(none.contains("durability none with production"), "{none}");
+        let simulated = settings(&["--production", "--clock", "campaign-open"]).unwrap_err();
+        assert!(simulated.contains("clock campaign-open with production"), "{simulated}");
+        assert!(settings(&["--production", "--clock", "system"]).is_ok());
+        assert!(settings(&["--durability", "none", "--clock", "campaign-open"]).is_ok(), "allowed outside production");
     }
 
     #[test]
