@@ -156,6 +156,10 @@ fn start_book_from_the_shell_stop_and_restart() {
     // Queries' refusals read like commands' ones: the code's name, then why.
     let (ok, text) = client(directory.path(), &address, &["site", "--site", "999", "--date", "2021-08-26"]);
     assert!(!ok && text.contains("refused (unknown site): "), "{text}");
+    // Without --limit, a region page is as large as the campaign's page holds.
+    let (ok, text) = client(directory.path(), &address, &["region", "--region", "1", "--date", "2021-08-26"]);
+    let first = text.lines().next().unwrap_or("");
+    assert!(ok && first.starts_with("site ") && first.ends_with(" seats left"), "{text}");
     // An operator reads a slot's capacity and adds to it from what they saw;
     // the same change again is refused, not applied twice.
     let (ok, text) = client(directory.path(), &address, &["capacity", "--slot", "7"]);

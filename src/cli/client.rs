@@ -93,9 +93,9 @@ pub enum ClientCommand {
         /// The page to start at (the previous page says the next one).
         #[arg(long, default_value_t = 0)]
         cursor: u32,
-        /// Sites a page holds at most.
-        #[arg(long, default_value_t = 20)]
-        limit: u32,
+        /// Sites a page holds at most [default: as many as the campaign's page holds].
+        #[arg(long)]
+        limit: Option<u32>,
     },
     /// The engine's counters.
     Stats,
@@ -256,7 +256,7 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
             match client.site_availability(&SiteQuery { site_id: site, date }).map_err(said)? {
                 Ok(seats) => {
                     for (offset, left) in seats.seats.iter().enumerate() {
-                        println!("{}: {left} seats left", SlotIndex(seats.first_slot.0 + offset as u32));
+                        println!("{}: {} left", SlotIndex(seats.first_slot.0 + offset as u32), seats_text(*left));
                     }
                     Ok(())
                 }
@@ -264,11 +264,12 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
             }
         }
         ClientCommand::Region { region, date, cursor, limit } => {
-            let query = RegionQuery { region_id: region, date, cursor, limit };
+            // 0: as many as a page holds (docs/protocol.md, RegionQuery).
+            let query = RegionQuery { region_id: region, date, cursor, limit: limit.unwrap_or(0) };
             match client.region_availability(&query).map_err(said)? {
                 Ok(page) => {
                     for (site, left) in &page.sites {
-                        println!("site {site}: {left} seats left");
+                        println!("site {site}: {} left", seats_text(*left));
                     }
                     match page.next_cursor {
                         Some(next) => println!("more: --cursor {next}"),

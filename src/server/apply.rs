@@ -308,7 +308,7 @@ pub fn apply(
                         Err(query) => {
                             let mut after = 0;
                             put_batch_item(out, command.opcode(), |out| {
-                                after = apply_query(engine, log, query, tally, out)
+                                after = apply_query(engine, log, query, moment, tally, out)
                             });
                             after
                         }
@@ -357,7 +357,7 @@ fn apply_command(
             answer.encode(out);
             durable_after
         }
-        Err(query) => apply_query(durable, &writing.log, query, tally, out),
+        Err(query) => apply_query(durable, &writing.log, query, moment, tally, out),
     }
 }
 
@@ -417,18 +417,26 @@ fn apply_query(
     durable: &DurableEngine,
     log: &Appender<'_>,
     query: Query<'_>,
+    moment: &Moment,
     tally: &mut Tally,
     out: &mut Vec<u8>,
 ) -> Lsn {
     match query {
-        Query::Site(query) => apply_site(durable.engine(), log, query, tally, out),
-        Query::Region(query) => apply_region(durable.engine(), log, query, tally, out),
+        Query::Site(query) => apply_site(durable.engine(), log, query, moment, tally, out),
+        Query::Region(query) => apply_region(durable.engine(), log, query, moment, tally, out),
     }
 }
 
 /// SITE_AVAILABILITY: an answer, then the site's slots of the day.
-fn apply_site(engine: &Engine, log: &Appender<'_>, query: &SiteQuery, tally: &mut Tally, out: &mut Vec<u8>) -> Lsn {
-    let answer = match engine.site_availability(query.site_id, query.date) {
+fn apply_site(
+    engine: &Engine,
+    log: &Appender<'_>,
+    query: &SiteQuery,
+    moment: &Moment,
+    tally: &mut Tally,
+    out: &mut Vec<u8>,
+) -> Lsn {
+    let answer = match engine.site_availability(query.site_id, query.date, moment) {
         Ok(site) => {
             Answer::ok(0).encode(out);
             out.extend_from_slice(&site.first_slot.0.to_le_bytes());
@@ -446,8 +454,15 @@ fn apply_site(engine: &Engine, log: &Appender<'_>, query: &SiteQuery, tally: &mu
 }
 
 /// REGION_AVAILABILITY: an answer, then one page of sites with room.
-fn apply_region(engine: &Engine, log: &Appender<'_>, query: &RegionQuery, tally: &mut Tally, out: &mut Vec<u8>) -> Lsn {
-    let answer = match engine.region_availability(query.region_id, query.date, query.cursor, query.limit) {
+fn apply_region(
+    engine: &Engine,
+    log: &Appender<'_>,
+    query: &RegionQuery,
+    moment: &Moment,
+    tally: &mut Tally,
+    out: &mut Vec<u8>,
+) -> Lsn {
+    let answer = match engine.region_availability(query.region_id, query.date, query.cursor, query.limit, moment) {
         Ok(page) => {
             Answer::ok(0).encode(out);
             out.extend_from_slice(&page.next_cursor.unwrap_or(u32::MAX).to_le_bytes());

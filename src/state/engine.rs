@@ -153,7 +153,7 @@ impl Engine {
 
     /// Whether the appointment of `slot` (in the inventory) has begun at `moment`.
     #[inline]
-    fn slot_begun(&self, slot: SlotIndex, moment: &Moment) -> bool {
+    pub(super) fn slot_begun(&self, slot: SlotIndex, moment: &Moment) -> bool {
         self.inventory.position_in_site(slot) < moment.slots_begun_per_site
     }
 

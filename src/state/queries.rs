@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::calendar::Date;
 use crate::inventory::{Inventory, SlotIndex};
-use crate::state::engine::Engine;
+use crate::state::engine::{Engine, Moment};
 use crate::state::people::{PersonKey, PersonRecord};
 use crate::state::refusal::Refusal;
 
@@ -53,29 +53,42 @@ fn service_day_index(inventory: &Inventory, date: Date) -> Result<u32, Refusal> 
 }
 
 impl Engine {
-    pub fn site_availability(&self, site_id: u32, date: Date) -> Result<SiteAvailability, Refusal> {
+    pub fn site_availability(&self, site_id: u32, date: Date, moment: &Moment) -> Result<SiteAvailability, Refusal> {
         let inventory = self.inventory();
         let site_index = inventory.site_index(site_id).ok_or(Refusal::UnknownSite { site_id })?;
         let day_index = service_day_index(inventory, date)?;
         let first_slot = inventory.first_slot_of_day(site_index, day_index);
         let remaining = (0..u32::from(inventory.slots_per_day()))
-            .map(|offset| self.slots.remaining(first_slot.0 + offset))
+            .map(|offset| self.bookable_seats(first_slot.0 + offset, moment))
             .collect();
         Ok(SiteAvailability { site_id, date, first_slot, remaining })
     }
 
-    /// Sites of `region_id` with seats left on `date`, at most `limit` from `cursor`.
+    /// Seats of `slot` a reservation at `moment` could take: none once its
+    /// appointment has begun (a reservation is refused SLOT_IN_PAST then).
+    fn bookable_seats(&self, slot: u32, moment: &Moment) -> u32 {
+        if self.slot_begun(SlotIndex(slot), moment) {
+            0
+        } else {
+            self.slots.remaining(slot)
+        }
+    }
+
+    /// Sites of `region_id` with seats left on `date` at `moment`, at most
+    /// `limit` from `cursor` (0: as many as a page holds).
     pub fn region_availability(
         &self,
         region_id: u16,
         date: Date,
         cursor: u32,
         limit: u32,
+        moment: &Moment,
     ) -> Result<RegionPage, Refusal> {
         let page_max = self.rules().availability_page_max;
-        if limit == 0 || limit > page_max {
+        if limit > page_max {
             return Err(Refusal::PageTooLarge { requested: limit, page_max });
         }
+        let limit = if limit == 0 { page_max } else { limit };
         let inventory = self.inventory();
         let day_index = service_day_index(inventory, date)?;
         let site_indexes = inventory.region_site_indexes(region_id);
@@ -92,7 +105,7 @@ impl Engine {
             let first = inventory.first_slot_of_day(site_index, day_index).0;
             // Saturating: a day of many large slots may hold more than 2³² seats.
             let seats = (first..first + u32::from(inventory.slots_per_day()))
-                .fold(0u32, |seats, slot| seats.saturating_add(self.slots.remaining(slot)));
+                .fold(0u32, |seats, slot| seats.saturating_add(self.bookable_seats(slot, moment)));
             if seats > 0 {
                 sites.push((inventory.sites()[site_index as usize].id, seats));
             }
@@ -135,6 +148,7 @@ mod tests {
     use crate::calendar::{Date, TimeOfDay};
     use crate::config::CampaignRules;
     use crate::inventory::Inventory;
+    use crate::state::engine::Moment;
     use crate::state::{Engine, SLOT_CAPACITY_MAX};
 
     #[test]
@@ -149,7 +163,43 @@ mod tests {
         csv.push_str("2,1,Small,2021-08-26,09:00,3\n");
         let inventory = Inventory::from_csv(&rules, csv.as_bytes()).unwrap();
         let engine = Engine::new(rules, inventory);
-        let page = engine.region_availability(1, Date::parse("2021-08-26").unwrap(), 0, 10).unwrap();
+        let moment = engine.booking_moment(0);
+        let page = engine.region_availability(1, Date::parse("2021-08-26").unwrap(), 0, 10, &moment).unwrap();
         assert_eq!(page.sites, [(1, u32::MAX), (2, 3)]);
+    }
+
+    #[test]
+    fn availability_counts_only_seats_of_slots_not_yet_begun() {
+        let rules = CampaignRules::demo();
+        let day = Date::parse("2021-08-26").unwrap();
+        let mut csv = String::from("site_id,region_id,site_name,date,time,capacity\n");
+        for time in ["09:00", "09:30", "10:00"] {
+            csv.push_str(&format!("1,1,Early,2021-08-26,{time},2\n"));
+        }
+        csv.push_str("2,1,Early only,2021-08-26,09:00,4\n");
+        let inventory = Inventory::from_csv(&rules, csv.as_bytes()).unwrap();
+        let first_slot_of =
+            |engine: &Engine, moment: &Moment| engine.site_availability(1, day, moment).unwrap().first_slot.0;
+        let offset = rules.utc_offset;
+        let engine = Engine::new(rules, inventory);
+        let at = |time: &str| engine.booking_moment(offset.utc_ms(day, TimeOfDay::parse(time).unwrap()));
+        // The evening before: every seat.
+        let before = engine.booking_moment(offset.utc_ms(day.add_days(-1), TimeOfDay::parse("20:00").unwrap()));
+        let first = first_slot_of(&engine, &before);
+        let seats = |moment: &Moment| engine.site_availability(1, day, moment).unwrap().remaining[..3].to_vec();
+        assert_eq!(seats(&before), [2, 2, 2]);
+        // 09:00 has begun at 09:00, 09:30 at 09:45: none of their seats can be booked.
+        assert_eq!(seats(&at("09:00")), [0, 2, 2]);
+        assert_eq!(seats(&at("09:45")), [0, 0, 2]);
+        assert_eq!(engine.site_availability(1, day, &at("09:45")).unwrap().first_slot.0, first);
+        // A region page lists what can be booked: site 2 had only its 09:00.
+        let region = |moment: &Moment, limit| engine.region_availability(1, day, 0, limit, moment).unwrap().sites;
+        assert_eq!(region(&before, 10), [(1, 6), (2, 4)]);
+        assert_eq!(region(&at("09:45"), 10), [(1, 2)]);
+        // A limit of 0 asks for as many as a page holds; past the page's most is refused.
+        let page_max = engine.rules().availability_page_max;
+        assert_eq!(region(&before, 0), [(1, 6), (2, 4)]);
+        let too_large = engine.region_availability(1, day, 0, page_max + 1, &before).unwrap_err();
+        assert_eq!(too_large, crate::state::Refusal::PageTooLarge { requested: page_max + 1, page_max });
     }
 }
