@@ -466,6 +466,25 @@ fn only_proven_keys_get_in_and_connections_are_capped() {
     assert_eq!(reply[3], opcode::ERROR);
     assert_eq!(reply[24], code::UNAUTHENTICATED);
     drop(stream);
+    // A HELLO flagged as a reply is no request: MALFORMED, and closed.
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    let hello = yeyak::protocol::handshake::Hello {
+        version_min: 1,
+        version_max: 1,
+        role: Role::Gateway,
+        key_id: id,
+        client_nonce: [7; 32],
+    };
+    let mut frame = Vec::new();
+    let reply_flag = yeyak::protocol::frame::flag::REPLY;
+    yeyak::protocol::encode_frame(&mut frame, opcode::HELLO, reply_flag, 9, |out| hello.encode(out));
+    std::io::Write::write_all(&mut stream, &frame).unwrap();
+    let mut reply = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut reply).unwrap();
+    let (header, body) = yeyak::protocol::decode_frame(&reply, 64).unwrap();
+    assert_eq!((header.opcode, header.request_id, body[0]), (opcode::ERROR, 9, code::MALFORMED));
+    assert_eq!(reply.len(), 40, "nothing after the refusal: the connection closed");
+    drop(stream);
     std::thread::sleep(std::time::Duration::from_millis(100));
     let _kept: Vec<Client> = (0..3).map(|_| gateway(&running.server, &running.keys)).collect();
     match Client::connect(address, Role::Gateway, id, key) {

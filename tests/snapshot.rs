@@ -465,9 +465,9 @@ fn a_snapshot_that_would_eat_the_log_s_room_is_not_taken() {
     assert!(engine.reserve(&booking(999, 7, 1), now).is_ok(), "bookings go on");
 }
 
-/// Leaves the log directory holding one segment file whose creation was cut
-/// short (half a header), numbered after every segment it held; the others
-/// are removed, as segments behind snapshots are. Returns that number.
+/// Leaves the log directory holding one segment file whose creation a crash
+/// cut short (a torn header), numbered after every segment it held; the
+/// others are removed, as segments behind snapshots are. Returns that number.
 fn leave_only_a_cut_short_segment(directory: &Path) -> u64 {
     let log = directory.join("log");
     let segments = yeyak::log::recovery::list_segments(&log).unwrap();
@@ -475,7 +475,12 @@ fn leave_only_a_cut_short_segment(directory: &Path) -> u64 {
     for (_, path) in segments {
         std::fs::remove_file(path).unwrap();
     }
-    std::fs::write(log.join(yeyak::log::format::segment_file_name(next)), [0x59u8; 30]).unwrap();
+    // As a crash leaves a segment it was creating: whole-sized (preallocated),
+    // its header torn. (A file shorter than its header was cut from outside,
+    // which start-up refuses: tests/crash.rs.)
+    let mut torn = vec![0u8; 64 * 1024];
+    torn[..30].fill(0x59);
+    std::fs::write(log.join(yeyak::log::format::segment_file_name(next)), torn).unwrap();
     next
 }
 

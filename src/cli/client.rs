@@ -38,8 +38,9 @@ pub struct PersonArgs {
     /// Birth date, YYYY-MM-DD.
     #[arg(long, value_parser = parse_date)]
     pub birth_date: Date,
-    /// Makes retries safe: the same key returns the first answer instead of
-    /// booking again. Default: a fresh key each run, printed if the answer is lost.
+    /// Makes a retry safe: the person's last command repeated with its key gets
+    /// that command's answer instead of being applied again (only the last command
+    /// is remembered). Default: a fresh key each run, printed if the outcome is unknown.
     #[arg(long, value_parser = parse_idempotency_key)]
     pub idempotency_key: Option<u64>,
 }

@@ -234,6 +234,10 @@ async fn handshake<R: ReadBytes>(
     if header.opcode != opcode::HELLO {
         return Err(refuse(header.request_id, code::UNAUTHENTICATED, 0));
     }
+    // A reply sent as a request is no request, in the handshake as after it.
+    if header.flags & flag::REPLY != 0 {
+        return Err(refuse(header.request_id, code::MALFORMED, 0));
+    }
     let hello = Hello::decode(body).map_err(|_| refuse(header.request_id, code::MALFORMED, 0))?;
     if !(hello.version_min..=hello.version_max).contains(&PROTOCOL_VERSION) {
         return Err(refuse(header.request_id, code::UNSUPPORTED_VERSION, u16::from(PROTOCOL_VERSION)));
@@ -245,6 +249,9 @@ async fn handshake<R: ReadBytes>(
         return Ok(None);
     };
     let body = &reader.buffer[body];
+    if header.opcode == opcode::PROOF && header.flags & flag::REPLY != 0 {
+        return Err(refuse(header.request_id, code::MALFORMED, 0));
+    }
     let proven = header.opcode == opcode::PROOF
         && body.len() == PROOF_BYTES
         && shared.keys.key(hello.role, hello.key_id).is_some_and(|key| verify_proof(key, &hello, &server_nonce, body));

@@ -69,9 +69,9 @@ pub enum SnapshotError {
     /// The snapshot is whole, but of another inventory (service days, sites,
     /// capacities) than campaign.toml describes now, and not of its first sites.
     #[error(
-        "snapshot {path} was taken of an inventory of {snapshot_slots} slots with other capacities, sites or \
-         service days than the {slots} slots campaign.toml describes now (only sites added at the end keep a \
-         snapshot usable)"
+        "snapshot {path} was taken of another inventory than campaign.toml describes now ({snapshot_slots} \
+         slots then, {slots} now; other capacities, sites or service days): only sites added at the end \
+         keep a snapshot usable, and a running campaign's capacities change through ADD_CAPACITY"
     )]
     OtherInventory { path: PathBuf, snapshot_slots: u32, slots: u32 },
     /// The snapshot is whole, but holds more people than campaign.toml's
