@@ -203,6 +203,9 @@ fn demo(args: DemoArgs) -> Result<(), String> {
 /// what is there and creates nothing, so a mistyped path is an error, not an
 /// empty log.
 fn existing_log_directory(data_dir: &std::path::Path) -> Result<PathBuf, String> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        return Err(format!("{} is not a directory: give a data directory's path with --data-dir", data_dir.display()));
+    }
     if !data_dir.is_dir() {
         return Err(format!("no data directory at {} (give its path with --data-dir)", data_dir.display()));
     }
@@ -330,12 +333,15 @@ fn verify_snapshots(
     let mut findings = Vec::new();
     if other_campaign > 0 {
         findings.push(format!(
-            "{other_campaign} snapshots are of another campaign or inventory than campaign.toml describes \
-             (campaign.toml changed since they were taken)"
+            "{other_campaign} {} of another campaign or inventory than campaign.toml describes (campaign.toml \
+             changed since {} taken)",
+            if other_campaign == 1 { "snapshot is" } else { "snapshots are" },
+            if other_campaign == 1 { "it was" } else { "they were" }
         ));
     }
     if invalid > 0 {
-        findings.push(format!("{invalid} snapshots are not valid (start-up passes them over)"));
+        let snapshots = if invalid == 1 { "snapshot is" } else { "snapshots are" };
+        findings.push(format!("{invalid} {snapshots} not valid (start-up passes them over)"));
     }
     Ok(findings)
 }

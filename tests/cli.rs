@@ -103,6 +103,12 @@ fn start_book_from_the_shell_stop_and_restart() {
     let directory = small_data_dir();
     let (child, address, stdout) = start(directory.path());
     assert!(directory.path().join("keys.toml").exists(), "keys generated on first start");
+    // Another data directory's keys: refused, and told which file was used.
+    let stranger = tempfile::tempdir().unwrap();
+    yeyak::server::keys::KeyRing::load(stranger.path(), true).unwrap();
+    let (ok, text) = client(stranger.path(), &address, &["stats"]);
+    let keys = stranger.path().join("keys.toml");
+    assert!(!ok && text.contains("did not accept") && text.contains(&keys.display().to_string()), "{text}");
     let (ok, text) = client(
         directory.path(),
         &address,

@@ -21,7 +21,8 @@ pub struct ClientArgs {
     #[arg(long, env = "YEYAK_DATA_DIR", default_value = "yeyak-data", global = true)]
     pub data_dir: PathBuf,
     /// The engine's address (`yeyak start --listen`).
-    #[arg(long, env = "YEYAK_ADDRESS", default_value = "127.0.0.1:7878", global = true)]
+    #[arg(long, env = "YEYAK_ADDRESS", default_value = "127.0.0.1:7878", global = true,
+          value_parser = crate::start::parse_socket_address)]
     pub address: SocketAddr,
     /// Connect as the operator of the first operator key (books are recorded under it).
     #[arg(long, global = true)]
@@ -163,6 +164,9 @@ fn seats_text(seats: u32) -> String {
 /// refused for the connection's role.
 fn said(error: ClientError) -> String {
     match error {
+        ClientError::Refused(answer) if answer.code == yeyak::protocol::code::SHUTTING_DOWN => {
+            format!("{}: try again once it has restarted", ClientError::Refused(answer))
+        }
         ClientError::Refused(answer) if answer.code == yeyak::protocol::code::NOT_ALLOWED => {
             format!(
                 "{}: operator commands need --operator (and an operator key in keys.toml)",
@@ -195,6 +199,12 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
         ClientError::Refused(answer) if answer.code == yeyak::protocol::code::STARTING => {
             format!("the engine at {} is still starting (recovering its data): try again in a moment", args.address)
         }
+        ClientError::Unauthenticated => format!(
+            "the engine at {} did not accept the {role:?} key {key_id} of {}: is --data-dir the engine's data \
+             directory (or a copy of its keys.toml)?",
+            args.address,
+            args.data_dir.join("keys.toml").display()
+        ),
         error => error.to_string(),
     })?;
     let channel = if args.operator { Channel::Operator { operator_id: key_id } } else { Channel::Person };

@@ -14,6 +14,13 @@ use yeyak::server::keys::KeyRing;
 use yeyak::server::{BoundAddress, Clock, Server, ServerConfig};
 use yeyak::state::Refusal;
 
+/// An IP address and port, with what to give instead of a host name.
+pub fn parse_socket_address(text: &str) -> Result<SocketAddr, String> {
+    text.parse().map_err(|_| {
+        format!("{text:?} is not an IP address and port such as 127.0.0.1:7878 or [::1]:7878 (host names are not looked up)")
+    })
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ClockChoice {
@@ -39,7 +46,7 @@ pub struct StartArgs {
     #[arg(long, env = "YEYAK_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Address to serve the binary protocol on [default: 127.0.0.1:7878].
-    #[arg(long, env = "YEYAK_LISTEN")]
+    #[arg(long, env = "YEYAK_LISTEN", value_parser = parse_socket_address)]
     pub listen: Option<SocketAddr>,
     /// Where "now" comes from [default: campaign-open; system with --production].
     #[arg(long, env = "YEYAK_CLOCK", value_enum)]
