@@ -216,6 +216,20 @@ fn existing_log_directory(data_dir: &std::path::Path) -> Result<PathBuf, String>
     Ok(data_dir.join(yeyak::durable::LOG_DIRECTORY))
 }
 
+/// Whether this process may write into `directory` (a read-only mount, or
+/// its permissions, say no), asked of the kernel without writing anything.
+fn writable(directory: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(directory.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path holds a NUL byte"))?;
+    // SAFETY: `access` reads a NUL-terminated path we own for the call's length.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Standard output, written line by line; a failed write (a full disk, say)
 /// is an error, not a panic.
 fn stdout_error(error: std::io::Error) -> String {
@@ -280,6 +294,10 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
     match yeyak::durable::DurableEngine::check(&data_dir) {
         Ok(report) => writeln!(out, "start-up would recover {report}").map_err(stdout_error)?,
         Err(error) => return Err(format!("start-up would refuse: {error}")),
+    }
+    // The check reads only; start-up writes (its lock, the log, snapshots).
+    if let Err(error) = writable(&data_dir) {
+        return Err(format!("start-up would fail: it writes into {}, and {error}", data_dir.display()));
     }
     if !findings.is_empty() {
         return Err(format!("start-up would succeed, but not everything here is sound: {}", findings.join("; ")));

@@ -204,12 +204,18 @@ impl fmt::Display for Refusal {
             Refusal::NotEligible { birth_date } => {
                 write!(f, "born {birth_date}: not in an eligible cohort")
             }
+            Refusal::NotYourRotationDay { digit, your_turn_opens_ms: None } => {
+                write!(f, "today is not the day for birth-day digit {digit}, and the campaign is over")
+            }
             Refusal::NotYourRotationDay { digit, your_turn_opens_ms } => {
                 write!(
                     f,
                     "today is not the day for birth-day digit {digit}; your turn opens {}",
                     at(your_turn_opens_ms)
                 )
+            }
+            Refusal::WindowClosed { next_open_ms: None } => {
+                write!(f, "booking window closed for good: the campaign is over")
             }
             Refusal::WindowClosed { next_open_ms } => {
                 write!(f, "booking window closed; next opening {}", at(next_open_ms))
@@ -267,7 +273,9 @@ mod tests {
         let refusal = Refusal::ProxyBookingClosed { cutoff_ms: Some(1_629_370_812_345) };
         assert_eq!(refusal.to_string(), "family proxy booking closed (cutoff at 2021-08-19 11:00:12.345 UTC)");
         let refusal = Refusal::WindowClosed { next_open_ms: None };
-        assert!(refusal.to_string().ends_with("never (the campaign is over)"));
+        assert_eq!(refusal.to_string(), "booking window closed for good: the campaign is over");
+        let refusal = Refusal::NotYourRotationDay { digit: 3, your_turn_opens_ms: None };
+        assert_eq!(refusal.to_string(), "today is not the day for birth-day digit 3, and the campaign is over");
     }
 
     #[test]
