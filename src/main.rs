@@ -104,6 +104,31 @@ fn empty_environment_setting(command: &clap::Command) -> Option<String> {
     empty.or_else(|| command.get_subcommands().find_map(empty_environment_setting))
 }
 
+/// The environment variable a refused value came from, when its flag was
+/// not on the command line: clap names the flag either way.
+fn environment_source(command: &clap::Command, error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(error.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+        return None;
+    }
+    let Some(ContextValue::String(argument)) = error.get(ContextKind::InvalidArg) else { return None };
+    let long = argument.split_whitespace().next()?.strip_prefix("--")?.split('=').next()?;
+    let on_command_line =
+        std::env::args().any(|given| given == format!("--{long}") || given.starts_with(&format!("--{long}=")));
+    if on_command_line {
+        return None;
+    }
+    let name = flag_environment(command, long)?;
+    std::env::var_os(&name).is_some().then_some(name)
+}
+
+/// The environment variable of the flag `--long` of `command` or of its subcommands.
+fn flag_environment(command: &clap::Command, long: &str) -> Option<String> {
+    let own = command.get_arguments().find(|argument| argument.get_long() == Some(long)).and_then(|a| a.get_env());
+    own.map(|name| name.to_string_lossy().into_owned())
+        .or_else(|| command.get_subcommands().find_map(|sub| flag_environment(sub, long)))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -119,8 +144,15 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     // As `Cli::parse`, from the command built once above.
-    let cli =
-        <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches()).unwrap_or_else(|error| error.exit());
+    let matches = command.clone().try_get_matches().unwrap_or_else(|error| {
+        let from_environment = environment_source(&command, &error);
+        let _ = error.print();
+        if let Some(name) = from_environment {
+            eprintln!("(the value came from the environment: {name})");
+        }
+        std::process::exit(error.exit_code())
+    });
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     if !matches!(cli.command, Some(Command::Start(_))) {
         // A command whose output is piped into `head` ends quietly when the
         // reader goes, as Unix tools do, instead of failing on the next print

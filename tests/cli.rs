@@ -259,6 +259,23 @@ fn flags_and_environment_read_as_documented() {
             "{variable}: {text}"
         );
     }
+    // A bad value from the environment: the flag clap names and the variable it came from.
+    let output = Command::new(YEYAK).args(["start"]).env("YEYAK_CONNECTIONS_MAX", "abc").output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{text}");
+    assert!(text.contains("came from the environment: YEYAK_CONNECTIONS_MAX"), "{text}");
+    let output = Command::new(YEYAK).args(["start", "--connections-max", "abc"]).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.code() == Some(2) && !text.contains("environment"), "a flag's own value: {text}");
+    // A value out of range names every way it may have been set.
+    let output = Command::new(YEYAK)
+        .args(["start", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(directory.path())
+        .env("YEYAK_CONNECTIONS_MAX", "0")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && text.contains("YEYAK_CONNECTIONS_MAX or the config file's"), "{text}");
     // Person keys: hex digits, one optional 0x.
     for bad in ["0x0x12", "+12", "0x", "1".repeat(33).as_str()] {
         let output = Command::new(YEYAK).args(["client", "get", "--person", bad]).output().unwrap();

@@ -124,7 +124,12 @@ impl StartArgs {
             reactor: self.reactor.or(file.reactor).unwrap_or(defaults.reactor),
             ..defaults
         };
-        server.check().map_err(|e| e.to_string())?;
+        // Where the value may have come from, said with the setting's own names.
+        server.check().map_err(|e| {
+            let flag = e.name.replace('_', "-");
+            let variable = format!("YEYAK_{}", e.name.to_uppercase());
+            format!("{e} (set by --{flag}, {variable} or the config file's [server] {})", e.name)
+        })?;
         let production = self.production.or(file.production).unwrap_or(false);
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("yeyak-data"));
         if data_dir.as_os_str().is_empty() {

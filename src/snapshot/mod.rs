@@ -81,8 +81,8 @@ pub enum SnapshotError {
     #[error("the log could not make the snapshot's records durable ({0:?}); the snapshot was discarded")]
     LogUnavailable(LogUnavailable),
     #[error(
-        "no room for a snapshot in {path}: it needs about {needed_bytes} bytes and {available_bytes} are free, \
-         of which {reserve_bytes} are kept for the log; free space (the log still holds everything)"
+        "no room for a snapshot in {path}: it needs about {needed_bytes} bytes, {available_bytes} are free, and \
+         {reserve_bytes} must stay free for the log; free space"
     )]
     DiskSpace { path: PathBuf, needed_bytes: u64, available_bytes: u64, reserve_bytes: u64 },
 }
