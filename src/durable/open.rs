@@ -165,7 +165,10 @@ pub fn load_campaign(data_directory: &Path, create_demo: bool) -> Result<(Campai
         if !create_demo {
             return Err(OpenError::NoCampaign { path: data_directory.to_path_buf() });
         }
-        std::fs::create_dir_all(data_directory).map_err(io)?;
+        std::fs::create_dir_all(data_directory).map_err(|source| OpenError::Io {
+            path: data_directory.to_path_buf(),
+            source: std::io::Error::new(source.kind(), format!("cannot create the data directory: {source}")),
+        })?;
         std::fs::write(&path, DEMO_CAMPAIGN_TOML).map_err(io)?;
         created = true;
     }
