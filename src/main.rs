@@ -113,8 +113,11 @@ fn environment_source(command: &clap::Command, error: &clap::Error) -> Option<St
     }
     let Some(ContextValue::String(argument)) = error.get(ContextKind::InvalidArg) else { return None };
     let long = argument.split_whitespace().next()?.strip_prefix("--")?.split('=').next()?;
-    let on_command_line =
-        std::env::args().any(|given| given == format!("--{long}") || given.starts_with(&format!("--{long}=")));
+    let (flag, with_value) = (format!("--{long}"), format!("--{long}="));
+    let on_command_line = std::env::args_os().any(|given| {
+        let given = given.to_string_lossy();
+        given == flag || given.starts_with(&with_value)
+    });
     if on_command_line {
         return None;
     }
@@ -248,20 +251,6 @@ fn existing_log_directory(data_dir: &std::path::Path) -> Result<PathBuf, String>
     Ok(data_dir.join(yeyak::durable::LOG_DIRECTORY))
 }
 
-/// Whether this process may write into `directory` (a read-only mount, or
-/// its permissions, say no), asked of the kernel without writing anything.
-fn writable(directory: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(directory.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path holds a NUL byte"))?;
-    // SAFETY: `access` reads a NUL-terminated path we own for the call's length.
-    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Standard output, written line by line; a failed write (a full disk, say)
 /// is an error, not a panic.
 fn stdout_error(error: std::io::Error) -> String {
@@ -328,7 +317,7 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
         Err(error) => return Err(format!("start-up would refuse: {error}")),
     }
     // The check reads only; start-up writes (its lock, the log, snapshots).
-    if let Err(error) = writable(&data_dir) {
+    if let Err(error) = yeyak::log::storage::writable(&data_dir) {
         return Err(format!("start-up would fail: it writes into {}, and {error}", data_dir.display()));
     }
     if !findings.is_empty() {

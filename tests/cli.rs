@@ -93,7 +93,9 @@ fn small_data_dir() -> tempfile::TempDir {
     let directory = tempfile::tempdir().unwrap();
     let campaign = yeyak::config::DEMO_CAMPAIGN_TOML
         .replace("sites = 15000", "sites = 20")
-        .replace("people_max = 20_000_000", "people_max = 100_000");
+        .replace("people_max = 20_000_000", "people_max = 100_000")
+        // Smaller than any default a client could pick for a page.
+        .replace("availability_page_max = 100", "availability_page_max = 1");
     std::fs::write(directory.path().join("campaign.toml"), campaign).unwrap();
     directory
 }
@@ -162,10 +164,11 @@ fn start_book_from_the_shell_stop_and_restart() {
     // Queries' refusals read like commands' ones: the code's name, then why.
     let (ok, text) = client(directory.path(), &address, &["site", "--site", "999", "--date", "2021-08-26"]);
     assert!(!ok && text.contains("refused (unknown site): "), "{text}");
-    // Without --limit, a region page is as large as the campaign's page holds.
+    // Without --limit, a region page is as large as the campaign's page holds (1 here).
     let (ok, text) = client(directory.path(), &address, &["region", "--region", "1", "--date", "2021-08-26"]);
-    let first = text.lines().next().unwrap_or("");
-    assert!(ok && first.starts_with("site ") && first.ends_with(" seats left"), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(ok && lines.len() == 2 && lines[0].starts_with("site ") && lines[0].ends_with(" seats left"), "{text}");
+    assert!(lines[1].starts_with("more: --cursor ") || lines[1] == "(last page)", "{text}");
     // An operator reads a slot's capacity and adds to it from what they saw;
     // the same change again is refused, not applied twice.
     let (ok, text) = client(directory.path(), &address, &["capacity", "--slot", "7"]);
@@ -644,6 +647,11 @@ fn after_a_disk_failure_the_shell_client_says_how_to_find_out_what_was_made() {
             "{text}"
         );
     }
+    // Without --idempotency-key, the key the client made up is the one said.
+    let reserve = ["reserve", "--person", "0x7", "--birth-date", &birth, "--slot", "6"];
+    let (ok, text) = client(directory.path(), &address, &reserve);
+    let key = text.split("--idempotency-key ").nth(1).and_then(|rest| rest.split_whitespace().next());
+    assert!(!ok && key.is_some_and(|key| key.parse::<u64>().is_ok_and(|key| key > 0)), "{text}");
     // A capacity change has no key: look at the capacity before adding again.
     let (ok, text) = client(
         directory.path(),

@@ -205,7 +205,7 @@ fn a_cut_in_the_zeros_after_the_last_record_loses_nothing_and_is_mended() {
 #[test]
 fn the_last_segment_cut_inside_its_header_is_refused_and_kept() {
     let history = acknowledged_history();
-    for cut in [1, 30, SEGMENT_HEADER_BYTES as u64 - 1] {
+    for cut in [0, 1, 30, SEGMENT_HEADER_BYTES as u64 - 1] {
         let (copy, result) = history.recover_damaged(|segment| {
             std::fs::OpenOptions::new().write(true).open(segment).unwrap().set_len(cut).unwrap();
         });
@@ -284,4 +284,65 @@ fn every_bit_flip_is_a_prefix_or_a_clear_refusal() {
     }
     assert_eq!(truncated, RECORD_BYTES * 8);
     assert!(refused > 0);
+}
+
+#[test]
+fn a_cut_behind_a_bad_record_is_refused_as_a_cut_not_mended_as_a_torn_tail() {
+    let history = acknowledged_history();
+    // A flipped bit in the third record from the end, then the file cut right
+    // after it: alone, it would read as a crash's torn tail, but the records
+    // after it, acknowledged, went with the cut.
+    let bad = history.damaged_from() as usize + 5;
+    let cut = history.damaged_from() + RECORD_BYTES as u64;
+    let (_copy, result) = history.recover_damaged(|segment| {
+        rewrite(segment, |bytes| bytes[bad] ^= 0x10);
+        std::fs::OpenOptions::new().write(true).open(segment).unwrap().set_len(cut).unwrap();
+    });
+    match result {
+        Err(OpenError::Recovery(RecoveryError::CutShort { offset, .. })) => assert_eq!(offset, cut),
+        Err(other) => panic!("refused, but not as a cut: {other}"),
+        Ok((replayed, _)) => panic!("started with {replayed} records on a cut log"),
+    }
+}
+
+/// A log of two segments, the first ending in zeros (the engine stopped and
+/// started again, and a start opens a new segment): (directory, first segment, records in it, all records).
+fn two_starts() -> (tempfile::TempDir, PathBuf, u64, u64) {
+    let (directory, now, engine) = small_campaign_open(small_log_options());
+    for index in 0..30 {
+        engine.reserve(&booking(index, index as u32 * 7, 1), now).unwrap();
+    }
+    engine.close().unwrap();
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    for index in 30..50 {
+        engine.reserve(&booking(index, index as u32 * 7, 1), now).unwrap();
+    }
+    engine.close().unwrap();
+    let first = directory.path().join("log").join("segment-0000000001.log");
+    assert!(directory.path().join("log").join("segment-0000000002.log").exists());
+    (directory, first, 30, 50)
+}
+
+#[test]
+fn an_earlier_segment_cut_in_its_zeros_is_mended_and_one_cut_through_its_records_refused() {
+    let (directory, first, first_records, all) = two_starts();
+    let created = std::fs::metadata(&first).unwrap().len();
+    let set_len = |length: u64| std::fs::OpenOptions::new().write(true).open(&first).unwrap().set_len(length).unwrap();
+    // In the zeros after its 30 records: nothing lost, its size given back.
+    set_len(SEGMENT_HEADER_BYTES as u64 + (first_records + 5) * RECORD_BYTES as u64);
+    let (engine, report) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert_eq!(report.records_replayed, all);
+    drop(engine);
+    assert_eq!(std::fs::metadata(&first).unwrap().len(), created, "mended");
+    // Through its records: refused, naming the first segment, whatever follows it.
+    let cut = SEGMENT_HEADER_BYTES as u64 + 20 * RECORD_BYTES as u64;
+    set_len(cut);
+    let error = DurableEngine::open(directory.path(), small_log_options(), false).err().expect("refused");
+    assert!(
+        matches!(&error, OpenError::Recovery(RecoveryError::CutShort { path, offset, .. }) if path == &first && *offset == cut),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&format!("truncate -s {created}")), "{error}");
+    let checked = DurableEngine::check(directory.path()).expect_err("the check refuses alike");
+    assert_eq!(checked.to_string(), error.to_string());
 }

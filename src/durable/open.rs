@@ -337,10 +337,6 @@ pub(super) fn recover_state(
     let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots, mode)
         .and_then(|recovered| check_log_reaches_back(&recovered, snapshot.as_ref(), &passed_over).map(|()| recovered))
         .map_err(|error| blame_changed_inventory(other_inventory.as_ref(), error))?;
-    // A check refuses what start-up would (start-up's recovery refused it already).
-    if let Some(refusal) = recovered.torn_tail.as_ref().and_then(crate::log::TornTail::refusal) {
-        return Err(OpenError::Recovery(refusal));
-    }
     let phases = RecoveryPhases { tables: tables.get(), snapshot: snapshot_phase, log: replaying.elapsed() };
     Ok(RecoveredState { engine, snapshot, snapshots_passed_over: passed_over, recovered, phases })
 }
@@ -533,6 +529,11 @@ pub(super) fn replay_log(
             engine.replay(record.lsn, &entry).map_err(|e| e.reason)
         },
     )?;
+    // A check (read-only recovery) refuses a cut log where start-up's recovery
+    // did, before anything else is looked at, so both say the same.
+    if let Some(refusal) = recovered.torn_tail.as_ref().and_then(crate::log::TornTail::refusal) {
+        return Err(OpenError::Recovery(refusal));
+    }
     if recovered.next_lsn < end_lsn {
         return Err(OpenError::SnapshotAheadOfLog {
             path: snapshot.map(|(path, _)| path.clone()).unwrap_or_default(),

@@ -324,61 +324,27 @@ pub fn recover_with_lookahead(
             }
         }
         recovered.segments.push(SegmentSummary { path: path.clone(), header, records });
-        if tail.is_none() {
-            // Segments are preallocated in whole records: bytes after the last
-            // whole one mean the file was cut short inside a record.
-            let whole_end = (SEGMENT_HEADER_BYTES + capacity as usize * RECORD_BYTES) as u64;
-            let file_end = segment.bytes().len() as u64;
-            if file_end > whole_end && segment.last_nonzero_byte_end(whole_end) > whole_end {
-                let partial = file_end - whole_end;
-                // Only something outside yeyak shortens a preallocated file:
-                // whole records after the cut, if there were any, are gone too.
-                let defect = format!(
-                    "the file ends {partial} bytes into a record: it was cut short from outside yeyak, and records \
-                     after the cut, if any, are lost"
-                );
-                if position + 1 < listed.len() {
-                    return Err(corrupt(whole_end, defect));
-                }
-                let cut = OutsideCut { file_bytes: file_end, created_bytes: Some(header.size_bytes) };
-                let tail = TornTail {
-                    path: path.clone(),
-                    offset: whole_end,
-                    defect,
-                    bytes_discarded: partial,
-                    cut: Some(cut),
-                };
-                refuse_at_start(&tail, mode)?;
-                recovered.torn_tail = Some(tail);
-                break;
-            }
-            // Cut at a record's boundary: shorter than it was created.
-            let created = header.size_bytes;
-            if created != 0 && file_end < created {
-                // Records up to the cut: more may have followed. Zeros before
-                // it: the log ended there, and the cut took nothing written.
-                let records_to_the_cut = records == capacity;
-                let defect = if records_to_the_cut {
-                    format!(
-                        "the file is {file_end} bytes, shorter than the {created} it was created with, and its \
-                         records run up to the cut"
-                    )
-                } else {
-                    format!(
-                        "the file is {file_end} bytes, shorter than the {created} it was created with: it was cut \
-                         short from outside yeyak after its last record, and nothing written was lost"
-                    )
-                };
-                if position + 1 < listed.len() {
-                    return Err(corrupt(file_end, defect));
-                }
-                let cut =
-                    records_to_the_cut.then_some(OutsideCut { file_bytes: file_end, created_bytes: Some(created) });
-                let tail = TornTail { path: path.clone(), offset: file_end, defect, bytes_discarded: 0, cut };
-                refuse_at_start(&tail, mode)?;
+        // A crash never shortens a file (segments are created at their full
+        // size): a shorter one was cut from outside yeyak, in any segment.
+        if let Some(found) = outside_cut(&segment, &header, capacity, records, tail.is_some()) {
+            let is_last = position + 1 == listed.len();
+            let OutsideCutFound { offset, defect, bytes_discarded, lossless } = found;
+            if lossless {
+                // In the zeros after the last record: nothing written was lost.
                 if mode == RecoveryMode::TruncateTornTail {
-                    restore_size(path, created)?;
+                    restore_size(path, header.size_bytes)?;
                 }
+                if is_last {
+                    recovered.torn_tail =
+                        Some(TornTail { path: path.clone(), offset, defect, bytes_discarded, cut: None });
+                    break;
+                }
+                tracing::warn!(path = %path.display(), "{defect}");
+            } else {
+                let cut =
+                    OutsideCut { file_bytes: segment.bytes().len() as u64, created_bytes: Some(header.size_bytes) };
+                let tail = TornTail { path: path.clone(), offset, defect, bytes_discarded, cut: Some(cut) };
+                refuse_at_start(&tail, mode)?;
                 recovered.torn_tail = Some(tail);
                 break;
             }
@@ -484,6 +450,60 @@ fn finish_tail(
     Ok(())
 }
 
+/// A segment file shorter than it was created: where the report points,
+/// what it says, and whether the cut took nothing written (it fell in the
+/// zeros after the last record).
+struct OutsideCutFound {
+    offset: u64,
+    defect: String,
+    bytes_discarded: u64,
+    lossless: bool,
+}
+
+/// Whether `segment` was cut short from outside yeyak, read after its
+/// records: `records` of its `capacity` whole records were read, and
+/// `bad_record` says whether reading stopped at one that was not valid.
+fn outside_cut(
+    segment: &MappedSegment,
+    header: &SegmentHeader,
+    capacity: u64,
+    records: u64,
+    bad_record: bool,
+) -> Option<OutsideCutFound> {
+    let whole_end = (SEGMENT_HEADER_BYTES + capacity as usize * RECORD_BYTES) as u64;
+    let file_end = segment.bytes().len() as u64;
+    let created = header.size_bytes;
+    // Segments are preallocated in whole records: written bytes after the
+    // last whole one mean the file was cut inside a record.
+    if file_end > whole_end && segment.last_nonzero_byte_end(whole_end) > whole_end {
+        let partial = file_end - whole_end;
+        let defect = format!(
+            "the file ends {partial} bytes into a record: it was cut short from outside yeyak, and records after \
+             the cut, if any, are lost"
+        );
+        return Some(OutsideCutFound { offset: whole_end, defect, bytes_discarded: partial, lossless: false });
+    }
+    if created == 0 || file_end >= created {
+        return None;
+    }
+    // Records up to the cut, or a bad record before it (whose successors the
+    // cut may have taken): more may have followed. Zeros before the cut: the
+    // records ended there, and it took nothing written.
+    let lossless = !bad_record && records < capacity;
+    let defect = if lossless {
+        format!(
+            "the file is {file_end} bytes, shorter than the {created} it was created with: it was cut short from \
+             outside yeyak after its last record, and nothing written was lost"
+        )
+    } else {
+        format!(
+            "the file is {file_end} bytes, shorter than the {created} it was created with, and its records run up \
+             to the cut"
+        )
+    };
+    Some(OutsideCutFound { offset: file_end, defect, bytes_discarded: 0, lossless })
+}
+
 /// Start-up does not mend a log cut from outside yeyak that may have lost
 /// acknowledged records: it refuses before changing anything.
 fn refuse_at_start(tail: &TornTail, mode: RecoveryMode) -> Result<(), RecoveryError> {
@@ -499,12 +519,12 @@ fn finish_torn_header(
     recovered: &mut RecoveredLog,
     reason: String,
 ) -> Result<(), RecoveryError> {
-    // A crash while a segment is created leaves it empty (before its
-    // preallocation) or whole-sized with a torn header; only something
-    // outside yeyak leaves it with part of a header.
+    // A segment is named only once whole (src/log/storage.rs): only
+    // something outside yeyak leaves one shorter than its header, empty
+    // included. Whole-sized with a torn header and no valid record is what
+    // a crash while creating it left before segments were made that way.
     let length = segment.bytes().len() as u64;
-    let cut = (length > 0 && length < SEGMENT_HEADER_BYTES as u64)
-        .then_some(OutsideCut { file_bytes: length, created_bytes: None });
+    let cut = (length < SEGMENT_HEADER_BYTES as u64).then_some(OutsideCut { file_bytes: length, created_bytes: None });
     let tail = TornTail {
         path: segment.path.clone(),
         offset: 0,

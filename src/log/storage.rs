@@ -46,6 +46,9 @@ impl FileStorage {
     }
 }
 
+/// The extension of a segment being created (`segment-…` + `.log.tmp`).
+pub const SEGMENT_TEMPORARY_EXTENSION: &str = "log.tmp";
+
 /// Reserves the file's blocks now, so that a full disk shows up at segment
 /// creation rather than in the middle of a group.
 fn preallocate(file: &File, size_bytes: u64) -> io::Result<()> {
@@ -112,8 +115,7 @@ pub fn create_directory_durably(directory: &Path) -> io::Result<()> {
 /// free blocks when it runs as root (which may use the blocks a file system
 /// reserves for it), else the blocks available to unprivileged writers.
 pub fn available_bytes(path: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let path = c_path(path)?;
     // SAFETY: `statvfs` fills the zeroed struct we pass and reads the
     // NUL-terminated path, which lives until the call returns.
     let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -125,13 +127,44 @@ pub fn available_bytes(path: &Path) -> io::Result<u64> {
     Ok((blocks as u64).saturating_mul(stats.f_frsize as u64))
 }
 
+/// Whether this process may write into `directory` (a read-only mount, or
+/// its permissions, say no), asked of the kernel without writing anything.
+pub fn writable(directory: &Path) -> io::Result<()> {
+    let path = c_path(directory)?;
+    // SAFETY: `access` reads the NUL-terminated path, which lives until the call returns.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `path` for a libc call.
+fn c_path(path: &Path) -> io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
 impl LogStorage for FileStorage {
+    /// Made whole under a temporary name (preallocated, its header synced)
+    /// and then given its name: a segment file is never seen shorter than
+    /// its header, so recovery may take such a file for a cut from outside
+    /// yeyak rather than a crash's leftover (docs/log-format.md).
     fn create_segment(&mut self, header: &SegmentHeader, size_bytes: u64) -> io::Result<Box<dyn SegmentFile>> {
         let path = self.directory.join(segment_file_name(header.segment_index));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
+        let temporary = path.with_extension(SEGMENT_TEMPORARY_EXTENSION);
+        // Left by a crash while this same segment was being created: never named, nothing in it.
+        match std::fs::remove_file(&temporary) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&temporary)?;
         preallocate(&file, size_bytes)?;
         file.write_all_at(&header.encode(), 0)?;
         file.sync_all()?;
+        // A link fails where the name is taken: a segment is never replaced.
+        std::fs::hard_link(&temporary, &path)?;
+        std::fs::remove_file(&temporary)?;
         sync_directory(&self.directory)?;
         match self.mode {
             WriteMode::Pwrite => Ok(Box::new(PwriteSegment { file, written_end_bytes: 0, cached_from_bytes: 0 })),
@@ -232,6 +265,32 @@ pub fn record_area_bytes(segment_size_bytes: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_segment_is_named_only_once_whole_and_never_replaced() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::new(directory.path(), WriteMode::Pwrite);
+        let inventory = crate::inventory::InventoryStamp::default();
+        let size = 64 + 48 * 4;
+        let header = SegmentHeader { segment_index: 1, first_lsn: 1, campaign_id: 9, inventory, size_bytes: size };
+        // What a crash while creating segment 1 left: never named, replaced.
+        let leftover = directory.path().join("segment-0000000001.log.tmp");
+        std::fs::write(&leftover, b"partial").unwrap();
+        drop(storage.create_segment(&header, size).unwrap());
+        let names: Vec<_> = std::fs::read_dir(directory.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["segment-0000000001.log"]);
+        let path = directory.path().join("segment-0000000001.log");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, size, "named at its full size");
+        assert_eq!(SegmentHeader::decode(bytes[..64].try_into().unwrap()), Ok(header), "with its header");
+        // Created again (a bug): refused, the segment left as it was.
+        let again = storage.create_segment(&header, size).err().expect("a segment is never replaced");
+        assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
 
     #[test]
     fn durable_pages_are_let_go_of_up_to_the_page_the_last_write_ended_in() {

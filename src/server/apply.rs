@@ -219,9 +219,13 @@ impl Pending {
 /// command instead, and STATS counts what was answered.
 fn recount_as_refused(reply: &[u8], commands: u32, refusal_code: u8, counters: &EngineCounters) {
     // The arena holds frames this thread encoded: they decode.
-    let Ok((header, body)) = decode_frame(reply, u32::MAX) else { return };
+    let decoded = decode_frame(reply, u32::MAX);
+    debug_assert!(decoded.is_ok(), "a pending reply that does not decode");
+    let Ok((header, body)) = decoded else { return };
     if header.opcode == opcode::BATCH {
-        for item in BatchItems::of_replies(body).into_iter().flatten().flatten() {
+        let items = BatchItems::of_replies(body);
+        debug_assert!(items.is_ok(), "a pending batch reply that does not decode");
+        for item in items.into_iter().flatten().flatten() {
             if let Some(answer_code) = item.body.first() {
                 counters.take_back(item.opcode, *answer_code);
             }

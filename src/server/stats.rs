@@ -51,17 +51,40 @@ pub struct EngineCounters {
     pub refusals_by_code: CodeCounts,
 }
 
+/// Where one command's answer is counted.
+enum Counted {
+    Reservation,
+    Change,
+    Cancellation,
+    Refusal(u8),
+    /// A read answered OK: not counted.
+    Nothing,
+}
+
+impl Counted {
+    #[inline]
+    fn of(command_opcode: u8, answer_code: u8) -> Counted {
+        match (answer_code, command_opcode) {
+            (code::OK, opcode::RESERVE) => Counted::Reservation,
+            (code::OK, opcode::CHANGE) => Counted::Change,
+            (code::OK, opcode::CANCEL) => Counted::Cancellation,
+            (code::OK, _) => Counted::Nothing,
+            (refused, _) => Counted::Refusal(refused),
+        }
+    }
+}
+
 impl EngineCounters {
     /// Takes back one command's answer, counted (`Tally::count`) and
     /// flushed when it was applied, that its requester never got: a reply
     /// refused after the log failed.
     pub fn take_back(&self, command_opcode: u8, answer_code: u8) {
-        let counter = match (answer_code, command_opcode) {
-            (code::OK, opcode::RESERVE) => &self.reservations,
-            (code::OK, opcode::CHANGE) => &self.changes,
-            (code::OK, opcode::CANCEL) => &self.cancellations,
-            (code::OK, _) => return,
-            (refused, _) => return self.refusals_by_code.sub(refused, 1),
+        let counter = match Counted::of(command_opcode, answer_code) {
+            Counted::Reservation => &self.reservations,
+            Counted::Change => &self.changes,
+            Counted::Cancellation => &self.cancellations,
+            Counted::Refusal(code) => return self.refusals_by_code.sub(code, 1),
+            Counted::Nothing => return,
         };
         counter.fetch_sub(1, Ordering::Relaxed);
     }
@@ -139,15 +162,12 @@ impl Tally {
     /// Counts one command's answer.
     #[inline]
     pub fn count(&mut self, command_opcode: u8, answer_code: u8) {
-        if answer_code == code::OK {
-            match command_opcode {
-                opcode::RESERVE => self.reservations += 1,
-                opcode::CHANGE => self.changes += 1,
-                opcode::CANCEL => self.cancellations += 1,
-                _ => {}
-            }
-        } else {
-            self.refusals_by_code[usize::from(answer_code)] += 1;
+        match Counted::of(command_opcode, answer_code) {
+            Counted::Reservation => self.reservations += 1,
+            Counted::Change => self.changes += 1,
+            Counted::Cancellation => self.cancellations += 1,
+            Counted::Refusal(code) => self.refusals_by_code[usize::from(code)] += 1,
+            Counted::Nothing => {}
         }
     }
 
