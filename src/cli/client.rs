@@ -148,8 +148,16 @@ fn fresh_idempotency_key() -> u64 {
 }
 
 /// A state-machine refusal as the shell says it: its code's name, then why.
-fn refused(refusal: &Refusal) -> String {
-    format!("refused ({}): {refusal}", refusal.code().name())
+/// Its times at the campaign's `offset` from UTC.
+fn refused(refusal: &Refusal, offset: yeyak::calendar::UtcOffset) -> String {
+    format!("refused ({}): {}", refusal.code().name(), refusal.in_local_time(offset))
+}
+
+/// The campaign's offset from UTC, when campaign.toml is in --data-dir (the
+/// engine's own data directory): refusals then say times as its clocks do.
+fn campaign_offset(data_dir: &std::path::Path) -> Option<yeyak::calendar::UtcOffset> {
+    let text = std::fs::read_to_string(data_dir.join(yeyak::durable::CAMPAIGN_FILE)).ok()?;
+    Some(yeyak::config::CampaignRules::parse(&text).ok()?.utc_offset)
 }
 
 fn seats_text(seats: u32) -> String {
@@ -189,6 +197,9 @@ fn parse_date(text: &str) -> Result<Date, String> {
 }
 
 pub fn run(args: ClientArgs) -> Result<(), String> {
+    // UTC where campaign.toml is not at hand (the refusal says which).
+    let offset = campaign_offset(&args.data_dir).unwrap_or(yeyak::calendar::UtcOffset { minutes: 0 });
+    let refused = |refusal: &Refusal| refused(refusal, offset);
     let (keys, _) = KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?;
     let role = if args.operator { Role::Operator } else { Role::Gateway };
     let (key_id, key) = keys.first(role).ok_or_else(|| format!("no {role:?} key in keys.toml"))?;

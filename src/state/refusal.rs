@@ -191,13 +191,45 @@ impl Refusal {
 }
 
 impl fmt::Display for Refusal {
+    /// Instants in UTC: a refusal does not know the campaign's offset
+    /// (`Refusal::in_local_time` says them as the campaign's clocks do).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // In UTC: a refusal does not know the campaign's offset (a gateway
-        // shows the instant in local time).
+        self.write(f, crate::calendar::UtcOffset { minutes: 0 })
+    }
+}
+
+/// A refusal said with its instants in a campaign's local time.
+pub struct InLocalTime<'r> {
+    refusal: &'r Refusal,
+    offset: crate::calendar::UtcOffset,
+}
+
+impl fmt::Display for InLocalTime<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.refusal.write(f, self.offset)
+    }
+}
+
+impl Refusal {
+    /// The refusal in words, its instants at the campaign's `offset` from UTC
+    /// (what a person there reads on their clock).
+    pub fn in_local_time(&self, offset: crate::calendar::UtcOffset) -> InLocalTime<'_> {
+        InLocalTime { refusal: self, offset }
+    }
+
+    fn write(&self, f: &mut fmt::Formatter<'_>, offset: crate::calendar::UtcOffset) -> fmt::Result {
         let at = |ms: &Option<i64>| {
             ms.map_or("never (the campaign is over)".to_string(), |ms| {
-                let utc = crate::calendar::UtcOffset { minutes: 0 }.format(ms);
-                format!("at {} UTC", utc.trim_end_matches(":00.000"))
+                let local = offset.format(ms);
+                let local = local.trim_end_matches(":00.000");
+                match offset.minutes {
+                    0 => format!("at {local} UTC"),
+                    minutes => {
+                        let sign = if minutes < 0 { '-' } else { '+' };
+                        let (hours, minutes) = (minutes.unsigned_abs() / 60, minutes.unsigned_abs() % 60);
+                        format!("at {local} (UTC{sign}{hours:02}:{minutes:02})")
+                    }
+                }
             })
         };
         match self {
@@ -274,6 +306,13 @@ mod tests {
         assert_eq!(refusal.to_string(), "family proxy booking closed (cutoff at 2021-08-19 11:00:12.345 UTC)");
         let refusal = Refusal::WindowClosed { next_open_ms: None };
         assert_eq!(refusal.to_string(), "booking window closed for good: the campaign is over");
+        // At the campaign's offset, as its clocks say it.
+        let refusal = Refusal::WindowClosed { next_open_ms: Some(1_629_370_800_000) };
+        let seoul = crate::calendar::UtcOffset { minutes: 540 };
+        let said = refusal.in_local_time(seoul).to_string();
+        assert_eq!(said, "booking window closed; next opening at 2021-08-19 20:00 (UTC+09:00)");
+        let newfoundland = crate::calendar::UtcOffset { minutes: -210 };
+        assert!(refusal.in_local_time(newfoundland).to_string().ends_with("at 2021-08-19 07:30 (UTC-03:30)"));
         let refusal = Refusal::NotYourRotationDay { digit: 3, your_turn_opens_ms: None };
         assert_eq!(refusal.to_string(), "today is not the day for birth-day digit 3, and the campaign is over");
     }
