@@ -341,8 +341,10 @@ pub fn recover_with_lookahead(
                 }
                 tracing::warn!(path = %path.display(), "{defect}");
             } else {
-                let cut =
-                    OutsideCut { file_bytes: segment.bytes().len() as u64, created_bytes: Some(header.size_bytes) };
+                // The size to give back; a segment from before sizes were
+                // recorded (0) gets room for its partial record, whole again.
+                let size = if header.size_bytes != 0 { header.size_bytes } else { offset + RECORD_BYTES as u64 };
+                let cut = OutsideCut { file_bytes: segment.bytes().len() as u64, created_bytes: Some(size) };
                 let tail = TornTail { path: path.clone(), offset, defect, bytes_discarded, cut: Some(cut) };
                 refuse_at_start(&tail, mode)?;
                 recovered.torn_tail = Some(tail);
