@@ -346,3 +346,22 @@ fn an_earlier_segment_cut_in_its_zeros_is_mended_and_one_cut_through_its_records
     let checked = DurableEngine::check(directory.path()).expect_err("the check refuses alike");
     assert_eq!(checked.to_string(), error.to_string());
 }
+
+#[test]
+fn a_segment_without_a_recorded_size_cut_inside_a_record_is_told_a_size_that_keeps_its_records() {
+    use yeyak::log::format::SegmentHeader;
+    let history = acknowledged_history();
+    let cut = history.damaged_from() + 20;
+    let (_copy, result) = history.recover_damaged(|segment| {
+        // As segments were written before their size was recorded (0).
+        rewrite(segment, |bytes| {
+            let mut header = SegmentHeader::decode(bytes[..SEGMENT_HEADER_BYTES].try_into().unwrap()).unwrap();
+            header.size_bytes = 0;
+            bytes[..SEGMENT_HEADER_BYTES].copy_from_slice(&header.encode());
+        });
+        std::fs::OpenOptions::new().write(true).open(segment).unwrap().set_len(cut).unwrap();
+    });
+    let error = result.err().expect("refused");
+    let whole = history.damaged_from() + RECORD_BYTES as u64;
+    assert!(error.to_string().contains(&format!("truncate -s {whole} ")), "{error}");
+}
