@@ -3,7 +3,7 @@
 //! thread (or the reader, for refusals) puts into the connection's outbox.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::server::reactor::{ReadBytes, WriteBytes};
@@ -19,6 +19,9 @@ use crate::state::BookingRequest;
 /// Bytes waiting to be written to one connection, and its requests in flight.
 pub struct Outbox {
     bytes: Mutex<Vec<u8>>,
+    /// Bytes queued and not yet written to the socket: those waiting in
+    /// `bytes` and those the writer took and is writing (`OUTBOX_BYTES_MAX`).
+    unsent: AtomicUsize,
     ready: tokio::sync::Notify,
     in_flight: AtomicU32,
     closed: AtomicBool,
@@ -28,6 +31,7 @@ impl Outbox {
     pub(crate) fn new() -> Outbox {
         Outbox {
             bytes: Mutex::new(Vec::new()),
+            unsent: AtomicUsize::new(0),
             ready: tokio::sync::Notify::new(),
             in_flight: AtomicU32::new(0),
             closed: AtomicBool::new(false),
@@ -47,6 +51,7 @@ impl Outbox {
             return;
         }
         self.bytes.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(frame);
+        self.unsent.fetch_add(frame.len(), Ordering::AcqRel);
     }
 
     pub fn wake(&self) {
@@ -58,9 +63,9 @@ impl Outbox {
         self.in_flight.fetch_sub(commands, Ordering::AcqRel);
     }
 
-    /// Bytes queued and not yet taken by the writer.
-    fn queued_bytes(&self) -> usize {
-        self.bytes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    /// Bytes queued and not yet written, those being written included.
+    fn unsent_bytes(&self) -> usize {
+        self.unsent.load(Ordering::Acquire)
     }
 
     fn take(&self, into: &mut Vec<u8>) {
@@ -73,8 +78,12 @@ impl Outbox {
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The largest body before the handshake completes (HELLO is 40 bytes, PROOF 32).
 const HANDSHAKE_BODY_BYTES_MAX: u32 = 64;
-/// Reply bytes a connection may have waiting to be written before its reader pauses.
+/// Reply bytes a connection may have waiting to be written (queued, or being
+/// written to a peer that does not read) before its reader pauses.
 const OUTBOX_BYTES_MAX: usize = 4 << 20;
+/// The writer's buffer, and the most it keeps between writes.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+const WRITE_BUFFER_KEPT_BYTES_MAX: usize = 1 << 20;
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -195,16 +204,23 @@ pub(crate) async fn serve<R: ReadBytes + 'static, W: WriteBytes + 'static>(read:
 }
 
 async fn write_loop<W: WriteBytes>(mut write: W, outbox: Arc<Outbox>) {
-    let mut bytes = Vec::with_capacity(64 * 1024);
+    let mut bytes = Vec::with_capacity(WRITE_BUFFER_BYTES);
     loop {
         outbox.ready.notified().await;
         outbox.take(&mut bytes);
         if !bytes.is_empty() {
+            let length = bytes.len();
             let (written, buffer) = write.write_bytes(bytes).await;
             bytes = buffer;
             if written.is_err() {
                 outbox.closed.store(true, Ordering::Release);
                 return;
+            }
+            outbox.unsent.fetch_sub(length, Ordering::AcqRel);
+            // A slow reader's backlog grew this buffer: it is not kept (the
+            // buffers swap with the outbox's, so both would stay that large).
+            if bytes.capacity() > WRITE_BUFFER_KEPT_BYTES_MAX {
+                bytes = Vec::with_capacity(WRITE_BUFFER_BYTES);
             }
         }
         if outbox.closed.load(Ordering::Acquire) {
@@ -303,7 +319,7 @@ async fn read_loop<R: ReadBytes>(
         }
         // A peer that does not read its replies is not read from either: its
         // outbox stays bounded.
-        while outbox.queued_bytes() > OUTBOX_BYTES_MAX {
+        while outbox.unsent_bytes() > OUTBOX_BYTES_MAX {
             if outbox.closed.load(Ordering::Acquire) || shared.stopping.load(Ordering::Acquire) {
                 return End::Closed;
             }
