@@ -1,7 +1,9 @@
 //! The async client a gateway uses: a pool of authenticated connections that
 //! packs concurrent calls into BATCH frames, pipelines them, reconnects with
-//! backoff, and retries booking commands (they carry idempotency keys, so a
-//! retry never books twice: the engine answers a retry with the first answer).
+//! backoff, and retries booking commands (they carry idempotency keys: the
+//! engine answers a retry of a person's last command with its first answer,
+//! so it never books twice; a retry that arrives after a later command for
+//! the same person, from another connection say, is a new command).
 //!
 //! ```text
 //! call ─┐                         ┌─ one connection task per pooled connection:
