@@ -1114,3 +1114,29 @@ fn the_async_client_waits_out_an_engine_restarting_on_its_address() {
     assert_eq!(server.engine().reservation_of(person(1)), Ok(Some(SlotIndex(5))), "kept over the restart");
     server.shutdown().unwrap();
 }
+
+#[test]
+fn a_frame_begun_and_not_finished_is_refused_in_time_while_an_idle_connection_stays() {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(300);
+    let running = start(ServerConfig { frame_completion_timeout: timeout, ..ServerConfig::default() });
+    let (id, key) = running.keys.first(Role::Gateway).unwrap();
+    let connect = || Client::connect(running.server.local_address(), Role::Gateway, id, key).unwrap();
+    let mut idle = connect();
+    // Half a RESERVE frame, then nothing.
+    let mut stalled = connect().into_stream().unwrap();
+    let mut frame = Vec::new();
+    yeyak::protocol::encode_frame(&mut frame, opcode::RESERVE, 0, 5, |out| wire_booking(1, 1, 1).encode(out));
+    stalled.write_all(&frame[..frame.len() / 2]).unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let began = Instant::now();
+    let mut reply = Vec::new();
+    stalled.read_to_end(&mut reply).unwrap();
+    assert!(began.elapsed() >= timeout / 2, "refused before its time: {:?}", began.elapsed());
+    let (header, body) = yeyak::protocol::decode_frame(&reply, 64).unwrap();
+    assert_eq!((header.opcode, header.request_id, body[0]), (opcode::ERROR, 0, code::MALFORMED));
+    // The idle connection, which began no frame, waited as long and still books.
+    std::thread::sleep(timeout);
+    assert_eq!(idle.reserve(&wire_booking(2, 2, 1)).unwrap(), Ok(SlotIndex(2)));
+    running.server.shutdown().unwrap();
+}

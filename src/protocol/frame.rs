@@ -44,6 +44,10 @@ pub enum FrameError {
     TooLarge { body_bytes: u32, limit: u32 },
     #[error("frame checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
     BadChecksum { stored: u32, computed: u32 },
+    /// Not from the codec, which does no I/O: a connection's reader gave
+    /// up on a frame begun and not finished in time.
+    #[error("a frame was begun and not finished within {seconds} s")]
+    Stalled { seconds: u64 },
 }
 
 impl FrameError {
@@ -51,7 +55,7 @@ impl FrameError {
     pub fn code(self) -> Option<u8> {
         match self {
             FrameError::Incomplete { .. } => None,
-            FrameError::BadMagic(_) | FrameError::BadFlags(_) => Some(code::MALFORMED),
+            FrameError::BadMagic(_) | FrameError::BadFlags(_) | FrameError::Stalled { .. } => Some(code::MALFORMED),
             FrameError::UnsupportedVersion(_) => Some(code::UNSUPPORTED_VERSION),
             FrameError::TooLarge { .. } => Some(code::FRAME_TOO_LARGE),
             FrameError::BadChecksum { .. } => Some(code::BAD_CHECKSUM),

@@ -149,8 +149,18 @@ impl<R: ReadBytes> FrameReader<R> {
             if self.shared.stopping.load(Ordering::Acquire) {
                 return Ok(None);
             }
+            // An idle connection may wait for ever (a gateway's pool keeps
+            // them); one that began a frame has `frame_completion_timeout` to
+            // finish it, so a stalled peer does not hold its buffer for ever.
+            let started_a_frame = !self.buffer.is_empty();
+            let timeout = self.shared.config.frame_completion_timeout;
+            let deadline = tokio::time::sleep(timeout);
+            tokio::pin!(deadline);
             tokio::select! {
                 _ = stop => return Ok(None),
+                _ = &mut deadline, if started_a_frame => {
+                    return Err(FrameError::Stalled { seconds: timeout.as_secs() })
+                }
                 read = self.read.read_into(&mut self.buffer) => match read {
                     Ok(0) | Err(_) => return Ok(None),
                     Ok(_) => {}

@@ -70,6 +70,9 @@ pub struct ServerConfig {
     pub ingress_queue_commands: usize,
     /// The largest frame body accepted (at most `FRAME_BODY_BYTES_MAX`).
     pub frame_body_bytes_max: u32,
+    /// How long a peer that began a frame has to send the rest of it (then
+    /// MALFORMED and close); an idle connection may wait for ever.
+    pub frame_completion_timeout: Duration,
     pub clock: Clock,
     /// The I/O reactor of the network thread.
     pub reactor: reactor::Reactor,
@@ -122,6 +125,7 @@ impl Default for ServerConfig {
             ingress_queue_jobs: 65_536,
             ingress_queue_commands: 1 << 20,
             frame_body_bytes_max: crate::protocol::FRAME_BODY_BYTES_MAX,
+            frame_completion_timeout: Duration::from_secs(30),
             clock: Clock::System,
             reactor: reactor::Reactor::Tokio,
         }
