@@ -389,6 +389,17 @@ async fn read_loop<R: ReadBytes>(
         if in_flight > 0 && in_flight + commands > shared.config.in_flight_max {
             let answer = Answer::protocol(code::TOO_MANY_IN_FLIGHT, 0, shared.config.in_flight_max);
             refuse(shared, outbox, request_id, answer);
+            // Told once, the peer is not read from again until one of its
+            // requests in flight is answered: one that keeps sending meets
+            // TCP's backpressure rather than a refusal a frame, which would
+            // cost the one network thread about what serving it does, and
+            // everyone else would wait.
+            while outbox.in_flight.load(Ordering::Acquire) >= in_flight {
+                if outbox.closed.load(Ordering::Acquire) || shared.stopping.load(Ordering::Acquire) {
+                    return End::Closed;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
             continue;
         }
         // The ingress queue is bounded in jobs and in commands.
