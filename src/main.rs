@@ -94,14 +94,22 @@ enum LogCommand {
     },
 }
 
+/// The first flag of `command` or of its subcommands, depth first, that
+/// reads an environment variable and passes `pick` (given its long name and
+/// its variable): that variable.
+fn find_environment_flag(command: &clap::Command, pick: &dyn Fn(Option<&str>, &str) -> bool) -> Option<String> {
+    let own = command.get_arguments().find_map(|argument| {
+        let variable = argument.get_env()?.to_string_lossy().into_owned();
+        pick(argument.get_long(), &variable).then_some(variable)
+    });
+    own.or_else(|| command.get_subcommands().find_map(|sub| find_environment_flag(sub, pick)))
+}
+
 /// The first environment variable a flag of `command` (or of its
 /// subcommands) reads that is set to the empty string.
 fn empty_environment_setting(command: &clap::Command) -> Option<String> {
-    let flags = command.get_arguments().filter_map(|argument| argument.get_env());
-    let empty = flags
-        .map(|name| name.to_string_lossy().into_owned())
-        .find(|name| std::env::var_os(name).is_some_and(|value| value.is_empty()));
-    empty.or_else(|| command.get_subcommands().find_map(empty_environment_setting))
+    let empty = |_: Option<&str>, variable: &str| std::env::var_os(variable).is_some_and(|value| value.is_empty());
+    find_environment_flag(command, &empty)
 }
 
 /// The environment variable a refused value came from, when its flag was
@@ -121,15 +129,8 @@ fn environment_source(command: &clap::Command, error: &clap::Error) -> Option<St
     if on_command_line {
         return None;
     }
-    let name = flag_environment(command, long)?;
-    std::env::var_os(&name).is_some().then_some(name)
-}
-
-/// The environment variable of the flag `--long` of `command` or of its subcommands.
-fn flag_environment(command: &clap::Command, long: &str) -> Option<String> {
-    let own = command.get_arguments().find(|argument| argument.get_long() == Some(long)).and_then(|a| a.get_env());
-    own.map(|name| name.to_string_lossy().into_owned())
-        .or_else(|| command.get_subcommands().find_map(|sub| flag_environment(sub, long)))
+    let variable = find_environment_flag(command, &|flag, _| flag == Some(long))?;
+    std::env::var_os(&variable).is_some().then_some(variable)
 }
 
 fn main() -> ExitCode {
