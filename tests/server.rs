@@ -1140,3 +1140,43 @@ fn a_frame_begun_and_not_finished_is_refused_in_time_while_an_idle_connection_st
     assert_eq!(idle.reserve(&wire_booking(2, 2, 1)).unwrap(), Ok(SlotIndex(2)));
     running.server.shutdown().unwrap();
 }
+
+#[test]
+fn a_connection_refused_too_many_in_flight_is_not_read_until_a_request_is_answered() {
+    use yeyak::protocol::body::{put_batch_header, put_batch_item};
+    let running = start(ServerConfig { in_flight_max: 1024, ..ServerConfig::default() });
+    let mut client = gateway(&running.server, &running.keys);
+    client.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut other = gateway(&running.server, &running.keys);
+    // The engine stalled: a full batch stays in flight.
+    let stall = running.server.engine().log().appender();
+    let batch = client
+        .send(opcode::BATCH, |out| {
+            put_batch_header(out, 1024);
+            for index in 0..1024 {
+                put_batch_item(out, opcode::RESERVE, |out| wire_booking(index, index as u32, 1).encode(out));
+            }
+        })
+        .unwrap();
+    let singles: Vec<u64> = (0..3)
+        .map(|index| client.send(opcode::RESERVE, |out| wire_booking(5000 + index, 5000, 1).encode(out)).unwrap())
+        .collect();
+    client.flush().unwrap();
+    let (header, body) = client.receive().unwrap();
+    let answer = yeyak::protocol::Answer::decode(&body).unwrap().0;
+    assert_eq!((header.request_id, answer.code), (singles[0], code::TOO_MANY_IN_FLIGHT), "the first one over");
+    // Told once: the two after it are not read while the batch is in flight
+    // (read so far: the batch, the refused single, and this STATS).
+    std::thread::sleep(Duration::from_millis(200));
+    let stats = other.stats().unwrap();
+    assert_eq!(stats.counter("requests"), Some(3), "{stats:?}");
+    drop(stall);
+    // Once the batch is answered, they are read and served.
+    let mut answered: Vec<u64> = (0..3).map(|_| client.receive().unwrap().0.request_id).collect();
+    answered.sort();
+    assert_eq!(answered, [batch, singles[1], singles[2]]);
+    let refused =
+        other.stats().unwrap().refusals_by_code.iter().find(|(c, _)| *c == code::TOO_MANY_IN_FLIGHT).map(|(_, n)| *n);
+    assert_eq!(refused, Some(1), "one refusal, not one a frame");
+    running.server.shutdown().unwrap();
+}
