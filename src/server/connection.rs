@@ -329,11 +329,8 @@ async fn read_loop<R: ReadBytes>(
         }
         // A peer that does not read its replies is not read from either: its
         // outbox stays bounded.
-        while outbox.unsent_bytes() > OUTBOX_BYTES_MAX {
-            if outbox.closed.load(Ordering::Acquire) || shared.stopping.load(Ordering::Acquire) {
-                return End::Closed;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        if !pause_while(outbox, shared, || outbox.unsent_bytes() > OUTBOX_BYTES_MAX).await {
+            return End::Closed;
         }
         let (header, body) = match next_frame(reader, outbox, shared, shared.config.frame_body_bytes_max).await {
             Ok(Some(frame)) => frame,
@@ -394,11 +391,8 @@ async fn read_loop<R: ReadBytes>(
             // TCP's backpressure rather than a refusal a frame, which would
             // cost the one network thread about what serving it does, and
             // everyone else would wait.
-            while outbox.in_flight.load(Ordering::Acquire) >= in_flight {
-                if outbox.closed.load(Ordering::Acquire) || shared.stopping.load(Ordering::Acquire) {
-                    return End::Closed;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            if !pause_while(outbox, shared, || outbox.in_flight.load(Ordering::Acquire) >= in_flight).await {
+                return End::Closed;
             }
             continue;
         }
@@ -422,6 +416,18 @@ async fn read_loop<R: ReadBytes>(
         }
         shared.wake_engine();
     }
+}
+
+/// Stops reading a connection while `paused` holds, looking again every
+/// millisecond. False if the connection closed or the server is stopping meanwhile.
+async fn pause_while(outbox: &Outbox, shared: &Shared, paused: impl Fn() -> bool) -> bool {
+    while paused() {
+        if outbox.closed.load(Ordering::Acquire) || shared.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    true
 }
 
 /// Decodes one command; `Err` carries the result code to refuse it with.
