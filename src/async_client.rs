@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::inventory::SlotIndex;
-use crate::protocol::body::{put_batch_header, put_batch_item, split_reply_batch, PersonQuery};
+use crate::protocol::body::{batch_flag, put_batch_header_with, put_batch_item, CompactAnswers, PersonQuery};
 use crate::protocol::frame::flag;
 use crate::protocol::handshake::{ClientHandshake, ClientHandshakeError, Role};
 use crate::protocol::{
@@ -296,7 +296,28 @@ async fn read_frame(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(u8,
     }
 }
 
-type InFlight = Arc<Mutex<HashMap<u64, Vec<oneshot::Sender<Result<Answer, AsyncClientError>>>>>>;
+type InFlight = Arc<Mutex<HashMap<u64, Vec<Awaited>>>>;
+
+/// A call sent and not yet answered: what it asked (its opcode, and for
+/// RESERVE and CHANGE its slot, which a compact batch answer may leave out)
+/// and where its answer goes.
+struct Awaited {
+    asked: (u8, u32),
+    reply: oneshot::Sender<Result<Answer, AsyncClientError>>,
+}
+
+impl Call {
+    /// What a compact batch answer needs to rebuild this call's answer.
+    fn asked(&self) -> (u8, u32) {
+        let slot = match self.opcode {
+            opcode::RESERVE | opcode::CHANGE => {
+                BookingRequest::read(&self.body[..self.body_bytes]).map_or(0, |b| b.slot.0)
+            }
+            _ => 0,
+        };
+        (self.opcode, slot)
+    }
+}
 
 /// Runs one pooled connection: packs waiting calls into frames, and
 /// reconnects (failing the calls in flight, which their callers retry).
@@ -335,8 +356,8 @@ async fn connection_task(credentials: Credentials, mut stream: Option<TcpStream>
         };
         reader.abort();
         for (_, replies) in in_flight.lock().unwrap_or_else(|p| p.into_inner()).drain() {
-            for reply in replies {
-                let _ = reply.send(Err(AsyncClientError::Closed));
+            for awaited in replies {
+                let _ = awaited.reply.send(Err(AsyncClientError::Closed));
             }
         }
         if stopped {
@@ -374,15 +395,17 @@ async fn write_calls(
                 out.extend_from_slice(&call.body[..call.body_bytes])
             });
         } else {
+            // Compact answers: a byte a call, the whole answer where a byte is not enough.
             encode_frame(&mut frame, opcode::BATCH, 0, request_id, |out| {
-                put_batch_header(out, batch.len() as u16);
+                put_batch_header_with(out, batch.len() as u16, batch_flag::COMPACT_ANSWERS);
                 for pending in &batch {
                     let call = pending.call;
                     put_batch_item(out, call.opcode, |out| out.extend_from_slice(&call.body[..call.body_bytes]));
                 }
             });
         }
-        let replies = batch.drain(..).map(|pending| pending.reply).collect();
+        let replies =
+            batch.drain(..).map(|pending| Awaited { asked: pending.call.asked(), reply: pending.reply }).collect();
         in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(request_id, replies);
         if write.write_all(&frame).await.is_err() {
             return false;
@@ -415,7 +438,7 @@ async fn read_replies(mut read: tokio::net::tcp::OwnedReadHalf, in_flight: InFli
     }
 }
 
-fn deliver(opcode_seen: u8, flags: u16, body: &[u8], replies: Vec<oneshot::Sender<Result<Answer, AsyncClientError>>>) {
+fn deliver(opcode_seen: u8, flags: u16, body: &[u8], replies: Vec<Awaited>) {
     let bad = |reason: String| AsyncClientError::BadReply(reason);
     let answers: Vec<Result<Answer, AsyncClientError>> = if flags & flag::REPLY == 0 {
         vec![Err(bad("a frame without the REPLY flag".into())); replies.len()]
@@ -423,17 +446,18 @@ fn deliver(opcode_seen: u8, flags: u16, body: &[u8], replies: Vec<oneshot::Sende
         let answer = Answer::decode(body).map(|(a, _)| a);
         vec![answer.map_err(|e| bad(e.to_string())).and_then(|a| Err(AsyncClientError::Refused(a))); replies.len()]
     } else if opcode_seen == opcode::BATCH {
-        match split_reply_batch(body) {
-            Ok(items) if items.len() == replies.len() => items
-                .iter()
-                .map(|item| Answer::decode(item.body).map(|(a, _)| a).map_err(|e| bad(e.to_string())))
-                .collect(),
-            _ => vec![Err(bad("a batch reply that does not match its batch".into())); replies.len()],
+        let asked = replies.iter().map(|awaited| awaited.asked);
+        match CompactAnswers::parse(body).and_then(|answers| answers.answers(asked)) {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(error) => {
+                let reason = format!("a batch reply that does not match its batch: {error}");
+                vec![Err(bad(reason)); replies.len()]
+            }
         }
     } else {
         vec![Answer::decode(body).map(|(a, _)| a).map_err(|e| bad(e.to_string())); replies.len()]
     };
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(answer);
+    for (awaited, answer) in replies.into_iter().zip(answers) {
+        let _ = awaited.reply.send(answer);
     }
 }

@@ -11,7 +11,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::inventory::SlotIndex;
-use crate::protocol::body::{put_batch_header, put_batch_item, PersonQuery, RegionQuery, SiteQuery, Stats};
+use crate::protocol::body::{
+    batch_flag, put_batch_header_with, put_batch_item, CompactAnswers, PersonQuery, RegionQuery, SiteQuery, Stats,
+};
 use crate::protocol::frame::flag;
 use crate::protocol::handshake::{ClientHandshake, ClientHandshakeError, Role, PROOF_REQUEST_ID};
 use crate::protocol::{
@@ -488,18 +490,17 @@ impl Client {
         for booking in bookings {
             booking.check().map_err(ClientError::Invalid)?;
         }
+        // Compact answers: a byte a booking, the whole answer where a byte is not enough.
         let (_, body) = self.call(opcode::BATCH, |out| {
-            put_batch_header(out, count);
+            put_batch_header_with(out, count, batch_flag::COMPACT_ANSWERS);
             for booking in bookings {
                 put_batch_item(out, opcode::RESERVE, |out| booking.encode(out));
             }
         })?;
-        let items =
-            crate::protocol::body::split_reply_batch(&body).map_err(|e| ClientError::BadReply(e.to_string()))?;
-        items
-            .iter()
-            .map(|item| Answer::decode(item.body).map(|(a, _)| a).map_err(|e| ClientError::BadReply(e.to_string())))
-            .collect()
+        let asked = bookings.iter().map(|booking| (opcode::RESERVE, booking.slot.0));
+        CompactAnswers::parse(&body)
+            .and_then(|answers| answers.answers(asked))
+            .map_err(|e| ClientError::BadReply(e.to_string()))
     }
 
     /// The STATS counters and the refusals by result code (docs/protocol.md, "Stats").

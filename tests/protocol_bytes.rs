@@ -60,6 +60,26 @@ fn a_window_closed_answer_byte_by_byte() {
     assert_eq!(hex(&bytes), "16 01 00 00 00 00 00 00 06 05 04 03 02 01 00 00");
 }
 
+/// docs/protocol.md's example of compact answers: a batch of two RESERVEs
+/// of slot 7, the first booked, the second refused NOT_ELIGIBLE (birth date
+/// day 7,439).
+#[test]
+fn compact_batch_answers_byte_by_byte() {
+    use yeyak::protocol::body::{batch_flag, put_batch_header_with, CompactAnswerWriter, CompactAnswers};
+    let mut request = Vec::new();
+    put_batch_header_with(&mut request, 2, batch_flag::COMPACT_ANSWERS);
+    assert_eq!(hex(&request), "02 00 01 00");
+    let refused = Answer::refusal(&Refusal::NotEligible { birth_date: Date::from_days_since_epoch(7439) });
+    let mut reply = Vec::new();
+    let mut answers = CompactAnswerWriter::start(&mut reply, 2);
+    answers.push(&mut reply, opcode::RESERVE, 7, &Answer::ok(7));
+    answers.push(&mut reply, opcode::RESERVE, 7, &refused);
+    answers.finish();
+    assert_eq!(hex(&reply), "02 00 01 00 00 94 14 01 00 00 00 00 00 00 0f 1d 00 00 00 00 00 00");
+    let asked = [(opcode::RESERVE, 7), (opcode::RESERVE, 7)];
+    assert_eq!(CompactAnswers::parse(&reply).unwrap().answers(asked.into_iter()).unwrap(), [Answer::ok(7), refused]);
+}
+
 #[test]
 fn foreign_and_broken_frames_are_refused_with_their_codes() {
     let mut frame = Vec::new();

@@ -844,6 +844,81 @@ fn call_batch(client: &mut Client, items: &[(u8, Vec<u8>)]) -> Result<Vec<(u8, V
     Ok(items.iter().map(|item| (item.opcode, item.body.to_vec())).collect())
 }
 
+/// Sends one BATCH of `items` asking for compact answers and returns them
+/// whole (rebuilt from what each item asked).
+fn call_compact_batch(client: &mut Client, items: &[(u8, Vec<u8>)]) -> Vec<yeyak::protocol::Answer> {
+    use yeyak::protocol::body::{batch_flag, put_batch_header_with, put_batch_item, CompactAnswers};
+    let (header, body) = client
+        .call(opcode::BATCH, |out| {
+            put_batch_header_with(out, items.len() as u16, batch_flag::COMPACT_ANSWERS);
+            for (item_opcode, item_body) in items {
+                put_batch_item(out, *item_opcode, |out| out.extend_from_slice(item_body));
+            }
+        })
+        .unwrap();
+    assert_eq!(header.opcode, opcode::BATCH);
+    let slot_of = |body: &[u8]| BookingRequest::decode(body).map_or(0, |booking| booking.slot.0);
+    let asked = items.iter().map(|(item_opcode, body)| (*item_opcode, slot_of(body)));
+    CompactAnswers::parse(&body).unwrap().answers(asked).unwrap()
+}
+
+#[test]
+fn compact_batch_answers_are_the_full_answers() {
+    // Four servers on the same campaign and clock: the same batches (of
+    // reservations only, and of every batchable command) asked for answers
+    // in full and compact answer alike, answer for answer, and count alike.
+    let encoded = |item_opcode: u8, booking: BookingRequest| {
+        let mut body = Vec::new();
+        booking.encode(&mut body);
+        (item_opcode, body)
+    };
+    let reserves: Vec<(u8, Vec<u8>)> = [
+        wire_booking(1, 5, 1),
+        wire_booking(1, 5, 1),          // a retry: the first answer
+        wire_booking(1, 6, 2),          // already booked: the slot held follows
+        wire_booking(2, 99_999_999, 1), // unknown slot: left out
+        BookingRequest { birth_date: yeyak::calendar::Date::parse("1940-01-01").unwrap(), ..wire_booking(5, 7, 1) },
+        wire_booking(6, 7, 1),
+    ]
+    .into_iter()
+    .map(|booking| encoded(opcode::RESERVE, booking))
+    .collect();
+    let mut mixed = reserves.clone();
+    mixed.push((opcode::GET_RESERVATION, person(1).0.to_le_bytes().to_vec()));
+    mixed.push(encoded(opcode::CHANGE, wire_booking(6, 8, 2)));
+    mixed.push(encoded(opcode::CHANGE, wire_booking(6, 8, 2)));
+    mixed.push(encoded(opcode::CANCEL, wire_booking(1, 0, 3)));
+    mixed.push(encoded(opcode::CHANGE, wire_booking(9, 8, 1))); // holds nothing
+    for items in [&reserves, &mixed] {
+        let (full, compact) = (start(ServerConfig::default()), start(ServerConfig::default()));
+        let (mut full_client, mut compact_client) =
+            (gateway(&full.server, &full.keys), gateway(&compact.server, &compact.keys));
+        let in_full: Vec<yeyak::protocol::Answer> = call_batch(&mut full_client, items)
+            .unwrap()
+            .iter()
+            .map(|(_, body)| yeyak::protocol::Answer::decode(body).unwrap().0)
+            .collect();
+        assert_eq!(call_compact_batch(&mut compact_client, items), in_full);
+        let (full_stats, compact_stats) = (full_client.stats().unwrap(), compact_client.stats().unwrap());
+        for name in ["reservations", "changes", "cancellations", "refusals"] {
+            assert_eq!(full_stats.counter(name), compact_stats.counter(name), "{name}");
+        }
+        assert_eq!(full_stats.refusals_by_code, compact_stats.refusals_by_code);
+        full.server.shutdown().unwrap();
+        compact.server.shutdown().unwrap();
+    }
+    // The blocking client's batch asks for compact answers: the slot of an
+    // answer left out (OK, SLOT_FULL: slot 5 has one seat) is the one asked.
+    let running = start(ServerConfig::default());
+    let mut client = gateway(&running.server, &running.keys);
+    let answers = client.reserve_batch(&[wire_booking(1, 5, 1), wire_booking(2, 5, 1), wire_booking(1, 6, 2)]).unwrap();
+    let results: Vec<_> = answers.iter().map(|answer| answer.to_refusal()).collect();
+    let slot_full = Refusal::SlotFull { slot: SlotIndex(5) };
+    assert_eq!(results, [None, Some(slot_full), Some(Refusal::AlreadyBooked { existing: SlotIndex(5) })]);
+    assert_eq!(answers[0], yeyak::protocol::Answer::ok(5));
+    running.server.shutdown().unwrap();
+}
+
 #[test]
 fn a_batch_of_reservations_alone_is_answered_as_the_same_reservations_among_other_commands() {
     // The server applies a batch of RESERVE items only by a loop of its own
@@ -994,7 +1069,9 @@ fn a_peer_that_does_not_complete_the_handshake_is_let_go() {
 fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
     use yeyak::log::faults::{FaultPlan, FaultyStorage};
     use yeyak::log::FileStorage;
-    use yeyak::protocol::body::{put_batch_header, put_batch_item, split_reply_batch};
+    use yeyak::protocol::body::{
+        batch_flag, put_batch_header, put_batch_header_with, put_batch_item, split_reply_batch,
+    };
     use yeyak::protocol::Answer;
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
@@ -1025,9 +1102,9 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
     assert_eq!(client.reservation(&PersonQuery { person: person(0) }).unwrap(), Ok(Some(SlotIndex(5))));
     let date = yeyak::calendar::Date::parse("2021-08-26").unwrap();
     assert!(client.site_availability(&yeyak::protocol::SiteQuery { site_id: 1, date }).unwrap().is_ok());
-    let batch = |client: &mut Client, with_reserve: bool| {
+    let batch_with_flags = |client: &mut Client, with_reserve: bool, flags: u16| {
         client.call(opcode::BATCH, |out| {
-            put_batch_header(out, 2 + u16::from(with_reserve));
+            put_batch_header_with(out, 2 + u16::from(with_reserve), flags);
             put_batch_item(out, opcode::GET_RESERVATION, |out| PersonQuery { person: person(0) }.encode(out));
             put_batch_item(out, opcode::GET_RESERVATION, |out| PersonQuery { person: person(7) }.encode(out));
             if with_reserve {
@@ -1035,6 +1112,7 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
             }
         })
     };
+    let batch = |client: &mut Client, with_reserve: bool| batch_with_flags(client, with_reserve, 0);
     let (_, body) = batch(&mut client, false).unwrap();
     let answers: Vec<Answer> =
         split_reply_batch(&body).unwrap().iter().map(|item| Answer::decode(item.body).unwrap().0).collect();
@@ -1047,9 +1125,11 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
     // A batch with a change in it is refused whole, and so is a batch of
     // reservations only (the engine applies it by a loop of its own); an
     // empty batch changes nothing and is answered.
-    match batch(&mut client, true) {
-        Err(ClientError::Refused(answer)) => assert_eq!(answer.code, ResultCode::LogUnavailable as u8),
-        other => panic!("a batch with a reserve after the failure: {other:?}"),
+    for flags in [0, batch_flag::COMPACT_ANSWERS] {
+        match batch_with_flags(&mut client, true, flags) {
+            Err(ClientError::Refused(answer)) => assert_eq!(answer.code, ResultCode::LogUnavailable as u8),
+            other => panic!("a batch with a reserve after the failure, flags {flags}: {other:?}"),
+        }
     }
     match client.reserve_batch(&[wire_booking(8, 9, 1), wire_booking(9, 9, 1)]) {
         Err(ClientError::Refused(answer)) => assert_eq!(answer.code, ResultCode::LogUnavailable as u8),
@@ -1058,12 +1138,14 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
     let (_, body) = client.call(opcode::BATCH, |out| put_batch_header(out, 0)).unwrap();
     assert!(split_reply_batch(&body).unwrap().is_empty(), "an empty batch is answered with no items");
     // STATS counts what was answered: one reservation, and LOG_UNAVAILABLE
-    // for the reserve and the cancel, and for every command of the two batches.
+    // for the reserve and the cancel, and for every command of the three
+    // batches (the two mixed ones answered in full and compact, the client's
+    // batch of reservations compact).
     let stats = client.stats().unwrap();
     let counted = |name| stats.counter(name).unwrap();
-    assert_eq!((counted("reservations"), counted("cancellations"), counted("refusals")), (1, 0, 7), "{stats:?}");
+    assert_eq!((counted("reservations"), counted("cancellations"), counted("refusals")), (1, 0, 10), "{stats:?}");
     let log_unavailable = ResultCode::LogUnavailable as u8;
-    assert_eq!(stats.refusals_by_code, [(log_unavailable, 7)], "{stats:?}");
+    assert_eq!(stats.refusals_by_code, [(log_unavailable, 10)], "{stats:?}");
     assert_eq!(server.shutdown(), Err(Refusal::LogUnavailable(yeyak::state::LogUnavailable::DiskFull)));
 }
 

@@ -101,6 +101,10 @@ enum Command {
         /// Encode each frame as it is sent, instead of all of them before the clock starts.
         #[arg(long)]
         encode_live: bool,
+        /// Ask for batch answers in full (an item header and an Answer an
+        /// item) instead of compact ones (a byte an item).
+        #[arg(long)]
+        full_answers: bool,
     },
     /// Latency at a fixed offered rate, open loop (coordinated-omission safe): one
     /// RESERVE per frame sent on schedule whatever the replies do; latency is
@@ -201,9 +205,14 @@ fn main() {
         }
         Command::Recovery { data_dir, without_snapshots } => recovery(data_dir, without_snapshots),
         Command::Memory { people } => memory(people),
-        Command::Wire { people, load: FrameLoad { batch, depth, connections }, data_dir, reactor, encode_live } => {
-            wire(WireLoad { people, batch, depth, connections, encode_live }, data_dir, reactor)
-        }
+        Command::Wire {
+            people,
+            load: FrameLoad { batch, depth, connections },
+            data_dir,
+            reactor,
+            encode_live,
+            full_answers,
+        } => wire(WireLoad { people, batch, depth, connections, encode_live, full_answers }, data_dir, reactor),
         Command::Latency { rate, seconds, data_dir, reactor } => latency(rate, seconds, data_dir, reactor),
         Command::Probe { steps } => probe(steps),
         Command::Prototype {
@@ -559,6 +568,8 @@ struct WireLoad {
     connections: usize,
     /// Encode frames as they are sent (else before the clock starts).
     encode_live: bool,
+    /// Batch answers in full (else compact).
+    full_answers: bool,
 }
 
 /// CPU time of this process's threads by name (/proc/self/task/*/stat,
@@ -651,9 +662,10 @@ fn cpu_ticks(stat: &str) -> Option<[u64; 2]> {
 fn encode_frames(
     requests: &[BookingRequest],
     batch: usize,
+    batch_flags: u16,
     first_request_id: u64,
 ) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
-    use yeyak::protocol::body::{put_batch_header, put_batch_item};
+    use yeyak::protocol::body::{put_batch_header_with, put_batch_item};
     use yeyak::protocol::{encode_frame, opcode};
     let (mut bytes, mut frames) = (Vec::new(), Vec::new());
     for (index, frame) in requests.chunks(batch).enumerate() {
@@ -663,7 +675,7 @@ fn encode_frames(
             encode_frame(&mut bytes, opcode::RESERVE, 0, request_id, |out| frame[0].encode(out));
         } else {
             encode_frame(&mut bytes, opcode::BATCH, 0, request_id, |out| {
-                put_batch_header(out, frame.len() as u16);
+                put_batch_header_with(out, frame.len() as u16, batch_flags);
                 for request in frame {
                     put_batch_item(out, opcode::RESERVE, |out| request.encode(out));
                 }
@@ -677,7 +689,8 @@ fn encode_frames(
 fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reactor) {
     use yeyak::protocol::handshake::{Role, PROOF_REQUEST_ID};
     use yeyak::protocol::opcode;
-    let WireLoad { people, batch, depth, connections, encode_live } = load;
+    let WireLoad { people, batch, depth, connections, encode_live, full_answers } = load;
+    let batch_flags = if full_answers { 0 } else { yeyak::protocol::body::batch_flag::COMPACT_ANSWERS };
     let (server, keys, requests) = serve_fresh(people, &data_dir, (depth * batch * 2) as u32, reactor);
     let address = server.local_address();
     let per_connection = requests.len().div_ceil(connections);
@@ -688,7 +701,7 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
     let prepared: Vec<_> = if encode_live {
         Vec::new()
     } else {
-        shares.iter().map(|share| encode_frames(share, batch, first_request_id)).collect()
+        shares.iter().map(|share| encode_frames(share, batch, batch_flags, first_request_id)).collect()
     };
     let cpu_before = ThreadCpu::now();
     let started = Instant::now();
@@ -710,7 +723,8 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
                                 Some((bytes, frames)) => client.queue_encoded(&bytes[frames[sent].clone()]),
                                 None => {
                                     let frame = &share[sent * batch..share.len().min((sent + 1) * batch)];
-                                    let (bytes, _) = encode_frames(frame, batch, first_request_id + sent as u64);
+                                    let (bytes, _) =
+                                        encode_frames(frame, batch, batch_flags, first_request_id + sent as u64);
                                     client.queue_encoded(&bytes)
                                 }
                             }
@@ -724,11 +738,15 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
                             // Every answer's first byte is its result code: count the OK ones.
                             ok += if batch == 1 {
                                 u64::from(body[0] == 0)
-                            } else {
+                            } else if full_answers {
                                 yeyak::protocol::body::BatchItems::of_replies(&body)
                                     .expect("a batch reply")
                                     .map(|item| u64::from(item.expect("a batch reply item").body[0] == 0))
                                     .sum::<u64>()
+                            } else {
+                                let answers =
+                                    yeyak::protocol::body::CompactAnswers::parse(&body).expect("a compact reply");
+                                answers.codes().filter(|code| *code == 0).count() as u64
                             };
                             received += 1;
                             reply = client.receive_buffered().expect("a reply");

@@ -41,6 +41,11 @@ pub fn decode_all(bytes: &[u8]) {
             bodies(item.body);
         }
     }
+    if let Ok(compact) = body::CompactAnswers::parse(bytes) {
+        // Items asking RESERVE, CANCEL, CHANGE and GET_RESERVATION in turn.
+        let asked = (0..compact.len()).map(|index| (opcode::RESERVE + (index % 4) as u8, index as u32));
+        let _ = compact.answers(asked);
+    }
 }
 
 /// Opcodes (docs/protocol.md, "Opcodes").

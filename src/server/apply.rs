@@ -16,8 +16,8 @@ use crate::durable::DurableEngine;
 use crate::inventory::SlotIndex;
 use crate::log::Appender;
 use crate::protocol::body::{
-    batch_answer_item, put_batch_answer, put_batch_header, put_batch_item, BatchItems, CapacityAddition, PersonQuery,
-    RegionQuery, SiteQuery, BATCH_ANSWER_ITEM_BYTES,
+    batch_answer_item, put_batch_answer, put_batch_header, put_batch_item, BatchItems, CapacityAddition,
+    CompactAnswerWriter, CompactAnswers, PersonQuery, RegionQuery, SiteQuery, BATCH_ANSWER_ITEM_BYTES,
 };
 use crate::protocol::frame::flag;
 use crate::protocol::{code, decode_frame, encode_frame, opcode, Answer};
@@ -48,6 +48,15 @@ impl Command {
         }
     }
 
+    /// The slot a RESERVE or CHANGE asks for (0 for other commands): what a
+    /// compact answer may leave out.
+    fn slot_asked(&self) -> u32 {
+        match self {
+            Command::Reserve(booking) | Command::Change(booking) => booking.slot.0,
+            _ => 0,
+        }
+    }
+
     /// Whether the command only reads the state (its answer may be released
     /// once the log has failed, as `DurableEngine`'s reads are).
     fn is_read(&self) -> bool {
@@ -75,9 +84,18 @@ pub enum Work {
     One(Command),
     /// A BATCH frame of RESERVE items only, the gateways' common batch:
     /// applied by the engine's own batch loop (`EngineWriter::reserve_each`).
-    Reserves(Vec<BookingRequest>),
+    Reserves(Vec<BookingRequest>, AnswerForm),
     /// Any other BATCH frame.
-    Batch(Vec<Command>),
+    Batch(Vec<Command>, AnswerForm),
+}
+
+/// How a batch asked to be answered (docs/protocol.md, "Compact answers").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerForm {
+    /// An item header and an `Answer` an item.
+    Full,
+    /// A byte an item, and an `Answer` only where the byte is not enough.
+    Compact,
 }
 
 impl Work {
@@ -85,8 +103,8 @@ impl Work {
     pub fn commands(&self) -> u32 {
         match self {
             Work::One(_) => 1,
-            Work::Reserves(requests) => requests.len() as u32,
-            Work::Batch(commands) => commands.len() as u32,
+            Work::Reserves(requests, _) => requests.len() as u32,
+            Work::Batch(commands, _) => commands.len() as u32,
         }
     }
 
@@ -94,8 +112,17 @@ impl Work {
     fn first_touch(&self) -> Option<(crate::state::PersonKey, u32)> {
         match self {
             Work::One(command) => command.touches(),
-            Work::Reserves(requests) => requests.first().map(|request| (request.person, request.slot.0)),
-            Work::Batch(commands) => commands.first().and_then(Command::touches),
+            Work::Reserves(requests, _) => requests.first().map(|request| (request.person, request.slot.0)),
+            Work::Batch(commands, _) => commands.first().and_then(Command::touches),
+        }
+    }
+
+    /// The opcode of the request's command at `index` (0 past the last).
+    fn opcode_at(&self, index: usize) -> u8 {
+        match self {
+            Work::One(command) => command.opcode(),
+            Work::Reserves(..) => opcode::RESERVE,
+            Work::Batch(commands, _) => commands.get(index).map_or(0, Command::opcode),
         }
     }
 
@@ -104,8 +131,8 @@ impl Work {
         match self {
             Work::One(command) => command.is_read(),
             // Empty, it changes nothing.
-            Work::Reserves(requests) => requests.is_empty(),
-            Work::Batch(commands) => commands.iter().all(Command::is_read),
+            Work::Reserves(requests, _) => requests.is_empty(),
+            Work::Batch(commands, _) => commands.iter().all(Command::is_read),
         }
     }
 }
@@ -122,9 +149,9 @@ pub struct Job {
 struct PendingReply {
     outbox: Arc<Outbox>,
     request_id: u64,
-    commands: u32,
-    /// The request changes nothing (`Work::reads_only`).
-    reads_only: bool,
+    /// The request, kept until its reply is released: what it asked for
+    /// (`Work::reads_only`, the opcodes a refusal takes back).
+    work: Work,
     bytes: Range<usize>,
     durable_after: Lsn,
 }
@@ -170,17 +197,17 @@ impl Pending {
         let mut released = 0;
         while let Some(front) = self.replies.front() {
             let read_after_failure =
-                front.reads_only && matches!(failed, Some(LogUnavailable::DiskFull | LogUnavailable::IoFailed));
+                front.work.reads_only() && matches!(failed, Some(LogUnavailable::DiskFull | LogUnavailable::IoFailed));
             if front.durable_after <= durable || read_after_failure {
                 front.outbox.push_quietly(&self.arena[front.bytes.clone()]);
             } else if let Some(why) = failed {
                 let answer = Answer::refusal(&Refusal::LogUnavailable(why));
-                recount_as_refused(&self.arena[front.bytes.clone()], front.commands, answer.code, counters);
+                recount_as_refused(&self.arena[front.bytes.clone()], &front.work, answer.code, counters);
                 front.outbox.push_quietly(&crate::server::connection::error_frame(front.request_id, answer));
             } else {
                 break;
             }
-            front.outbox.finish_request(front.commands);
+            front.outbox.finish_request(front.work.commands());
             let Some(reply) = self.replies.pop_front() else { break };
             // A connection's writer is woken once for each run of its replies
             // (waking it twice is harmless): no search over every connection.
@@ -217,23 +244,27 @@ impl Pending {
 /// The answers of a reply refused after the log failed were counted when
 /// it was applied (`Tally`); its requester gets `refusal_code` for every
 /// command instead, and STATS counts what was answered.
-fn recount_as_refused(reply: &[u8], commands: u32, refusal_code: u8, counters: &EngineCounters) {
+fn recount_as_refused(reply: &[u8], work: &Work, refusal_code: u8, counters: &EngineCounters) {
     // The arena holds frames this thread encoded: they decode.
     let decoded = decode_frame(reply, u32::MAX);
     debug_assert!(decoded.is_ok(), "a pending reply that does not decode");
-    let Ok((header, body)) = decoded else { return };
-    if header.opcode == opcode::BATCH {
-        let items = BatchItems::of_replies(body);
-        debug_assert!(items.is_ok(), "a pending batch reply that does not decode");
-        for item in items.into_iter().flatten().flatten() {
-            if let Some(answer_code) = item.body.first() {
-                counters.take_back(item.opcode, *answer_code);
-            }
+    let Ok((_, body)) = decoded else { return };
+    let codes: Vec<u8> = match work {
+        Work::One(_) => body.first().copied().into_iter().collect(),
+        Work::Reserves(_, AnswerForm::Compact) | Work::Batch(_, AnswerForm::Compact) => {
+            CompactAnswers::parse(body).map(|answers| answers.codes().collect()).unwrap_or_default()
         }
-    } else if let Some(answer_code) = body.first() {
-        counters.take_back(header.opcode, *answer_code);
+        Work::Reserves(_, AnswerForm::Full) | Work::Batch(_, AnswerForm::Full) => BatchItems::of_replies(body)
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item.ok().and_then(|item| item.body.first().copied()))
+            .collect(),
+    };
+    debug_assert_eq!(codes.len(), work.commands() as usize, "a pending reply without an answer a command");
+    for (index, answer_code) in codes.into_iter().enumerate() {
+        counters.take_back(work.opcode_at(index), answer_code);
     }
-    counters.refusals_by_code.add(refusal_code, u64::from(commands));
+    counters.refusals_by_code.add(refusal_code, u64::from(work.commands()));
 }
 
 /// What the engine thread holds while it applies a round of jobs: the log's
@@ -271,30 +302,55 @@ pub fn apply(
                     durable_after.max(apply_command(engine, writing, command, job.operator_id, moment, tally, out));
             });
         }
-        Work::Reserves(requests) => {
+        Work::Reserves(requests, form) => {
             encode_frame(&mut pending.arena, opcode::BATCH, flag::REPLY, job.request_id, |out| {
-                put_batch_header(out, requests.len() as u16);
-                // One answer an item: room for them all at once, each written in its place.
-                let first = out.len();
-                out.resize(first + requests.len() * BATCH_ANSWER_ITEM_BYTES, 0);
-                let mut items = out[first..].chunks_exact_mut(BATCH_ANSWER_ITEM_BYTES);
-                writing.writer.reserve_each(log, requests, moment, |outcome| {
-                    let (answer, after) = slot_answer(&outcome);
+                let count = requests.len() as u16;
+                let mut booked = |outcome: &Outcome<SlotIndex>| {
+                    let (answer, after) = slot_answer(outcome);
                     tally.count(opcode::RESERVE, answer.code);
-                    // One outcome a request, one item each: the room fits.
-                    let item = items.next();
-                    debug_assert!(item.is_some(), "more outcomes than requests");
-                    if let Some(item) = item {
-                        item.copy_from_slice(&batch_answer_item(opcode::RESERVE, &answer));
-                    }
                     durable_after = durable_after.max(after);
-                });
+                    answer
+                };
+                match form {
+                    AnswerForm::Full => {
+                        put_batch_header(out, count);
+                        // One answer an item: room for them all at once, each written in its place.
+                        let first = out.len();
+                        out.resize(first + requests.len() * BATCH_ANSWER_ITEM_BYTES, 0);
+                        let mut items = out[first..].chunks_exact_mut(BATCH_ANSWER_ITEM_BYTES);
+                        writing.writer.reserve_each(log, requests, moment, |outcome| {
+                            let answer = booked(&outcome);
+                            // One outcome a request, one item each: the room fits.
+                            let item = items.next();
+                            debug_assert!(item.is_some(), "more outcomes than requests");
+                            if let Some(item) = item {
+                                item.copy_from_slice(&batch_answer_item(opcode::RESERVE, &answer));
+                            }
+                        });
+                    }
+                    AnswerForm::Compact => {
+                        let mut answers = CompactAnswerWriter::start(out, count);
+                        let mut asked = requests.iter().map(|request| request.slot.0);
+                        writing.writer.reserve_each(log, requests, moment, |outcome| {
+                            let answer = booked(&outcome);
+                            answers.push(out, opcode::RESERVE, asked.next().unwrap_or(0), &answer);
+                        });
+                        answers.finish();
+                    }
+                }
             });
         }
-        Work::Batch(commands) => {
+        Work::Batch(commands, form) => {
             encode_frame(&mut pending.arena, opcode::BATCH, flag::REPLY, job.request_id, |out| {
-                put_batch_header(out, commands.len() as u16);
-                out.reserve(commands.len() * BATCH_ANSWER_ITEM_BYTES);
+                let count = commands.len() as u16;
+                let mut compact = match form {
+                    AnswerForm::Full => {
+                        put_batch_header(out, count);
+                        out.reserve(commands.len() * BATCH_ANSWER_ITEM_BYTES);
+                        None
+                    }
+                    AnswerForm::Compact => Some(CompactAnswerWriter::start(out, count)),
+                };
                 for command in commands.iter().take(PREFETCH_AHEAD) {
                     prefetch(engine, command);
                 }
@@ -304,29 +360,39 @@ pub fn apply(
                     }
                     let after = match apply_fixed(engine, writing, command, job.operator_id, moment, tally) {
                         Ok((answer, after)) => {
-                            put_batch_answer(out, command.opcode(), &answer);
+                            match &mut compact {
+                                Some(answers) => answers.push(out, command.opcode(), command.slot_asked(), &answer),
+                                None => put_batch_answer(out, command.opcode(), &answer),
+                            }
                             after
                         }
                         // Batches carry fixed-answer commands only (checked when
-                        // decoded); a query would still be answered in full.
-                        Err(query) => {
-                            let mut after = 0;
-                            put_batch_item(out, command.opcode(), |out| {
-                                after = apply_query(engine, log, query, moment, tally, out)
-                            });
-                            after
-                        }
+                        // decoded); a query would still be answered in full, or,
+                        // asked for compact answers, refused in its place.
+                        Err(query) => match &mut compact {
+                            Some(answers) => {
+                                answers.push(out, command.opcode(), 0, &Answer::protocol(code::MALFORMED, 0, 0));
+                                0
+                            }
+                            None => {
+                                let mut after = 0;
+                                put_batch_item(out, command.opcode(), |out| {
+                                    after = apply_query(engine, log, query, moment, tally, out)
+                                });
+                                after
+                            }
+                        },
                     };
                     durable_after = durable_after.max(after);
+                }
+                if let Some(answers) = compact {
+                    answers.finish();
                 }
             });
         }
     }
     let bytes = start..pending.arena.len();
-    let commands = job.work.commands();
-    let reads_only = job.work.reads_only();
-    let reply =
-        PendingReply { outbox: job.outbox, request_id: job.request_id, commands, reads_only, bytes, durable_after };
+    let reply = PendingReply { outbox: job.outbox, request_id: job.request_id, work: job.work, bytes, durable_after };
     pending.replies.push_back(reply);
 }
 
@@ -500,8 +566,7 @@ mod tests {
         let reply = PendingReply {
             outbox: Arc::clone(outbox),
             request_id,
-            commands: 1,
-            reads_only: false,
+            work: Work::One(Command::Get(PersonQuery { person: crate::state::PersonKey(1) })),
             bytes,
             durable_after: 9,
         };

@@ -12,7 +12,7 @@ use crate::protocol::body::{BatchItems, BodyError, CapacityAddition, PersonQuery
 use crate::protocol::frame::{flag, PROTOCOL_VERSION};
 use crate::protocol::handshake::{nonce, verify_proof, Challenge, Hello, Role, PROOF_BYTES};
 use crate::protocol::{code, decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, BATCH_COMMANDS_MAX};
-use crate::server::apply::{Command, Job, Work};
+use crate::server::apply::{AnswerForm, Command, Job, Work};
 use crate::server::Shared;
 use crate::state::BookingRequest;
 
@@ -475,6 +475,7 @@ fn batch(body: &[u8], operator_id: u32) -> Result<Work, (u8, u32)> {
     };
     let mut items = BatchItems::of_requests(body, BATCH_COMMANDS_MAX).map_err(structure)?;
     let announced = usize::from(items.announced());
+    let form = if items.compact_answers() { AnswerForm::Compact } else { AnswerForm::Full };
     let mut reserves = Vec::with_capacity(announced);
     while let Some(body) = items.next_fixed::<{ BookingRequest::BYTES }>(opcode::RESERVE) {
         reserves.push(booking(body, operator_id).map_err(|code| (code, 0))?);
@@ -482,14 +483,14 @@ fn batch(body: &[u8], operator_id: u32) -> Result<Work, (u8, u32)> {
     // Whatever is next (another command, a bad item, bytes after the last
     // item) is read in full: the reservations so far and the rest, in order,
     // become commands.
-    let Some(item) = items.next() else { return Ok(Work::Reserves(reserves)) };
+    let Some(item) = items.next() else { return Ok(Work::Reserves(reserves, form)) };
     let mut commands = Vec::with_capacity(announced);
     commands.extend(reserves.into_iter().map(Command::Reserve));
     for item in std::iter::once(item).chain(items) {
         let item = item.map_err(structure)?;
         commands.push(command(item.opcode, item.body, operator_id).map_err(|code| (code, 0))?);
     }
-    Ok(Work::Batch(commands))
+    Ok(Work::Batch(commands, form))
 }
 
 #[cfg(test)]
@@ -533,27 +534,29 @@ mod tests {
     fn opcodes(work: &Work) -> Vec<u8> {
         match work {
             Work::One(command) => vec![command.opcode()],
-            Work::Reserves(requests) => vec![opcode::RESERVE; requests.len()],
-            Work::Batch(commands) => commands.iter().map(Command::opcode).collect(),
+            Work::Reserves(requests, _) => vec![opcode::RESERVE; requests.len()],
+            Work::Batch(commands, _) => commands.iter().map(Command::opcode).collect(),
         }
     }
 
     #[test]
     fn a_batch_of_reservations_only_is_decoded_as_reservations_and_any_other_as_commands_in_order() {
         let reserves: Vec<_> = (0..5).map(|index| reserve(booking(index))).collect();
-        let Ok(Work::Reserves(requests)) = batch(&body_of(&reserves, 5), 0) else { panic!("reservations only") };
+        let Ok(Work::Reserves(requests, AnswerForm::Full)) = batch(&body_of(&reserves, 5), 0) else {
+            panic!("reservations only")
+        };
         assert_eq!(requests, (0..5).map(booking).collect::<Vec<_>>());
-        assert!(matches!(batch(&body_of(&[], 0), 0), Ok(Work::Reserves(requests)) if requests.is_empty()));
+        assert!(matches!(batch(&body_of(&[], 0), 0), Ok(Work::Reserves(requests, _)) if requests.is_empty()));
         // A GET in the middle, or at either end: every command, in order.
         let get = (opcode::GET_RESERVATION, 7u128.to_le_bytes().to_vec());
         for at in [0, 2, 5] {
             let mut items = reserves.clone();
             items.insert(at, get.clone());
             let work = batch(&body_of(&items, 6), 0).unwrap();
-            assert!(matches!(work, Work::Batch(_)), "GET at {at}");
+            assert!(matches!(work, Work::Batch(..)), "GET at {at}");
             let expected: Vec<u8> = items.iter().map(|(item_opcode, _)| *item_opcode).collect();
             assert_eq!(opcodes(&work), expected, "GET at {at}");
-            let Work::Batch(commands) = work else { unreachable!() };
+            let Work::Batch(commands, _) = work else { unreachable!() };
             let booked: Vec<BookingRequest> = commands
                 .iter()
                 .filter_map(|command| match command {
@@ -583,7 +586,8 @@ mod tests {
         };
         // Bytes a header cannot say: checked where the reservations stop too.
         let second_item = 4 + 4 + BookingRequest::BYTES;
-        let raw_cases: [(&str, Vec<u8>); 3] = [
+        let raw_cases: [(&str, Vec<u8>); 4] = [
+            ("a batch flag this version does not know", body_with(std::slice::from_ref(&good), 1, &|body| body[2] = 2)),
             (
                 "a reserved byte set in a RESERVE item header",
                 body_with(&[good.clone(), good.clone()], 2, &|body| body[second_item + 1] = 1),
@@ -615,7 +619,12 @@ mod tests {
         assert_eq!(batch(&too_many, 0).err(), Some((code::BATCH_TOO_LARGE, u32::from(BATCH_COMMANDS_MAX))));
         // An operator books as itself only, in a batch of reservations as anywhere.
         let own = reserve(BookingRequest { channel: Channel::Operator { operator_id: 9 }, ..booking(3) });
-        assert!(matches!(batch(&body_of(&[own.clone(), own.clone()], 2), 9), Ok(Work::Reserves(r)) if r.len() == 2));
+        assert!(matches!(batch(&body_of(&[own.clone(), own.clone()], 2), 9), Ok(Work::Reserves(r, _)) if r.len() == 2));
+        // Compact answers are asked for in the header, for either kind of batch.
+        let compact = |items: &[Item]| body_with(items, items.len() as u16, &|body| body[2] = 1);
+        assert!(matches!(batch(&compact(std::slice::from_ref(&good)), 0), Ok(Work::Reserves(_, AnswerForm::Compact))));
+        assert!(matches!(batch(&compact(&[good.clone(), cancel.clone()]), 0), Ok(Work::Batch(_, AnswerForm::Compact))));
+        assert!(matches!(batch(&body_of(std::slice::from_ref(&cancel), 1), 0), Ok(Work::Batch(_, AnswerForm::Full))));
         assert_eq!(batch(&body_of(&[own, good], 2), 9).err(), Some((code::NOT_ALLOWED, 0)), "a person's booking");
     }
 }
