@@ -305,10 +305,11 @@ pub fn apply(
         Work::Reserves(requests, form) => {
             encode_frame(&mut pending.arena, opcode::BATCH, flag::REPLY, job.request_id, |out| {
                 let count = requests.len() as u16;
-                let mut booked = |outcome: &Outcome<SlotIndex>| {
+                // A reservation's answer, counted; its records waited for.
+                let booked = |outcome: &Outcome<SlotIndex>, tally: &mut Tally, durable_after: &mut Lsn| {
                     let (answer, after) = slot_answer(outcome);
                     tally.count(opcode::RESERVE, answer.code);
-                    durable_after = durable_after.max(after);
+                    *durable_after = (*durable_after).max(after);
                     answer
                 };
                 match form {
@@ -319,7 +320,7 @@ pub fn apply(
                         out.resize(first + requests.len() * BATCH_ANSWER_ITEM_BYTES, 0);
                         let mut items = out[first..].chunks_exact_mut(BATCH_ANSWER_ITEM_BYTES);
                         writing.writer.reserve_each(log, requests, moment, |outcome| {
-                            let answer = booked(&outcome);
+                            let answer = booked(&outcome, tally, &mut durable_after);
                             // One outcome a request, one item each: the room fits.
                             let item = items.next();
                             debug_assert!(item.is_some(), "more outcomes than requests");
@@ -330,10 +331,24 @@ pub fn apply(
                     }
                     AnswerForm::Compact => {
                         let mut answers = CompactAnswerWriter::start(out, count);
-                        let mut asked = requests.iter().map(|request| request.slot.0);
+                        let mut asked = requests.iter().map(|request| request.slot);
                         writing.writer.reserve_each(log, requests, moment, |outcome| {
-                            let answer = booked(&outcome);
-                            answers.push(out, opcode::RESERVE, asked.next().unwrap_or(0), &answer);
+                            let slot_asked = asked.next().unwrap_or(SlotIndex(0));
+                            match outcome.result {
+                                // The crowd's answer: its byte alone, no `Answer` built
+                                // (callgrind: 72 instructions a reservation went to
+                                // the reply with one built for every outcome).
+                                Ok(slot) if slot == slot_asked => {
+                                    tally.count(opcode::RESERVE, code::OK);
+                                    durable_after = durable_after.max(outcome.durable_after);
+                                    answers.push_implied(out, code::OK);
+                                }
+                                _ => {
+                                    let after =
+                                        push_other_reserve_answer(&mut answers, out, slot_asked, &outcome, tally);
+                                    durable_after = durable_after.max(after);
+                                }
+                            }
                         });
                         answers.finish();
                     }
@@ -394,6 +409,24 @@ pub fn apply(
     let bytes = start..pending.arena.len();
     let reply = PendingReply { outbox: job.outbox, request_id: job.request_id, work: job.work, bytes, durable_after };
     pending.replies.push_back(reply);
+}
+
+/// A compact reply's answer to a reservation that did not book the slot it
+/// asked: out of the batch loop, so that the loop's own answer stays small
+/// enough to be inlined into it. Returns the answer's `durable_after`.
+#[cold]
+#[inline(never)]
+fn push_other_reserve_answer(
+    answers: &mut CompactAnswerWriter,
+    out: &mut Vec<u8>,
+    slot_asked: SlotIndex,
+    outcome: &Outcome<SlotIndex>,
+    tally: &mut Tally,
+) -> Lsn {
+    let (answer, after) = slot_answer(outcome);
+    tally.count(opcode::RESERVE, answer.code);
+    answers.push(out, opcode::RESERVE, slot_asked.0, &answer);
+    after
 }
 
 pub use crate::state::engine::PREFETCH_AHEAD;

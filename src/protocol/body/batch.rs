@@ -232,6 +232,19 @@ impl CompactAnswerWriter {
         self.next += 1;
     }
 
+    /// The next item's answer when the caller knows it is implied: the
+    /// answer to a RESERVE or CHANGE that is `code` with the slot the item
+    /// asked for and nothing else (`push` finds that out itself).
+    #[inline(always)]
+    pub fn push_implied(&mut self, out: &mut [u8], code: u8) {
+        debug_assert!(self.next < self.count, "more answers than items");
+        debug_assert!(code & ANSWER_FOLLOWS == 0, "a batch item's code is the state machine's, below 100");
+        if let Some(mark) = out.get_mut(self.marks_at + self.next) {
+            *mark = code;
+            self.next += 1;
+        }
+    }
+
     /// Checks, in debug builds, that every item got its answer.
     pub fn finish(self) {
         debug_assert_eq!(self.next, self.count, "an item without its answer");
@@ -412,6 +425,20 @@ mod tests {
         let mut full = Vec::new();
         put_batch_header(&mut full, 0);
         assert!(CompactAnswers::parse(&full).is_err());
+    }
+
+    #[test]
+    fn an_answer_pushed_as_implied_is_the_answer_push_leaves_out() {
+        let (mut pushed, mut implied) = (Vec::new(), Vec::new());
+        let mut writer = CompactAnswerWriter::start(&mut pushed, 2);
+        writer.push(&mut pushed, opcode::RESERVE, 7, &Answer::ok(7));
+        writer.push(&mut pushed, opcode::CHANGE, 9, &Answer { code: 40, value: 9, ..Answer::default() });
+        writer.finish();
+        let mut writer = CompactAnswerWriter::start(&mut implied, 2);
+        writer.push_implied(&mut implied, 0);
+        writer.push_implied(&mut implied, 40);
+        writer.finish();
+        assert_eq!(pushed, implied);
     }
 
     #[test]
