@@ -55,6 +55,21 @@ fn wire_latency_and_the_wire_peer_run_at_a_small_size() {
     let root = tempfile::tempdir().unwrap();
     let wire = dir(root.path(), "wire");
     bench(&["wire", "--people", "20000", "--data-dir", &wire], &["20000 durable reservations in"]);
+    bench(&["wire", "--people", "20000", "--full-answers", "--data-dir", &wire], &["20000 durable reservations in"]);
+    bench(
+        &[
+            "starve",
+            "--peers",
+            "2",
+            "--seconds",
+            "1",
+            "--reply-bytes-max",
+            "1048576",
+            "--data-dir",
+            &dir(root.path(), "starve"),
+        ],
+        &["PING every 20 ms", "reply bytes waiting at most"],
+    );
     bench(&["wire", "--people", "2000", "--batch", "1", "--depth", "64", "--data-dir", &wire], &["2000 durable"]);
     bench(&["latency", "--rate", "2000", "--seconds", "1", "--data-dir", &dir(root.path(), "latency")], &["p999"]);
     bench(

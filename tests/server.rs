@@ -1262,3 +1262,73 @@ fn a_connection_refused_too_many_in_flight_is_not_read_until_a_request_is_answer
     assert_eq!(refused, Some(1), "one refusal, not one a frame");
     running.server.shutdown().unwrap();
 }
+
+#[test]
+fn peers_that_do_not_read_are_paused_once_all_replies_waiting_pass_the_budget() {
+    use std::io::Write;
+    use yeyak::protocol::encode_frame;
+    const PEERS: usize = 4;
+    const QUERIES: usize = 80_000;
+    let reply_bytes_max = 1 << 20;
+    let in_flight_max = 256;
+    let running = start(ServerConfig { reply_bytes_max, in_flight_max, ..ServerConfig::default() });
+    // Each peer sends its SITE queries (about 120 reply bytes each: more than
+    // the kernel's socket buffers take) and never reads a reply.
+    let date = yeyak::calendar::Date::parse("2021-08-26").unwrap();
+    let mut frames = Vec::new();
+    for index in 0..QUERIES {
+        let query = yeyak::protocol::SiteQuery { site_id: 1, date };
+        encode_frame(&mut frames, opcode::SITE_AVAILABILITY, 0, 10 + index as u64, |out| query.encode(out));
+    }
+    let frames = std::sync::Arc::new(frames);
+    let peers: Vec<std::net::TcpStream> = (0..PEERS)
+        .map(|_| {
+            let stream = gateway(&running.server, &running.keys).into_stream().unwrap();
+            stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+            stream
+        })
+        .collect();
+    let senders: Vec<_> = peers
+        .iter()
+        .map(|peer| {
+            let (mut peer, frames) = (peer.try_clone().unwrap(), std::sync::Arc::clone(&frames));
+            // Blocks once the engine stops reading it; the timeout ends it.
+            std::thread::spawn(move || {
+                let _ = peer.write_all(&frames);
+            })
+        })
+        .collect();
+    let mut client = gateway(&running.server, &running.keys);
+    let waiting = |client: &mut Client| client.stats().unwrap().counter("reply bytes waiting").unwrap();
+    // Waits until the bytes waiting stop growing (the peers are paused).
+    let (mut most, mut last, mut still) = (0, u64::MAX, 0);
+    while still < 10 {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = waiting(&mut client);
+        most = most.max(now);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    // Reached the budget (so the pause is what holds it), and held near it:
+    // past it, each connection finishes at most its share and the replies
+    // of requests it had in flight. Without the budget each would hold 4 MiB.
+    let per_peer = yeyak::server::REPLY_BYTES_SHARE as u64 + u64::from(in_flight_max) * 150 + (64 << 10);
+    assert!(most >= reply_bytes_max as u64, "{most} bytes waiting: the budget was never reached");
+    assert!(most <= reply_bytes_max as u64 + PEERS as u64 * per_peer, "{most} bytes waiting");
+    // A client that reads its replies is served meanwhile.
+    assert_eq!(client.reserve(&wire_booking(1, 5, 1)).unwrap(), Ok(SlotIndex(5)));
+    // The peers go: what waited for them is let go.
+    for peer in &peers {
+        peer.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    drop(peers);
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting(&mut client) > 0 {
+        assert!(Instant::now() < deadline, "{} bytes still waiting for peers that are gone", waiting(&mut client));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    running.server.shutdown().unwrap();
+}

@@ -120,6 +120,21 @@ enum Command {
         #[arg(long, value_enum, default_value_t = yeyak::server::reactor::Reactor::Tokio)]
         reactor: yeyak::server::reactor::Reactor,
     },
+    /// Peers that do not read their replies: `peers` connections each pipeline
+    /// SITE_AVAILABILITY queries and never read, while one more client PINGs
+    /// every 20 ms; prints the PINGs' latency, the reply bytes waiting (STATS)
+    /// and the resident memory they added.
+    Starve {
+        #[arg(long, default_value_t = 20)]
+        peers: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// The server's `reply_bytes_max` [default: the server's default].
+        #[arg(long)]
+        reply_bytes_max: Option<usize>,
+        #[arg(long, default_value = "/tmp/yeyak-bench-starve")]
+        data_dir: PathBuf,
+    },
     /// Resident memory of the demo inventory (8.1 M slots) and a people table filled with `people`.
     Memory {
         #[arg(long, default_value_t = 52_000_000)]
@@ -215,6 +230,9 @@ fn main() {
         } => wire(WireLoad { people, batch, depth, connections, encode_live, full_answers }, data_dir, reactor),
         Command::Latency { rate, seconds, data_dir, reactor } => latency(rate, seconds, data_dir, reactor),
         Command::Probe { steps } => probe(steps),
+        Command::Starve { peers, seconds, reply_bytes_max, data_dir } => {
+            starve(peers, seconds, reply_bytes_max, data_dir)
+        }
         Command::Prototype {
             people,
             slots,
@@ -520,6 +538,94 @@ fn interleaved(requests: &[BookingRequest], batch: usize, names: [&str; 2], side
         println!("  {name:width$} {all} reservations in {:.3} s = {:.2} M/s", seconds[side], rate(side));
     }
     println!("  {} / {} = {:.3}", names[0], names[1], rate(0) / rate(1));
+}
+
+fn starve(peers: usize, seconds: u64, reply_bytes_max: Option<usize>, data_dir: PathBuf) {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    use yeyak::protocol::handshake::Role;
+    use yeyak::protocol::{encode_frame, opcode, SiteQuery};
+    let rules = fresh_data_directory(&data_dir, 1000);
+    let (engine, _) = DurableEngine::open(&data_dir, LogOptions::default(), false).expect("opens");
+    let (keys, _) = yeyak::server::keys::KeyRing::load(&data_dir, true).expect("keys");
+    let defaults = yeyak::server::ServerConfig::default();
+    let config = yeyak::server::ServerConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        clock: yeyak::server::Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() },
+        reply_bytes_max: reply_bytes_max.unwrap_or(defaults.reply_bytes_max),
+        ..defaults
+    };
+    let server = yeyak::server::Server::start(engine, keys.clone(), config).expect("serves");
+    let (id, key) = keys.first(Role::Gateway).expect("a gateway key");
+    let connect = || yeyak::client::Client::connect(server.local_address(), Role::Gateway, id, key).expect("connects");
+    // 2,048 queries a write, sent again and again.
+    // The day after the open evening: a service day whose slots have not begun.
+    let date = rules.rotation_start.add_days(rules.rotation_digits.len() as i32 + 1);
+    let mut frames = Vec::new();
+    for index in 0..2048u64 {
+        let query = SiteQuery { site_id: 1, date };
+        encode_frame(&mut frames, opcode::SITE_AVAILABILITY, 0, 10 + index, |out| query.encode(out));
+    }
+    let resident_before = resident_bytes();
+    let stop = AtomicBool::new(false);
+    let (latencies, waiting_most, resident_most) = std::thread::scope(|scope| {
+        let streams: Vec<std::net::TcpStream> =
+            (0..peers).map(|_| connect().into_stream().expect("a stream")).collect();
+        for stream in &streams {
+            let (mut stream, frames, stop) = (stream.try_clone().expect("a second handle"), &frames, &stop);
+            stream.set_write_timeout(Some(Duration::from_millis(200))).expect("a timeout");
+            scope.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match stream.write(frames) {
+                        Ok(_) => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        let mut pinger = connect();
+        let mut latencies = Vec::new();
+        let (mut waiting_most, mut resident_most) = (0, 0);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(seconds) {
+            std::thread::sleep(Duration::from_millis(20));
+            let sent = Instant::now();
+            pinger.call(opcode::PING, |_| {}).expect("a PING is answered");
+            latencies.push(sent.elapsed());
+            let waiting = pinger.stats().expect("stats").counter("reply bytes waiting").unwrap_or(0);
+            waiting_most = waiting_most.max(waiting);
+            resident_most = resident_most.max(resident_bytes());
+        }
+        stop.store(true, Ordering::Relaxed);
+        for stream in &streams {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+        (latencies, waiting_most, resident_most)
+    });
+    let mut sorted = latencies.clone();
+    sorted.sort();
+    let at = |quantile: f64| sorted[((sorted.len() - 1) as f64 * quantile) as usize].as_secs_f64() * 1e3;
+    println!(
+        "starve: {peers} peers that do not read, {seconds} s, reply_bytes_max {} MiB",
+        config.reply_bytes_max >> 20
+    );
+    println!(
+        "  PING every 20 ms ({} PINGs): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        sorted.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    println!(
+        "  reply bytes waiting at most {:.1} MiB; resident memory added at most {:.1} MiB",
+        waiting_most as f64 / f64::from(1 << 20),
+        resident_most.saturating_sub(resident_before) as f64 / f64::from(1 << 20)
+    );
+    server.shutdown().expect("closes");
+    let _ = std::fs::remove_dir_all(&data_dir);
 }
 
 fn resident_bytes() -> u64 {

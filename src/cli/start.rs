@@ -77,6 +77,10 @@ pub struct StartArgs {
     /// Commands the ingress queue holds before OVERLOADED (a batch counts its commands) [default: 1048576].
     #[arg(long, env = "YEYAK_INGRESS_QUEUE_COMMANDS")]
     pub ingress_queue_commands: Option<usize>,
+    /// Reply bytes waiting for all connections together before a connection with
+    /// more than 1 MiB of its own waiting is no longer read from [default: 268435456].
+    #[arg(long, env = "YEYAK_REPLY_BYTES_MAX")]
+    pub reply_bytes_max: Option<usize>,
     /// The network I/O reactor: tokio (epoll) or uring (tokio-uring) [default: tokio].
     #[arg(long, env = "YEYAK_REACTOR", value_enum)]
     pub reactor: Option<yeyak::server::reactor::Reactor>,
@@ -121,6 +125,7 @@ impl StartArgs {
                 .ingress_queue_commands
                 .or(file.ingress_queue_commands)
                 .unwrap_or(defaults.ingress_queue_commands),
+            reply_bytes_max: self.reply_bytes_max.or(file.reply_bytes_max).unwrap_or(defaults.reply_bytes_max),
             reactor: self.reactor.or(file.reactor).unwrap_or(defaults.reactor),
             ..defaults
         };

@@ -608,7 +608,7 @@ mod tests {
 
     #[test]
     fn compaction_drops_the_released_front_and_keeps_pending_replies_intact() {
-        let outbox = Arc::new(Outbox::new());
+        let outbox = Arc::new(Outbox::new(Arc::default()));
         // A small released front stays: moving the rest down is not worth it yet.
         let mut pending = Pending { arena: vec![0xaa; 1000], ..Pending::default() };
         pend(&mut pending, &outbox, 1, 1);

@@ -13,7 +13,7 @@ use crate::protocol::frame::{flag, PROTOCOL_VERSION};
 use crate::protocol::handshake::{nonce, verify_proof, Challenge, Hello, Role, PROOF_BYTES};
 use crate::protocol::{code, decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, BATCH_COMMANDS_MAX};
 use crate::server::apply::{AnswerForm, Command, Job, Work};
-use crate::server::Shared;
+use crate::server::{Shared, REPLY_BYTES_SHARE};
 use crate::state::BookingRequest;
 
 /// Bytes waiting to be written to one connection, and its requests in flight.
@@ -22,16 +22,21 @@ pub struct Outbox {
     /// Bytes queued and not yet written to the socket: those waiting in
     /// `bytes` and those the writer took and is writing (`OUTBOX_BYTES_MAX`).
     unsent: AtomicUsize,
+    /// Every connection's `unsent` together (`Shared::reply_bytes_waiting`),
+    /// moved with this one's.
+    all_unsent: Arc<AtomicUsize>,
     ready: tokio::sync::Notify,
     in_flight: AtomicU32,
     closed: AtomicBool,
 }
 
 impl Outbox {
-    pub(crate) fn new() -> Outbox {
+    /// An outbox whose waiting bytes count in `all_unsent` too.
+    pub(crate) fn new(all_unsent: Arc<AtomicUsize>) -> Outbox {
         Outbox {
             bytes: Mutex::new(Vec::new()),
             unsent: AtomicUsize::new(0),
+            all_unsent,
             ready: tokio::sync::Notify::new(),
             in_flight: AtomicU32::new(0),
             closed: AtomicBool::new(false),
@@ -50,8 +55,18 @@ impl Outbox {
         if self.closed.load(Ordering::Relaxed) {
             return;
         }
-        self.bytes.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(frame);
+        let mut bytes = self.bytes.lock().unwrap_or_else(|p| p.into_inner());
+        // Counted before the writer can take the bytes (under the lock it
+        // takes them with): its subtraction never comes first.
         self.unsent.fetch_add(frame.len(), Ordering::AcqRel);
+        self.all_unsent.fetch_add(frame.len(), Ordering::AcqRel);
+        bytes.extend_from_slice(frame);
+    }
+
+    /// `length` bytes were written to the socket.
+    fn written(&self, length: usize) {
+        self.unsent.fetch_sub(length, Ordering::AcqRel);
+        self.all_unsent.fetch_sub(length, Ordering::AcqRel);
     }
 
     pub fn wake(&self) {
@@ -71,6 +86,14 @@ impl Outbox {
     fn take(&self, into: &mut Vec<u8>) {
         into.clear();
         std::mem::swap(&mut *self.bytes.lock().unwrap_or_else(|p| p.into_inner()), into);
+    }
+}
+
+impl Drop for Outbox {
+    /// Bytes never written (the connection closed with replies waiting) no
+    /// longer wait: the total of every connection lets them go.
+    fn drop(&mut self) {
+        self.all_unsent.fetch_sub(*self.unsent.get_mut(), Ordering::AcqRel);
     }
 }
 
@@ -173,7 +196,7 @@ impl<R: ReadBytes> FrameReader<R> {
 /// Serves one connection until it closes, then releases its slot. Runs on a
 /// single-threaded reactor (tokio's or tokio-uring's), inside a `LocalSet`.
 pub(crate) async fn serve<R: ReadBytes + 'static, W: WriteBytes + 'static>(read: R, write: W, shared: Arc<Shared>) {
-    let outbox = Arc::new(Outbox::new());
+    let outbox = Arc::new(Outbox::new(Arc::clone(&shared.reply_bytes_waiting)));
     let writer = tokio::task::spawn_local(write_loop(write, Arc::clone(&outbox)));
     let mut reader = FrameReader { read, shared: Arc::clone(&shared), buffer: Vec::with_capacity(64 * 1024), start: 0 };
     // A peer gets HANDSHAKE_TIMEOUT to prove its key: idle sockets do not hold slots.
@@ -226,7 +249,7 @@ async fn write_loop<W: WriteBytes>(mut write: W, outbox: Arc<Outbox>) {
                 outbox.closed.store(true, Ordering::Release);
                 return;
             }
-            outbox.unsent.fetch_sub(length, Ordering::AcqRel);
+            outbox.written(length);
             // A slow reader's backlog grew this buffer: it is not kept (the
             // buffers swap with the outbox's, so both would stay that large).
             if bytes.capacity() > WRITE_BUFFER_KEPT_BYTES_MAX {
@@ -328,8 +351,15 @@ async fn read_loop<R: ReadBytes>(
             return End::Closed;
         }
         // A peer that does not read its replies is not read from either: its
-        // outbox stays bounded.
-        if !pause_while(outbox, shared, || outbox.unsent_bytes() > OUTBOX_BYTES_MAX).await {
+        // outbox stays bounded, and so do all outboxes together (a peer with
+        // a fair share waiting goes on while those that do not read pause).
+        let reply_bytes_max = shared.config.reply_bytes_max;
+        let over = || {
+            let unsent = outbox.unsent_bytes();
+            unsent > OUTBOX_BYTES_MAX
+                || (unsent > REPLY_BYTES_SHARE && shared.reply_bytes_waiting.load(Ordering::Acquire) > reply_bytes_max)
+        };
+        if !pause_while(outbox, shared, over).await {
             return End::Closed;
         }
         let (header, body) = match next_frame(reader, outbox, shared, shared.config.frame_body_bytes_max).await {
@@ -418,17 +448,24 @@ async fn read_loop<R: ReadBytes>(
     }
 }
 
-/// Stops reading a connection while `paused` holds, looking again every
-/// millisecond. False if the connection closed or the server is stopping meanwhile.
+/// Stops reading a connection while `paused` holds, looking again after 1 ms,
+/// then after twice as long each time up to `PAUSE_LOOK_MAX` (a thousand
+/// paused peers do not wake the network thread a million times a second).
+/// False if the connection closed or the server is stopping meanwhile.
 async fn pause_while(outbox: &Outbox, shared: &Shared, paused: impl Fn() -> bool) -> bool {
+    let mut wait = std::time::Duration::from_millis(1);
     while paused() {
         if outbox.closed.load(Ordering::Acquire) || shared.stopping.load(Ordering::Acquire) {
             return false;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(PAUSE_LOOK_MAX);
     }
     true
 }
+
+/// The longest a paused connection waits before it looks again.
+const PAUSE_LOOK_MAX: std::time::Duration = std::time::Duration::from_millis(16);
 
 /// Decodes one command; `Err` carries the result code to refuse it with.
 /// Inlined into the loop over a batch's items.

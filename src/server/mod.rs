@@ -73,6 +73,11 @@ pub struct ServerConfig {
     /// How long a peer that began a frame has to send the rest of it (then
     /// MALFORMED and close); an idle connection may wait for ever.
     pub frame_completion_timeout: Duration,
+    /// Reply bytes waiting to be written to all connections together
+    /// (queued, or being written to peers that do not read): past it, a
+    /// connection with more than `REPLY_BYTES_SHARE` of its own waiting is
+    /// not read from until the total falls back (docs/protocol.md, "Limits").
+    pub reply_bytes_max: usize,
     pub clock: Clock,
     /// The I/O reactor of the network thread.
     pub reactor: reactor::Reactor,
@@ -87,6 +92,14 @@ pub const IN_FLIGHT_MAX_LIMIT: u32 = 1 << 20;
 pub const INGRESS_QUEUE_JOBS_LIMIT: usize = 1 << 20;
 /// The largest `ingress_queue_commands` (about 60 bytes a queued command).
 pub const INGRESS_QUEUE_COMMANDS_LIMIT: usize = 1 << 24;
+/// The largest `reply_bytes_max` (1 TiB: no bound in practice, but a number).
+pub const REPLY_BYTES_MAX_LIMIT: usize = 1 << 40;
+/// Reply bytes a connection may have waiting and still be read from while
+/// all connections' waiting replies exceed `reply_bytes_max`: a peer that
+/// reads its replies while it sends rarely has more (a batch reply is at
+/// most about 80 KiB; 32 batches of 1,024 answered in full, 640 KiB), so it
+/// goes on while those that do not read are paused.
+pub const REPLY_BYTES_SHARE: usize = 1 << 20;
 
 /// A server setting outside its range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +119,7 @@ impl ServerConfig {
             ("in_flight_max", u64::from(self.in_flight_max), u64::from(IN_FLIGHT_MAX_LIMIT)),
             ("ingress_queue_jobs", self.ingress_queue_jobs as u64, INGRESS_QUEUE_JOBS_LIMIT as u64),
             ("ingress_queue_commands", self.ingress_queue_commands as u64, INGRESS_QUEUE_COMMANDS_LIMIT as u64),
+            ("reply_bytes_max", self.reply_bytes_max as u64, REPLY_BYTES_MAX_LIMIT as u64),
         ];
         for (name, value, max) in limits {
             if !(1..=max).contains(&value) {
@@ -126,6 +140,7 @@ impl Default for ServerConfig {
             ingress_queue_commands: 1 << 20,
             frame_body_bytes_max: crate::protocol::FRAME_BODY_BYTES_MAX,
             frame_completion_timeout: Duration::from_secs(30),
+            reply_bytes_max: 256 << 20,
             clock: Clock::System,
             reactor: reactor::Reactor::Tokio,
         }
@@ -141,6 +156,9 @@ pub struct Shared {
     /// Commands in the ingress queue (`ServerConfig::ingress_queue_commands`).
     pub ingress_commands: std::sync::atomic::AtomicUsize,
     pub counters: Counters,
+    /// Reply bytes waiting for every connection together (each `Outbox`
+    /// adds and takes its own; `ServerConfig::reply_bytes_max`).
+    pub reply_bytes_waiting: Arc<std::sync::atomic::AtomicUsize>,
     /// Set at shutdown: stop accepting and reading; drain what is queued.
     pub stopping: AtomicBool,
     /// Set once the network thread has stopped: no job can be queued any more,
@@ -284,6 +302,7 @@ impl Server {
             ingress: ArrayQueue::new(config.ingress_queue_jobs),
             ingress_commands: std::sync::atomic::AtomicUsize::new(0),
             counters: Counters::default(),
+            reply_bytes_waiting: Arc::default(),
             stopping: AtomicBool::new(false),
             network_stopped: AtomicBool::new(false),
             stop_accepting: tokio::sync::Notify::new(),

@@ -139,6 +139,7 @@ impl Counters {
             self.bad_frames.load(Ordering::Relaxed),
             self.overloaded.load(Ordering::Relaxed),
             shared.ingress_commands.load(Ordering::Relaxed) as u64,
+            shared.reply_bytes_waiting.load(Ordering::Relaxed) as u64,
         ];
         Stats { counters, refusals_by_code }
     }

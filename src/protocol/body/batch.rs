@@ -217,11 +217,15 @@ impl CompactAnswerWriter {
 
     /// The next item's answer: a `command_opcode` item that asked for
     /// `slot_asked` (any value for a command without a slot). Items past the
-    /// count announced are not written (the caller writes one an item).
+    /// count announced are dropped (the caller writes one an item).
     #[inline(always)]
     pub fn push(&mut self, out: &mut Vec<u8>, command_opcode: u8, slot_asked: u32, answer: &Answer) {
         debug_assert!(self.next < self.count, "more answers than items");
-        debug_assert!(answer.code & ANSWER_FOLLOWS == 0, "a batch item's code is the state machine's, below 100");
+        debug_assert!(answer.code & ANSWER_FOLLOWS == 0, "a result code is below 128");
+        // Past the count the mark would land in the answers after the marks.
+        if self.next >= self.count {
+            return;
+        }
         let Some(mark) = out.get_mut(self.marks_at + self.next) else { return };
         if answer_implied(command_opcode, slot_asked, answer) {
             *mark = answer.code;
@@ -238,7 +242,10 @@ impl CompactAnswerWriter {
     #[inline(always)]
     pub fn push_implied(&mut self, out: &mut [u8], code: u8) {
         debug_assert!(self.next < self.count, "more answers than items");
-        debug_assert!(code & ANSWER_FOLLOWS == 0, "a batch item's code is the state machine's, below 100");
+        debug_assert!(code & ANSWER_FOLLOWS == 0, "a result code is below 128");
+        if self.next >= self.count {
+            return;
+        }
         if let Some(mark) = out.get_mut(self.marks_at + self.next) {
             *mark = code;
             self.next += 1;

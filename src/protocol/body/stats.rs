@@ -4,7 +4,7 @@
 use super::{field_error, BodyError, Reader};
 
 /// How many counters the STATS reply carries before its refusals by code.
-pub const STATS_COUNTERS: usize = 21;
+pub const STATS_COUNTERS: usize = 22;
 
 /// The names of the STATS reply's counters, in their order on the wire.
 pub const STATS_COUNTER_NAMES: [&str; STATS_COUNTERS] = [
@@ -29,6 +29,7 @@ pub const STATS_COUNTER_NAMES: [&str; STATS_COUNTERS] = [
     "bad frames",
     "overloaded",
     "ingress queue commands",
+    "reply bytes waiting",
 ];
 
 /// The STATS reply body (docs/protocol.md, "Stats"): the counters, then
@@ -103,7 +104,7 @@ mod tests {
         let stats = Stats { counters, refusals_by_code: vec![(5, 12), (12, 3), (200, 1)] };
         let mut body = Vec::new();
         stats.encode(&mut body);
-        assert_eq!(body.len(), 168 + 8 + 3 * 16);
+        assert_eq!(body.len(), 176 + 8 + 3 * 16);
         assert_eq!(Stats::decode(&body), Ok(stats.clone()));
         assert_eq!(stats.counter("refusals"), Some(3007));
         assert_eq!(stats.counter("no such counter"), None);
@@ -115,9 +116,9 @@ mod tests {
         Stats { counters, refusals_by_code: vec![(12, 1), (5, 1)] }.encode(&mut unordered);
         assert!(Stats::decode(&unordered).is_err(), "codes out of order");
         let mut dirty = body.clone();
-        dirty[168 + 8 + 1] = 1;
+        dirty[176 + 8 + 1] = 1;
         assert!(Stats::decode(&dirty).is_err(), "reserved byte set");
-        let mut huge = body[..168].to_vec();
+        let mut huge = body[..176].to_vec();
         huge.extend_from_slice(&u32::MAX.to_le_bytes());
         huge.extend_from_slice(&[0; 4]);
         assert!(Stats::decode(&huge).is_err(), "absurd count");
