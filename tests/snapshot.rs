@@ -523,3 +523,49 @@ fn without_a_usable_snapshot_a_log_whose_segments_were_all_retired_is_refused() 
     }
     assert!(error.to_string().contains("restore the snapshots directory"), "{error}");
 }
+
+#[test]
+fn an_engine_restarted_again_and_again_keeps_a_bounded_number_of_segments() {
+    // Background snapshots on, but never by record count: each start opens
+    // a new segment and logs one reservation, as in a crash loop; a snapshot
+    // is due once four segments are on disk.
+    const SEGMENTS_BEFORE_SNAPSHOT: usize = 4;
+    let log = small_log_options();
+    let options = || DurableOptions {
+        log,
+        snapshots: SnapshotOptions {
+            every_records: 1 << 40,
+            keep: 2,
+            free_space_reserve_bytes: 0,
+            log_bytes_before_snapshot: SEGMENTS_BEFORE_SNAPSHOT as u64 * log.segment_size_bytes,
+            ..SnapshotOptions::default()
+        },
+    };
+    let (directory, now, engine) = small_campaign_open(options());
+    drop(engine);
+    let log_directory = directory.path().join("log");
+    let segments = || yeyak::log::recovery::list_segments(&log_directory).unwrap().len();
+    let mut most = 0;
+    for round in 0..12u64 {
+        let (engine, _) = reopen(directory.path(), options());
+        assert_eq!(engine.reserve(&booking(round, round as u32, 1), now), Ok(SlotIndex(round as u32)));
+        if segments() >= SEGMENTS_BEFORE_SNAPSHOT {
+            // The snapshot thread looks every 100 ms.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while engine.snapshot_state().attempted_lsn < engine.log().durable_lsn() {
+                assert!(std::time::Instant::now() < deadline, "no snapshot with {} segments", segments());
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert!(engine.snapshot_state().last_error.is_none(), "{:?}", engine.snapshot_state().last_error);
+        }
+        most = most.max(segments());
+        drop(engine);
+    }
+    // Without the trigger: 13 segments, one a start.
+    assert!(most <= SEGMENTS_BEFORE_SNAPSHOT + 1, "{most} segments at most");
+    let (engine, _) = reopen(directory.path(), options());
+    for round in 0..12u64 {
+        let held = engine.engine().logical_state().people[&person(round)].holds;
+        assert_eq!(held, Some(SlotIndex(round as u32)), "person {round}");
+    }
+}

@@ -368,10 +368,22 @@ impl Core {
         self.snapshot_state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether enough was logged since the last attempt for a snapshot.
+    /// Whether enough was logged since the last attempt for a snapshot, or
+    /// anything was and the log's segments take `log_bytes_before_snapshot`
+    /// on disk: every start opens a new segment, so an engine restarted
+    /// again and again (a crash loop) with little logged each time would
+    /// otherwise fill the disk with segments no record count retires.
     fn snapshot_due(&self) -> bool {
         let attempted = self.state().attempted_lsn;
-        self.log.durable_lsn().saturating_sub(attempted) >= self.snapshot_options.every_records
+        let logged = self.log.durable_lsn().saturating_sub(attempted);
+        logged >= self.snapshot_options.every_records
+            || (logged > 0 && self.log_bytes_on_disk() >= self.snapshot_options.log_bytes_before_snapshot)
+    }
+
+    /// The size of the log's segment files together (0 if they cannot be listed).
+    fn log_bytes_on_disk(&self) -> u64 {
+        let segments = crate::log::recovery::list_segments(&self.log_directory).unwrap_or_default();
+        segments.iter().filter_map(|(_, path)| std::fs::metadata(path).ok()).map(|metadata| metadata.len()).sum()
     }
 }
 

@@ -38,10 +38,17 @@ pub struct SnapshotOptions {
     /// Free space a snapshot must leave on the disk, for the log's next
     /// segments: a snapshot that would eat into it is not taken.
     pub free_space_reserve_bytes: u64,
+    /// Log segment bytes on disk at which a background snapshot is due as
+    /// soon as anything new is durable, whatever `every_records` says:
+    /// every start opens a new segment, and the snapshots kept retire the
+    /// segments behind them, so a crash loop does not fill the disk.
+    pub log_bytes_before_snapshot: u64,
 }
 
 /// The default `free_space_reserve_bytes`: room for about two default log segments.
 pub const FREE_SPACE_RESERVE_BYTES: u64 = 512 << 20;
+/// The default `log_bytes_before_snapshot`: four default log segments.
+pub const LOG_BYTES_BEFORE_SNAPSHOT: u64 = 768 << 20;
 
 impl Default for SnapshotOptions {
     fn default() -> Self {
@@ -50,6 +57,7 @@ impl Default for SnapshotOptions {
             keep: 2,
             on_close: false,
             free_space_reserve_bytes: FREE_SPACE_RESERVE_BYTES,
+            log_bytes_before_snapshot: LOG_BYTES_BEFORE_SNAPSHOT,
         }
     }
 }
