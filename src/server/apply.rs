@@ -117,15 +117,6 @@ impl Work {
         }
     }
 
-    /// The opcode of the request's command at `index` (0 past the last).
-    fn opcode_at(&self, index: usize) -> u8 {
-        match self {
-            Work::One(command) => command.opcode(),
-            Work::Reserves(..) => opcode::RESERVE,
-            Work::Batch(commands, _) => commands.get(index).map_or(0, Command::opcode),
-        }
-    }
-
     /// Whether every command of the request only reads.
     fn reads_only(&self) -> bool {
         match self {
@@ -149,11 +140,70 @@ pub struct Job {
 struct PendingReply {
     outbox: Arc<Outbox>,
     request_id: u64,
-    /// The request, kept until its reply is released: what it asked for
-    /// (`Work::reads_only`, the opcodes a refusal takes back).
-    work: Work,
+    /// What the request asked, kept until its reply is released (the
+    /// request itself is dropped once applied).
+    asked: Asked,
     bytes: Range<usize>,
     durable_after: Lsn,
+}
+
+/// What a pending reply needs of its request: how many commands, whether
+/// it only reads, and which opcodes a refusal after a log failure takes back.
+enum Asked {
+    One {
+        opcode: u8,
+        reads_only: bool,
+    },
+    /// A batch of RESERVE items only, and how it is answered.
+    Reserves {
+        count: u32,
+        form: AnswerForm,
+    },
+    /// Any other batch: its items' opcodes.
+    Batch {
+        opcodes: Box<[u8]>,
+        reads_only: bool,
+        form: AnswerForm,
+    },
+}
+
+impl Asked {
+    fn of(work: &Work) -> Asked {
+        match work {
+            Work::One(command) => Asked::One { opcode: command.opcode(), reads_only: command.is_read() },
+            Work::Reserves(requests, form) => Asked::Reserves { count: requests.len() as u32, form: *form },
+            Work::Batch(commands, form) => Asked::Batch {
+                opcodes: commands.iter().map(Command::opcode).collect(),
+                reads_only: work.reads_only(),
+                form: *form,
+            },
+        }
+    }
+
+    fn commands(&self) -> u32 {
+        match self {
+            Asked::One { .. } => 1,
+            Asked::Reserves { count, .. } => *count,
+            Asked::Batch { opcodes, .. } => opcodes.len() as u32,
+        }
+    }
+
+    fn reads_only(&self) -> bool {
+        match self {
+            Asked::One { reads_only, .. } | Asked::Batch { reads_only, .. } => *reads_only,
+            // Empty, it changes nothing.
+            Asked::Reserves { count, .. } => *count == 0,
+        }
+    }
+
+    /// The opcode of the command at `index` (0 past the last).
+    fn opcode_at(&self, index: usize) -> u8 {
+        match self {
+            Asked::One { opcode, .. } => *opcode,
+            Asked::Reserves { .. } => opcode::RESERVE,
+            Asked::Batch { opcodes, .. } => opcodes.get(index).copied().unwrap_or(0),
+        }
+    }
 }
 
 /// Released bytes at the arena's front worth moving the rest down for.
@@ -197,17 +247,17 @@ impl Pending {
         let mut released = 0;
         while let Some(front) = self.replies.front() {
             let read_after_failure =
-                front.work.reads_only() && matches!(failed, Some(LogUnavailable::DiskFull | LogUnavailable::IoFailed));
+                front.asked.reads_only() && matches!(failed, Some(LogUnavailable::DiskFull | LogUnavailable::IoFailed));
             if front.durable_after <= durable || read_after_failure {
                 front.outbox.push_quietly(&self.arena[front.bytes.clone()]);
             } else if let Some(why) = failed {
                 let answer = Answer::refusal(&Refusal::LogUnavailable(why));
-                recount_as_refused(&self.arena[front.bytes.clone()], &front.work, answer.code, counters);
+                recount_as_refused(&self.arena[front.bytes.clone()], &front.asked, answer.code, counters);
                 front.outbox.push_quietly(&crate::server::connection::error_frame(front.request_id, answer));
             } else {
                 break;
             }
-            front.outbox.finish_request(front.work.commands());
+            front.outbox.finish_request(front.asked.commands());
             let Some(reply) = self.replies.pop_front() else { break };
             // A connection's writer is woken once for each run of its replies
             // (waking it twice is harmless): no search over every connection.
@@ -244,27 +294,29 @@ impl Pending {
 /// The answers of a reply refused after the log failed were counted when
 /// it was applied (`Tally`); its requester gets `refusal_code` for every
 /// command instead, and STATS counts what was answered.
-fn recount_as_refused(reply: &[u8], work: &Work, refusal_code: u8, counters: &EngineCounters) {
+fn recount_as_refused(reply: &[u8], asked: &Asked, refusal_code: u8, counters: &EngineCounters) {
     // The arena holds frames this thread encoded: they decode.
     let decoded = decode_frame(reply, u32::MAX);
     debug_assert!(decoded.is_ok(), "a pending reply that does not decode");
     let Ok((_, body)) = decoded else { return };
-    let codes: Vec<u8> = match work {
-        Work::One(_) => body.first().copied().into_iter().collect(),
-        Work::Reserves(_, AnswerForm::Compact) | Work::Batch(_, AnswerForm::Compact) => {
+    let codes: Vec<u8> = match asked {
+        Asked::One { .. } => body.first().copied().into_iter().collect(),
+        Asked::Reserves { form: AnswerForm::Compact, .. } | Asked::Batch { form: AnswerForm::Compact, .. } => {
             CompactAnswers::parse(body).map(|answers| answers.codes().collect()).unwrap_or_default()
         }
-        Work::Reserves(_, AnswerForm::Full) | Work::Batch(_, AnswerForm::Full) => BatchItems::of_replies(body)
-            .into_iter()
-            .flatten()
-            .filter_map(|item| item.ok().and_then(|item| item.body.first().copied()))
-            .collect(),
+        Asked::Reserves { form: AnswerForm::Full, .. } | Asked::Batch { form: AnswerForm::Full, .. } => {
+            BatchItems::of_replies(body)
+                .into_iter()
+                .flatten()
+                .filter_map(|item| item.ok().and_then(|item| item.body.first().copied()))
+                .collect()
+        }
     };
-    debug_assert_eq!(codes.len(), work.commands() as usize, "a pending reply without an answer a command");
+    debug_assert_eq!(codes.len(), asked.commands() as usize, "a pending reply without an answer a command");
     for (index, answer_code) in codes.into_iter().enumerate() {
-        counters.take_back(work.opcode_at(index), answer_code);
+        counters.take_back(asked.opcode_at(index), answer_code);
     }
-    counters.refusals_by_code.add(refusal_code, u64::from(work.commands()));
+    counters.refusals_by_code.add(refusal_code, u64::from(asked.commands()));
 }
 
 /// What the engine thread holds while it applies a round of jobs: the log's
@@ -407,7 +459,8 @@ pub fn apply(
         }
     }
     let bytes = start..pending.arena.len();
-    let reply = PendingReply { outbox: job.outbox, request_id: job.request_id, work: job.work, bytes, durable_after };
+    let asked = Asked::of(&job.work);
+    let reply = PendingReply { outbox: job.outbox, request_id: job.request_id, asked, bytes, durable_after };
     pending.replies.push_back(reply);
 }
 
@@ -599,7 +652,7 @@ mod tests {
         let reply = PendingReply {
             outbox: Arc::clone(outbox),
             request_id,
-            work: Work::One(Command::Get(PersonQuery { person: crate::state::PersonKey(1) })),
+            asked: Asked::One { opcode: opcode::GET_RESERVATION, reads_only: true },
             bytes,
             durable_after: 9,
         };
