@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Reservations/s on one thread in process, durability off (a counting journal).
     Reserve {
-        #[arg(long, default_value_t = 16_000_000)]
+        #[arg(long, default_value_t = 16_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         people: u64,
         #[arg(long, default_value_t = 1024)]
         batch: usize,
@@ -55,7 +55,7 @@ enum Command {
     },
     /// Durable reservations/s in process: apply + log + group commit, answers released when durable.
     Durable {
-        #[arg(long, default_value_t = 16_000_000)]
+        #[arg(long, default_value_t = 16_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         people: u64,
         #[arg(long, default_value_t = 1024)]
         batch: usize,
@@ -90,7 +90,7 @@ enum Command {
     /// Durable reservations/s end to end over loopback: an in-process server on a fresh
     /// data directory, and client threads in the same process, each connection pipelined.
     Wire {
-        #[arg(long, default_value_t = 4_000_000)]
+        #[arg(long, default_value_t = 4_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         people: u64,
         #[command(flatten)]
         load: FrameLoad,
@@ -111,9 +111,9 @@ enum Command {
     /// measured from each request's scheduled time to its reply.
     Latency {
         /// Requests per second offered.
-        #[arg(long, default_value_t = 130_000)]
+        #[arg(long, default_value_t = 130_000, value_parser = clap::value_parser!(u64).range(1..))]
         rate: u64,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         seconds: u64,
         #[arg(long, default_value = "/tmp/yeyak-bench-latency")]
         data_dir: PathBuf,
@@ -125,19 +125,19 @@ enum Command {
     /// every 20 ms; prints the PINGs' latency, the reply bytes waiting (STATS)
     /// and the resident memory they added.
     Starve {
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=10_000))]
         peers: usize,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
         seconds: u64,
         /// The server's `reply_bytes_max` [default: the server's default].
-        #[arg(long)]
+        #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1 << 40))]
         reply_bytes_max: Option<usize>,
         #[arg(long, default_value = "/tmp/yeyak-bench-starve")]
         data_dir: PathBuf,
     },
     /// Resident memory of the demo inventory (8.1 M slots) and a people table filled with `people`.
     Memory {
-        #[arg(long, default_value_t = 52_000_000)]
+        #[arg(long, default_value_t = 52_000_000, value_parser = clap::value_parser!(u64).range(1..))]
         people: u64,
     },
     /// How fast this machine's memory answers right now, on a table like the
@@ -155,7 +155,7 @@ enum Command {
     /// this machine allows right now. No rules, no idempotency, no recovery.
     Prototype {
         /// People in the crowd [default: 16 M as `durable`, with --wire 4 M as `wire`].
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         people: Option<u64>,
         /// Slot counters one to a cache line, as yeyak's, or packed 16 to a line.
         #[arg(long, value_enum, default_value_t = prototype::SlotLayout::Line)]
@@ -177,14 +177,14 @@ enum Command {
 /// How `wire` (and `prototype --wire`) load the server.
 #[derive(clap::Args, Clone, Copy)]
 struct FrameLoad {
-    /// Reservations per frame (yeyak: 1 sends RESERVE frames, more BATCH frames).
-    #[arg(long, default_value_t = 1024)]
+    /// Reservations per frame (yeyak: 1 sends RESERVE frames, more BATCH frames), 1..=4096.
+    #[arg(long, default_value_t = 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     batch: usize,
-    /// Frames each connection keeps in flight.
-    #[arg(long, default_value_t = 16)]
+    /// Frames each connection keeps in flight, 1..=1024.
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
     depth: usize,
-    /// Client connections, one thread each.
-    #[arg(long, default_value_t = 2)]
+    /// Client connections, one thread each, 1..=256.
+    #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     connections: usize,
 }
 
