@@ -270,15 +270,29 @@ fn flags_and_environment_read_as_documented() {
     let output = Command::new(YEYAK).args(["start", "--connections-max", "abc"]).output().unwrap();
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.code() == Some(2) && !text.contains("environment"), "a flag's own value: {text}");
-    // A value out of range names every way it may have been set.
-    let output = Command::new(YEYAK)
-        .args(["start", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(directory.path())
-        .env("YEYAK_CONNECTIONS_MAX", "0")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && text.contains("YEYAK_CONNECTIONS_MAX or the config file's"), "{text}");
+    // A value out of range names the way it was set: flag, variable or file.
+    let config = directory.path().join("server.toml");
+    std::fs::write(&config, "[server]\nreply_bytes_max = 0\n").unwrap();
+    let cases: [(&[&str], Option<&str>, String); 4] = [
+        (&[], Some("0"), "(set by the environment variable YEYAK_CONNECTIONS_MAX)".into()),
+        (&["--connections-max", "0"], None, "(set by --connections-max)".into()),
+        (&["--connections-max=0"], Some("5"), "(set by --connections-max)".into()),
+        (
+            &["--config", config.to_str().unwrap()],
+            None,
+            format!("(set by {}'s [server] reply_bytes_max)", config.display()),
+        ),
+    ];
+    for (arguments, variable, expected) in cases {
+        let mut command = Command::new(YEYAK);
+        command.args(["start", "--listen", "127.0.0.1:0", "--data-dir"]).arg(directory.path()).args(arguments);
+        if let Some(value) = variable {
+            command.env("YEYAK_CONNECTIONS_MAX", value);
+        }
+        let output = command.output().unwrap();
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && text.contains(&expected), "{arguments:?}: {text}");
+    }
     // Person keys: hex digits, one optional 0x.
     for bad in ["0x0x12", "+12", "0x", "1".repeat(33).as_str()] {
         let output = Command::new(YEYAK).args(["client", "get", "--person", bad]).output().unwrap();

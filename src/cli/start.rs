@@ -130,10 +130,30 @@ impl StartArgs {
             ..defaults
         };
         // Where the value may have come from, said with the setting's own names.
+        // Where the value came from, said with the setting's own names: the
+        // flag or its variable if either gave it, else the file (a default is
+        // always in range).
+        let given = |name: &str| match name {
+            "connections_max" => self.connections_max.is_some(),
+            "in_flight_max" => self.in_flight_max.is_some(),
+            "ingress_queue_jobs" => self.ingress_queue_jobs.is_some(),
+            "ingress_queue_commands" => self.ingress_queue_commands.is_some(),
+            "reply_bytes_max" => self.reply_bytes_max.is_some(),
+            _ => false,
+        };
         server.check().map_err(|e| {
-            let flag = e.name.replace('_', "-");
-            let variable = format!("YEYAK_{}", e.name.to_uppercase());
-            format!("{e} (set by --{flag}, {variable} or the config file's [server] {})", e.name)
+            let flag = format!("--{}", e.name.replace('_', "-"));
+            let on_command_line = std::env::args_os().any(|argument| {
+                let argument = argument.to_string_lossy();
+                argument == flag || argument.starts_with(&format!("{flag}="))
+            });
+            let source = match (&self.config, given(e.name)) {
+                (_, true) if on_command_line => flag,
+                (_, true) => format!("the environment variable YEYAK_{}", e.name.to_uppercase()),
+                (Some(path), false) => format!("{}'s [server] {}", path.display(), e.name),
+                (None, false) => format!("[server] {}", e.name),
+            };
+            format!("{e} (set by {source})")
         })?;
         let production = self.production.or(file.production).unwrap_or(false);
         let data_dir = self.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("yeyak-data"));
