@@ -22,7 +22,7 @@ use crate::protocol::body::{
 use crate::protocol::frame::flag;
 use crate::protocol::{code, decode_frame, encode_frame, opcode, Answer};
 use crate::server::connection::Outbox;
-use crate::server::stats::{EngineCounters, Tally};
+use crate::server::stats::{EngineCounters, Made, Tally};
 use crate::state::{BookingRequest, Engine, EngineWriter, Journal, LogUnavailable, Lsn, Moment, Outcome, Refusal};
 
 /// A decoded command, ready for the state machine.
@@ -147,63 +147,16 @@ struct PendingReply {
     durable_after: Lsn,
 }
 
-/// What a pending reply needs of its request: how many commands, whether
-/// it only reads, and which opcodes a refusal after a log failure takes back.
-enum Asked {
-    One {
-        opcode: u8,
-        reads_only: bool,
-    },
-    /// A batch of RESERVE items only, and how it is answered.
-    Reserves {
-        count: u32,
-        form: AnswerForm,
-    },
-    /// Any other batch: its items' opcodes.
-    Batch {
-        opcodes: Box<[u8]>,
-        reads_only: bool,
-        form: AnswerForm,
-    },
-}
-
-impl Asked {
-    fn of(work: &Work) -> Asked {
-        match work {
-            Work::One(command) => Asked::One { opcode: command.opcode(), reads_only: command.is_read() },
-            Work::Reserves(requests, form) => Asked::Reserves { count: requests.len() as u32, form: *form },
-            Work::Batch(commands, form) => Asked::Batch {
-                opcodes: commands.iter().map(Command::opcode).collect(),
-                reads_only: work.reads_only(),
-                form: *form,
-            },
-        }
-    }
-
-    fn commands(&self) -> u32 {
-        match self {
-            Asked::One { .. } => 1,
-            Asked::Reserves { count, .. } => *count,
-            Asked::Batch { opcodes, .. } => opcodes.len() as u32,
-        }
-    }
-
-    fn reads_only(&self) -> bool {
-        match self {
-            Asked::One { reads_only, .. } | Asked::Batch { reads_only, .. } => *reads_only,
-            // Empty, it changes nothing.
-            Asked::Reserves { count, .. } => *count == 0,
-        }
-    }
-
-    /// The opcode of the command at `index` (0 past the last).
-    fn opcode_at(&self, index: usize) -> u8 {
-        match self {
-            Asked::One { opcode, .. } => *opcode,
-            Asked::Reserves { .. } => opcode::RESERVE,
-            Asked::Batch { opcodes, .. } => opcodes.get(index).copied().unwrap_or(0),
-        }
-    }
+/// What a pending reply needs of its request once applied (the request
+/// itself is dropped then): its weight in flight, whether it only reads, how
+/// its reply is laid out, and what its OK answers made (taken back with its
+/// refusals if the log fails before it is durable).
+struct Asked {
+    commands: u32,
+    reads_only: bool,
+    /// `None` for a single command, else the batch's answer form.
+    form: Option<AnswerForm>,
+    made: Made,
 }
 
 /// Released bytes at the arena's front worth moving the rest down for.
@@ -247,7 +200,7 @@ impl Pending {
         let mut released = 0;
         while let Some(front) = self.replies.front() {
             let read_after_failure =
-                front.asked.reads_only() && matches!(failed, Some(LogUnavailable::DiskFull | LogUnavailable::IoFailed));
+                front.asked.reads_only && matches!(failed, Some(LogUnavailable::DiskFull | LogUnavailable::IoFailed));
             if front.durable_after <= durable || read_after_failure {
                 front.outbox.push_quietly(&self.arena[front.bytes.clone()]);
             } else if let Some(why) = failed {
@@ -257,7 +210,7 @@ impl Pending {
             } else {
                 break;
             }
-            front.outbox.finish_request(front.asked.commands());
+            front.outbox.finish_request(front.asked.commands);
             let Some(reply) = self.replies.pop_front() else { break };
             // A connection's writer is woken once for each run of its replies
             // (waking it twice is harmless): no search over every connection.
@@ -299,24 +252,20 @@ fn recount_as_refused(reply: &[u8], asked: &Asked, refusal_code: u8, counters: &
     let decoded = decode_frame(reply, u32::MAX);
     debug_assert!(decoded.is_ok(), "a pending reply that does not decode");
     let Ok((_, body)) = decoded else { return };
-    let codes: Vec<u8> = match asked {
-        Asked::One { .. } => body.first().copied().into_iter().collect(),
-        Asked::Reserves { form: AnswerForm::Compact, .. } | Asked::Batch { form: AnswerForm::Compact, .. } => {
+    let codes: Vec<u8> = match asked.form {
+        None => body.first().copied().into_iter().collect(),
+        Some(AnswerForm::Compact) => {
             CompactAnswers::parse(body).map(|answers| answers.codes().collect()).unwrap_or_default()
         }
-        Asked::Reserves { form: AnswerForm::Full, .. } | Asked::Batch { form: AnswerForm::Full, .. } => {
-            BatchItems::of_replies(body)
-                .into_iter()
-                .flatten()
-                .filter_map(|item| item.ok().and_then(|item| item.body.first().copied()))
-                .collect()
-        }
+        Some(AnswerForm::Full) => BatchItems::of_replies(body)
+            .into_iter()
+            .flatten()
+            .filter_map(|item| item.ok().and_then(|item| item.body.first().copied()))
+            .collect(),
     };
-    debug_assert_eq!(codes.len(), asked.commands() as usize, "a pending reply without an answer a command");
-    for (index, answer_code) in codes.into_iter().enumerate() {
-        counters.take_back(asked.opcode_at(index), answer_code);
-    }
-    counters.refusals_by_code.add(refusal_code, u64::from(asked.commands()));
+    debug_assert_eq!(codes.len(), asked.commands as usize, "a pending reply without an answer a command");
+    counters.take_back(asked.made, codes.into_iter().filter(|answer_code| *answer_code != code::OK));
+    counters.refusals_by_code.add(refusal_code, u64::from(asked.commands));
 }
 
 /// What the engine thread holds while it applies a round of jobs: the log's
@@ -345,6 +294,7 @@ pub fn apply(
     tally: &mut Tally,
 ) {
     let start = pending.arena.len();
+    let made_before = tally.made();
     let log = &writing.log;
     let mut durable_after = log.next_lsn();
     match &job.work {
@@ -459,7 +409,16 @@ pub fn apply(
         }
     }
     let bytes = start..pending.arena.len();
-    let asked = Asked::of(&job.work);
+    let form = match &job.work {
+        Work::One(_) => None,
+        Work::Reserves(_, form) | Work::Batch(_, form) => Some(*form),
+    };
+    let asked = Asked {
+        commands: job.work.commands(),
+        reads_only: job.work.reads_only(),
+        form,
+        made: tally.made().since(made_before),
+    };
     let reply = PendingReply { outbox: job.outbox, request_id: job.request_id, asked, bytes, durable_after };
     pending.replies.push_back(reply);
 }
@@ -652,7 +611,7 @@ mod tests {
         let reply = PendingReply {
             outbox: Arc::clone(outbox),
             request_id,
-            asked: Asked::One { opcode: opcode::GET_RESERVATION, reads_only: true },
+            asked: Asked { commands: 1, reads_only: true, form: None, made: Made::default() },
             bytes,
             durable_after: 9,
         };

@@ -75,18 +75,17 @@ impl Counted {
 }
 
 impl EngineCounters {
-    /// Takes back one command's answer, counted (`Tally::count`) and
-    /// flushed when it was applied, that its requester never got: a reply
-    /// refused after the log failed.
-    pub fn take_back(&self, command_opcode: u8, answer_code: u8) {
-        let counter = match Counted::of(command_opcode, answer_code) {
-            Counted::Reservation => &self.reservations,
-            Counted::Change => &self.changes,
-            Counted::Cancellation => &self.cancellations,
-            Counted::Refusal(code) => return self.refusals_by_code.sub(code, 1),
-            Counted::Nothing => return,
-        };
-        counter.fetch_sub(1, Ordering::Relaxed);
+    /// Takes back a request's answers, counted (`Tally::count`) and flushed
+    /// when it was applied, that its requester never got (a reply refused
+    /// after the log failed): what it `made`, and a refusal for each of
+    /// `refused_codes`.
+    pub fn take_back(&self, made: Made, refused_codes: impl IntoIterator<Item = u8>) {
+        self.reservations.fetch_sub(made.reservations, Ordering::Relaxed);
+        self.changes.fetch_sub(made.changes, Ordering::Relaxed);
+        self.cancellations.fetch_sub(made.cancellations, Ordering::Relaxed);
+        for code in refused_codes {
+            self.refusals_by_code.sub(code, 1);
+        }
     }
 }
 
@@ -159,7 +158,31 @@ impl Default for Tally {
     }
 }
 
+/// What commands answered OK made, as a `Tally` counts them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Made {
+    pub reservations: u64,
+    pub changes: u64,
+    pub cancellations: u64,
+}
+
+impl Made {
+    /// What was made between `earlier` and this count.
+    pub fn since(self, earlier: Made) -> Made {
+        Made {
+            reservations: self.reservations - earlier.reservations,
+            changes: self.changes - earlier.changes,
+            cancellations: self.cancellations - earlier.cancellations,
+        }
+    }
+}
+
 impl Tally {
+    /// What was made since the last flush.
+    pub fn made(&self) -> Made {
+        Made { reservations: self.reservations, changes: self.changes, cancellations: self.cancellations }
+    }
+
     /// Counts one command's answer.
     #[inline]
     pub fn count(&mut self, command_opcode: u8, answer_code: u8) {
