@@ -309,13 +309,7 @@ struct Awaited {
 impl Call {
     /// What a compact batch answer needs to rebuild this call's answer.
     fn asked(&self) -> (u8, u32) {
-        let slot = match self.opcode {
-            opcode::RESERVE | opcode::CHANGE => {
-                BookingRequest::read(&self.body[..self.body_bytes]).map_or(0, |b| b.slot.0)
-            }
-            _ => 0,
-        };
-        (self.opcode, slot)
+        crate::protocol::body::compact_asked(self.opcode, &self.body[..self.body_bytes])
     }
 }
 

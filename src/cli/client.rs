@@ -156,8 +156,7 @@ fn refused(refusal: &Refusal, offset: yeyak::calendar::UtcOffset) -> String {
 /// The campaign's offset from UTC, when campaign.toml is in --data-dir (the
 /// engine's own data directory): refusals then say times as its clocks do.
 fn campaign_offset(data_dir: &std::path::Path) -> Option<yeyak::calendar::UtcOffset> {
-    let text = std::fs::read_to_string(data_dir.join(yeyak::durable::CAMPAIGN_FILE)).ok()?;
-    Some(yeyak::config::CampaignRules::parse(&text).ok()?.utc_offset)
+    yeyak::durable::load_campaign(data_dir, false).ok().map(|(rules, _)| rules.utc_offset)
 }
 
 fn seats_text(seats: u32) -> String {

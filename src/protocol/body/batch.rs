@@ -220,20 +220,11 @@ impl CompactAnswerWriter {
     /// count announced are dropped (the caller writes one an item).
     #[inline(always)]
     pub fn push(&mut self, out: &mut Vec<u8>, command_opcode: u8, slot_asked: u32, answer: &Answer) {
-        debug_assert!(self.next < self.count, "more answers than items");
-        debug_assert!(answer.code & ANSWER_FOLLOWS == 0, "a result code is below 128");
-        // Past the count the mark would land in the answers after the marks.
-        if self.next >= self.count {
-            return;
-        }
-        let Some(mark) = out.get_mut(self.marks_at + self.next) else { return };
         if answer_implied(command_opcode, slot_asked, answer) {
-            *mark = answer.code;
-        } else {
-            *mark = answer.code | ANSWER_FOLLOWS;
+            self.push_implied(out, answer.code);
+        } else if self.mark(out, answer.code | ANSWER_FOLLOWS) {
             out.extend_from_slice(&answer.to_bytes());
         }
-        self.next += 1;
     }
 
     /// The next item's answer when the caller knows it is implied: the
@@ -241,21 +232,41 @@ impl CompactAnswerWriter {
     /// asked for and nothing else (`push` finds that out itself).
     #[inline(always)]
     pub fn push_implied(&mut self, out: &mut [u8], code: u8) {
-        debug_assert!(self.next < self.count, "more answers than items");
         debug_assert!(code & ANSWER_FOLLOWS == 0, "a result code is below 128");
+        self.mark(out, code);
+    }
+
+    /// Writes the next item's mark; false (nothing written) past the count
+    /// announced, where the mark would land in the answers after the marks.
+    #[inline(always)]
+    fn mark(&mut self, out: &mut [u8], mark: u8) -> bool {
+        debug_assert!(self.next < self.count, "more answers than items");
         if self.next >= self.count {
-            return;
+            return false;
         }
-        if let Some(mark) = out.get_mut(self.marks_at + self.next) {
-            *mark = code;
-            self.next += 1;
-        }
+        let Some(place) = out.get_mut(self.marks_at + self.next) else { return false };
+        *place = mark;
+        self.next += 1;
+        true
     }
 
     /// Checks, in debug builds, that every item got its answer.
     pub fn finish(self) {
         debug_assert_eq!(self.next, self.count, "an item without its answer");
     }
+}
+
+/// What a compact answer needs of a batch item to rebuild its `Answer`:
+/// its opcode and, for RESERVE and CHANGE, the slot it asks for (0 for
+/// others, and for a body that does not read as a booking).
+pub fn compact_asked(command_opcode: u8, body: &[u8]) -> (u8, u32) {
+    let slot = match command_opcode {
+        opcode::RESERVE | opcode::CHANGE => {
+            crate::state::BookingRequest::read(body).map_or(0, |booking| booking.slot.0)
+        }
+        _ => 0,
+    };
+    (command_opcode, slot)
 }
 
 /// A compact BatchReply body, its length checked against its marks (the

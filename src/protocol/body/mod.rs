@@ -11,9 +11,9 @@ mod batch;
 mod stats;
 
 pub use batch::{
-    batch_answer_item, batch_flag, put_batch_answer, put_batch_header, put_batch_header_with, put_batch_item,
-    split_batch, split_reply_batch, BatchItem, BatchItems, CompactAnswerWriter, CompactAnswers, ANSWER_FOLLOWS,
-    BATCH_ANSWER_ITEM_BYTES,
+    batch_answer_item, batch_flag, compact_asked, put_batch_answer, put_batch_header, put_batch_header_with,
+    put_batch_item, split_batch, split_reply_batch, BatchItem, BatchItems, CompactAnswerWriter, CompactAnswers,
+    ANSWER_FOLLOWS, BATCH_ANSWER_ITEM_BYTES,
 };
 pub use stats::{Stats, STATS_COUNTERS, STATS_COUNTER_NAMES};
 
