@@ -857,8 +857,7 @@ fn call_compact_batch(client: &mut Client, items: &[(u8, Vec<u8>)]) -> Vec<yeyak
         })
         .unwrap();
     assert_eq!(header.opcode, opcode::BATCH);
-    let slot_of = |body: &[u8]| BookingRequest::decode(body).map_or(0, |booking| booking.slot.0);
-    let asked = items.iter().map(|(item_opcode, body)| (*item_opcode, slot_of(body)));
+    let asked = items.iter().map(|(item_opcode, body)| yeyak::protocol::body::compact_asked(*item_opcode, body));
     CompactAnswers::parse(&body).unwrap().answers(asked).unwrap()
 }
 
@@ -1220,6 +1219,25 @@ fn a_frame_begun_and_not_finished_is_refused_in_time_while_an_idle_connection_st
     // The idle connection, which began no frame, waited as long and still books.
     std::thread::sleep(timeout);
     assert_eq!(idle.reserve(&wire_booking(2, 2, 1)).unwrap(), Ok(SlotIndex(2)));
+    // A peer that trickles its frame a byte at a time, each byte well within
+    // the timeout, is refused once the frame has taken the timeout in all.
+    let mut trickling = connect().into_stream().unwrap();
+    trickling.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let began = Instant::now();
+    let mut reply = Vec::new();
+    for byte in &frame[..frame.len() - 1] {
+        if trickling.write_all(std::slice::from_ref(byte)).is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 64];
+        if let Ok(read) = trickling.read(&mut chunk) {
+            reply.extend_from_slice(&chunk[..read]);
+            break;
+        }
+    }
+    assert!(began.elapsed() < timeout * 4, "a trickled frame held its connection {:?}", began.elapsed());
+    let (header, body) = yeyak::protocol::decode_frame(&reply, 64).unwrap();
+    assert_eq!((header.opcode, header.request_id, body[0]), (opcode::ERROR, 0, code::MALFORMED));
     running.server.shutdown().unwrap();
 }
 

@@ -143,6 +143,10 @@ struct FrameReader<R> {
     shared: Arc<Shared>,
     buffer: Vec<u8>,
     start: usize,
+    /// When the first bytes of the frame being read arrived (`None` while
+    /// no frame is begun): the frame completion timeout runs from there,
+    /// not from each partial read.
+    frame_began: Option<tokio::time::Instant>,
 }
 
 impl<R: ReadBytes> FrameReader<R> {
@@ -156,6 +160,7 @@ impl<R: ReadBytes> FrameReader<R> {
                     let body_start = self.start + crate::protocol::FRAME_HEADER_BYTES;
                     let body = body_start..body_start + body.len();
                     self.start = body.end;
+                    self.frame_began = None;
                     return Ok(Some((header, body)));
                 }
                 Err(FrameError::Incomplete { .. }) => {}
@@ -177,7 +182,13 @@ impl<R: ReadBytes> FrameReader<R> {
             // finish it, so a stalled peer does not hold its buffer for ever.
             let started_a_frame = !self.buffer.is_empty();
             let timeout = self.shared.config.frame_completion_timeout;
-            let deadline = tokio::time::sleep(timeout);
+            let began = match (started_a_frame, self.frame_began) {
+                (false, _) => None,
+                (true, None) => Some(tokio::time::Instant::now()),
+                (true, began) => began,
+            };
+            self.frame_began = began;
+            let deadline = tokio::time::sleep_until(began.unwrap_or_else(tokio::time::Instant::now) + timeout);
             tokio::pin!(deadline);
             tokio::select! {
                 _ = stop => return Ok(None),
@@ -198,7 +209,13 @@ impl<R: ReadBytes> FrameReader<R> {
 pub(crate) async fn serve<R: ReadBytes + 'static, W: WriteBytes + 'static>(read: R, write: W, shared: Arc<Shared>) {
     let outbox = Arc::new(Outbox::new(Arc::clone(&shared.reply_bytes_waiting)));
     let writer = tokio::task::spawn_local(write_loop(write, Arc::clone(&outbox)));
-    let mut reader = FrameReader { read, shared: Arc::clone(&shared), buffer: Vec::with_capacity(64 * 1024), start: 0 };
+    let mut reader = FrameReader {
+        read,
+        shared: Arc::clone(&shared),
+        buffer: Vec::with_capacity(64 * 1024),
+        start: 0,
+        frame_began: None,
+    };
     // A peer gets HANDSHAKE_TIMEOUT to prove its key: idle sockets do not hold slots.
     let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut reader, &outbox, &shared)).await;
     let end = match handshake {
