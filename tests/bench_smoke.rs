@@ -70,7 +70,15 @@ fn wire_latency_and_the_wire_peer_run_at_a_small_size() {
         ],
         &["PING every 20 ms", "reply bytes waiting at most"],
     );
-    bench(&["wire", "--people", "2000", "--batch", "1", "--depth", "64", "--data-dir", &wire], &["2000 durable"]);
+    // The one-per-frame figure's depth (docs/benchmarks.md), and where each thread waited.
+    bench(
+        &["wire", "--people", "2000", "--batch", "1", "--depth", "2048", "--data-dir", &wire],
+        &["2000 durable", "runnable but waiting for a core"],
+    );
+    // More in flight than the server admits is refused by name, not run into OVERLOADED.
+    let output = Command::new(BENCH).args(["wire", "--batch", "1024", "--depth", "1024"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.code() == Some(2) && stderr.contains("twice depth × batch must be at most"), "{stderr}");
     bench(&["latency", "--rate", "2000", "--seconds", "1", "--data-dir", &dir(root.path(), "latency")], &["p999"]);
     bench(
         &["prototype", "--wire", "--people", "20000", "--data-dir", &dir(root.path(), "prototype")],

@@ -180,8 +180,9 @@ struct FrameLoad {
     /// Reservations per frame (yeyak: 1 sends RESERVE frames, more BATCH frames), 1..=4096.
     #[arg(long, default_value_t = 1024, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
     batch: usize,
-    /// Frames each connection keeps in flight, 1..=1024.
-    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    /// Frames each connection keeps in flight, 1..=8192; with yeyak, twice
+    /// depth × batch at most the server's in-flight limit (2^20 commands).
+    #[arg(long, default_value_t = 16, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=8192))]
     depth: usize,
     /// Client connections, one thread each, 1..=256.
     #[arg(long, default_value_t = 2, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
@@ -227,7 +228,17 @@ fn main() {
             reactor,
             encode_live,
             full_answers,
-        } => wire(WireLoad { people, batch, depth, connections, encode_live, full_answers }, data_dir, reactor),
+        } => {
+            // The server is asked to admit twice what a connection keeps in flight.
+            if depth * batch * 2 > yeyak::server::IN_FLIGHT_MAX_LIMIT as usize {
+                eprintln!(
+                    "--depth {depth} with --batch {batch}: twice depth × batch must be at most {} (the server's in-flight limit)",
+                    yeyak::server::IN_FLIGHT_MAX_LIMIT
+                );
+                std::process::exit(2);
+            }
+            wire(WireLoad { people, batch, depth, connections, encode_live, full_answers }, data_dir, reactor)
+        }
         Command::Latency { rate, seconds, data_dir, reactor } => latency(rate, seconds, data_dir, reactor),
         Command::Probe { steps } => probe(steps),
         Command::Starve { peers, seconds, reply_bytes_max, data_dir } => {
@@ -682,7 +693,7 @@ struct WireLoad {
 /// user + system, in clock ticks): how busy each thread was during a run.
 /// Threads that ended before the second reading (the client threads) are
 /// missing from the difference.
-struct ThreadCpu(std::collections::BTreeMap<i32, (String, [u64; 2])>);
+struct ThreadCpu(std::collections::BTreeMap<i32, (String, [u64; 2], Option<[u64; 2]>)>);
 
 impl ThreadCpu {
     fn now() -> ThreadCpu {
@@ -695,18 +706,20 @@ impl ThreadCpu {
             };
             let name = stat[open + 1..close].to_string();
             let tid = stat[..open].trim().parse().unwrap_or(0);
-            threads.insert(tid, (name, ticks));
+            let waits =
+                std::fs::read_to_string(task.path().join("schedstat")).ok().as_deref().and_then(run_queue_waits);
+            threads.insert(tid, (name, ticks, waits));
         }
         // The whole process, ended threads included, under tid 0.
         if let Some(ticks) = std::fs::read_to_string("/proc/self/stat").ok().as_deref().and_then(cpu_ticks) {
-            threads.insert(0, ("(process, all threads)".to_string(), ticks));
+            threads.insert(0, ("(process, all threads)".to_string(), ticks, None));
         }
         ThreadCpu(threads)
     }
 
     /// The whole process's user and system seconds since `before`.
     fn process_since(&self, before: &ThreadCpu) -> [f64; 2] {
-        let ticks = |cpu: &ThreadCpu| cpu.0.get(&0).map_or([0, 0], |(_, ticks)| *ticks);
+        let ticks = |cpu: &ThreadCpu| cpu.0.get(&0).map_or([0, 0], |(_, ticks, _)| *ticks);
         let ([user, system], [user_before, system_before]) = (ticks(self), ticks(before));
         [seconds_of_ticks(user.saturating_sub(user_before)), seconds_of_ticks(system.saturating_sub(system_before))]
     }
@@ -715,8 +728,8 @@ impl ThreadCpu {
     /// yeyak-engine 1.85+0.05, ...".
     fn since(&self, before: &ThreadCpu, wall_seconds: f64) -> String {
         let mut by_name = std::collections::BTreeMap::<&str, [f64; 2]>::new();
-        for (tid, (name, ticks)) in &self.0 {
-            let earlier = before.0.get(tid).map_or([0, 0], |(_, ticks)| *ticks);
+        for (tid, (name, ticks, _)) in &self.0 {
+            let earlier = before.0.get(tid).map_or([0, 0], |(_, ticks, _)| *ticks);
             let seconds = by_name.entry(name.as_str()).or_default();
             for (sum, (now, then)) in seconds.iter_mut().zip(ticks.iter().zip(earlier)) {
                 *sum += seconds_of_ticks(now.saturating_sub(then));
@@ -726,6 +739,34 @@ impl ThreadCpu {
             by_name.iter().map(|(name, [user, system])| format!("{name} {user:.2}+{system:.2}")).collect();
         format!("thread cpu seconds (user+system) during the run (wall {wall_seconds:.2} s): {}", busy.join(", "))
     }
+
+    /// "runnable but waiting for a core, and times run: yeyak-engine 0.124 s
+    /// in 1015, ...": how long each thread waited on a run queue since
+    /// `before` (a thread that waits there is not the thread that limits the
+    /// run), and how often it was run (/proc schedstat).
+    fn waits_since(&self, before: &ThreadCpu) -> String {
+        let mut by_name = std::collections::BTreeMap::<&str, [u64; 2]>::new();
+        for (tid, (name, _, waits)) in &self.0 {
+            let (Some(now), then) = (waits, before.0.get(tid).and_then(|(_, _, waits)| *waits)) else { continue };
+            let then = then.unwrap_or([0, 0]);
+            let sum = by_name.entry(name.as_str()).or_default();
+            sum[0] += now[0].saturating_sub(then[0]);
+            sum[1] += now[1].saturating_sub(then[1]);
+        }
+        let waited: Vec<String> = by_name
+            .iter()
+            .filter(|(_, [_, runs])| *runs > 0)
+            .map(|(name, [wait_ns, runs])| format!("{name} {:.3} s in {runs}", *wait_ns as f64 / 1e9))
+            .collect();
+        format!("runnable but waiting for a core, and times run (/proc schedstat): {}", waited.join(", "))
+    }
+}
+
+/// A /proc schedstat line's time waiting on a run queue (ns) and number of
+/// times run: its second and third fields (the first is time run).
+fn run_queue_waits(schedstat: &str) -> Option<[u64; 2]> {
+    let mut fields = schedstat.split_whitespace().skip(1).map(|field| field.parse::<u64>().ok());
+    Some([fields.next()??, fields.next()??])
 }
 
 /// Seconds in `ticks` clock ticks (/proc's unit of CPU time).
@@ -875,7 +916,9 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
     println!("wire (loopback, in-process server and clients, {encoding}): people={people} batch={batch} depth={depth} connections={connections} reactor={reactor:?}");
     println!("  {booked} durable reservations in {seconds:.3} s = {:.2} M/s", booked as f64 / seconds / 1e6);
     let [clients_user, clients_system] = clients_cpu;
-    println!("  {}, clients {clients_user:.2}+{clients_system:.2}", ThreadCpu::now().since(&cpu_before, seconds));
+    let cpu_after = ThreadCpu::now();
+    println!("  {}, clients {clients_user:.2}+{clients_system:.2}", cpu_after.since(&cpu_before, seconds));
+    println!("  {}", cpu_after.waits_since(&cpu_before));
     server.shutdown().expect("closes");
     let _ = std::fs::remove_dir_all(&data_dir);
 }
