@@ -693,7 +693,11 @@ struct WireLoad {
 /// user + system, in clock ticks): how busy each thread was during a run.
 /// Threads that ended before the second reading (the client threads) are
 /// missing from the difference.
-struct ThreadCpu(std::collections::BTreeMap<i32, (String, [u64; 2], Option<[u64; 2]>)>);
+struct ThreadCpu(std::collections::BTreeMap<i32, ThreadTimes>);
+
+/// One thread's name, user and system clock ticks, and, where /proc has
+/// them, its nanoseconds waiting on a run queue and the times it was run.
+type ThreadTimes = (String, [u64; 2], Option<[u64; 2]>);
 
 impl ThreadCpu {
     fn now() -> ThreadCpu {
