@@ -249,9 +249,15 @@ fn background_snapshots_and_a_leftover_temporary_file() {
     engine.close().unwrap();
     let leftover = directory.path().join(SNAPSHOT_DIRECTORY).join("snapshot-00000000000000099999.ysnap.tmp");
     std::fs::write(&leftover, b"cut short by a crash").unwrap();
+    // And a log segment's second name, left by a crash just after the segment was named.
+    let log_directory = directory.path().join(yeyak::durable::LOG_DIRECTORY);
+    let (_, first_segment) = yeyak::log::recovery::list_segments(&log_directory).unwrap().remove(0);
+    let second_name = first_segment.with_extension("log.tmp");
+    std::fs::hard_link(&first_segment, &second_name).unwrap();
     let (engine, report) = reopen(directory.path(), background);
     assert!(report.snapshot.is_some());
     assert!(!leftover.exists(), "the leftover temporary file is removed at start");
+    assert!(!second_name.exists(), "the segment's leftover second name is removed at start");
     assert_eq!(engine.engine().logical_state(), before);
 }
 

@@ -312,6 +312,11 @@ pub(super) fn recover_state(
         create_directory_durably(&log_directory)
             .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
         remove_temporary_files(&snapshot_directory)?;
+        for leftover in crate::log::storage::remove_unnamed_segments(&log_directory)
+            .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?
+        {
+            tracing::info!(path = %leftover.display(), "removed a log segment a crash left under its temporary name");
+        }
     }
     // Before anything is restored or replayed: a log of another campaign
     // is a changed campaign.toml, not a damaged log.

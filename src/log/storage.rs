@@ -49,6 +49,39 @@ impl FileStorage {
 /// The extension of a segment being created (`segment-…` + `.log.tmp`).
 pub const SEGMENT_TEMPORARY_EXTENSION: &str = "log.tmp";
 
+/// Removes the segment files a crash left under their temporary name, and
+/// returns them: one cut short before it was named (nothing was ever written
+/// to it), or one already named whose temporary name was not yet removed (a
+/// second name for the named segment's file, which would keep its blocks on
+/// the disk after the segment is retired). Only a serving engine, holding
+/// the data directory's lock, calls this; `yeyak log` only reads.
+pub fn remove_unnamed_segments(directory: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(removed),
+        Err(error) => return Err(error),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let unnamed = name
+            .strip_suffix(SEGMENT_TEMPORARY_EXTENSION)
+            .and_then(|stem| stem.strip_suffix('.'))
+            .is_some_and(|stem| stem.starts_with("segment-"));
+        if unnamed {
+            std::fs::remove_file(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    if !removed.is_empty() {
+        sync_directory(directory)?;
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 /// Reserves the file's blocks now, so that a full disk shows up at segment
 /// creation rather than in the middle of a group.
 fn preallocate(file: &File, size_bytes: u64) -> io::Result<()> {
@@ -290,6 +323,42 @@ mod tests {
         let again = storage.create_segment(&header, size).err().expect("a segment is never replaced");
         assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn segments_left_under_their_temporary_name_are_removed_and_named_ones_kept() {
+        use std::os::unix::fs::MetadataExt;
+        let directory = tempfile::tempdir().unwrap();
+        let mut storage = FileStorage::new(directory.path(), WriteMode::Pwrite);
+        let size = 64 + 48 * 4;
+        let header = |segment_index| SegmentHeader {
+            segment_index,
+            first_lsn: 1,
+            campaign_id: 9,
+            inventory: crate::inventory::InventoryStamp::default(),
+            size_bytes: size,
+        };
+        drop(storage.create_segment(&header(1), size).unwrap());
+        let named = directory.path().join("segment-0000000001.log");
+        let bytes = std::fs::read(&named).unwrap();
+        // A crash between naming segment 1 and removing its temporary name,
+        // and one while creating segment 2, before it was named.
+        let second_name = directory.path().join("segment-0000000001.log.tmp");
+        std::fs::hard_link(&named, &second_name).unwrap();
+        assert_eq!(std::fs::metadata(&named).unwrap().nlink(), 2);
+        std::fs::write(directory.path().join("segment-0000000002.log.tmp"), b"partial").unwrap();
+        // Not segments: left alone.
+        std::fs::write(directory.path().join("notes.log.tmp"), b"an operator's").unwrap();
+        std::fs::write(directory.path().join("segment-0000000003.logtmp"), b"not ours").unwrap();
+        let removed = remove_unnamed_segments(directory.path()).unwrap();
+        let names: Vec<_> = removed.iter().map(|path| path.file_name().unwrap().to_str().unwrap()).collect();
+        assert_eq!(names, ["segment-0000000001.log.tmp", "segment-0000000002.log.tmp"]);
+        assert_eq!(std::fs::read(&named).unwrap(), bytes, "the named segment is untouched");
+        assert_eq!(std::fs::metadata(&named).unwrap().nlink(), 1, "its blocks go when it is retired");
+        assert!(directory.path().join("notes.log.tmp").exists());
+        assert!(directory.path().join("segment-0000000003.logtmp").exists());
+        assert_eq!(remove_unnamed_segments(directory.path()).unwrap(), Vec::<std::path::PathBuf>::new());
+        assert!(remove_unnamed_segments(&directory.path().join("absent")).unwrap().is_empty());
     }
 
     #[test]
