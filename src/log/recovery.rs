@@ -325,7 +325,9 @@ pub fn recover_with_lookahead(
         }
         recovered.segments.push(SegmentSummary { path: path.clone(), header, records });
         // A crash never shortens a file (segments are created at their full
-        // size): a shorter one was cut from outside yeyak, in any segment.
+        // size): a shorter one was cut from outside yeyak, in any segment read
+        // here (one wholly behind `from_lsn` was passed over above, from its
+        // header alone: its records are in the snapshot).
         if let Some(found) = outside_cut(&segment, &header, capacity, records, tail.is_some()) {
             let is_last = position + 1 == listed.len();
             let OutsideCutFound { offset, defect, bytes_discarded, lossless } = found;
