@@ -12,7 +12,7 @@ use yeyak::config::CampaignRules;
 use yeyak::durable::{DurableEngine, OpenError};
 use yeyak::inventory::Inventory;
 use yeyak::log::format::{RECORD_BYTES, SEGMENT_HEADER_BYTES};
-use yeyak::log::{recover, RecoveryError, RecoveryMode};
+use yeyak::log::{recover, LogOptions, RecoveryError, RecoveryMode};
 use yeyak::state::{Engine, Entry, LogicalState};
 
 /// Records whose bytes are damaged, counted from the end of the log.
@@ -306,14 +306,17 @@ fn a_cut_behind_a_bad_record_is_refused_as_a_cut_not_mended_as_a_torn_tail() {
 }
 
 /// A log of two segments, the first ending in zeros (the engine stopped and
-/// started again, and a start opens a new segment): (directory, first segment, records in it, all records).
+/// started again with another segment size, so the second start could not
+/// write on in the first segment): (directory, first segment, records in it, all records).
 fn two_starts() -> (tempfile::TempDir, PathBuf, u64, u64) {
     let (directory, now, engine) = small_campaign_open(small_log_options());
     for index in 0..30 {
         engine.reserve(&booking(index, index as u32 * 7, 1), now).unwrap();
     }
     engine.close().unwrap();
-    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let larger =
+        LogOptions { segment_size_bytes: small_log_options().segment_size_bytes + 4800, ..small_log_options() };
+    let (engine, _) = DurableEngine::open(directory.path(), larger, false).unwrap();
     for index in 30..50 {
         engine.reserve(&booking(index, index as u32 * 7, 1), now).unwrap();
     }
@@ -364,4 +367,55 @@ fn a_segment_without_a_recorded_size_cut_inside_a_record_is_told_a_size_that_kee
     let Err(error) = result else { panic!("started on a cut log") };
     let whole = history.damaged_from() + RECORD_BYTES as u64;
     assert!(error.to_string().contains(&format!("truncate -s {whole} ")), "{error}");
+}
+
+#[test]
+fn after_a_torn_tail_a_start_writes_on_in_the_same_segment_and_recovers_exactly() {
+    let history = acknowledged_history();
+    let now = open_evening_ms(&history.rules);
+    let last_record = history.damaged_to() - RECORD_BYTES as u64;
+    // A partial record after the last one (a group cut short), and the last
+    // record itself torn (a flipped byte: its checksum fails, nothing after it).
+    // (what, bytes flipped: from, how many, with; records kept): a partial
+    // record after the last (zeros there, so flipped is written), and the
+    // last record torn (its checksum fails, nothing after it).
+    let tears = [
+        ("a partial record after the last", history.damaged_to() as usize, 20, 0xAB, history.total()),
+        ("the last record torn", last_record as usize + 30, 1, 0x01, history.total() - 1),
+    ];
+    for write_mode in [yeyak::log::WriteMode::Pwrite, yeyak::log::WriteMode::Mmap] {
+        let options = LogOptions { write_mode, ..small_log_options() };
+        for &(tear, from, count, with, kept) in &tears {
+            let damage = |bytes: &mut Vec<u8>| bytes[from..from + count].iter_mut().for_each(|byte| *byte ^= with);
+            let (copy, _) = history.recover_damaged(|segment| rewrite(segment, damage));
+            // `recover_damaged` started once (the tail cut) and stopped; now a
+            // start that books, a stop, and a start that reads it all back.
+            let (engine, report) = DurableEngine::open(copy.path(), options, false).unwrap();
+            assert_eq!(report.records_replayed, kept, "{tear}, {write_mode:?}");
+            let added = 15;
+            for index in 1000..1000 + added {
+                engine.reserve(&booking(index, 4_000 + index as u32, 1), now).unwrap();
+            }
+            engine.close().unwrap();
+            let log = copy.path().join("log");
+            let segments = yeyak::log::recovery::list_segments(&log).unwrap();
+            let last = &segments.last().unwrap().1;
+            assert_eq!(last.file_name(), history.last_segment.file_name(), "{tear}: no new segment");
+            let (engine, report) = DurableEngine::open(copy.path(), options, false).unwrap();
+            assert!(report.torn_tail.is_none(), "{tear}, {write_mode:?}: {report:?}");
+            assert_eq!(report.records_replayed, kept + added, "{tear}, {write_mode:?}");
+            let state = engine.engine().logical_state();
+            let mut earlier = state.people.clone();
+            for index in 1000..1000 + added {
+                let held = earlier.remove(&person(index)).and_then(|record| record.holds);
+                assert_eq!(held, Some(yeyak::inventory::SlotIndex(4_000 + index as u32)), "{tear}: person {index}");
+            }
+            assert!(earlier == history.prefix_state(kept).people, "{tear}, {write_mode:?}: the prefix kept as it was");
+            // Nothing of the tear is left after the new records.
+            let bytes = std::fs::read(last).unwrap();
+            let records = history.last_segment_records - (history.total() - kept) + added;
+            let end = SEGMENT_HEADER_BYTES + records as usize * RECORD_BYTES;
+            assert!(bytes[end..].iter().all(|byte| *byte == 0), "{tear}, {write_mode:?}: bytes after the last record");
+        }
+    }
 }

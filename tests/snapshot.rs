@@ -531,12 +531,37 @@ fn without_a_usable_snapshot_a_log_whose_segments_were_all_retired_is_refused() 
 }
 
 #[test]
-fn an_engine_restarted_again_and_again_keeps_a_bounded_number_of_segments() {
-    // Background snapshots on, but never by record count: each start opens
-    // a new segment and logs one reservation, as in a crash loop; a snapshot
-    // is due once four segments are on disk.
+fn an_engine_restarted_again_and_again_writes_on_in_its_last_segment() {
+    // Each start logs one reservation, as in a crash loop: it goes on in the
+    // segment the log ended in (a start used to open a new one each time,
+    // preallocated, and a loop faster than a snapshot filled the disk).
+    let (directory, now, engine) = small_campaign_open(options(usize::MAX));
+    drop(engine);
+    let log_directory = directory.path().join("log");
+    for round in 0..12u64 {
+        let (engine, _) = reopen(directory.path(), options(usize::MAX));
+        assert_eq!(engine.reserve(&booking(round, round as u32, 1), now), Ok(SlotIndex(round as u32)));
+        drop(engine);
+    }
+    let segments = yeyak::log::recovery::list_segments(&log_directory).unwrap();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let (engine, report) = reopen(directory.path(), options(usize::MAX));
+    assert_eq!(report.records_replayed, 12);
+    for round in 0..12u64 {
+        let held = engine.engine().logical_state().people[&person(round)].holds;
+        assert_eq!(held, Some(SlotIndex(round as u32)), "person {round}");
+    }
+}
+
+#[test]
+fn segments_filled_between_restarts_are_bounded_by_the_bytes_before_a_snapshot() {
+    // Background snapshots on, but never by record count: each start fills
+    // a segment (100 records) and crosses into the next; a snapshot is due
+    // once four segments are on disk, and retires those behind it.
     const SEGMENTS_BEFORE_SNAPSHOT: usize = 4;
+    const RECORDS_A_SEGMENT: u64 = 100;
     let log = small_log_options();
+    assert_eq!(log.segment_size_bytes, 64 + 48 * RECORDS_A_SEGMENT);
     let options = || DurableOptions {
         log,
         snapshots: SnapshotOptions {
@@ -554,7 +579,9 @@ fn an_engine_restarted_again_and_again_keeps_a_bounded_number_of_segments() {
     let mut most = 0;
     for round in 0..12u64 {
         let (engine, _) = reopen(directory.path(), options());
-        assert_eq!(engine.reserve(&booking(round, round as u32, 1), now), Ok(SlotIndex(round as u32)));
+        for index in round * RECORDS_A_SEGMENT..(round + 1) * RECORDS_A_SEGMENT {
+            assert_eq!(engine.reserve(&booking(index, index as u32, 1), now), Ok(SlotIndex(index as u32)));
+        }
         if segments() >= SEGMENTS_BEFORE_SNAPSHOT {
             // The snapshot thread looks every 100 ms.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -567,11 +594,11 @@ fn an_engine_restarted_again_and_again_keeps_a_bounded_number_of_segments() {
         most = most.max(segments());
         drop(engine);
     }
-    // Without the trigger: 13 segments, one a start.
+    // Without the trigger: 13 segments.
     assert!(most <= SEGMENTS_BEFORE_SNAPSHOT + 1, "{most} segments at most");
     let (engine, _) = reopen(directory.path(), options());
-    for round in 0..12u64 {
-        let held = engine.engine().logical_state().people[&person(round)].holds;
-        assert_eq!(held, Some(SlotIndex(round as u32)), "person {round}");
+    let state = engine.engine().logical_state();
+    for index in 0..12 * RECORDS_A_SEGMENT {
+        assert_eq!(state.people[&person(index)].holds, Some(SlotIndex(index as u32)), "person {index}");
     }
 }

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::inventory::SlotIndex;
+use crate::log::writer::ResumeSegment;
 use crate::log::{FileStorage, LogOptions, LogStorage, LogWriter, TornTail};
 use crate::snapshot::format::SnapshotHeader;
 use crate::snapshot::{retire, take_snapshot, SnapshotError, SnapshotOptions, SnapshotSummary};
@@ -200,6 +201,7 @@ impl DurableEngine {
             stamp,
             recovered.next_lsn,
             recovered.next_segment_index,
+            recovered.segments.last().map(|last| ResumeSegment { header: last.header, records: last.records }),
         )?;
         let report =
             RecoveryReport::of(snapshot, snapshots_passed_over, recovered, phases, started, created_demo_campaign);
@@ -370,9 +372,10 @@ impl Core {
 
     /// Whether enough was logged since the last attempt for a snapshot, or
     /// anything was and the log's segments take `log_bytes_before_snapshot`
-    /// on disk: every start opens a new segment, so an engine restarted
-    /// again and again (a crash loop) with little logged each time would
-    /// otherwise fill the disk with segments no record count retires.
+    /// on disk: segments filled faster than `every_records` snapshots, or
+    /// begun one a start where a start cannot write on in the last (its
+    /// segment size or inventory changed), would otherwise fill the disk
+    /// with segments no record count retires.
     fn snapshot_due(&self) -> bool {
         let attempted = self.state().attempted_lsn;
         let logged = self.log.durable_lsn().saturating_sub(attempted);

@@ -55,6 +55,10 @@ impl LogStorage for FaultyStorage {
         let inner = self.inner.create_segment(header, size_bytes)?;
         Ok(Box::new(FaultySegment { inner, plan: Arc::clone(&self.plan) }))
     }
+    fn open_segment(&mut self, header: &SegmentHeader, records: u64) -> io::Result<Box<dyn SegmentFile>> {
+        let inner = self.inner.open_segment(header, records)?;
+        Ok(Box::new(FaultySegment { inner, plan: Arc::clone(&self.plan) }))
+    }
 }
 
 struct FaultySegment {

@@ -33,6 +33,11 @@ pub trait SegmentFile: Send {
 pub trait LogStorage: Send {
     /// Creates, preallocates and syncs a segment with its header written.
     fn create_segment(&mut self, header: &SegmentHeader, size_bytes: u64) -> io::Result<Box<dyn SegmentFile>>;
+    /// Opens the named segment `header` describes, which recovery has just
+    /// read and left as its records followed by zeros (a torn tail zeroed),
+    /// to write after its first `records` records. Refused (InvalidData)
+    /// if the file is not the size its header says.
+    fn open_segment(&mut self, header: &SegmentHeader, records: u64) -> io::Result<Box<dyn SegmentFile>>;
 }
 
 pub struct FileStorage {
@@ -199,12 +204,41 @@ impl LogStorage for FileStorage {
         std::fs::hard_link(&temporary, &path)?;
         std::fs::remove_file(&temporary)?;
         sync_directory(&self.directory)?;
+        self.segment_file(file, 0)
+    }
+
+    fn open_segment(&mut self, header: &SegmentHeader, records: u64) -> io::Result<Box<dyn SegmentFile>> {
+        let path = self.directory.join(segment_file_name(header.segment_index));
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let length = file.metadata()?.len();
+        let written_end = SEGMENT_HEADER_BYTES as u64 + records.saturating_mul(crate::log::format::RECORD_BYTES as u64);
+        if length != header.size_bytes || written_end > length {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{}: {length} bytes, its header says {} (and {records} records end at {written_end})",
+                    path.display(),
+                    header.size_bytes
+                ),
+            ));
+        }
+        self.segment_file(file, written_end)
+    }
+}
+
+impl FileStorage {
+    /// A segment file to write in, its bytes before `written_end` already durable.
+    fn segment_file(&self, file: File, written_end: u64) -> io::Result<Box<dyn SegmentFile>> {
         match self.mode {
-            WriteMode::Pwrite => Ok(Box::new(PwriteSegment { file, written_end_bytes: 0, cached_from_bytes: 0 })),
+            WriteMode::Pwrite => {
+                let cached_from_bytes = written_end - written_end % page_bytes();
+                Ok(Box::new(PwriteSegment { file, written_end_bytes: written_end, cached_from_bytes }))
+            }
             WriteMode::Mmap => {
-                // SAFETY: the file was just created by this process and only this
-                // writer touches it until it is closed; other readers (recovery,
-                // `yeyak log`) run when the engine does not.
+                // SAFETY: the file belongs to this engine (the data directory's
+                // lock is held) and only this writer touches it until it is
+                // closed; other readers (recovery, `yeyak log`) run when the
+                // engine does not.
                 let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
                 Ok(Box::new(MmapSegment { map, dirty_from: usize::MAX, dirty_to: 0, _file: file }))
             }
@@ -323,6 +357,41 @@ mod tests {
         let again = storage.create_segment(&header, size).err().expect("a segment is never replaced");
         assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_segment_is_opened_again_only_at_the_size_its_header_says() {
+        let directory = tempfile::tempdir().unwrap();
+        let size = 64 + 48 * 4;
+        let header = SegmentHeader {
+            segment_index: 1,
+            first_lsn: 1,
+            campaign_id: 9,
+            inventory: crate::inventory::InventoryStamp::default(),
+            size_bytes: size,
+        };
+        for mode in [WriteMode::Pwrite, WriteMode::Mmap] {
+            let mut storage = FileStorage::new(directory.path(), mode);
+            let path = directory.path().join("segment-0000000001.log");
+            let _ = std::fs::remove_file(&path);
+            let mut segment = storage.create_segment(&header, size).unwrap();
+            segment.write_at(64, &[1; 48]).unwrap();
+            segment.sync().unwrap();
+            drop(segment);
+            // Opened after its one record: the next write goes where asked, the first stays.
+            let mut segment = storage.open_segment(&header, 1).unwrap();
+            segment.write_at(64 + 48, &[2; 48]).unwrap();
+            segment.sync().unwrap();
+            drop(segment);
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!((&bytes[64..112], &bytes[112..160]), (&[1; 48][..], &[2; 48][..]), "{mode:?}");
+            assert!(storage.open_segment(&header, 5).is_err(), "records past the end");
+            let other_size = SegmentHeader { size_bytes: size + 48, ..header };
+            let refused = storage.open_segment(&other_size, 1).err().unwrap();
+            assert_eq!(refused.kind(), io::ErrorKind::InvalidData, "{refused}");
+            let absent = SegmentHeader { segment_index: 2, ..header };
+            assert_eq!(storage.open_segment(&absent, 0).err().unwrap().kind(), io::ErrorKind::NotFound);
+        }
     }
 
     #[test]

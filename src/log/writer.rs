@@ -283,6 +283,17 @@ impl Shared {
 }
 
 /// The writer half of the log; its `Appender`s are the state machine's `Journal`.
+/// The last segment recovery read (`RecoveredLog::segments`): records after
+/// its `records` go on in it while it has room, rather than in a new segment
+/// (each a preallocated `segment_size_bytes`: a start that logged even one
+/// record used to take a new one, and an engine restarted in a loop filled
+/// the disk with them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumeSegment {
+    pub header: SegmentHeader,
+    pub records: u64,
+}
+
 pub struct LogWriter {
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
@@ -295,14 +306,18 @@ struct Flusher {
     campaign_id: u32,
     inventory: InventoryStamp,
     segment: Option<Box<dyn SegmentFile>>,
+    /// Opened instead of a new segment for the first record, if set.
+    resume: Option<ResumeSegment>,
     next_segment_index: u64,
     segment_records_used: u64,
     segment_records_capacity: u64,
 }
 
 impl LogWriter {
-    /// Starts a writer whose first record will be `next_lsn`, in a new segment
-    /// numbered `next_segment_index` (created when the first record arrives).
+    /// Starts a writer whose first record will be `next_lsn`, written (when it
+    /// arrives) on in `resume` if that segment is where the log ends, has
+    /// room, and was made with this campaign, inventory and segment size;
+    /// else in a new segment numbered `next_segment_index`.
     pub fn start(
         storage: Box<dyn LogStorage>,
         options: LogOptions,
@@ -310,9 +325,19 @@ impl LogWriter {
         inventory: InventoryStamp,
         next_lsn: Lsn,
         next_segment_index: u64,
+        resume: Option<ResumeSegment>,
     ) -> Result<LogWriter, LogOptionsError> {
         options.check()?;
         assert!(next_lsn >= 1, "sequence numbers start at 1");
+        let segment_records_capacity = record_area_bytes(options.segment_size_bytes) / RECORD_BYTES as u64;
+        let resume = resume.filter(|ResumeSegment { header, records }| {
+            header.first_lsn.checked_add(*records) == Some(next_lsn)
+                && header.segment_index.checked_add(1) == Some(next_segment_index)
+                && header.campaign_id == campaign_id
+                && header.inventory == inventory
+                && header.size_bytes == options.segment_size_bytes
+                && *records < segment_records_capacity
+        });
         let shared = Arc::new(Shared {
             ring: Ring::new(options.ring_records),
             ring_mask: u64::from(options.ring_records) - 1,
@@ -337,9 +362,10 @@ impl LogWriter {
             campaign_id,
             inventory,
             segment: None,
+            resume,
             next_segment_index,
             segment_records_used: 0,
-            segment_records_capacity: record_area_bytes(options.segment_size_bytes) / RECORD_BYTES as u64,
+            segment_records_capacity,
         };
         let handle = std::thread::Builder::new()
             .name("yeyak-log-flusher".into())
@@ -602,6 +628,23 @@ impl Flusher {
         Ok(())
     }
 
+    /// Opens the segment the log ended in to write `first_lsn` after its
+    /// records; a new segment if it cannot be opened (the log goes on).
+    fn resume_segment(&mut self, resume: ResumeSegment, first_lsn: Lsn) -> Result<(), (std::io::Error, &'static str)> {
+        debug_assert_eq!(resume.header.first_lsn + resume.records, first_lsn, "checked at start");
+        match self.storage.open_segment(&resume.header, resume.records) {
+            Ok(segment) => {
+                self.segment = Some(segment);
+                self.segment_records_used = resume.records;
+                Ok(())
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the log's last segment could not be opened to write on: a new segment is made");
+                self.open_next_segment(first_lsn)
+            }
+        }
+    }
+
     /// Writes the records numbered `first..end` straight from the ring: one
     /// write per contiguous run (split where the ring wraps or a segment fills).
     fn write_group(&mut self, first: Lsn, end: Lsn) -> Result<(), (std::io::Error, &'static str)> {
@@ -610,7 +653,10 @@ impl Flusher {
         while lsn < end {
             if self.segment.is_none() || self.segment_records_used == self.segment_records_capacity {
                 self.sync()?;
-                self.open_next_segment(lsn)?;
+                match self.resume.take() {
+                    Some(resume) => self.resume_segment(resume, lsn)?,
+                    None => self.open_next_segment(lsn)?,
+                }
             }
             let position = lsn & self.shared.ring_mask;
             let count =
@@ -672,7 +718,7 @@ mod tests {
             group_records_max,
         };
         let storage = Box::new(FileStorage::new(directory, WriteMode::Pwrite));
-        LogWriter::start(storage, options, 9, InventoryStamp::default(), 1, 0).unwrap()
+        LogWriter::start(storage, options, 9, InventoryStamp::default(), 1, 0, None).unwrap()
     }
 
     /// Every record read back from the directory, in order, as (lsn, entry).

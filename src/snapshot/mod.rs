@@ -39,9 +39,10 @@ pub struct SnapshotOptions {
     /// segments: a snapshot that would eat into it is not taken.
     pub free_space_reserve_bytes: u64,
     /// Log segment bytes on disk at which a background snapshot is due as
-    /// soon as anything new is durable, whatever `every_records` says:
-    /// every start opens a new segment, and the snapshots kept retire the
-    /// segments behind them, so a crash loop does not fill the disk.
+    /// soon as anything new is durable, whatever `every_records` says: the
+    /// snapshots kept retire the segments behind them, so segments filled
+    /// faster than `every_records` snapshots (or begun a start each, where
+    /// a start cannot write on in the last one) do not fill the disk.
     pub log_bytes_before_snapshot: u64,
 }
 
