@@ -374,14 +374,15 @@ fn after_a_torn_tail_a_start_writes_on_in_the_same_segment_and_recovers_exactly(
     let history = acknowledged_history();
     let now = open_evening_ms(&history.rules);
     let last_record = history.damaged_to() - RECORD_BYTES as u64;
-    // A partial record after the last one (a group cut short), and the last
-    // record itself torn (a flipped byte: its checksum fails, nothing after it).
     // (what, bytes flipped: from, how many, with; records kept): a partial
-    // record after the last (zeros there, so flipped is written), and the
-    // last record torn (its checksum fails, nothing after it).
+    // record after the last (a group cut short; zeros there, so flipped is
+    // written), the last record torn (its checksum fails, nothing after it),
+    // and junk further on.
     let tears = [
         ("a partial record after the last", history.damaged_to() as usize, 20, 0xAB, history.total()),
         ("the last record torn", last_record as usize + 30, 1, 0x01, history.total() - 1),
+        // Past where the new records end: left there, it would follow them.
+        ("junk further on", history.damaged_to() as usize + 20 * RECORD_BYTES, RECORD_BYTES, 0x5A, history.total()),
     ];
     for write_mode in [yeyak::log::WriteMode::Pwrite, yeyak::log::WriteMode::Mmap] {
         let options = LogOptions { write_mode, ..small_log_options() };

@@ -89,6 +89,39 @@ fn failed_sync_is_never_acknowledged_nor_retried() {
 }
 
 #[test]
+fn a_last_segment_that_cannot_be_opened_again_is_left_for_a_new_one() {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let now = open_evening_ms(&rules);
+    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    engine.reserve(&booking(0, 1, 1), now).unwrap();
+    engine.close().unwrap();
+    let segments = || yeyak::log::recovery::list_segments(&directory.path().join("log")).unwrap().len();
+    assert_eq!(segments(), 1);
+    // The next start cannot open the segment to write on in it: it books in a new one.
+    let plan = FaultPlan::never();
+    plan.segment_opens_fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    let storage = FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
+    let faulty = Box::new(FaultyStorage::new(storage, plan));
+    let (engine, _) = DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
+    engine.reserve(&booking(1, 2, 1), now).unwrap();
+    assert!(engine.log().failure().is_none());
+    engine.close().unwrap();
+    assert_eq!(segments(), 2);
+    // And a start that can writes on in that new one.
+    let (engine, report) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert_eq!(report.records_replayed, 2);
+    engine.reserve(&booking(2, 3, 1), now).unwrap();
+    engine.close().unwrap();
+    assert_eq!(segments(), 2);
+    let (engine, report) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    assert_eq!(report.records_replayed, 3);
+    for index in 0..3 {
+        assert!(engine.reservation_of(person(index)).unwrap().is_some(), "person {index}");
+    }
+}
+
+#[test]
 fn a_data_directory_is_opened_by_one_engine_at_a_time() {
     let directory = tempfile::tempdir().unwrap();
     write_small_campaign(directory.path());

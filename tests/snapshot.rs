@@ -556,7 +556,7 @@ fn an_engine_restarted_again_and_again_writes_on_in_its_last_segment() {
 #[test]
 fn segments_filled_between_restarts_are_bounded_by_the_bytes_before_a_snapshot() {
     // Background snapshots on, but never by record count: each start fills
-    // a segment (100 records) and crosses into the next; a snapshot is due
+    // a segment (100 records), so the next start begins a new one; a snapshot is due
     // once four segments are on disk, and retires those behind it.
     const SEGMENTS_BEFORE_SNAPSHOT: usize = 4;
     const RECORDS_A_SEGMENT: u64 = 100;
@@ -594,7 +594,7 @@ fn segments_filled_between_restarts_are_bounded_by_the_bytes_before_a_snapshot()
         most = most.max(segments());
         drop(engine);
     }
-    // Without the trigger: 13 segments.
+    // Without the trigger: 12 segments.
     assert!(most <= SEGMENTS_BEFORE_SNAPSHOT + 1, "{most} segments at most");
     let (engine, _) = reopen(directory.path(), options());
     let state = engine.engine().logical_state();

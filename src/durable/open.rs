@@ -186,8 +186,9 @@ fn holds_records(data_directory: &Path) -> bool {
     has_any(LOG_DIRECTORY) || has_any(SNAPSHOT_DIRECTORY)
 }
 
-/// Refuses to start when the file system of the log has no room for the
-/// segment the first record will create (`OpenError::NoRoomForLog`). Run
+/// Refuses to start when the file system of the log has no room for a new
+/// segment (`OpenError::NoRoomForLog`), even if the last one has room to
+/// write on in: that engine would soon make no booking durable. Run
 /// after recovery, which may have removed files (a torn tail's segments, a
 /// snapshot's temporary file).
 pub(super) fn check_room_for_a_segment(data_directory: &Path, options: &LogOptions) -> Result<(), OpenError> {
@@ -312,10 +313,16 @@ pub(super) fn recover_state(
         create_directory_durably(&log_directory)
             .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
         remove_temporary_files(&snapshot_directory)?;
-        for leftover in crate::log::storage::remove_unnamed_segments(&log_directory)
-            .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?
-        {
-            tracing::info!(path = %leftover.display(), "removed a log segment a crash left under its temporary name");
+        // Only disk space is at stake: a leftover that cannot be removed is said, not refused.
+        match crate::log::storage::remove_unnamed_segments(&log_directory) {
+            Ok(removed) => {
+                for leftover in removed {
+                    tracing::info!(path = %leftover.display(), "removed a log segment a crash left under its temporary name");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "log segments a crash left under their temporary name could not be removed")
+            }
         }
     }
     // Before anything is restored or replayed: a log of another campaign

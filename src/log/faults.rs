@@ -1,7 +1,8 @@
 //! A storage backend that fails on purpose, for fault tests (test support:
 //! not used by the engine itself). It wraps the real `FileStorage` and, as
 //! its `FaultPlan` says, makes writes fail with ENOSPC (disk full) or syncs
-//! fail with EIO after a number of successful calls.
+//! fail with EIO after a number of successful calls, or the reopening of a
+//! segment to write on in it fail.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +18,8 @@ pub struct FaultPlan {
     pub writes_before_disk_full: AtomicU64,
     /// Syncs that succeed before EIO.
     pub syncs_before_io_error: AtomicU64,
+    /// Whether reopening a segment to write on in it fails (EIO).
+    pub segment_opens_fail: std::sync::atomic::AtomicBool,
 }
 
 impl FaultPlan {
@@ -24,6 +27,7 @@ impl FaultPlan {
         Arc::new(FaultPlan {
             writes_before_disk_full: AtomicU64::new(u64::MAX),
             syncs_before_io_error: AtomicU64::new(u64::MAX),
+            segment_opens_fail: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -56,6 +60,9 @@ impl LogStorage for FaultyStorage {
         Ok(Box::new(FaultySegment { inner, plan: Arc::clone(&self.plan) }))
     }
     fn open_segment(&mut self, header: &SegmentHeader, records: u64) -> io::Result<Box<dyn SegmentFile>> {
+        if self.plan.segment_opens_fail.load(Ordering::Acquire) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
         let inner = self.inner.open_segment(header, records)?;
         Ok(Box::new(FaultySegment { inner, plan: Arc::clone(&self.plan) }))
     }

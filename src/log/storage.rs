@@ -35,8 +35,9 @@ pub trait LogStorage: Send {
     fn create_segment(&mut self, header: &SegmentHeader, size_bytes: u64) -> io::Result<Box<dyn SegmentFile>>;
     /// Opens the named segment `header` describes, which recovery has just
     /// read and left as its records followed by zeros (a torn tail zeroed),
-    /// to write after its first `records` records. Refused (InvalidData)
-    /// if the file is not the size its header says.
+    /// to write after its first `records` records: its blocks reserved and
+    /// what it holds made durable first. Refused (InvalidData) if the file
+    /// is not the size its header says.
     fn open_segment(&mut self, header: &SegmentHeader, records: u64) -> io::Result<Box<dyn SegmentFile>>;
 }
 
@@ -222,6 +223,16 @@ impl LogStorage for FileStorage {
                 ),
             ));
         }
+        // Its blocks reserved again: a segment given its size back after a
+        // cut (`set_len`), or copied by a tool that keeps holes, has none
+        // behind its zeros, and a full disk must show here, not in a group
+        // (or, mapped, as a fault in the middle of a write).
+        preallocate(&file, header.size_bytes)?;
+        // What recovery read is made durable before anything is written after
+        // it: records a killed process wrote but never synced are replayed, and
+        // must not be lost behind records acknowledged later (mapped segments
+        // sync only the ranges they write).
+        file.sync_data()?;
         self.segment_file(file, written_end)
     }
 }

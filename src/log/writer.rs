@@ -282,7 +282,6 @@ impl Shared {
     }
 }
 
-/// The writer half of the log; its `Appender`s are the state machine's `Journal`.
 /// The last segment recovery read (`RecoveredLog::segments`): records after
 /// its `records` go on in it while it has room, rather than in a new segment
 /// (each a preallocated `segment_size_bytes`: a start that logged even one
@@ -294,6 +293,7 @@ pub struct ResumeSegment {
     pub records: u64,
 }
 
+/// The writer half of the log; its `Appender`s are the state machine's `Journal`.
 pub struct LogWriter {
     shared: Arc<Shared>,
     flusher: Mutex<Option<JoinHandle<()>>>,
