@@ -696,8 +696,14 @@ struct WireLoad {
 struct ThreadCpu(std::collections::BTreeMap<i32, ThreadTimes>);
 
 /// One thread's name, user and system clock ticks, and, where /proc has
-/// them, its nanoseconds waiting on a run queue and the times it was run.
-type ThreadTimes = (String, [u64; 2], Option<[u64; 2]>);
+/// them, its nanoseconds waiting on a run queue, the times it was run, and
+/// its voluntary and involuntary context switches (`Scheduling`).
+type ThreadTimes = (String, [u64; 2], Option<Scheduling>);
+
+/// Nanoseconds waiting on a run queue, times run, times the thread gave up
+/// its core (slept: waited for work, a lock, I/O) and times it was taken
+/// from it (preempted).
+type Scheduling = [u64; 4];
 
 impl ThreadCpu {
     fn now() -> ThreadCpu {
@@ -710,8 +716,7 @@ impl ThreadCpu {
             };
             let name = stat[open + 1..close].to_string();
             let tid = stat[..open].trim().parse().unwrap_or(0);
-            let waits =
-                std::fs::read_to_string(task.path().join("schedstat")).ok().as_deref().and_then(run_queue_waits);
+            let waits = scheduling(&task.path());
             threads.insert(tid, (name, ticks, waits));
         }
         // The whole process, ended threads included, under tid 0.
@@ -744,33 +749,45 @@ impl ThreadCpu {
         format!("thread cpu seconds (user+system) during the run (wall {wall_seconds:.2} s): {}", busy.join(", "))
     }
 
-    /// "runnable but waiting for a core, and times run: yeyak-engine 0.124 s
-    /// in 1015, ...": how long each thread waited on a run queue since
-    /// `before` (a thread that waits there is not the thread that limits the
-    /// run), and how often it was run (/proc schedstat).
+    /// "runnable but waiting for a core: yeyak-engine 0.124 s, run 1015
+    /// times (slept 612, preempted 403), ...": how long each thread waited on
+    /// a run queue since `before` (a thread that waits there is not the
+    /// thread that limits the run), how often it was run, and why it stopped
+    /// running (/proc schedstat and status).
     fn waits_since(&self, before: &ThreadCpu) -> String {
-        let mut by_name = std::collections::BTreeMap::<&str, [u64; 2]>::new();
+        let mut by_name = std::collections::BTreeMap::<&str, Scheduling>::new();
         for (tid, (name, _, waits)) in &self.0 {
             let (Some(now), then) = (waits, before.0.get(tid).and_then(|(_, _, waits)| *waits)) else { continue };
-            let then = then.unwrap_or([0, 0]);
+            let then = then.unwrap_or_default();
             let sum = by_name.entry(name.as_str()).or_default();
-            sum[0] += now[0].saturating_sub(then[0]);
-            sum[1] += now[1].saturating_sub(then[1]);
+            for ((sum, now), then) in sum.iter_mut().zip(now).zip(then) {
+                *sum += now.saturating_sub(then);
+            }
         }
         let waited: Vec<String> = by_name
             .iter()
-            .filter(|(_, [_, runs])| *runs > 0)
-            .map(|(name, [wait_ns, runs])| format!("{name} {:.3} s in {runs}", *wait_ns as f64 / 1e9))
+            .filter(|(_, [_, runs, ..])| *runs > 0)
+            .map(|(name, [wait_ns, runs, slept, preempted])| {
+                format!(
+                    "{name} {:.3} s, run {runs} times (slept {slept}, preempted {preempted})",
+                    *wait_ns as f64 / 1e9
+                )
+            })
             .collect();
-        format!("runnable but waiting for a core, and times run (/proc schedstat): {}", waited.join(", "))
+        format!("runnable but waiting for a core (/proc schedstat, status): {}", waited.join("; "))
     }
 }
 
-/// A /proc schedstat line's time waiting on a run queue (ns) and number of
-/// times run: its second and third fields (the first is time run).
-fn run_queue_waits(schedstat: &str) -> Option<[u64; 2]> {
+/// A thread's `Scheduling` from its /proc/self/task/<tid> directory: the
+/// second and third fields of `schedstat` (the first is time run), and
+/// `status`'s voluntary_ctxt_switches and nonvoluntary_ctxt_switches.
+fn scheduling(task: &std::path::Path) -> Option<Scheduling> {
+    let schedstat = std::fs::read_to_string(task.join("schedstat")).ok()?;
     let mut fields = schedstat.split_whitespace().skip(1).map(|field| field.parse::<u64>().ok());
-    Some([fields.next()??, fields.next()??])
+    let (wait_ns, runs) = (fields.next()??, fields.next()??);
+    let status = std::fs::read_to_string(task.join("status")).ok()?;
+    let field = |key: &str| status.lines().find_map(|line| line.strip_prefix(key)?.trim().parse::<u64>().ok());
+    Some([wait_ns, runs, field("voluntary_ctxt_switches:")?, field("nonvoluntary_ctxt_switches:")?])
 }
 
 /// Seconds in `ticks` clock ticks (/proc's unit of CPU time).
