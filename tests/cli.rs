@@ -164,6 +164,12 @@ fn start_book_from_the_shell_stop_and_restart() {
     // Queries' refusals read like commands' ones: the code's name, then why.
     let (ok, text) = client(directory.path(), &address, &["site", "--site", "999", "--date", "2021-08-26"]);
     assert!(!ok && text.contains("refused (unknown site): "), "{text}");
+    // A site's day: each slot with its time (the campaign's 18 from 09:00, every 30 minutes).
+    let (ok, text) = client(directory.path(), &address, &["site", "--site", "1", "--date", "2021-08-27"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(ok && lines.len() == 18, "{text}");
+    assert!(lines[0].contains(" at 09:00: ") && lines[17].contains(" at 17:30: "), "{text}");
+    assert!(lines.iter().all(|line| line.starts_with("slot #") && line.ends_with(" left")), "{text}");
     // Without --limit, a region page is as large as the campaign's page holds (1 here).
     let (ok, text) = client(directory.path(), &address, &["region", "--region", "1", "--date", "2021-08-26"]);
     let lines: Vec<&str> = text.lines().collect();

@@ -153,10 +153,19 @@ fn refused(refusal: &Refusal, offset: yeyak::calendar::UtcOffset) -> String {
     format!("refused ({}): {}", refusal.code().name(), refusal.in_local_time(offset))
 }
 
-/// The campaign's offset from UTC, when campaign.toml is in --data-dir (the
-/// engine's own data directory): refusals then say times as its clocks do.
-fn campaign_offset(data_dir: &std::path::Path) -> Option<yeyak::calendar::UtcOffset> {
-    yeyak::durable::load_campaign(data_dir, false).ok().map(|(rules, _)| rules.utc_offset)
+/// The campaign, when campaign.toml is in --data-dir (the engine's own data
+/// directory): refusals then say times as its clocks do, and a site's slots
+/// their time of day.
+fn campaign(data_dir: &std::path::Path) -> Option<yeyak::config::CampaignRules> {
+    yeyak::durable::load_campaign(data_dir, false).ok().map(|(rules, _)| rules)
+}
+
+/// When `slot`'s appointment begins in its day, by the campaign's day (its
+/// slots are numbered a day at a time from the day's start: src/inventory.rs).
+fn slot_time(rules: &yeyak::config::CampaignRules, slot: SlotIndex) -> Option<yeyak::calendar::TimeOfDay> {
+    let index = slot.0 % u32::from(rules.slots_per_day.max(1));
+    let minute = u32::from(rules.day_start.minute_of_day()) + index * u32::from(rules.slot_minutes);
+    yeyak::calendar::TimeOfDay::from_minute_of_day(u16::try_from(minute).ok()?)
 }
 
 fn seats_text(seats: u32) -> String {
@@ -197,7 +206,8 @@ fn parse_date(text: &str) -> Result<Date, String> {
 
 pub fn run(args: ClientArgs) -> Result<(), String> {
     // UTC where campaign.toml is not at hand (the refusal says which).
-    let offset = campaign_offset(&args.data_dir).unwrap_or(yeyak::calendar::UtcOffset { minutes: 0 });
+    let rules = campaign(&args.data_dir);
+    let offset = rules.as_ref().map_or(yeyak::calendar::UtcOffset { minutes: 0 }, |rules| rules.utc_offset);
     let refused = |refusal: &Refusal| refused(refusal, offset);
     let (keys, _) = KeyRing::load(&args.data_dir, false).map_err(|e| e.to_string())?;
     let role = if args.operator { Role::Operator } else { Role::Gateway };
@@ -277,7 +287,11 @@ pub fn run(args: ClientArgs) -> Result<(), String> {
             match client.site_availability(&SiteQuery { site_id: site, date }).map_err(said)? {
                 Ok(seats) => {
                     for (offset, left) in seats.seats.iter().enumerate() {
-                        println!("{}: {} left", SlotIndex(seats.first_slot.0 + offset as u32), seats_text(*left));
+                        let slot = SlotIndex(seats.first_slot.0 + offset as u32);
+                        match rules.as_ref().and_then(|rules| slot_time(rules, slot)) {
+                            Some(time) => println!("{slot} at {time}: {} left", seats_text(*left)),
+                            None => println!("{slot}: {} left", seats_text(*left)),
+                        }
                     }
                     Ok(())
                 }
