@@ -496,10 +496,12 @@ fn a_snapshot_with_no_segment_left_to_number_after_it_is_refused() {
     book_some(&engine, now, 0, 300);
     let summary = engine.take_snapshot().unwrap().unwrap();
     engine.close().unwrap();
-    leave_only_a_cut_short_segment(directory.path());
+    let torn = leave_only_a_cut_short_segment(directory.path());
     // Whether records after the snapshot were lost with the segments cannot
     // be told, and new ones would be numbered over the snapshot's: refused.
     let error = DurableEngine::open(directory.path(), options(1), false).err().expect("refused");
+    let torn = directory.path().join("log").join(yeyak::log::format::segment_file_name(torn));
+    assert!(torn.exists(), "a refused start removes nothing");
     match &error {
         yeyak::durable::OpenError::SnapshotAheadOfLog { path, end_lsn, log_next_lsn } => {
             assert_eq!((path, *end_lsn, *log_next_lsn), (&summary.path, summary.header.end_lsn, 1));
@@ -601,4 +603,55 @@ fn segments_filled_between_restarts_are_bounded_by_the_bytes_before_a_snapshot()
     for index in 0..12 * RECORDS_A_SEGMENT {
         assert_eq!(state.people[&person(index)].holds, Some(SlotIndex(index as u32)), "person {index}");
     }
+}
+
+/// Every file under `directory` but the lock, by path, with its bytes.
+fn files_under(directory: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut pending = vec![directory.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.file_name().is_some_and(|name| name != "lock") {
+                files.insert(path.clone(), std::fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn a_refused_start_leaves_the_data_directory_as_it_was() {
+    let (directory, now, engine) = small_campaign_open(options(1));
+    book_some(&engine, now, 0, 60);
+    let summary = engine.take_snapshot().unwrap().unwrap();
+    let last_lsn = engine.log().durable_lsn() - 1;
+    engine.close().unwrap();
+    // The last record, which the snapshot holds the effects of, damaged: alone
+    // at the end of the log it reads as a crash's torn tail, which a start that
+    // serves zeroes; and the leftovers a start removes.
+    let log = directory.path().join("log");
+    let (_, last_segment) = yeyak::log::recovery::list_segments(&log).unwrap().pop().unwrap();
+    let records =
+        std::fs::read(&last_segment).unwrap()[64..].chunks(48).take_while(|r| r.iter().any(|b| *b != 0)).count();
+    let mut bytes = std::fs::read(&last_segment).unwrap();
+    bytes[64 + (records - 1) * 48 + 30] ^= 0x01;
+    std::fs::write(&last_segment, bytes).unwrap();
+    std::fs::write(log.join("segment-0000000099.log.tmp"), b"left by a crash").unwrap();
+    std::fs::write(directory.path().join(SNAPSHOT_DIRECTORY).join("snapshot-00000000000000099999.ysnap.tmp"), b"cut")
+        .unwrap();
+    let before = files_under(directory.path());
+    let error = DurableEngine::open(directory.path(), options(1), false).err().expect("refused");
+    match &error {
+        yeyak::durable::OpenError::SnapshotAheadOfLog { path, end_lsn, log_next_lsn } => {
+            assert_eq!((path, *end_lsn, *log_next_lsn), (&summary.path, last_lsn + 1, last_lsn));
+        }
+        other => panic!("expected SnapshotAheadOfLog, got {other}"),
+    }
+    assert!(files_under(directory.path()) == before, "a refused start changed the data directory");
+    // `yeyak log verify`'s check says the same and changes nothing either.
+    assert!(DurableEngine::check(directory.path()).is_err());
+    assert!(files_under(directory.path()) == before);
 }

@@ -23,8 +23,8 @@ use crate::state::{
 mod open;
 
 use open::{
-    check_room_for_a_segment, lock_data_directory, lock_data_directory_to_read, recover_state, snapshot_window, Access,
-    RecoveredState,
+    check_room_for_a_segment, lock_data_directory, lock_data_directory_to_read, make_repairs, recover_state,
+    snapshot_window, Access, RecoveredState,
 };
 pub use open::{load_campaign, log_written_for_another_inventory, OpenError, RecoveryPhases, MEMORY_CHECK_SKIP_ENV};
 
@@ -187,8 +187,9 @@ impl DurableEngine {
         let (rules, created_demo_campaign) = load_campaign(data_directory, create_demo)?;
         let lock = lock_data_directory(data_directory)?;
         let campaign_id = rules.campaign_id;
-        let RecoveredState { engine, snapshot, snapshots_passed_over, recovered, phases } =
-            recover_state(data_directory, &rules, &options.log, Access::Serve)?;
+        let state = recover_state(data_directory, &rules, &options.log, Access::Serve)?;
+        make_repairs(data_directory, &state)?;
+        let RecoveredState { engine, snapshot, snapshots_passed_over, recovered, phases, .. } = state;
         let log_directory = data_directory.join(LOG_DIRECTORY);
         let snapshot_directory = data_directory.join(SNAPSHOT_DIRECTORY);
         let (from_lsn, _) = snapshot_window(snapshot.as_ref());

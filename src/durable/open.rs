@@ -34,11 +34,12 @@ pub enum OpenError {
     Snapshot(#[from] SnapshotError),
     #[error("{path} is locked: another yeyak has this data directory open; stop it first")]
     Locked { path: PathBuf },
-    /// The first record after start-up opens a new log segment, preallocated
-    /// whole: without room for one, no change could ever be made durable.
+    /// A log segment is preallocated whole: without room for a new one,
+    /// bookings would stop being durable once the last segment fills (at
+    /// once, if it is full or cannot be written on in).
     #[error(
-        "{path}: the log's next segment needs {} MiB and the file system has {} MiB free: no booking could \
-         be made durable; free space there, or give another --data-dir",
+        "{path}: the log's next segment needs {} MiB and the file system has {} MiB free: bookings would \
+         stop being durable once the current segment is full; free space there, or give another --data-dir",
         needed_bytes.div_ceil(1 << 20), available_bytes >> 20
     )]
     NoRoomForLog { path: PathBuf, needed_bytes: u64, available_bytes: u64 },
@@ -255,7 +256,9 @@ pub(super) fn first_log_header(log_directory: &Path) -> Result<Option<SegmentHea
 /// How recovery treats the data directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Access {
-    /// Start-up: a torn tail is cut, damaged snapshots set aside, leftovers removed.
+    /// Start-up: what mends the data directory (a torn tail cut, damaged
+    /// snapshots set aside, leftovers removed) is found, and made by
+    /// `make_repairs` once nothing refuses the start.
     Serve,
     /// `DurableEngine::check`: the same findings, reported; nothing written.
     Check,
@@ -268,6 +271,8 @@ pub(super) struct RecoveredState {
     pub(super) snapshots_passed_over: Vec<String>,
     pub(super) recovered: RecoveredLog,
     pub(super) phases: RecoveryPhases,
+    /// Snapshots to rename `*.invalid` (`make_repairs`).
+    pub(super) set_aside: Vec<PathBuf>,
 }
 
 /// Where start-up's time went.
@@ -312,18 +317,6 @@ pub(super) fn recover_state(
     if access == Access::Serve {
         create_directory_durably(&log_directory)
             .map_err(|source| OpenError::Io { path: log_directory.clone(), source })?;
-        remove_temporary_files(&snapshot_directory)?;
-        // Only disk space is at stake: a leftover that cannot be removed is said, not refused.
-        match crate::log::storage::remove_unnamed_segments(&log_directory) {
-            Ok(removed) => {
-                for leftover in removed {
-                    tracing::info!(path = %leftover.display(), "removed a log segment a crash left under its temporary name");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "log segments a crash left under their temporary name could not be removed")
-            }
-        }
     }
     // Before anything is restored or replayed: a log of another campaign
     // is a changed campaign.toml, not a damaged log.
@@ -341,7 +334,7 @@ pub(super) fn recover_state(
     let restored = restore_newest_snapshot(&build_engine, &snapshot_directory, first_lsn, access)?;
     let snapshot_phase = restoring.elapsed().saturating_sub(tables.get());
     let replaying = std::time::Instant::now();
-    let Restored { engine, snapshot, wrapped_slots, passed_over, other_inventory } = restored;
+    let Restored { engine, snapshot, wrapped_slots, passed_over, other_inventory, set_aside } = restored;
     let mode = match access {
         Access::Serve => RecoveryMode::TruncateTornTail,
         Access::Check => RecoveryMode::ReadOnly,
@@ -350,7 +343,7 @@ pub(super) fn recover_state(
         .and_then(|recovered| check_log_reaches_back(&recovered, snapshot.as_ref(), &passed_over).map(|()| recovered))
         .map_err(|error| blame_changed_inventory(other_inventory.as_ref(), error))?;
     let phases = RecoveryPhases { tables: tables.get(), snapshot: snapshot_phase, log: replaying.elapsed() };
-    Ok(RecoveredState { engine, snapshot, snapshots_passed_over: passed_over, recovered, phases })
+    Ok(RecoveredState { engine, snapshot, snapshots_passed_over: passed_over, recovered, phases, set_aside })
 }
 
 /// Refuses a log with a segment written for an inventory in which its slot
@@ -409,12 +402,15 @@ pub(super) struct Restored {
     /// Why the newest snapshot passed over for being of another inventory
     /// was (left in place, for campaign.toml may be put back).
     pub(super) other_inventory: Option<String>,
+    /// Snapshots that failed their checks, to be set aside once start-up
+    /// decides to serve (`make_repairs`).
+    pub(super) set_aside: Vec<PathBuf>,
 }
 
 /// Restores the newest usable snapshot into an engine from `build_engine`. A
 /// snapshot that fails its checks, or whose content the engine refuses, is
-/// passed over (renamed `*.invalid`, so that it no longer counts among the
-/// kept ones, and reported) for an older one, in a fresh engine. One of
+/// passed over (to be renamed `*.invalid` when serving, so that it no longer
+/// counts among the kept ones, and reported) for an older one, in a fresh engine. One of
 /// another campaign is refused (`CampaignChanged`); one of another inventory
 /// is passed over but left in place: the file is whole, campaign.toml changed.
 pub(super) fn restore_newest_snapshot(
@@ -425,6 +421,7 @@ pub(super) fn restore_newest_snapshot(
 ) -> Result<Restored, OpenError> {
     let mut passed_over = Vec::new();
     let mut other_inventory = None;
+    let mut set_aside = Vec::new();
     let mut engine = build_engine()?;
     for (start_lsn, path) in list_snapshots(snapshot_directory)?.into_iter().rev() {
         if let Some(first) = log_first_lsn.filter(|first| *first > start_lsn) {
@@ -437,7 +434,7 @@ pub(super) fn restore_newest_snapshot(
         match restored {
             Ok((header, wrapped_slots)) => {
                 let snapshot = Some((path, header));
-                return Ok(Restored { engine, snapshot, wrapped_slots, passed_over, other_inventory });
+                return Ok(Restored { engine, snapshot, wrapped_slots, passed_over, other_inventory, set_aside });
             }
             // Not the file's fault: renaming it would leave the data directory
             // unstartable once the change is undone.
@@ -453,7 +450,7 @@ pub(super) fn restore_newest_snapshot(
                 tracing::warn!(%error, "passing over a snapshot");
                 passed_over.push(error.to_string());
                 if access == Access::Serve {
-                    set_aside_invalid(&path)?;
+                    set_aside.push(path);
                 }
                 if matches!(error, SnapshotError::Rejected { .. }) {
                     // Half restored: start again from an empty engine (the
@@ -468,7 +465,35 @@ pub(super) fn restore_newest_snapshot(
         let late = OpenError::LogStartsLate { first_lsn: first, passed_over };
         return Err(blame_changed_inventory(other_inventory.as_ref(), late));
     }
-    Ok(Restored { engine, snapshot: None, wrapped_slots: Vec::new(), passed_over, other_inventory })
+    Ok(Restored { engine, snapshot: None, wrapped_slots: Vec::new(), passed_over, other_inventory, set_aside })
+}
+
+/// Makes the changes a start that serves makes to its data directory, once
+/// recovery has found nothing that refuses the start, so that a refused
+/// start changes nothing: a torn tail cut (`RecoveredLog::repair`), damaged
+/// snapshots set aside, and the temporary files a crash left (a snapshot's,
+/// a segment's) removed. Before the room for a segment is checked: they may
+/// free some.
+pub(super) fn make_repairs(data_directory: &Path, state: &RecoveredState) -> Result<(), OpenError> {
+    for path in &state.set_aside {
+        set_aside_invalid(path)?;
+    }
+    state.recovered.repair()?;
+    remove_temporary_files(&data_directory.join(SNAPSHOT_DIRECTORY))?;
+    // Only disk space is at stake: a leftover that cannot be removed is said, not refused.
+    for (path, removed) in crate::log::storage::remove_unnamed_segments(&data_directory.join(LOG_DIRECTORY)) {
+        match removed {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a log segment a crash left under its temporary name")
+            }
+            Err(error) => tracing::warn!(
+                path = %path.display(),
+                %error,
+                "could not remove a log segment a crash left under its temporary name"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Renames a snapshot that failed to `<name>.invalid`: kept for inspection,

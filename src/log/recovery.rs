@@ -3,10 +3,14 @@
 //!
 //! Recovery modes (after raft-engine's): `TruncateTornTail` is what start-up
 //! uses: a torn or incomplete tail (the last group, cut short by a crash) is
-//! zeroed and reported. A defect *before* the tail, that is, a bad record
-//! followed anywhere by a good one, is corruption: nothing is changed and the
-//! error names the file and byte offset. `ReadOnly` reports the same things
-//! and changes nothing (for `yeyak log verify` and `yeyak log dump`).
+//! reported, and the changes that mend it (its bytes zeroed, empty segments
+//! after it removed, a segment cut in its zeros given its size back) listed
+//! in `RecoveredLog::repairs`, made by `RecoveredLog::repair` once start-up
+//! has decided to serve: a start refused later (a snapshot the log does not
+//! reach, say) changes nothing. A defect *before* the tail, that is, a bad
+//! record followed anywhere by a good one, is corruption: nothing is changed
+//! and the error names the file and byte offset. `ReadOnly` reports the same
+//! things and lists no repairs (for `yeyak log verify` and `yeyak log dump`).
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -113,8 +117,42 @@ pub struct RecoveredLog {
     /// Records numbered below `from_lsn`: read past (or skipped) and not visited.
     pub records_skipped: u64,
     pub torn_tail: Option<TornTail>,
-    /// Empty segment files after the tail that were removed.
+    /// Empty segment files after the tail (or one whose header was torn),
+    /// removed by `repair`.
     pub removed_segments: Vec<PathBuf>,
+    /// What `repair` changes, in order (`TruncateTornTail` only).
+    pub repairs: Vec<Repair>,
+}
+
+/// A change that mends a log whose tail a crash tore (`RecoveredLog::repair`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Repair {
+    /// A torn tail's bytes, `from..to` of the segment, zeroed.
+    Zero { path: PathBuf, from: u64, to: u64 },
+    /// A segment cut short in the zeros after its records given its size back.
+    RestoreSize { path: PathBuf, size: u64 },
+    /// A segment file removed: empty after the tail, or its header torn.
+    Remove { path: PathBuf },
+}
+
+impl RecoveredLog {
+    /// Makes the changes recovery found the log needs (`repairs`), each
+    /// durable before this returns. Start-up calls it once it has decided to
+    /// serve, before the log writer starts.
+    pub fn repair(&self) -> Result<(), RecoveryError> {
+        for repair in &self.repairs {
+            match repair {
+                Repair::Zero { path, from, to } => zero_range(path, *from, *to)?,
+                Repair::RestoreSize { path, size } => restore_size(path, *size)?,
+                Repair::Remove { path } => {
+                    std::fs::remove_file(path).map_err(io_error(path))?;
+                    let directory = path.parent().unwrap_or(Path::new("."));
+                    sync_directory(directory).map_err(io_error(directory))?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> RecoveryError + '_ {
@@ -334,7 +372,7 @@ pub fn recover_with_lookahead(
             if lossless {
                 // In the zeros after the last record: nothing written was lost.
                 if mode == RecoveryMode::TruncateTornTail {
-                    restore_size(path, header.size_bytes)?;
+                    recovered.repairs.push(Repair::RestoreSize { path: path.clone(), size: header.size_bytes });
                 }
                 if is_last {
                     recovered.torn_tail =
@@ -438,18 +476,14 @@ fn finish_tail(
             cut: None,
         });
         if mode == RecoveryMode::TruncateTornTail {
-            zero_range(&segment.path, offset, nonzero_end)?;
+            recovered.repairs.push(Repair::Zero { path: segment.path.clone(), from: offset, to: nonzero_end });
         }
     }
     for (_, path) in later {
         recovered.removed_segments.push(path.clone());
         if mode == RecoveryMode::TruncateTornTail {
-            std::fs::remove_file(path).map_err(io_error(path))?;
+            recovered.repairs.push(Repair::Remove { path: path.clone() });
         }
-    }
-    if mode == RecoveryMode::TruncateTornTail && !later.is_empty() {
-        let directory = segment.path.parent().unwrap_or(Path::new("."));
-        sync_directory(directory).map_err(io_error(directory))?;
     }
     Ok(())
 }
@@ -540,9 +574,7 @@ fn finish_torn_header(
     recovered.torn_tail = Some(tail);
     recovered.removed_segments.push(segment.path.clone());
     if mode == RecoveryMode::TruncateTornTail {
-        std::fs::remove_file(&segment.path).map_err(io_error(&segment.path))?;
-        let directory = segment.path.parent().unwrap_or(Path::new("."));
-        sync_directory(directory).map_err(io_error(directory))?;
+        recovered.repairs.push(Repair::Remove { path: segment.path.clone() });
     }
     Ok(())
 }

@@ -55,37 +55,39 @@ impl FileStorage {
 /// The extension of a segment being created (`segment-…` + `.log.tmp`).
 pub const SEGMENT_TEMPORARY_EXTENSION: &str = "log.tmp";
 
-/// Removes the segment files a crash left under their temporary name, and
-/// returns them: one cut short before it was named (nothing was ever written
-/// to it), or one already named whose temporary name was not yet removed (a
-/// second name for the named segment's file, which would keep its blocks on
-/// the disk after the segment is retired). Only a serving engine, holding
-/// the data directory's lock, calls this; `yeyak log` only reads.
-pub fn remove_unnamed_segments(directory: &Path) -> io::Result<Vec<std::path::PathBuf>> {
-    let mut removed = Vec::new();
+/// Removes the segment files a crash left under their temporary name
+/// (`segment-NNNNNNNNNN.log.tmp`, nothing else): one cut short before it was
+/// named (nothing was ever written to it), or one already named whose
+/// temporary name was not yet removed (a second name for the named segment's
+/// file, which would keep its blocks on the disk after the segment is
+/// retired). Returns each with what removing it did (or the directory, if it
+/// could not be read); one that cannot be removed does not stop the others.
+/// Only a serving engine, holding the data directory's lock, calls this;
+/// `yeyak log` only reads.
+pub fn remove_unnamed_segments(directory: &Path) -> Vec<(PathBuf, io::Result<()>)> {
     let entries = match std::fs::read_dir(directory) {
         Ok(entries) => entries,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(removed),
-        Err(error) => return Err(error),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Vec::new(),
+        Err(error) => return vec![(directory.to_path_buf(), Err(error))],
     };
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let unnamed = name
-            .strip_suffix(SEGMENT_TEMPORARY_EXTENSION)
-            .and_then(|stem| stem.strip_suffix('.'))
-            .is_some_and(|stem| stem.starts_with("segment-"));
-        if unnamed {
-            std::fs::remove_file(entry.path())?;
-            removed.push(entry.path());
+    let mut removed: Vec<(PathBuf, io::Result<()>)> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            name.to_str()
+                .and_then(|name| name.strip_suffix(SEGMENT_TEMPORARY_EXTENSION))
+                .and_then(|stem| stem.strip_suffix('.'))
+                .is_some_and(|stem| crate::log::format::parse_segment_file_name(&format!("{stem}.log")).is_some())
+        })
+        .map(|entry| (entry.path(), std::fs::remove_file(entry.path())))
+        .collect();
+    if removed.iter().any(|(_, result)| result.is_ok()) {
+        if let Err(error) = sync_directory(directory) {
+            removed.push((directory.to_path_buf(), Err(error)));
         }
     }
-    if !removed.is_empty() {
-        sync_directory(directory)?;
-    }
-    removed.sort();
-    Ok(removed)
+    removed.sort_by(|a, b| a.0.cmp(&b.0));
+    removed
 }
 
 /// Reserves the file's blocks now, so that a full disk shows up at segment
@@ -427,18 +429,33 @@ mod tests {
         std::fs::hard_link(&named, &second_name).unwrap();
         assert_eq!(std::fs::metadata(&named).unwrap().nlink(), 2);
         std::fs::write(directory.path().join("segment-0000000002.log.tmp"), b"partial").unwrap();
-        // Not segments: left alone.
-        std::fs::write(directory.path().join("notes.log.tmp"), b"an operator's").unwrap();
-        std::fs::write(directory.path().join("segment-0000000003.logtmp"), b"not ours").unwrap();
-        let removed = remove_unnamed_segments(directory.path()).unwrap();
-        let names: Vec<_> = removed.iter().map(|path| path.file_name().unwrap().to_str().unwrap()).collect();
-        assert_eq!(names, ["segment-0000000001.log.tmp", "segment-0000000002.log.tmp"]);
+        // Not segments' names: left alone.
+        for other in ["notes.log.tmp", "segment-0000000003.logtmp", "segment-backup.log.tmp", "segment-1.log.tmp"] {
+            std::fs::write(directory.path().join(other), b"not ours").unwrap();
+        }
+        // One that cannot be removed (a directory) does not stop the others.
+        std::fs::create_dir(directory.path().join("segment-0000000004.log.tmp")).unwrap();
+        let removed = remove_unnamed_segments(directory.path());
+        let said: Vec<_> = removed
+            .iter()
+            .map(|(path, result)| (path.file_name().unwrap().to_str().unwrap(), result.is_ok()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("segment-0000000001.log.tmp", true),
+                ("segment-0000000002.log.tmp", true),
+                ("segment-0000000004.log.tmp", false)
+            ]
+        );
         assert_eq!(std::fs::read(&named).unwrap(), bytes, "the named segment is untouched");
         assert_eq!(std::fs::metadata(&named).unwrap().nlink(), 1, "its blocks go when it is retired");
-        assert!(directory.path().join("notes.log.tmp").exists());
-        assert!(directory.path().join("segment-0000000003.logtmp").exists());
-        assert_eq!(remove_unnamed_segments(directory.path()).unwrap(), Vec::<std::path::PathBuf>::new());
-        assert!(remove_unnamed_segments(&directory.path().join("absent")).unwrap().is_empty());
+        for other in ["notes.log.tmp", "segment-0000000003.logtmp", "segment-backup.log.tmp", "segment-1.log.tmp"] {
+            assert!(directory.path().join(other).exists(), "{other}");
+        }
+        std::fs::remove_dir(directory.path().join("segment-0000000004.log.tmp")).unwrap();
+        assert!(remove_unnamed_segments(directory.path()).is_empty());
+        assert!(remove_unnamed_segments(&directory.path().join("absent")).is_empty());
     }
 
     #[test]
