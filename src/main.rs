@@ -312,6 +312,15 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
     }
     // 2. Every snapshot.
     findings.extend(verify_snapshots(&data_dir, &rules, &mut out)?);
+    // What a crash left that start-up removes (not a finding: nothing is lost).
+    let log_directory = data_dir.join(yeyak::durable::LOG_DIRECTORY);
+    let leftovers = yeyak::log::storage::unnamed_segments(&log_directory)
+        .unwrap_or_default()
+        .into_iter()
+        .chain(yeyak::snapshot::temporary_files(&data_dir.join(yeyak::durable::SNAPSHOT_DIRECTORY)));
+    for leftover in leftovers {
+        writeln!(out, "left by a crash, removed at the next start: {}", leftover.display()).map_err(stdout_error)?;
+    }
     // 3. What start-up would do: restore, replay and every check, nothing written.
     match yeyak::durable::DurableEngine::check(&data_dir) {
         Ok(report) => writeln!(out, "start-up would recover {report}").map_err(stdout_error)?,

@@ -584,7 +584,26 @@ fn log_verify_says_start_up_refuses_a_segment_cut_from_outside_and_dump_shows_wh
         (output.status.success(), stdout.into_owned(), stderr.into_owned())
     };
     let (ok, stdout, stderr) = log(&["verify"]);
+    assert!(ok && stdout.ends_with("ok\n") && !stdout.contains("left by a crash"), "{stdout}{stderr}");
+    // What a crash left is said, and left where it is: start-up removes it.
+    let leftovers = [
+        directory.path().join("log").join("segment-0000000002.log.tmp"),
+        directory.path().join("snapshots").join("snapshot-00000000000000000005.ysnap.tmp"),
+    ];
+    std::fs::create_dir_all(directory.path().join("snapshots")).unwrap();
+    for leftover in &leftovers {
+        std::fs::write(leftover, b"cut short").unwrap();
+    }
+    let (ok, stdout, stderr) = log(&["verify"]);
     assert!(ok && stdout.ends_with("ok\n"), "{stdout}{stderr}");
+    for leftover in &leftovers {
+        assert!(
+            stdout.contains(&format!("left by a crash, removed at the next start: {}", leftover.display())),
+            "{stdout}"
+        );
+        assert!(leftover.exists(), "verify changes nothing");
+        std::fs::remove_file(leftover).unwrap();
+    }
     // Nothing was removed behind a snapshot, and a limit of 0 asks for nothing.
     let (ok, stdout, stderr) = log(&["dump", "--from", "0"]);
     assert!(ok && stdout.lines().count() == 7 && stderr.is_empty(), "{stdout}{stderr}");

@@ -249,6 +249,9 @@ fn background_snapshots_and_a_leftover_temporary_file() {
     engine.close().unwrap();
     let leftover = directory.path().join(SNAPSHOT_DIRECTORY).join("snapshot-00000000000000099999.ysnap.tmp");
     std::fs::write(&leftover, b"cut short by a crash").unwrap();
+    // Not a snapshot's temporary file: left alone.
+    let notes = directory.path().join(SNAPSHOT_DIRECTORY).join("notes.tmp");
+    std::fs::write(&notes, b"an operator's").unwrap();
     // And a log segment's second name, left by a crash just after the segment was named.
     let log_directory = directory.path().join(yeyak::durable::LOG_DIRECTORY);
     let (_, first_segment) = yeyak::log::recovery::list_segments(&log_directory).unwrap().remove(0);
@@ -257,6 +260,7 @@ fn background_snapshots_and_a_leftover_temporary_file() {
     let (engine, report) = reopen(directory.path(), background);
     assert!(report.snapshot.is_some());
     assert!(!leftover.exists(), "the leftover temporary file is removed at start");
+    assert!(notes.exists(), "only snapshots' temporary files are removed");
     assert!(!second_name.exists(), "the segment's leftover second name is removed at start");
     assert_eq!(engine.engine().logical_state(), before);
 }

@@ -55,22 +55,18 @@ impl FileStorage {
 /// The extension of a segment being created (`segment-…` + `.log.tmp`).
 pub const SEGMENT_TEMPORARY_EXTENSION: &str = "log.tmp";
 
-/// Removes the segment files a crash left under their temporary name
-/// (`segment-NNNNNNNNNN.log.tmp`, nothing else): one cut short before it was
-/// named (nothing was ever written to it), or one already named whose
+/// The segment files a crash left under their temporary name
+/// (`segment-NNNNNNNNNN.log.tmp`, nothing else), sorted: one cut short before
+/// it was named (nothing was ever written to it), or one already named whose
 /// temporary name was not yet removed (a second name for the named segment's
-/// file, which would keep its blocks on the disk after the segment is
-/// retired). Returns each with what removing it did (or the directory, if it
-/// could not be read); one that cannot be removed does not stop the others.
-/// Only a serving engine, holding the data directory's lock, calls this;
-/// `yeyak log` only reads.
-pub fn remove_unnamed_segments(directory: &Path) -> Vec<(PathBuf, io::Result<()>)> {
+/// file, which would keep its blocks on the disk after the segment is retired).
+pub fn unnamed_segments(directory: &Path) -> io::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(directory) {
         Ok(entries) => entries,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Vec::new(),
-        Err(error) => return vec![(directory.to_path_buf(), Err(error))],
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
     };
-    let mut removed: Vec<(PathBuf, io::Result<()>)> = entries
+    let mut found: Vec<PathBuf> = entries
         .flatten()
         .filter(|entry| {
             let name = entry.file_name();
@@ -79,14 +75,28 @@ pub fn remove_unnamed_segments(directory: &Path) -> Vec<(PathBuf, io::Result<()>
                 .and_then(|stem| stem.strip_suffix('.'))
                 .is_some_and(|stem| crate::log::format::parse_segment_file_name(&format!("{stem}.log")).is_some())
         })
-        .map(|entry| (entry.path(), std::fs::remove_file(entry.path())))
+        .map(|entry| entry.path())
         .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Removes `unnamed_segments`, and returns each with what removing it did
+/// (or the directory, if it could not be read or synced); one that cannot be
+/// removed does not stop the others. Only a serving engine, holding the data
+/// directory's lock, calls this; `yeyak log` only reads.
+pub fn remove_unnamed_segments(directory: &Path) -> Vec<(PathBuf, io::Result<()>)> {
+    let found = match unnamed_segments(directory) {
+        Ok(found) => found,
+        Err(error) => return vec![(directory.to_path_buf(), Err(error))],
+    };
+    let mut removed: Vec<(PathBuf, io::Result<()>)> =
+        found.into_iter().map(|path| (path.clone(), std::fs::remove_file(&path))).collect();
     if removed.iter().any(|(_, result)| result.is_ok()) {
         if let Err(error) = sync_directory(directory) {
             removed.push((directory.to_path_buf(), Err(error)));
         }
     }
-    removed.sort_by(|a, b| a.0.cmp(&b.0));
     removed
 }
 

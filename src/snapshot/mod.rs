@@ -116,21 +116,33 @@ pub fn list_snapshots(directory: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotE
     Ok(snapshots)
 }
 
-/// Removes temporary files left by a snapshot a crash cut short; returns them.
-pub fn remove_temporary_files(directory: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
-    let io = |source| SnapshotError::Io { path: directory.to_path_buf(), source };
-    let mut removed = Vec::new();
+/// The temporary files snapshots a crash cut short left (`snapshot-….ysnap.tmp`,
+/// nothing else), sorted; none if the directory cannot be read.
+pub fn temporary_files(directory: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(directory) else {
-        return Ok(removed);
+        return Vec::new();
     };
-    for entry in entries {
-        let path = entry.map_err(io)?.path();
-        if path.to_str().is_some_and(|p| p.ends_with(TEMPORARY_SUFFIX)) {
-            std::fs::remove_file(&path).map_err(io)?;
-            removed.push(path);
-        }
+    let mut found: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name();
+            name.to_str()
+                .and_then(|name| name.strip_suffix(TEMPORARY_SUFFIX))
+                .is_some_and(|stem| parse_snapshot_file_name(stem).is_some())
+        })
+        .map(|entry| entry.path())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Removes the temporary files snapshots a crash cut short left (`temporary_files`); returns them.
+pub fn remove_temporary_files(directory: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
+    let found = temporary_files(directory);
+    for path in &found {
+        std::fs::remove_file(path).map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
     }
-    Ok(removed)
+    Ok(found)
 }
 
 struct Chunk {
