@@ -185,9 +185,12 @@ fn a_file_system_without_room_for_a_log_segment_is_refused_at_start() {
     // A segment of 768 TiB: more than any test machine's disk has free.
     let options = LogOptions { segment_size_bytes: 64 + 48 * (1 << 44), ..small_log_options() };
     match DurableEngine::open(directory.path(), options, false) {
-        Err(OpenError::NoRoomForLog { needed_bytes, available_bytes, .. }) => {
+        Err(error @ OpenError::NoRoomForLog { .. }) => {
+            let OpenError::NoRoomForLog { needed_bytes, available_bytes, .. } = error else { unreachable!() };
             assert_eq!(needed_bytes, options.segment_size_bytes);
             assert!(available_bytes < needed_bytes);
+            let said = error.to_string();
+            assert!(said.contains("bookings would stop being durable when the log needs that segment"), "{said}");
         }
         other => panic!("expected NoRoomForLog, got {:?}", other.map(|_| ())),
     }

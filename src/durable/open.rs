@@ -39,7 +39,7 @@ pub enum OpenError {
     /// once, if it is full or cannot be written on in).
     #[error(
         "{path}: the log's next segment needs {} MiB and the file system has {} MiB free: bookings would \
-         stop being durable once the current segment is full; free space there, or give another --data-dir",
+         stop being durable when the log needs that segment (at once, if it has none with room); free space there, or give another --data-dir",
         needed_bytes.div_ceil(1 << 20), available_bytes >> 20
     )]
     NoRoomForLog { path: PathBuf, needed_bytes: u64, available_bytes: u64 },
