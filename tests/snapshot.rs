@@ -659,3 +659,28 @@ fn a_refused_start_leaves_the_data_directory_as_it_was() {
     assert!(DurableEngine::check(directory.path()).is_err());
     assert!(files_under(directory.path()) == before);
 }
+
+#[test]
+fn a_snapshot_on_close_that_fails_is_said_and_the_close_still_succeeds() {
+    let on_close = |free_space_reserve_bytes| DurableOptions {
+        log: small_log_options(),
+        snapshots: SnapshotOptions {
+            every_records: 0,
+            on_close: true,
+            free_space_reserve_bytes,
+            ..SnapshotOptions::default()
+        },
+    };
+    // More must stay free than any disk has: no snapshot, but a clean close.
+    let (directory, now, engine) = small_campaign_open(on_close(1 << 60));
+    book_some(&engine, now, 0, 20);
+    let closed = engine.close().unwrap();
+    let why = closed.snapshot_failed.expect("the snapshot on close failed");
+    assert!(why.contains("no room for a snapshot"), "{why}");
+    assert!(list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap().is_empty());
+    // Everything is in the log; with room, the next close takes its snapshot.
+    let (engine, report) = reopen(directory.path(), on_close(0));
+    assert!(report.records_replayed > 0);
+    assert_eq!(engine.close().unwrap().snapshot_failed, None);
+    assert_eq!(list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap().len(), 1);
+}

@@ -250,14 +250,19 @@ pub fn start(args: StartArgs) -> Result<(), String> {
         eprintln!("second signal: exiting now; the log recovers at the next start");
         std::process::exit(130);
     });
-    server.shutdown().map_err(|refusal| match refusal {
+    let closed = server.shutdown().map_err(|refusal| match refusal {
         Refusal::LogUnavailable(why) => format!(
             "the log could not be closed cleanly: {why}; every acknowledged booking is durable and the next start \
              recovers it"
         ),
         other => format!("the log could not be closed cleanly: {other}"),
     })?;
-    println!("stopped cleanly");
+    match closed.snapshot_failed {
+        None => println!("stopped cleanly"),
+        Some(why) => println!(
+            "stopped cleanly (the log is durable), without a snapshot on close ({why}): the next start replays the log"
+        ),
+    }
     Ok(())
 }
 

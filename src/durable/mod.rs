@@ -154,6 +154,15 @@ struct Snapshotter {
 /// How often the background thread looks whether a snapshot is due.
 const SNAPSHOT_POLL: Duration = Duration::from_millis(100);
 
+/// What a clean close did besides making the log durable (`DurableEngine::close`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// Why the snapshot on close (`SnapshotOptions::on_close`) was not
+    /// taken, if it was asked for and failed: the next start replays the log
+    /// from the last snapshot instead.
+    pub snapshot_failed: Option<String>,
+}
+
 pub struct DurableEngine {
     core: Arc<Core>,
     snapshotter: Option<Snapshotter>,
@@ -307,6 +316,11 @@ impl DurableEngine {
         }
     }
 
+    /// Whether `close` takes a snapshot (`SnapshotOptions::on_close`).
+    pub fn snapshots_on_close(&self) -> bool {
+        self.core.snapshot_options.on_close
+    }
+
     pub fn reservation_of(&self, person: PersonKey) -> Result<Option<SlotIndex>, Refusal> {
         let outcome = self.core.engine.reservation_of(&self.core.log.appender(), person);
         self.release_read(outcome)
@@ -314,14 +328,17 @@ impl DurableEngine {
 
     /// Stops the snapshot thread (letting a snapshot under way finish), takes
     /// a last snapshot if `SnapshotOptions::on_close` says so, makes
-    /// everything appended durable and stops the log writer.
-    pub fn close(mut self) -> Result<(), Refusal> {
+    /// everything appended durable and stops the log writer. A snapshot that
+    /// fails does not fail the close (the log holds everything): `Closed` says it.
+    pub fn close(mut self) -> Result<Closed, Refusal> {
         self.stop_snapshotter();
+        let mut closed = Closed::default();
         if self.core.snapshot_options.on_close && self.core.log.writable().is_ok() {
-            // A failure is logged; the log still holds everything.
-            let _ = self.core.take_snapshot();
+            // Logged as well (`Core::take_snapshot`).
+            closed.snapshot_failed = self.core.take_snapshot().err().map(|error| error.to_string());
         }
-        self.core.log.close().map_err(Refusal::LogUnavailable)
+        self.core.log.close().map_err(Refusal::LogUnavailable)?;
+        Ok(closed)
     }
 
     fn stop_snapshotter(&mut self) {

@@ -348,8 +348,10 @@ impl Server {
     }
 
     /// Stops accepting and reading, answers every request already queued once
-    /// it is durable, makes the log durable and closes it.
-    pub fn shutdown(mut self) -> Result<(), crate::state::Refusal> {
+    /// it is durable, makes the log durable and closes it (and takes the
+    /// engine's snapshot on close, if it is asked for: `Closed` says whether
+    /// it failed).
+    pub fn shutdown(mut self) -> Result<crate::durable::Closed, crate::state::Refusal> {
         self.stop();
         let shared = Arc::clone(&self.shared);
         drop(self);
@@ -357,8 +359,8 @@ impl Server {
         // connection task outlived the network thread's grace period.
         match Arc::try_unwrap(shared).map(|shared| Arc::try_unwrap(shared.engine)) {
             Ok(Ok(engine)) => engine.close(),
-            Ok(Err(engine)) => engine.log().close().map_err(crate::state::Refusal::LogUnavailable),
-            Err(shared) => shared.engine.log().close().map_err(crate::state::Refusal::LogUnavailable),
+            Ok(Err(engine)) => close_log_alone(&engine),
+            Err(shared) => close_log_alone(&shared.engine),
         }
     }
 
@@ -377,6 +379,16 @@ impl Server {
             let _ = engine_thread.join();
         }
     }
+}
+
+/// Closes the log of an engine still shared (a connection task outlived the
+/// network thread's grace period): no snapshot on close then.
+fn close_log_alone(engine: &DurableEngine) -> Result<crate::durable::Closed, crate::state::Refusal> {
+    let snapshot_failed = engine
+        .snapshots_on_close()
+        .then(|| "the engine was still in use by a connection: no snapshot on close".to_string());
+    engine.log().close().map_err(crate::state::Refusal::LogUnavailable)?;
+    Ok(crate::durable::Closed { snapshot_failed })
 }
 
 impl Drop for Server {
