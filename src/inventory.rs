@@ -151,6 +151,20 @@ pub struct Inventory {
     initial_capacity: Vec<u32>,
 }
 
+/// When `slot`'s appointment begins in its day, for a day of `slots_per_day`
+/// slots of `slot_minutes` from `day_start` (slots are numbered a day at a
+/// time: see `Inventory`); `None` past midnight.
+pub fn slot_time_of_day(
+    slot: SlotIndex,
+    day_start: TimeOfDay,
+    slot_minutes: u16,
+    slots_per_day: u16,
+) -> Option<TimeOfDay> {
+    let time_index = slot.0 % u32::from(slots_per_day.max(1));
+    let minute = u32::from(day_start.minute_of_day()) + time_index * u32::from(slot_minutes);
+    TimeOfDay::from_minute_of_day(u16::try_from(minute).ok()?)
+}
+
 impl Inventory {
     /// Builds the inventory the rules name: generated, or read from CSV
     /// (a relative path is taken from `config_dir`).
@@ -361,15 +375,13 @@ impl Inventory {
         if !self.contains(slot) {
             return None;
         }
-        let time_index = slot.0 % u32::from(self.slots_per_day);
         let site_day = slot.0 / u32::from(self.slots_per_day);
         let day_index = site_day % u32::from(self.days);
         let site_index = site_day / u32::from(self.days);
-        let minute = u32::from(self.day_start.minute_of_day()) + time_index * u32::from(self.slot_minutes);
         Some(SlotAddress {
             site_id: self.sites[site_index as usize].id,
             date: self.first_date.add_days(day_index as i32),
-            time: TimeOfDay::from_minute_of_day(minute as u16)?,
+            time: slot_time_of_day(slot, self.day_start, self.slot_minutes, self.slots_per_day)?,
         })
     }
 

@@ -312,19 +312,26 @@ fn verify(data_dir: PathBuf) -> Result<(), String> {
     }
     // 2. Every snapshot.
     findings.extend(verify_snapshots(&data_dir, &rules, &mut out)?);
-    // What a crash left that start-up removes (not a finding: nothing is lost).
-    let log_directory = data_dir.join(yeyak::durable::LOG_DIRECTORY);
-    let leftovers = yeyak::log::storage::unnamed_segments(&log_directory)
-        .unwrap_or_default()
-        .into_iter()
-        .chain(yeyak::snapshot::temporary_files(&data_dir.join(yeyak::durable::SNAPSHOT_DIRECTORY)));
-    for leftover in leftovers {
-        writeln!(out, "left by a crash, removed at the next start: {}", leftover.display()).map_err(stdout_error)?;
-    }
     // 3. What start-up would do: restore, replay and every check, nothing written.
     match yeyak::durable::DurableEngine::check(&data_dir) {
         Ok(report) => writeln!(out, "start-up would recover {report}").map_err(stdout_error)?,
         Err(error) => return Err(format!("start-up would refuse: {error}")),
+    }
+    // What a crash left that start-up removes (not a finding: nothing is lost).
+    let leftovers = [
+        (data_dir.join(yeyak::durable::SNAPSHOT_DIRECTORY), yeyak::snapshot::is_temporary_snapshot as fn(&str) -> bool),
+        (data_dir.join(yeyak::durable::LOG_DIRECTORY), yeyak::log::storage::is_unnamed_segment),
+    ];
+    for (directory, is_leftover) in leftovers {
+        match yeyak::log::storage::files_named(&directory, is_leftover) {
+            Ok(found) => {
+                for leftover in found {
+                    writeln!(out, "left by a crash, removed at the next start: {}", leftover.display())
+                        .map_err(stdout_error)?;
+                }
+            }
+            Err(error) => findings.push(format!("reading {}: {error}", directory.display())),
+        }
     }
     // The check reads only; start-up writes (its lock, the log, snapshots).
     if let Err(error) = yeyak::log::storage::writable(&data_dir) {

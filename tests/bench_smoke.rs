@@ -73,7 +73,7 @@ fn wire_latency_and_the_wire_peer_run_at_a_small_size() {
     // The one-per-frame figure's depth (docs/benchmarks.md), and where each thread waited.
     bench(
         &["wire", "--people", "2000", "--batch", "1", "--depth", "2048", "--data-dir", &wire],
-        &["2000 durable", "runnable but waiting for a core", "preempted"],
+        &["2000 durable", "runnable but waiting for a core"],
     );
     // More in flight than the server admits is refused by name, not run into OVERLOADED.
     let output = Command::new(BENCH).args(["wire", "--batch", "1024", "--depth", "1024"]).output().unwrap();

@@ -628,29 +628,42 @@ fn files_under(directory: &Path) -> std::collections::BTreeMap<std::path::PathBu
 
 #[test]
 fn a_refused_start_leaves_the_data_directory_as_it_was() {
-    let (directory, now, engine) = small_campaign_open(options(1));
+    let (directory, now, engine) = small_campaign_open(options(2));
     book_some(&engine, now, 0, 60);
-    let summary = engine.take_snapshot().unwrap().unwrap();
-    let last_lsn = engine.log().durable_lsn() - 1;
+    let older = engine.take_snapshot().unwrap().unwrap();
+    book_some(&engine, now, 60, 1);
+    let newer = engine.take_snapshot().unwrap().unwrap();
     engine.close().unwrap();
-    // The last record, which the snapshot holds the effects of, damaged: alone
-    // at the end of the log it reads as a crash's torn tail, which a start that
-    // serves zeroes; and the leftovers a start removes.
+    assert!(newer.header.start_lsn > older.header.start_lsn);
+    // The newer snapshot damaged: passed over (to be set aside) for the older.
+    let mut bytes = std::fs::read(&newer.path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&newer.path, bytes).unwrap();
+    // The log's records from the older snapshot's last on damaged: alone at
+    // the end of the log they read as a crash's torn tail, which a start
+    // that serves zeroes, but the older snapshot holds their effects.
     let log = directory.path().join("log");
     let (_, last_segment) = yeyak::log::recovery::list_segments(&log).unwrap().pop().unwrap();
-    let records =
-        std::fs::read(&last_segment).unwrap()[64..].chunks(48).take_while(|r| r.iter().any(|b| *b != 0)).count();
     let mut bytes = std::fs::read(&last_segment).unwrap();
-    bytes[64 + (records - 1) * 48 + 30] ^= 0x01;
+    let records = bytes[64..].chunks(48).take_while(|record| record.iter().any(|b| *b != 0)).count();
+    let damaged = (older.header.end_lsn - 1) as usize;
+    let last_lsn = engine_last_lsn(&log) as usize;
+    assert!(last_lsn - damaged < records, "the damaged records are all in the last segment");
+    for lsn in damaged..=last_lsn {
+        let index = records - 1 - (last_lsn - lsn);
+        bytes[64 + index * 48 + 30] ^= 0x01;
+    }
     std::fs::write(&last_segment, bytes).unwrap();
+    // And the leftovers a start removes.
     std::fs::write(log.join("segment-0000000099.log.tmp"), b"left by a crash").unwrap();
     std::fs::write(directory.path().join(SNAPSHOT_DIRECTORY).join("snapshot-00000000000000099999.ysnap.tmp"), b"cut")
         .unwrap();
     let before = files_under(directory.path());
-    let error = DurableEngine::open(directory.path(), options(1), false).err().expect("refused");
+    let error = DurableEngine::open(directory.path(), options(2), false).err().expect("refused");
     match &error {
         yeyak::durable::OpenError::SnapshotAheadOfLog { path, end_lsn, log_next_lsn } => {
-            assert_eq!((path, *end_lsn, *log_next_lsn), (&summary.path, last_lsn + 1, last_lsn));
+            assert_eq!((path, *end_lsn, *log_next_lsn), (&older.path, older.header.end_lsn, damaged as u64));
         }
         other => panic!("expected SnapshotAheadOfLog, got {other}"),
     }
@@ -658,6 +671,12 @@ fn a_refused_start_leaves_the_data_directory_as_it_was() {
     // `yeyak log verify`'s check says the same and changes nothing either.
     assert!(DurableEngine::check(directory.path()).is_err());
     assert!(files_under(directory.path()) == before);
+}
+
+/// The number of the last record in the log directory `log`.
+fn engine_last_lsn(log: &Path) -> u64 {
+    let recovered = yeyak::log::recover(log, yeyak::log::RecoveryMode::ReadOnly, |_| Ok(())).unwrap();
+    recovered.next_lsn - 1
 }
 
 #[test]
@@ -675,12 +694,13 @@ fn a_snapshot_on_close_that_fails_is_said_and_the_close_still_succeeds() {
     let (directory, now, engine) = small_campaign_open(on_close(1 << 60));
     book_some(&engine, now, 0, 20);
     let closed = engine.close().unwrap();
-    let why = closed.snapshot_failed.expect("the snapshot on close failed");
-    assert!(why.contains("no room for a snapshot"), "{why}");
+    let why = closed.no_snapshot.expect("the snapshot on close failed");
+    assert!(matches!(why, yeyak::durable::NoSnapshotOnClose::Failed(yeyak::snapshot::SnapshotError::DiskSpace { .. })));
+    assert!(why.to_string().contains("no room for a snapshot"), "{why}");
     assert!(list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap().is_empty());
     // Everything is in the log; with room, the next close takes its snapshot.
     let (engine, report) = reopen(directory.path(), on_close(0));
     assert!(report.records_replayed > 0);
-    assert_eq!(engine.close().unwrap().snapshot_failed, None);
+    assert!(engine.close().unwrap().no_snapshot.is_none());
     assert_eq!(list_snapshots(&directory.path().join(SNAPSHOT_DIRECTORY)).unwrap().len(), 1);
 }

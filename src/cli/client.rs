@@ -160,12 +160,9 @@ fn campaign(data_dir: &std::path::Path) -> Option<yeyak::config::CampaignRules> 
     yeyak::durable::load_campaign(data_dir, false).ok().map(|(rules, _)| rules)
 }
 
-/// When `slot`'s appointment begins in its day, by the campaign's day (its
-/// slots are numbered a day at a time from the day's start: src/inventory.rs).
+/// When `slot`'s appointment begins in its day, by the campaign's day.
 fn slot_time(rules: &yeyak::config::CampaignRules, slot: SlotIndex) -> Option<yeyak::calendar::TimeOfDay> {
-    let index = slot.0 % u32::from(rules.slots_per_day.max(1));
-    let minute = u32::from(rules.day_start.minute_of_day()) + index * u32::from(rules.slot_minutes);
-    yeyak::calendar::TimeOfDay::from_minute_of_day(u16::try_from(minute).ok()?)
+    yeyak::inventory::slot_time_of_day(slot, rules.day_start, rules.slot_minutes, rules.slots_per_day)
 }
 
 fn seats_text(seats: u32) -> String {

@@ -257,7 +257,7 @@ pub fn start(args: StartArgs) -> Result<(), String> {
         ),
         other => format!("the log could not be closed cleanly: {other}"),
     })?;
-    match closed.snapshot_failed {
+    match closed.no_snapshot {
         None => println!("stopped cleanly"),
         Some(why) => println!(
             "stopped cleanly (the log is durable), without a snapshot on close ({why}): the next start replays the log"

@@ -155,12 +155,22 @@ struct Snapshotter {
 const SNAPSHOT_POLL: Duration = Duration::from_millis(100);
 
 /// What a clean close did besides making the log durable (`DurableEngine::close`).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Closed {
-    /// Why the snapshot on close (`SnapshotOptions::on_close`) was not
-    /// taken, if it was asked for and failed: the next start replays the log
-    /// from the last snapshot instead.
-    pub snapshot_failed: Option<String>,
+    /// Why no snapshot was taken on close, if `SnapshotOptions::on_close`
+    /// asked for one: the next start replays the log from the last
+    /// snapshot instead.
+    pub no_snapshot: Option<NoSnapshotOnClose>,
+}
+
+/// Why a close took no snapshot though `SnapshotOptions::on_close` asked for one.
+#[derive(Debug, thiserror::Error)]
+pub enum NoSnapshotOnClose {
+    #[error(transparent)]
+    Failed(#[from] SnapshotError),
+    /// `Server::shutdown` found a connection still holding the engine.
+    #[error("the engine was still in use by a connection")]
+    EngineStillInUse,
 }
 
 pub struct DurableEngine {
@@ -335,7 +345,7 @@ impl DurableEngine {
         let mut closed = Closed::default();
         if self.core.snapshot_options.on_close && self.core.log.writable().is_ok() {
             // Logged as well (`Core::take_snapshot`).
-            closed.snapshot_failed = self.core.take_snapshot().err().map(|error| error.to_string());
+            closed.no_snapshot = self.core.take_snapshot().err().map(NoSnapshotOnClose::Failed);
         }
         self.core.log.close().map_err(Refusal::LogUnavailable)?;
         Ok(closed)

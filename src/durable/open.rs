@@ -13,7 +13,7 @@ use crate::log::recovery::{list_segments, recover_with_lookahead, RecoveredLog};
 use crate::log::retention::read_segment_header;
 use crate::log::storage::{create_directory_durably, sync_directory};
 use crate::log::{LogOptions, RecoveryError, RecoveryMode};
-use crate::snapshot::{list_snapshots, remove_temporary_files, CheckedSnapshot, SnapshotError};
+use crate::snapshot::{is_temporary_snapshot, list_snapshots, CheckedSnapshot, SnapshotError};
 use crate::state::{Engine, Entry, Lsn, PeopleTable, SlotCounters};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +39,8 @@ pub enum OpenError {
     /// once, if it is full or cannot be written on in).
     #[error(
         "{path}: the log's next segment needs {} MiB and the file system has {} MiB free: bookings would \
-         stop being durable when the log needs that segment (at once, if it has none with room); free space there, or give another --data-dir",
+         stop being durable when the log needs that segment (at once, if it has none with room); free space \
+         there, or give another --data-dir",
         needed_bytes.div_ceil(1 << 20), available_bytes >> 20
     )]
     NoRoomForLog { path: PathBuf, needed_bytes: u64, available_bytes: u64 },
@@ -190,8 +191,8 @@ fn holds_records(data_directory: &Path) -> bool {
 /// Refuses to start when the file system of the log has no room for a new
 /// segment (`OpenError::NoRoomForLog`), even if the last one has room to
 /// write on in: that engine would soon make no booking durable. Run
-/// after recovery, which may have removed files (a torn tail's segments, a
-/// snapshot's temporary file).
+/// after `make_repairs`, which may have removed files (a torn tail's
+/// segments, a crash's leftovers).
 pub(super) fn check_room_for_a_segment(data_directory: &Path, options: &LogOptions) -> Result<(), OpenError> {
     let log_directory = data_directory.join(LOG_DIRECTORY);
     // Before the first start the log directory does not exist yet: it will
@@ -479,18 +480,21 @@ pub(super) fn make_repairs(data_directory: &Path, state: &RecoveredState) -> Res
         set_aside_invalid(path)?;
     }
     state.recovered.repair()?;
-    remove_temporary_files(&data_directory.join(SNAPSHOT_DIRECTORY))?;
     // Only disk space is at stake: a leftover that cannot be removed is said, not refused.
-    for (path, removed) in crate::log::storage::remove_unnamed_segments(&data_directory.join(LOG_DIRECTORY)) {
-        match removed {
-            Ok(()) => {
-                tracing::info!(path = %path.display(), "removed a log segment a crash left under its temporary name")
+    let leftovers = [
+        (data_directory.join(SNAPSHOT_DIRECTORY), is_temporary_snapshot as fn(&str) -> bool),
+        (data_directory.join(LOG_DIRECTORY), crate::log::storage::is_unnamed_segment),
+    ];
+    for (directory, is_leftover) in leftovers {
+        for (path, removed) in crate::log::storage::remove_files_named(&directory, is_leftover) {
+            match removed {
+                Ok(()) => tracing::info!(path = %path.display(), "removed a file a crash left under a temporary name"),
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    %error,
+                    "could not remove a file a crash left under a temporary name"
+                ),
             }
-            Err(error) => tracing::warn!(
-                path = %path.display(),
-                %error,
-                "could not remove a log segment a crash left under its temporary name"
-            ),
         }
     }
     Ok(())

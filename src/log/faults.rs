@@ -5,7 +5,7 @@
 //! segment to write on in it fail.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::log::format::SegmentHeader;
@@ -19,7 +19,7 @@ pub struct FaultPlan {
     /// Syncs that succeed before EIO.
     pub syncs_before_io_error: AtomicU64,
     /// Whether reopening a segment to write on in it fails (EIO).
-    pub segment_opens_fail: std::sync::atomic::AtomicBool,
+    pub segment_opens_fail: AtomicBool,
 }
 
 impl FaultPlan {
@@ -27,7 +27,7 @@ impl FaultPlan {
         Arc::new(FaultPlan {
             writes_before_disk_full: AtomicU64::new(u64::MAX),
             syncs_before_io_error: AtomicU64::new(u64::MAX),
-            segment_opens_fail: std::sync::atomic::AtomicBool::new(false),
+            segment_opens_fail: AtomicBool::new(false),
         })
     }
 

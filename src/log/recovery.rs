@@ -50,13 +50,14 @@ pub enum RecoveryError {
     Rejected { path: PathBuf, offset: u64, lsn: u64, reason: String },
 }
 
-/// Where a torn tail was found (and, in `TruncateTornTail` mode, cut).
+/// Where a torn tail was found (in `TruncateTornTail` mode, to be cut by
+/// `RecoveredLog::repair`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
     pub path: PathBuf,
     pub offset: u64,
     pub defect: String,
-    /// Bytes after the tail start that were not zero (now zeroed).
+    /// Bytes after the tail start that were not zero (zeroed by `repair`).
     pub bytes_discarded: u64,
     /// The file was shortened by something other than yeyak (which only
     /// writes into preallocated files) where its records ran up to the cut:
@@ -136,9 +137,12 @@ pub enum Repair {
 }
 
 impl RecoveredLog {
-    /// Makes the changes recovery found the log needs (`repairs`), each
-    /// durable before this returns. Start-up calls it once it has decided to
-    /// serve, before the log writer starts.
+    /// Makes the changes recovery found the log needs (`repairs`), in their
+    /// order, each durable before the next (a removal's directory entry
+    /// included), then syncs the last segment read: what a killed process
+    /// wrote and never synced was replayed, and must not be lost behind
+    /// records acknowledged after this start. Start-up calls it once it has
+    /// decided to serve, before the log writer starts.
     pub fn repair(&self) -> Result<(), RecoveryError> {
         for repair in &self.repairs {
             match repair {
@@ -150,6 +154,10 @@ impl RecoveredLog {
                     sync_directory(directory).map_err(io_error(directory))?;
                 }
             }
+        }
+        if let Some(last) = self.segments.last() {
+            let file = File::open(&last.path).map_err(io_error(&last.path))?;
+            file.sync_data().map_err(io_error(&last.path))?;
         }
         Ok(())
     }
@@ -475,15 +483,19 @@ fn finish_tail(
             bytes_discarded: nonzero_end - offset,
             cut: None,
         });
-        if mode == RecoveryMode::TruncateTornTail {
-            recovered.repairs.push(Repair::Zero { path: segment.path.clone(), from: offset, to: nonzero_end });
-        }
     }
-    for (_, path) in later {
+    // The segments after the tail go first, newest first, then the tail is
+    // zeroed: a repair cut short anywhere leaves a log the next start reads
+    // the same way (a torn tail with empty segments after it), where zeros
+    // first would leave a segment ending cleanly before one numbered past it.
+    for (_, path) in later.iter().rev() {
         recovered.removed_segments.push(path.clone());
         if mode == RecoveryMode::TruncateTornTail {
             recovered.repairs.push(Repair::Remove { path: path.clone() });
         }
+    }
+    if nonzero_end > offset && mode == RecoveryMode::TruncateTornTail {
+        recovered.repairs.push(Repair::Zero { path: segment.path.clone(), from: offset, to: nonzero_end });
     }
     Ok(())
 }

@@ -55,38 +55,30 @@ impl FileStorage {
 /// The extension of a segment being created (`segment-…` + `.log.tmp`).
 pub const SEGMENT_TEMPORARY_EXTENSION: &str = "log.tmp";
 
-/// The segment files a crash left under their temporary name
-/// (`segment-NNNNNNNNNN.log.tmp`, nothing else), sorted: one cut short before
-/// it was named (nothing was ever written to it), or one already named whose
-/// temporary name was not yet removed (a second name for the named segment's
-/// file, which would keep its blocks on the disk after the segment is retired).
-pub fn unnamed_segments(directory: &Path) -> io::Result<Vec<PathBuf>> {
+/// The files of `directory` whose names `matches`, sorted; none if there is
+/// no such directory.
+pub fn files_named(directory: &Path, matches: impl Fn(&str) -> bool) -> io::Result<Vec<PathBuf>> {
     let entries = match std::fs::read_dir(directory) {
         Ok(entries) => entries,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(error),
     };
-    let mut found: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|entry| {
-            let name = entry.file_name();
-            name.to_str()
-                .and_then(|name| name.strip_suffix(SEGMENT_TEMPORARY_EXTENSION))
-                .and_then(|stem| stem.strip_suffix('.'))
-                .is_some_and(|stem| crate::log::format::parse_segment_file_name(&format!("{stem}.log")).is_some())
-        })
-        .map(|entry| entry.path())
-        .collect();
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name().to_str().is_some_and(&matches) {
+            found.push(entry.path());
+        }
+    }
     found.sort();
     Ok(found)
 }
 
-/// Removes `unnamed_segments`, and returns each with what removing it did
-/// (or the directory, if it could not be read or synced); one that cannot be
-/// removed does not stop the others. Only a serving engine, holding the data
-/// directory's lock, calls this; `yeyak log` only reads.
-pub fn remove_unnamed_segments(directory: &Path) -> Vec<(PathBuf, io::Result<()>)> {
-    let found = match unnamed_segments(directory) {
+/// Removes the files of `directory` whose names `matches`, and returns each
+/// with what removing it did (or the directory, if it could not be read or
+/// synced); one that cannot be removed does not stop the others.
+pub fn remove_files_named(directory: &Path, matches: impl Fn(&str) -> bool) -> Vec<(PathBuf, io::Result<()>)> {
+    let found = match files_named(directory, matches) {
         Ok(found) => found,
         Err(error) => return vec![(directory.to_path_buf(), Err(error))],
     };
@@ -98,6 +90,17 @@ pub fn remove_unnamed_segments(directory: &Path) -> Vec<(PathBuf, io::Result<()>
         }
     }
     removed
+}
+
+/// Whether `name` is a segment's temporary name, `segment-NNNNNNNNNN.log.tmp`:
+/// what a crash left while creating the segment, cut short before it was
+/// named (nothing was ever written to it), or already named but not yet
+/// unlinked from this name (a second name for the named segment's file,
+/// which would keep its blocks on the disk after the segment is retired).
+pub fn is_unnamed_segment(name: &str) -> bool {
+    name.strip_suffix(SEGMENT_TEMPORARY_EXTENSION)
+        .and_then(|stem| stem.strip_suffix('.'))
+        .is_some_and(|stem| crate::log::format::parse_segment_file_name(&format!("{stem}.log")).is_some())
 }
 
 /// Reserves the file's blocks now, so that a full disk shows up at segment
@@ -445,7 +448,7 @@ mod tests {
         }
         // One that cannot be removed (a directory) does not stop the others.
         std::fs::create_dir(directory.path().join("segment-0000000004.log.tmp")).unwrap();
-        let removed = remove_unnamed_segments(directory.path());
+        let removed = remove_files_named(directory.path(), is_unnamed_segment);
         let said: Vec<_> = removed
             .iter()
             .map(|(path, result)| (path.file_name().unwrap().to_str().unwrap(), result.is_ok()))
@@ -464,8 +467,8 @@ mod tests {
             assert!(directory.path().join(other).exists(), "{other}");
         }
         std::fs::remove_dir(directory.path().join("segment-0000000004.log.tmp")).unwrap();
-        assert!(remove_unnamed_segments(directory.path()).is_empty());
-        assert!(remove_unnamed_segments(&directory.path().join("absent")).is_empty());
+        assert!(remove_files_named(directory.path(), is_unnamed_segment).is_empty());
+        assert!(remove_files_named(&directory.path().join("absent"), is_unnamed_segment).is_empty());
     }
 
     #[test]

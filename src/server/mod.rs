@@ -384,11 +384,9 @@ impl Server {
 /// Closes the log of an engine still shared (a connection task outlived the
 /// network thread's grace period): no snapshot on close then.
 fn close_log_alone(engine: &DurableEngine) -> Result<crate::durable::Closed, crate::state::Refusal> {
-    let snapshot_failed = engine
-        .snapshots_on_close()
-        .then(|| "the engine was still in use by a connection: no snapshot on close".to_string());
+    let no_snapshot = engine.snapshots_on_close().then_some(crate::durable::NoSnapshotOnClose::EngineStillInUse);
     engine.log().close().map_err(crate::state::Refusal::LogUnavailable)?;
-    Ok(crate::durable::Closed { snapshot_failed })
+    Ok(crate::durable::Closed { no_snapshot })
 }
 
 impl Drop for Server {

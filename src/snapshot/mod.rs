@@ -116,33 +116,10 @@ pub fn list_snapshots(directory: &Path) -> Result<Vec<(u64, PathBuf)>, SnapshotE
     Ok(snapshots)
 }
 
-/// The temporary files snapshots a crash cut short left (`snapshot-….ysnap.tmp`,
-/// nothing else), sorted; none if the directory cannot be read.
-pub fn temporary_files(directory: &Path) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir(directory) else {
-        return Vec::new();
-    };
-    let mut found: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|entry| {
-            let name = entry.file_name();
-            name.to_str()
-                .and_then(|name| name.strip_suffix(TEMPORARY_SUFFIX))
-                .is_some_and(|stem| parse_snapshot_file_name(stem).is_some())
-        })
-        .map(|entry| entry.path())
-        .collect();
-    found.sort();
-    found
-}
-
-/// Removes the temporary files snapshots a crash cut short left (`temporary_files`); returns them.
-pub fn remove_temporary_files(directory: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
-    let found = temporary_files(directory);
-    for path in &found {
-        std::fs::remove_file(path).map_err(|source| SnapshotError::Io { path: path.clone(), source })?;
-    }
-    Ok(found)
+/// Whether `name` is a snapshot's temporary name (`snapshot-….ysnap.tmp`):
+/// one being written, or one a crash cut short.
+pub fn is_temporary_snapshot(name: &str) -> bool {
+    name.strip_suffix(TEMPORARY_SUFFIX).is_some_and(|stem| parse_snapshot_file_name(stem).is_some())
 }
 
 struct Chunk {
