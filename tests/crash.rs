@@ -420,3 +420,43 @@ fn after_a_torn_tail_a_start_writes_on_in_the_same_segment_and_recovers_exactly(
         }
     }
 }
+
+#[test]
+fn a_repair_cut_short_by_a_crash_leaves_a_log_the_next_start_reads_the_same_way() {
+    use yeyak::log::recovery::Repair;
+    let history = acknowledged_history();
+    let copy = tempfile::tempdir().unwrap();
+    copy_directory(history.directory.path(), copy.path());
+    let log = copy.path().join("log");
+    let segments = yeyak::log::recovery::list_segments(&log).unwrap();
+    let ((_, torn), (_, after)) = (&segments[segments.len() - 2], &segments[segments.len() - 1]);
+    // A crash while the last group crossed into a new segment: the segment
+    // before it torn at its last record, the new one created but empty.
+    rewrite(after, |bytes| bytes[SEGMENT_HEADER_BYTES..].fill(0));
+    let full = std::fs::read(torn).unwrap();
+    let last_record =
+        SEGMENT_HEADER_BYTES + (full.len() - SEGMENT_HEADER_BYTES) / RECORD_BYTES * RECORD_BYTES - RECORD_BYTES;
+    rewrite(torn, |bytes| bytes[last_record + 30] ^= 0x01);
+    let read = |mode| recover(&log, mode, |_| Ok(())).unwrap();
+    let found = read(RecoveryMode::TruncateTornTail);
+    let expected_records = found.records;
+    // The segment after the tail goes first, then the tail is zeroed (to its last non-zero byte).
+    assert_eq!(found.repairs.len(), 2, "{:?}", found.repairs);
+    assert_eq!(found.repairs[0], Repair::Remove { path: after.clone() });
+    assert!(
+        matches!(&found.repairs[1], Repair::Zero { path, from, to } if path == torn && *from == last_record as u64 && *to > *from),
+        "{:?}",
+        found.repairs
+    );
+    // A crash after the first repair: the next start finds the same tail.
+    std::fs::remove_file(after).unwrap();
+    let again = read(RecoveryMode::TruncateTornTail);
+    assert_eq!(again.records, expected_records);
+    assert_eq!(again.torn_tail.as_ref().map(|tail| tail.offset), Some(last_record as u64));
+    assert_eq!(again.repairs, found.repairs[1..]);
+    // Made whole, the log reads cleanly, to the same record.
+    again.repair().unwrap();
+    let mended = read(RecoveryMode::ReadOnly);
+    assert!(mended.torn_tail.is_none() && mended.repairs.is_empty());
+    assert_eq!(mended.records, expected_records);
+}
