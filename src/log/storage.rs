@@ -34,10 +34,10 @@ pub trait LogStorage: Send {
     /// Creates, preallocates and syncs a segment with its header written.
     fn create_segment(&mut self, header: &SegmentHeader, size_bytes: u64) -> io::Result<Box<dyn SegmentFile>>;
     /// Opens the named segment `header` describes, which recovery has just
-    /// read and left as its records followed by zeros (a torn tail zeroed),
-    /// to write after its first `records` records: its blocks reserved and
-    /// what it holds made durable first. Refused (InvalidData) if the file
-    /// is not the size its header says.
+    /// read and left as its records followed by zeros, those records durable
+    /// (`RecoveredLog::repair` zeroes a torn tail and syncs the last segment),
+    /// to write after its first `records` records, its blocks reserved first.
+    /// Refused (InvalidData) if the file is not the size its header says.
     fn open_segment(&mut self, header: &SegmentHeader, records: u64) -> io::Result<Box<dyn SegmentFile>>;
 }
 
@@ -243,11 +243,6 @@ impl LogStorage for FileStorage {
         // behind its zeros, and a full disk must show here, not in a group
         // (or, mapped, as a fault in the middle of a write).
         preallocate(&file, header.size_bytes)?;
-        // What recovery read is made durable before anything is written after
-        // it: records a killed process wrote but never synced are replayed, and
-        // must not be lost behind records acknowledged later (mapped segments
-        // sync only the ranges they write).
-        file.sync_data()?;
         self.segment_file(file, written_end)
     }
 }
