@@ -129,7 +129,6 @@ impl StartArgs {
             reactor: self.reactor.or(file.reactor).unwrap_or(defaults.reactor),
             ..defaults
         };
-        // Where the value may have come from, said with the setting's own names.
         // Where the value came from, said with the setting's own names: the
         // flag or its variable if either gave it, else the file (a default is
         // always in range).

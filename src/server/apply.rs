@@ -307,13 +307,6 @@ pub fn apply(
         Work::Reserves(requests, form) => {
             encode_frame(&mut pending.arena, opcode::BATCH, flag::REPLY, job.request_id, |out| {
                 let count = requests.len() as u16;
-                // A reservation's answer, counted; its records waited for.
-                let booked = |outcome: &Outcome<SlotIndex>, tally: &mut Tally, durable_after: &mut Lsn| {
-                    let (answer, after) = slot_answer(outcome);
-                    tally.count(opcode::RESERVE, answer.code);
-                    *durable_after = (*durable_after).max(after);
-                    answer
-                };
                 match form {
                     AnswerForm::Full => {
                         put_batch_header(out, count);
@@ -322,7 +315,8 @@ pub fn apply(
                         out.resize(first + requests.len() * BATCH_ANSWER_ITEM_BYTES, 0);
                         let mut items = out[first..].chunks_exact_mut(BATCH_ANSWER_ITEM_BYTES);
                         writing.writer.reserve_each(log, requests, moment, |outcome| {
-                            let answer = booked(&outcome, tally, &mut durable_after);
+                            let (answer, after) = counted_reserve_answer(&outcome, tally);
+                            durable_after = durable_after.max(after);
                             // One outcome a request, one item each: the room fits.
                             let item = items.next();
                             debug_assert!(item.is_some(), "more outcomes than requests");
@@ -435,10 +429,17 @@ fn push_other_reserve_answer(
     outcome: &Outcome<SlotIndex>,
     tally: &mut Tally,
 ) -> Lsn {
-    let (answer, after) = slot_answer(outcome);
-    tally.count(opcode::RESERVE, answer.code);
+    let (answer, after) = counted_reserve_answer(outcome, tally);
     answers.push(out, opcode::RESERVE, slot_asked.0, &answer);
     after
+}
+
+/// A reservation's answer and its `durable_after`, counted in `tally`.
+#[inline]
+fn counted_reserve_answer(outcome: &Outcome<SlotIndex>, tally: &mut Tally) -> (Answer, Lsn) {
+    let (answer, after) = slot_answer(outcome);
+    tally.count(opcode::RESERVE, answer.code);
+    (answer, after)
 }
 
 pub use crate::state::engine::PREFETCH_AHEAD;
