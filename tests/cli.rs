@@ -659,15 +659,12 @@ fn a_bad_keys_file_is_refused_before_anything_is_written() {
 fn after_a_disk_failure_the_shell_client_says_how_to_find_out_what_was_made() {
     use common::*;
     use std::net::SocketAddr;
-    use yeyak::log::faults::{FaultPlan, FaultyStorage};
+    use yeyak::log::faults::FaultPlan;
     use yeyak::server::{Clock, Server, ServerConfig};
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
     let plan = FaultPlan::never();
-    let storage = yeyak::log::FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
-    let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
-    let (engine, _) =
-        yeyak::durable::DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
+    let engine = open_faulty(directory.path(), &plan);
     let (keys, _) = yeyak::server::keys::KeyRing::load(directory.path(), true).unwrap();
     let clock = Clock::Simulated { start_ms: open_evening_ms(&rules), since: std::time::Instant::now() };
     let config = ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), clock, ..ServerConfig::default() };

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use yeyak::durable::{DurableEngine, OpenError};
-use yeyak::log::faults::{FaultPlan, FaultyStorage};
-use yeyak::log::{FileStorage, LogOptions};
+use yeyak::log::faults::FaultPlan;
+use yeyak::log::LogOptions;
 use yeyak::state::{CapacityChange, LogUnavailable, Refusal};
 
 #[test]
@@ -54,9 +54,7 @@ fn disk_full_refuses_bookings_and_keeps_reads() {
     let rules = write_small_campaign(directory.path());
     let now = open_evening_ms(&rules);
     let plan = FaultPlan::never();
-    let storage = FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
-    let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
-    let (engine, _) = DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
+    let engine = open_faulty(directory.path(), &plan);
     let booked = engine.reserve(&booking(0, 1, 1), now).unwrap();
     plan.writes_before_disk_full.store(0, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(engine.reserve(&booking(1, 2, 1), now), Err(Refusal::LogUnavailable(LogUnavailable::DiskFull)));
@@ -76,9 +74,7 @@ fn failed_sync_is_never_acknowledged_nor_retried() {
     let rules = write_small_campaign(directory.path());
     let now = open_evening_ms(&rules);
     let plan = FaultPlan::never();
-    let storage = FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
-    let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
-    let (engine, _) = DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
+    let engine = open_faulty(directory.path(), &plan);
     engine.reserve(&booking(0, 1, 1), now).unwrap();
     plan.syncs_before_io_error.store(0, std::sync::atomic::Ordering::SeqCst);
     assert_eq!(engine.reserve(&booking(1, 2, 1), now), Err(Refusal::LogUnavailable(LogUnavailable::IoFailed)));
@@ -90,10 +86,7 @@ fn failed_sync_is_never_acknowledged_nor_retried() {
 
 #[test]
 fn a_last_segment_that_cannot_be_opened_again_is_left_for_a_new_one() {
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let now = open_evening_ms(&rules);
-    let (engine, _) = DurableEngine::open(directory.path(), small_log_options(), false).unwrap();
+    let (directory, now, engine) = small_campaign_open(small_log_options());
     engine.reserve(&booking(0, 1, 1), now).unwrap();
     engine.close().unwrap();
     let segments = || yeyak::log::recovery::list_segments(&directory.path().join("log")).unwrap().len();
@@ -101,9 +94,7 @@ fn a_last_segment_that_cannot_be_opened_again_is_left_for_a_new_one() {
     // The next start cannot open the segment to write on in it: it books in a new one.
     let plan = FaultPlan::never();
     plan.segment_opens_fail.store(true, std::sync::atomic::Ordering::SeqCst);
-    let storage = FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
-    let faulty = Box::new(FaultyStorage::new(storage, plan));
-    let (engine, _) = DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
+    let engine = open_faulty(directory.path(), &plan);
     engine.reserve(&booking(1, 2, 1), now).unwrap();
     assert!(engine.log().failure().is_none());
     engine.close().unwrap();

@@ -1066,8 +1066,7 @@ fn a_peer_that_does_not_complete_the_handshake_is_let_go() {
 
 #[test]
 fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
-    use yeyak::log::faults::{FaultPlan, FaultyStorage};
-    use yeyak::log::FileStorage;
+    use yeyak::log::faults::FaultPlan;
     use yeyak::protocol::body::{
         batch_flag, put_batch_header, put_batch_header_with, put_batch_item, split_reply_batch,
     };
@@ -1075,9 +1074,7 @@ fn after_a_disk_failure_reads_are_answered_and_changes_refused() {
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
     let plan = FaultPlan::never();
-    let storage = FileStorage::new(&directory.path().join("log"), small_log_options().write_mode);
-    let faulty = Box::new(FaultyStorage::new(storage, plan.clone()));
-    let (engine, _) = DurableEngine::open_with_storage(directory.path(), small_log_options(), false, faulty).unwrap();
+    let engine = open_faulty(directory.path(), &plan);
     let (keys, _) = KeyRing::load(directory.path(), true).unwrap();
     let clock = Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
     let config = ServerConfig { listen: SocketAddr::from(([127, 0, 0, 1], 0)), clock, ..ServerConfig::default() };

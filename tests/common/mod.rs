@@ -71,3 +71,11 @@ pub fn small_campaign_open(options: impl Into<DurableOptions>) -> (tempfile::Tem
     let (engine, _) = DurableEngine::open(directory.path(), options, false).unwrap();
     (directory, open_evening_ms(&rules), engine)
 }
+
+/// The engine of `directory` (its campaign written there first), its log
+/// written through a storage that fails as `plan` says (`log::faults`).
+pub fn open_faulty(directory: &Path, plan: &std::sync::Arc<yeyak::log::faults::FaultPlan>) -> DurableEngine {
+    let storage = yeyak::log::FileStorage::new(&directory.join("log"), small_log_options().write_mode);
+    let faulty = Box::new(yeyak::log::faults::FaultyStorage::new(storage, std::sync::Arc::clone(plan)));
+    DurableEngine::open_with_storage(directory, small_log_options(), false, faulty).unwrap().0
+}
