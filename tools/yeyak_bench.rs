@@ -557,17 +557,9 @@ fn starve(peers: usize, seconds: u64, reply_bytes_max: Option<usize>, data_dir: 
     use std::time::Duration;
     use yeyak::protocol::handshake::Role;
     use yeyak::protocol::{encode_frame, opcode, SiteQuery};
-    let rules = fresh_data_directory(&data_dir, 1000);
-    let (engine, _) = DurableEngine::open(&data_dir, LogOptions::default(), false).expect("opens");
-    let (keys, _) = yeyak::server::keys::KeyRing::load(&data_dir, true).expect("keys");
-    let defaults = yeyak::server::ServerConfig::default();
-    let config = yeyak::server::ServerConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        clock: yeyak::server::Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() },
-        reply_bytes_max: reply_bytes_max.unwrap_or(defaults.reply_bytes_max),
-        ..defaults
-    };
-    let server = yeyak::server::Server::start(engine, keys.clone(), config).expect("serves");
+    let reply_bytes_max = reply_bytes_max.unwrap_or(yeyak::server::ServerConfig::default().reply_bytes_max);
+    let (server, keys, rules) =
+        serve_fresh_with(1000, &data_dir, |config| yeyak::server::ServerConfig { reply_bytes_max, ..config });
     let (id, key) = keys.first(Role::Gateway).expect("a gateway key");
     let connect = || yeyak::client::Client::connect(server.local_address(), Role::Gateway, id, key).expect("connects");
     // 2,048 queries a write, sent again and again.
@@ -619,10 +611,7 @@ fn starve(peers: usize, seconds: u64, reply_bytes_max: Option<usize>, data_dir: 
     let mut sorted = latencies.clone();
     sorted.sort();
     let at = |quantile: f64| sorted[((sorted.len() - 1) as f64 * quantile) as usize].as_secs_f64() * 1e3;
-    println!(
-        "starve: {peers} peers that do not read, {seconds} s, reply_bytes_max {} MiB",
-        config.reply_bytes_max >> 20
-    );
+    println!("starve: {peers} peers that do not read, {seconds} s, reply_bytes_max {} MiB", reply_bytes_max >> 20);
     println!(
         "  PING every 20 ms ({} PINGs): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         sorted.len(),
@@ -946,29 +935,45 @@ fn wire(load: WireLoad, data_dir: PathBuf, reactor: yeyak::server::reactor::Reac
 
 /// Starts an in-process server on a fresh national data directory; returns it,
 /// its keys and the crowd of requests (one free seat each).
+/// A server on a fresh data directory for `people`, on loopback at the
+/// campaign's first open evening (SIMULATED clock), its settings otherwise
+/// the defaults as `configure` changes them; with its keys and campaign.
+fn serve_fresh_with(
+    people: u64,
+    data_dir: &std::path::Path,
+    configure: impl FnOnce(yeyak::server::ServerConfig) -> yeyak::server::ServerConfig,
+) -> (yeyak::server::Server, yeyak::server::keys::KeyRing, yeyak::config::CampaignRules) {
+    let rules = fresh_data_directory(data_dir, people);
+    let (engine, _) = DurableEngine::open(data_dir, LogOptions::default(), false).expect("opens");
+    let (keys, _) = yeyak::server::keys::KeyRing::load(data_dir, true).expect("keys");
+    let clock = yeyak::server::Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
+    let config = configure(yeyak::server::ServerConfig {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        clock,
+        ..yeyak::server::ServerConfig::default()
+    });
+    let server = yeyak::server::Server::start(engine, keys.clone(), config).expect("serves");
+    (server, keys, rules)
+}
+
+/// `serve_fresh_with` admitting `in_flight_max` a connection, on `reactor`,
+/// and the crowd's requests.
 fn serve_fresh(
     people: u64,
     data_dir: &std::path::Path,
     in_flight_max: u32,
     reactor: yeyak::server::reactor::Reactor,
 ) -> (yeyak::server::Server, yeyak::server::keys::KeyRing, Vec<BookingRequest>) {
-    let rules = fresh_data_directory(data_dir, people);
-    let (engine, _) = DurableEngine::open(data_dir, LogOptions::default(), false).expect("opens");
-    let requests = crowd(engine.engine().inventory(), people);
-    let (keys, _) = yeyak::server::keys::KeyRing::load(data_dir, true).expect("keys");
-    let clock = yeyak::server::Clock::Simulated { start_ms: open_evening_ms(&rules), since: Instant::now() };
-    let config = yeyak::server::ServerConfig {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
-        clock,
+    let (server, keys, _) = serve_fresh_with(people, data_dir, |config| yeyak::server::ServerConfig {
         in_flight_max: in_flight_max.min(yeyak::server::IN_FLIGHT_MAX_LIMIT),
         // The benchmark's connections may keep more in flight than the default queue holds.
         ingress_queue_commands: (in_flight_max as usize)
             .saturating_mul(64)
             .clamp(1 << 20, yeyak::server::INGRESS_QUEUE_COMMANDS_LIMIT),
         reactor,
-        ..yeyak::server::ServerConfig::default()
-    };
-    let server = yeyak::server::Server::start(engine, keys.clone(), config).expect("serves");
+        ..config
+    });
+    let requests = crowd(server.engine().engine().inventory(), people);
     (server, keys, requests)
 }
 
