@@ -13,7 +13,7 @@ use crate::protocol::frame::{flag, PROTOCOL_VERSION};
 use crate::protocol::handshake::{nonce, verify_proof, Challenge, Hello, Role, PROOF_BYTES};
 use crate::protocol::{code, decode_frame, encode_frame, opcode, Answer, FrameError, FrameHeader, BATCH_COMMANDS_MAX};
 use crate::server::apply::{AnswerForm, Command, Job, Work};
-use crate::server::{Shared, REPLY_BYTES_SHARE};
+use crate::server::{handover, Shared, REPLY_BYTES_SHARE};
 use crate::state::BookingRequest;
 
 /// Bytes waiting to be written to one connection, and its requests in flight.
@@ -531,9 +531,11 @@ fn batch(body: &[u8], operator_id: u32) -> Result<Work, (u8, u32)> {
     let announced = usize::from(items.announced());
     let form = if items.compact_answers() { AnswerForm::Compact } else { AnswerForm::Full };
     let mut reserves = Vec::with_capacity(announced);
+    // Written past this core's cache: the engine thread reads them on the other.
     while let Some(body) = items.next_fixed::<{ BookingRequest::BYTES }>(opcode::RESERVE) {
-        reserves.push(booking(body, operator_id).map_err(|code| (code, 0))?);
+        handover::push(&mut reserves, booking(body, operator_id).map_err(|code| (code, 0))?);
     }
+    handover::finish();
     // Whatever is next (another command, a bad item, bytes after the last
     // item) is read in full: the reservations so far and the rest, in order,
     // become commands.

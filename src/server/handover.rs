@@ -1,0 +1,135 @@
+//! Writing what the network thread hands to the engine thread without
+//! taking its cache lines first.
+//!
+//! The network thread decodes a batch of reservations into a fresh vector
+//! that the engine thread reads once, on the other core, then frees. An
+//! ordinary store to a line first fetches it for ownership, and the lines of
+//! a recycled allocation were last held by the engine thread's core: the
+//! stores of a 1,024-request batch (48 KiB) waited on 768 such fetches, and
+//! most of the network thread's decoding time sat on them (perf, ninth and
+//! tenth sessions). Non-temporal stores (`movntdq`) write whole lines
+//! straight to memory without fetching them; the engine thread then reads
+//! them from memory, in order, which the hardware prefetches. Measured in
+//! docs/benchmarks.md ("Requests handed over past the cache").
+//!
+//! Stores of this kind are weakly ordered: `finish` (an `sfence`) must run
+//! after the last of them and before the vector is handed to another thread.
+
+/// Appends `value` to `requests`, written past this core's cache when the
+/// target allows it (x86-64 and a type of whole 16-byte chunks); otherwise,
+/// or when the vector is full, an ordinary push.
+#[inline(always)]
+pub fn push<T: Copy>(requests: &mut Vec<T>, value: T) {
+    let length = requests.len();
+    if !streamed::<T>() || length == requests.capacity() {
+        requests.push(value);
+        return;
+    }
+    // SAFETY: `length < capacity`, so the element at `length` lies in the
+    // allocation; `T` is `Copy` (no drop, any bit copy is a valid `T`), the
+    // element is 16-byte aligned and a whole number of 16-byte chunks
+    // (`streamed` checked both), and `set_len` follows the write of it.
+    unsafe {
+        stream(requests.as_mut_ptr().add(length).cast::<u8>(), (&raw const value).cast::<u8>(), size_of::<T>());
+        requests.set_len(length + 1);
+    }
+}
+
+/// Orders every streamed store before what follows (the hand-over of the
+/// vector, a release store or a lock): call once after the last `push`.
+#[inline(always)]
+pub fn finish() {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `sfence` has no operands and touches no memory of ours.
+    unsafe {
+        std::arch::x86_64::_mm_sfence();
+    }
+}
+
+/// Whether values of a type are streamed: only on x86-64, and only types of
+/// whole 16-byte chunks aligned to 16.
+const fn streamed<T>() -> bool {
+    cfg!(target_arch = "x86_64") && size_of::<T>() % 16 == 0 && size_of::<T>() > 0 && align_of::<T>() >= 16
+}
+
+/// Copies `bytes` (a multiple of 16) from `source` to `target` (16-byte
+/// aligned) with non-temporal stores. The copy is made in assembly, so the
+/// padding bytes a value may have (uninitialised to the compiler) are copied
+/// as bytes, never read as a Rust value.
+///
+/// # Safety
+/// `source` readable and `target` writable for `bytes`, not overlapping;
+/// `target` 16-byte aligned; `bytes` a multiple of 16.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn stream(target: *mut u8, source: *const u8, bytes: usize) {
+    let mut offset = 0;
+    while offset < bytes {
+        std::arch::asm!(
+            "movdqu {chunk}, xmmword ptr [{source}]",
+            "movntdq xmmword ptr [{target}], {chunk}",
+            source = in(reg) source.add(offset),
+            target = in(reg) target.add(offset),
+            chunk = out(xmm_reg) _,
+            options(nostack, preserves_flags),
+        );
+        offset += 16;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+unsafe fn stream(target: *mut u8, source: *const u8, bytes: usize) {
+    std::ptr::copy_nonoverlapping(source, target, bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calendar::Date;
+    use crate::inventory::SlotIndex;
+    use crate::rules::Channel;
+    use crate::state::{BookingRequest, PersonKey};
+
+    fn request(index: u32) -> BookingRequest {
+        let channel = match index % 3 {
+            0 => Channel::Person,
+            1 => Channel::FamilyProxy,
+            _ => Channel::Operator { operator_id: index },
+        };
+        BookingRequest {
+            person: PersonKey((u128::from(index) << 64) | (u128::from(index) * 7 + 1)),
+            birth_date: Date::from_days_since_epoch(i32::try_from(index % 20_000).unwrap()),
+            slot: SlotIndex(index * 3),
+            idempotency_key: u64::from(index) + 11,
+            channel,
+        }
+    }
+
+    #[test]
+    fn requests_pushed_past_the_cache_read_back_as_pushed_also_past_the_capacity() {
+        assert!(streamed::<BookingRequest>() == cfg!(target_arch = "x86_64"), "the server's requests are streamed");
+        let expected: Vec<BookingRequest> = (0..100).map(request).collect();
+        // Capacity for some: the rest go through an ordinary push, which grows the vector.
+        let mut pushed = Vec::with_capacity(37);
+        for value in &expected {
+            push(&mut pushed, *value);
+        }
+        finish();
+        assert_eq!(pushed, expected);
+        // Read back on another thread, as the engine thread does.
+        let read = std::thread::spawn(move || pushed.iter().map(|request| request.slot.0).sum::<u32>()).join().unwrap();
+        assert_eq!(read, expected.iter().map(|request| request.slot.0).sum::<u32>());
+    }
+
+    #[test]
+    fn types_that_are_not_whole_aligned_chunks_are_pushed_as_usual() {
+        assert!(!streamed::<u64>() && !streamed::<[u8; 48]>() && !streamed::<()>());
+        let mut bytes = Vec::with_capacity(4);
+        for value in [[1u8; 48], [2; 48], [3; 48]] {
+            push(&mut bytes, value);
+        }
+        finish();
+        assert_eq!(bytes, vec![[1u8; 48], [2; 48], [3; 48]]);
+    }
+}
