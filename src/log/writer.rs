@@ -16,7 +16,7 @@
 //! Sequence numbers are contiguous: every number drawn is written, in order,
 //! before any later one is reported durable; the log never has holes.
 
-use std::cell::UnsafeCell;
+use std::cell::{Cell, UnsafeCell};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -122,11 +122,17 @@ impl Ring {
         Ring { records: (0..records).map(|_| UnsafeCell::new([0; RECORD_BYTES])).collect() }
     }
 
-    /// Where the record at `position` goes; writing through it is safe only
-    /// for the holder of the append lock, once the flusher is done with the
-    /// position (see `unsafe impl Sync for Ring`).
-    fn record_ptr(&self, position: usize) -> *mut RecordBytes {
-        self.records[position].get()
+    /// Where the record numbered `lsn` goes, at `lsn & ring_mask` (`ring_mask`
+    /// the ring's length less one, a power of two: always in the ring).
+    /// Writing through it is safe only for the holder of the append lock,
+    /// once the flusher is done with the position (see `unsafe impl Sync for Ring`).
+    #[inline(always)]
+    fn masked_record_ptr(&self, lsn: u64, ring_mask: u64) -> *mut RecordBytes {
+        let position = (lsn & ring_mask) as usize;
+        debug_assert!(position < self.records.len());
+        // SAFETY: `ring_mask + 1` is the ring's length (`LogWriter::start`),
+        // so a masked position lies in it.
+        unsafe { self.records.get_unchecked(position) }.get()
     }
 
     /// The `count` records from `position`, which must not wrap.
@@ -239,13 +245,22 @@ struct Shared {
 }
 
 impl Shared {
-    #[inline]
+    /// Why records are not accepted, if they are not. One comparison when
+    /// they are (every append asks); the reason is read out of line.
+    #[inline(always)]
     fn unavailable(&self) -> Option<LogUnavailable> {
         match self.state.load(Ordering::Acquire) {
             RUNNING => None,
-            FAILED_DISK_FULL => Some(LogUnavailable::DiskFull),
-            FAILED_IO => Some(LogUnavailable::IoFailed),
-            _ => Some(LogUnavailable::Closed),
+            state => Some(Self::why(state)),
+        }
+    }
+
+    #[cold]
+    fn why(state: u8) -> LogUnavailable {
+        match state {
+            FAILED_DISK_FULL => LogUnavailable::DiskFull,
+            FAILED_IO => LogUnavailable::IoFailed,
+            _ => LogUnavailable::Closed,
         }
     }
 
@@ -384,7 +399,18 @@ impl LogWriter {
     /// that order: a command latches its person, then appends.
     pub fn appender(&self) -> Appender<'_> {
         let guard = self.shared.append_lock.lock().unwrap_or_else(|p| p.into_inner());
-        Appender { shared: &self.shared, _guard: guard, _one_thread: std::marker::PhantomData }
+        let shared = &*self.shared;
+        // Under the lock, `next_lsn` is this appender's to draw from, and the
+        // flusher only ever moves `taken_lsn` on: the room seen now is there.
+        let next = shared.next_lsn.load(Ordering::Relaxed);
+        let room_end = shared.taken_lsn.load(Ordering::Acquire) + shared.ring_mask + 1;
+        Appender {
+            shared,
+            _guard: guard,
+            next: Cell::new(next),
+            room_end: Cell::new(room_end),
+            _one_thread: std::marker::PhantomData,
+        }
     }
 
     /// The number the next record will get: every number below it is drawn
@@ -483,6 +509,12 @@ impl Drop for LogWriter {
 pub struct Appender<'log> {
     shared: &'log Shared,
     _guard: std::sync::MutexGuard<'log, ()>,
+    /// The number the next append draws (`Shared::next_lsn` as this
+    /// appender keeps it): read here, not from the shared line.
+    next: Cell<Lsn>,
+    /// The first number with no room in the ring yet, as of the flusher's
+    /// `taken_lsn` last read: below it an append needs no look at the flusher.
+    room_end: Cell<Lsn>,
     /// Neither `Send` nor `Sync`: appends write the ring through the
     /// lock's ownership, so one thread at a time may use an appender.
     _one_thread: std::marker::PhantomData<*const ()>,
@@ -491,7 +523,7 @@ pub struct Appender<'log> {
 impl Appender<'_> {
     /// Hands every record appended so far to the flusher.
     fn publish(&self) {
-        let next = self.shared.next_lsn.load(Ordering::Relaxed);
+        let next = self.next.get();
         if self.shared.written_lsn.load(Ordering::Relaxed) != next {
             // SeqCst, as the flusher's parking (`Flusher::idle`): it either sees
             // this store before it sleeps, or this thread sees it parked.
@@ -505,14 +537,20 @@ impl Appender<'_> {
     #[cold]
     fn wait_for_room(&self, lsn: Lsn) -> Result<(), LogUnavailable> {
         let shared = self.shared;
+        let room_end = || shared.taken_lsn.load(Ordering::Acquire) + shared.ring_mask + 1;
+        if lsn < room_end() {
+            self.room_end.set(room_end());
+            return Ok(());
+        }
         self.publish();
-        while lsn - shared.taken_lsn.load(Ordering::Acquire) > shared.ring_mask {
+        while lsn >= room_end() {
             if let Some(why) = shared.unavailable() {
                 return Err(why);
             }
             shared.wake_flusher();
             std::thread::yield_now();
         }
+        self.room_end.set(room_end());
         Ok(())
     }
 }
@@ -531,21 +569,23 @@ impl Journal for Appender<'_> {
             return Err(why);
         }
         // Only the holder of the append lock stores `next_lsn`: this is ours.
-        let lsn = shared.next_lsn.load(Ordering::Relaxed);
-        if lsn - shared.taken_lsn.load(Ordering::Acquire) > shared.ring_mask {
+        let lsn = self.next.get();
+        if lsn >= self.room_end.get() {
             self.wait_for_room(lsn)?;
         }
         // SAFETY: see `unsafe impl Sync for Ring`: this thread holds the
-        // append lock, and the check above proved the flusher is done here.
-        let bytes = unsafe { &mut *shared.ring.record_ptr((lsn & shared.ring_mask) as usize) };
+        // append lock, and `lsn < room_end` (at most `taken_lsn + ring_len`,
+        // taken_lsn acquired) proves the flusher is done with this position.
+        let bytes = unsafe { &mut *shared.ring.masked_record_ptr(lsn, shared.ring_mask) };
         Record::fill(bytes, entry.kind(), &entry.encode());
+        self.next.set(lsn + 1);
         shared.next_lsn.store(lsn + 1, Ordering::Release);
         Ok(lsn)
     }
 
     #[inline]
     fn next_lsn(&self) -> Lsn {
-        self.shared.next_lsn.load(Ordering::Relaxed)
+        self.next.get()
     }
 
     #[inline]
