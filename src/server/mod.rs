@@ -174,8 +174,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Wakes the engine thread if it sleeps (after a job was queued).
+    /// Wakes the engine thread if it sleeps: called after what it would
+    /// wake for is stored (a job queued, `durable_lsn` moved on). The fence
+    /// orders that store before the look at `engine_parked`, as the engine
+    /// thread orders its store of `engine_parked` before its look at the
+    /// queue and `durable_lsn` (`engine_loop`): one side sees the other.
     fn wake_engine(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.engine_parked.load(Ordering::SeqCst) && self.engine_parked.swap(false, Ordering::SeqCst) {
             if let Some(thread) = self.engine_thread.get() {
                 thread.unpark();
@@ -322,10 +327,6 @@ impl Server {
         let durable_shared = Arc::downgrade(&shared);
         if !shared.engine.log().on_durable(move || {
             if let Some(shared) = durable_shared.upgrade() {
-                // Orders the flusher's store of durable_lsn before its look at
-                // engine_parked, as the engine orders its store of engine_parked
-                // before its look at durable_lsn (`Pending::releasable`).
-                std::sync::atomic::fence(Ordering::SeqCst);
                 shared.wake_engine();
             }
         }) {
@@ -400,6 +401,11 @@ impl Drop for Server {
 
 /// Jobs applied before replies are looked at again.
 const APPLY_ROUND_JOBS_MAX: usize = 1024;
+/// The engine thread's longest sleep with nothing queued and no reply waiting.
+const ENGINE_NAP_IDLE: Duration = Duration::from_millis(10);
+/// Its longest sleep while replies wait for a sync (a sync takes 0.1 to a
+/// few ms here; the durability listener wakes it as each one ends).
+const ENGINE_NAP_REPLIES_WAITING: Duration = Duration::from_millis(2);
 
 #[inline(never)] // its own frame in profiles
 fn engine_loop(shared: &Shared) {
@@ -444,11 +450,17 @@ fn engine_loop(shared: &Shared) {
             return;
         }
         // Nothing to do: sleep until a job arrives or a sync makes replies
-        // releasable (the log's durability listener wakes this thread; the
-        // short nap only covers a wake-up lost to a race).
+        // releasable. The network thread wakes this thread after it queues a
+        // job, the log's durability listener after each sync; each of them
+        // stores first, then looks at `engine_parked`, with a SeqCst fence
+        // between, as this thread does the other way round below, so one of
+        // the two sides always sees the other and no wake-up is lost. The
+        // naps only bound what a bug there would cost: a nap of 50 µs while
+        // replies waited woke this thread 20 times a sync, for nothing.
         shared.engine_parked.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
         if shared.ingress.is_empty() && !pending.releasable(engine) {
-            let nap = if pending.is_empty() { Duration::from_millis(10) } else { Duration::from_micros(50) };
+            let nap = if pending.is_empty() { ENGINE_NAP_IDLE } else { ENGINE_NAP_REPLIES_WAITING };
             std::thread::park_timeout(nap);
         }
         shared.engine_parked.store(false, Ordering::SeqCst);
