@@ -51,6 +51,40 @@ fn durable_then_recovery_run_on_the_same_directory() {
 }
 
 #[test]
+fn recovery_from_the_log_alone_where_snapshots_retired_its_start_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    let data = dir(root.path(), "durable");
+    bench(
+        &[
+            "durable",
+            "--people",
+            "20000",
+            "--data-dir",
+            &data,
+            "--keep",
+            "--snapshot-on-close",
+            "--segment-records",
+            "2000",
+        ],
+        &["20000 durable reservations in"],
+    );
+    // The first segment retired behind the snapshot, as a snapshot taken
+    // while booking retires those wholly behind it.
+    std::fs::remove_file(root.path().join("durable/log/segment-0000000001.log")).unwrap();
+    let output = Command::new(BENCH)
+        .args(["recovery", "--data-dir", &data, "--without-snapshots"])
+        .output()
+        .expect("yeyak-bench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not open: the log begins at record 2001"), "{stderr}");
+    assert!(stderr.contains("write a directory without snapshots"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The snapshots are put back: recovery from them still works.
+    bench(&["recovery", "--data-dir", &data], &["recovery from snapshot", "serving after"]);
+}
+
+#[test]
 fn wire_latency_and_the_wire_peer_run_at_a_small_size() {
     let root = tempfile::tempdir().unwrap();
     let wire = dir(root.path(), "wire");

@@ -13,8 +13,9 @@ mod prototype;
 
 use yeyak::calendar::{Date, TimeOfDay};
 use yeyak::config::CampaignRules;
-use yeyak::durable::{DurableEngine, DurableOptions};
+use yeyak::durable::{DurableEngine, DurableOptions, OpenError};
 use yeyak::inventory::{Inventory, SlotIndex};
+use yeyak::log::format::{RECORD_BYTES, SEGMENT_HEADER_BYTES};
 use yeyak::log::{Durability, LogOptions, WriteMode};
 use yeyak::rules::Channel;
 use yeyak::snapshot::SnapshotOptions;
@@ -72,6 +73,9 @@ enum Command {
         /// Records the log's ring holds (a power of two); default: LogOptions' default.
         #[arg(long)]
         ring_records: Option<u32>,
+        /// Records a log segment holds; default: LogOptions' default (4 Mi).
+        #[arg(long)]
+        segment_records: Option<u64>,
         /// Take a snapshot when closing (as `yeyak start` does at a clean stop).
         #[arg(long)]
         snapshot_on_close: bool,
@@ -203,11 +207,15 @@ fn main() {
             keep,
             snapshot_every,
             ring_records,
+            segment_records,
             snapshot_on_close,
             durability,
         } => {
             let log = LogOptions { durability, write_mode, ..LogOptions::default() };
-            let log = LogOptions { ring_records: ring_records.unwrap_or(log.ring_records), ..log };
+            let segment_size_bytes = segment_records.map_or(log.segment_size_bytes, |records| {
+                (SEGMENT_HEADER_BYTES as u64).saturating_add(records.saturating_mul(RECORD_BYTES as u64))
+            });
+            let log = LogOptions { ring_records: ring_records.unwrap_or(log.ring_records), segment_size_bytes, ..log };
             let options = DurableOptions {
                 log,
                 snapshots: SnapshotOptions {
@@ -398,6 +406,10 @@ fn huge_page_share() -> String {
 }
 
 fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf, keep: bool) {
+    if let Err(error) = options.log.check() {
+        eprintln!("yeyak-bench durable: {error}");
+        std::process::exit(2);
+    }
     let rules = fresh_data_directory(&data_dir, people);
     let (engine, _) = DurableEngine::open(&data_dir, options, false).expect("opens");
     let requests = crowd(engine.engine().inventory(), people);
@@ -462,7 +474,19 @@ fn recovery(data_dir: PathBuf, without_snapshots: bool) {
     if aside.exists() {
         std::fs::rename(&aside, &snapshots).expect("can put the snapshots back");
     }
-    let (engine, report) = opened.expect("opens");
+    let (engine, report) = match opened {
+        Ok(opened) => opened,
+        Err(error) => {
+            eprintln!("yeyak-bench recovery: {} does not open: {error}", data_dir.display());
+            if without_snapshots && matches!(error, OpenError::LogStartsLate { .. }) {
+                eprintln!(
+                    "  (its first segments were deleted behind a snapshot; for recovery from the log alone, \
+                     write a directory without snapshots: yeyak-bench durable --keep --data-dir DIR)"
+                );
+            }
+            std::process::exit(2);
+        }
+    };
     match &report.snapshot {
         Some((path, header)) => println!(
             "recovery from snapshot {} ({} people) + log tail: {} records replayed, serving after {seconds:.3} s",
