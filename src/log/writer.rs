@@ -105,12 +105,16 @@ impl LogOptions {
 /// checksum is computed on the flusher's core, not the booking thread's.
 struct Ring {
     records: Box<[UnsafeCell<RecordBytes>]>,
+    /// The ring's length less one (a power of two less one).
+    mask: u64,
 }
 
 // SAFETY: the record numbered `n` is owned in turn by the appender and the
 // flusher. The holder of the append lock writes it only once
 // `n - taken_lsn < ring_len` (taken_lsn acquired: the flusher release-stores
-// it after its write of number `n - ring_len` returned), and hands it over
+// it after its write of number `n - ring_len` returned; the appender checks
+// `n < room_end`, a `taken_lsn + ring_len` it computed earlier, and as
+// `taken_lsn` only grows that implies the check), and hands it over
 // by release-storing `written_lsn` past it. The flusher touches (seals, then
 // writes out) only the numbers in `taken_lsn..written_lsn`, after acquiring
 // `written_lsn`, and hands them back by release-storing `taken_lsn` past
@@ -118,19 +122,24 @@ struct Ring {
 unsafe impl Sync for Ring {}
 
 impl Ring {
+    /// A ring of `records`, a power of two (`LogOptions::check`).
     fn new(records: u32) -> Ring {
-        Ring { records: (0..records).map(|_| UnsafeCell::new([0; RECORD_BYTES])).collect() }
+        assert!(records.is_power_of_two(), "the log's ring holds a power of two of records");
+        Ring {
+            records: (0..records).map(|_| UnsafeCell::new([0; RECORD_BYTES])).collect(),
+            mask: u64::from(records) - 1,
+        }
     }
 
-    /// Where the record numbered `lsn` goes, at `lsn & ring_mask` (`ring_mask`
-    /// the ring's length less one, a power of two: always in the ring).
-    /// Writing through it is safe only for the holder of the append lock,
-    /// once the flusher is done with the position (see `unsafe impl Sync for Ring`).
+    /// Where the record numbered `lsn` goes, at `lsn & mask`: always in the
+    /// ring. Writing through it is safe only for the holder of the append
+    /// lock, once the flusher is done with the position (see `unsafe impl
+    /// Sync for Ring`).
     #[inline(always)]
-    fn masked_record_ptr(&self, lsn: u64, ring_mask: u64) -> *mut RecordBytes {
-        let position = (lsn & ring_mask) as usize;
+    fn record_ptr(&self, lsn: u64) -> *mut RecordBytes {
+        let position = (lsn & self.mask) as usize;
         debug_assert!(position < self.records.len());
-        // SAFETY: `ring_mask + 1` is the ring's length (`LogWriter::start`),
+        // SAFETY: `mask + 1` is the ring's length (a power of two, `new`),
         // so a masked position lies in it.
         unsafe { self.records.get_unchecked(position) }.get()
     }
@@ -576,7 +585,7 @@ impl Journal for Appender<'_> {
         // SAFETY: see `unsafe impl Sync for Ring`: this thread holds the
         // append lock, and `lsn < room_end` (at most `taken_lsn + ring_len`,
         // taken_lsn acquired) proves the flusher is done with this position.
-        let bytes = unsafe { &mut *shared.ring.masked_record_ptr(lsn, shared.ring_mask) };
+        let bytes = unsafe { &mut *shared.ring.record_ptr(lsn) };
         Record::fill(bytes, entry.kind(), &entry.encode());
         self.next.set(lsn + 1);
         shared.next_lsn.store(lsn + 1, Ordering::Release);

@@ -531,11 +531,14 @@ fn batch(body: &[u8], operator_id: u32) -> Result<Work, (u8, u32)> {
     let announced = usize::from(items.announced());
     let form = if items.compact_answers() { AnswerForm::Compact } else { AnswerForm::Full };
     let mut reserves = Vec::with_capacity(announced);
-    // Written past this core's cache: the engine thread reads them on the other.
-    while let Some(body) = items.next_fixed::<{ BookingRequest::BYTES }>(opcode::RESERVE) {
-        handover::push(&mut reserves, booking(body, operator_id).map_err(|code| (code, 0))?);
+    {
+        // Written past this core's cache (the engine thread reads them on the
+        // other), and fenced as `streamed` goes, also on an early return.
+        let mut streamed = handover::Streamed::new(&mut reserves);
+        while let Some(body) = items.next_fixed::<{ BookingRequest::BYTES }>(opcode::RESERVE) {
+            streamed.push(booking(body, operator_id).map_err(|code| (code, 0))?);
+        }
     }
-    handover::finish();
     // Whatever is next (another command, a bad item, bytes after the last
     // item) is read in full: the reservations so far and the rest, in order,
     // become commands.

@@ -6,39 +6,64 @@
 //! ordinary store to a line first fetches it for ownership, and the lines of
 //! a recycled allocation were last held by the engine thread's core: the
 //! stores of a 1,024-request batch (48 KiB) waited on 768 such fetches, and
-//! most of the network thread's decoding time sat on them (perf, ninth and
-//! tenth sessions). Non-temporal stores (`movntdq`) write whole lines
+//! most of the network thread's decoding time sat on them (perf).
+//! Non-temporal stores (`movntdq`) write whole lines
 //! straight to memory without fetching them; the engine thread then reads
 //! them from memory, in order, which the hardware prefetches. Measured in
 //! docs/benchmarks.md ("Requests handed over past the cache").
 //!
-//! Stores of this kind are weakly ordered: `finish` (an `sfence`) must run
-//! after the last of them and before the vector is handed to another thread.
+//! Stores of this kind are weakly ordered, and Rust's rules for them (the
+//! `_mm_sfence` documentation) ask for an `sfence` after them before any
+//! other access to that memory, even by the same thread. So the vector is
+//! written only through a `Streamed`, which fences when it is dropped: at
+//! the end of the decode, or on its early return with an error, before the
+//! vector is read, moved to another thread, or freed.
 
-/// Appends `value` to `requests`, written past this core's cache when the
-/// target allows it (x86-64 and a type of whole 16-byte chunks); otherwise,
-/// or when the vector is full, an ordinary push.
-#[inline(always)]
-pub fn push<T: Copy>(requests: &mut Vec<T>, value: T) {
-    let length = requests.len();
-    if !streamed::<T>() || length == requests.capacity() {
-        requests.push(value);
-        return;
+/// A vector being filled with non-temporal stores; fenced when dropped.
+pub struct Streamed<'a, T: Copy> {
+    requests: &'a mut Vec<T>,
+}
+
+impl<'a, T: Copy> Streamed<'a, T> {
+    /// Fills `requests` from its end.
+    pub fn new(requests: &'a mut Vec<T>) -> Streamed<'a, T> {
+        Streamed { requests }
     }
-    // SAFETY: `length < capacity`, so the element at `length` lies in the
-    // allocation; `T` is `Copy` (no drop, any bit copy is a valid `T`), the
-    // element is 16-byte aligned and a whole number of 16-byte chunks
-    // (`streamed` checked both), and `set_len` follows the write of it.
-    unsafe {
-        stream(requests.as_mut_ptr().add(length).cast::<u8>(), (&raw const value).cast::<u8>(), size_of::<T>());
-        requests.set_len(length + 1);
+
+    /// Appends `value`, written past this core's cache when the target
+    /// allows it (x86-64 and a type of whole 16-byte chunks); otherwise, or
+    /// when the vector is full, an ordinary push, after a fence (the push
+    /// may move what was streamed).
+    #[inline(always)]
+    pub fn push(&mut self, value: T) {
+        let requests = &mut *self.requests;
+        let length = requests.len();
+        if !streamed::<T>() || length == requests.capacity() {
+            fence();
+            requests.push(value);
+            return;
+        }
+        // SAFETY: `length < capacity`, so the element at `length` lies in the
+        // allocation; `T` is `Copy` (no drop, any bit copy is a valid `T`),
+        // the element is 16-byte aligned and a whole number of 16-byte chunks
+        // (`streamed` checked both), and `set_len` follows the write of it.
+        // Nothing reads the element before `Drop` fences.
+        unsafe {
+            stream(requests.as_mut_ptr().add(length).cast::<u8>(), (&raw const value).cast::<u8>(), size_of::<T>());
+            requests.set_len(length + 1);
+        }
     }
 }
 
-/// Orders every streamed store before what follows (the hand-over of the
-/// vector, a release store or a lock): call once after the last `push`.
+impl<T: Copy> Drop for Streamed<'_, T> {
+    fn drop(&mut self) {
+        fence();
+    }
+}
+
+/// Orders every streamed store before what follows.
 #[inline(always)]
-pub fn finish() {
+fn fence() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: `sfence` has no operands and touches no memory of ours.
     unsafe {
@@ -112,10 +137,12 @@ mod tests {
         let expected: Vec<BookingRequest> = (0..100).map(request).collect();
         // Capacity for some: the rest go through an ordinary push, which grows the vector.
         let mut pushed = Vec::with_capacity(37);
-        for value in &expected {
-            push(&mut pushed, *value);
+        {
+            let mut streamed = Streamed::new(&mut pushed);
+            for value in &expected {
+                streamed.push(*value);
+            }
         }
-        finish();
         assert_eq!(pushed, expected);
         // Read back on another thread, as the engine thread does.
         let read = std::thread::spawn(move || pushed.iter().map(|request| request.slot.0).sum::<u32>()).join().unwrap();
@@ -126,10 +153,11 @@ mod tests {
     fn types_that_are_not_whole_aligned_chunks_are_pushed_as_usual() {
         assert!(!streamed::<u64>() && !streamed::<[u8; 48]>() && !streamed::<()>());
         let mut bytes = Vec::with_capacity(4);
+        let mut streamed = Streamed::new(&mut bytes);
         for value in [[1u8; 48], [2; 48], [3; 48]] {
-            push(&mut bytes, value);
+            streamed.push(value);
         }
-        finish();
+        drop(streamed);
         assert_eq!(bytes, vec![[1u8; 48], [2; 48], [3; 48]]);
     }
 }

@@ -168,23 +168,44 @@ pub struct Shared {
     pub(crate) stop_accepting: tokio::sync::Notify,
     /// Wakes every connection reader waiting for its peer at shutdown.
     stop_readers: tokio::sync::Notify,
-    engine_thread: OnceLock<std::thread::Thread>,
-    engine_parked: AtomicBool,
+    engine_wake: Arc<EngineWake>,
     started: Instant,
 }
 
 impl Shared {
-    /// Wakes the engine thread if it sleeps: called after what it would
-    /// wake for is stored (a job queued, `durable_lsn` moved on). The fence
-    /// orders that store before the look at `engine_parked`, as the engine
-    /// thread orders its store of `engine_parked` before its look at the
-    /// queue and `durable_lsn` (`engine_loop`): one side sees the other.
+    /// Wakes the engine thread if it sleeps (after a job was queued).
     fn wake_engine(&self) {
+        self.engine_wake.wake();
+    }
+}
+
+/// How the engine thread is woken. Apart from `Shared`, so that the log's
+/// durability listener holds this alone: holding `Shared`, a listener
+/// announcing a sync while the server stops would keep `Server::shutdown`
+/// from taking the engine back to close it.
+#[derive(Default)]
+struct EngineWake {
+    thread: OnceLock<std::thread::Thread>,
+    /// Set by the engine thread before it looks a last time and sleeps.
+    parked: AtomicBool,
+}
+
+impl EngineWake {
+    /// Wakes the engine thread if it sleeps: called after what it would
+    /// wake for is stored (a job queued, `durable_lsn` moved on, the log
+    /// failed or closed). The fence orders that store before the look at
+    /// `parked`, as the engine thread orders its store of `parked` before its
+    /// look at the queue and the log (`engine_loop`): one side sees the other.
+    fn wake(&self) {
         std::sync::atomic::fence(Ordering::SeqCst);
-        if self.engine_parked.load(Ordering::SeqCst) && self.engine_parked.swap(false, Ordering::SeqCst) {
-            if let Some(thread) = self.engine_thread.get() {
-                thread.unpark();
-            }
+        if self.parked.load(Ordering::SeqCst) && self.parked.swap(false, Ordering::SeqCst) {
+            self.unpark();
+        }
+    }
+
+    fn unpark(&self) {
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
         }
     }
 }
@@ -313,24 +334,21 @@ impl Server {
             network_stopped: AtomicBool::new(false),
             stop_accepting: tokio::sync::Notify::new(),
             stop_readers: tokio::sync::Notify::new(),
-            engine_thread: OnceLock::new(),
-            engine_parked: AtomicBool::new(false),
+            engine_wake: Arc::new(EngineWake::default()),
             started: Instant::now(),
         });
         let engine_shared = Arc::clone(&shared);
         let engine_thread =
             std::thread::Builder::new().name("yeyak-engine".into()).spawn(move || engine_loop(&engine_shared))?;
-        let _ = shared.engine_thread.set(engine_thread.thread().clone());
+        let _ = shared.engine_wake.thread.set(engine_thread.thread().clone());
         // Replies wait for their records' sync: the flusher wakes the engine
-        // thread to release them, rather than its nap running out. (A weak
-        // reference: the log belongs to the engine, which `shared` holds.)
-        let durable_shared = Arc::downgrade(&shared);
-        if !shared.engine.log().on_durable(move || {
-            if let Some(shared) = durable_shared.upgrade() {
-                shared.wake_engine();
-            }
-        }) {
-            tracing::warn!("the log already has a durability listener: replies are released on the engine's naps");
+        // thread to release them, rather than its nap running out.
+        let engine_wake = Arc::clone(&shared.engine_wake);
+        if !shared.engine.log().on_durable(move || engine_wake.wake()) {
+            tracing::warn!(
+                "the log already has a durability listener: replies are released on the engine's naps, \
+                 every {ENGINE_NAP_REPLIES_WAITING:?} at most"
+            );
         }
         let network_shared = Arc::clone(&shared);
         let network = std::thread::Builder::new().name("yeyak-network".into()).spawn(move || {
@@ -374,9 +392,7 @@ impl Server {
             let _ = network.join();
         }
         self.shared.network_stopped.store(true, Ordering::Release);
-        if let Some(thread) = self.shared.engine_thread.get() {
-            thread.unpark();
-        }
+        self.shared.engine_wake.unpark();
         if let Some(engine_thread) = self.engine_thread.take() {
             let _ = engine_thread.join();
         }
@@ -452,17 +468,17 @@ fn engine_loop(shared: &Shared) {
         // Nothing to do: sleep until a job arrives or a sync makes replies
         // releasable. The network thread wakes this thread after it queues a
         // job, the log's durability listener after each sync; each of them
-        // stores first, then looks at `engine_parked`, with a SeqCst fence
+        // stores first, then looks at `parked`, with a SeqCst fence
         // between, as this thread does the other way round below, so one of
         // the two sides always sees the other and no wake-up is lost. The
         // naps only bound what a bug there would cost: a nap of 50 µs while
         // replies waited woke this thread 20 times a sync, for nothing.
-        shared.engine_parked.store(true, Ordering::SeqCst);
+        shared.engine_wake.parked.store(true, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
         if shared.ingress.is_empty() && !pending.releasable(engine) {
             let nap = if pending.is_empty() { ENGINE_NAP_IDLE } else { ENGINE_NAP_REPLIES_WAITING };
             std::thread::park_timeout(nap);
         }
-        shared.engine_parked.store(false, Ordering::SeqCst);
+        shared.engine_wake.parked.store(false, Ordering::SeqCst);
     }
 }
