@@ -532,9 +532,10 @@ fn batch(body: &[u8], operator_id: u32) -> Result<Work, (u8, u32)> {
     let form = if items.compact_answers() { AnswerForm::Compact } else { AnswerForm::Full };
     let mut reserves = Vec::with_capacity(announced);
     {
-        // Written past this core's cache (the engine thread reads them on the
-        // other), and fenced as `streamed` goes, also on an early return.
-        let mut streamed = handover::Streamed::new(&mut reserves);
+        // Written past this core's cache: the engine thread reads them on the other.
+        // SAFETY: `streamed` is dropped (fenced) at the end of this block, or
+        // on the early return below, before `reserves` is used again.
+        let mut streamed = unsafe { handover::Streamed::new(&mut reserves) };
         while let Some(body) = items.next_fixed::<{ BookingRequest::BYTES }>(opcode::RESERVE) {
             streamed.push(booking(body, operator_id).map_err(|code| (code, 0))?);
         }
