@@ -230,8 +230,9 @@ impl DurableEngine {
             _lock: lock,
             // Every change from here on holds the log's append lock first:
             // changes are one at a time anyway, so they need no locked
-            // instructions (`Engine::into_sole_writer`). Recovery, before,
-            // restored the snapshot on many threads.
+            // instructions (`Engine::into_sole_writer`). Recovery restored the
+            // snapshot on many threads, then made the engine a sole writer
+            // to replay the log on one; it stays one.
             engine: engine.into_sole_writer(),
             log,
             snapshot_directory,

@@ -340,6 +340,9 @@ pub(super) fn recover_state(
         Access::Serve => RecoveryMode::TruncateTornTail,
         Access::Check => RecoveryMode::ReadOnly,
     };
+    // The snapshot was restored on many threads; the log is replayed on one,
+    // holding one writer: changes by stores, no locked instruction.
+    let engine = engine.into_sole_writer();
     let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots, mode)
         .and_then(|recovered| check_log_reaches_back(&recovered, snapshot.as_ref(), &passed_over).map(|()| recovered))
         .map_err(|error| blame_changed_inventory(other_inventory.as_ref(), error))?;
@@ -550,6 +553,8 @@ pub(super) fn replay_log(
     // Slots that went below zero at restore are checked with those the window touches.
     let mut window_open = end_lsn > from_lsn || !wrapped_slots.is_empty();
     let mut touched = wrapped_slots;
+    // One writer for the whole replay (the lock of a sole-writer engine, taken once).
+    let writer = engine.writer();
     let recovered = recover_with_lookahead(
         log_directory,
         mode,
@@ -562,14 +567,15 @@ pub(super) fn replay_log(
         |record| {
             let entry = Entry::decode(record.kind, &record.payload).map_err(|e| e.to_string())?;
             if record.lsn < end_lsn {
-                return engine.replay_in_window(record.lsn, &entry, &mut touched).map_err(|e| e.reason);
+                return writer.replay_in_window(record.lsn, &entry, &mut touched).map_err(|e| e.reason);
             }
             if std::mem::take(&mut window_open) {
                 engine.check_window(&touched)?;
             }
-            engine.replay(record.lsn, &entry).map_err(|e| e.reason)
+            writer.replay(record.lsn, &entry).map_err(|e| e.reason)
         },
     )?;
+    drop(writer);
     // A check (read-only recovery) refuses a cut log where start-up's recovery
     // did, before anything else is looked at, so both say the same.
     if let Some(refusal) = recovered.torn_tail.as_ref().and_then(crate::log::TornTail::refusal) {

@@ -9,6 +9,7 @@ use crate::inventory::SlotIndex;
 use crate::state::engine::Engine;
 use crate::state::entry::{Entry, Lsn};
 use crate::state::people::{CommandKind, LastCommand, PersonRecord};
+use crate::state::writer::Writers;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("log record {lsn} cannot be replayed: {reason}")]
@@ -75,32 +76,34 @@ pub(crate) fn explain(lsn: Lsn, defect: Defect) -> ReplayError {
 }
 
 impl Engine {
-    /// Applies one logged entry, checking that it is consistent with the state.
+    /// Applies one logged entry, checking that it is consistent with the
+    /// state. Takes the writer lock of a sole-writer engine for the entry;
+    /// a caller replaying many holds an `EngineWriter` and calls its `replay`.
     #[inline]
     pub fn replay(&self, lsn: Lsn, entry: &Entry) -> Result<(), ReplayError> {
-        // Holds the writer lock of a sole-writer engine (recovery replays
-        // into a shared one, where this costs a test of `None`).
-        let _writer = self.writer();
-        self.replay_checked(entry).map_err(|defect| explain(lsn, defect))
+        self.writer().replay(lsn, entry)
     }
 
+    /// `replay`'s work, by a writer of kind `W` (`Writers`).
     #[inline(always)]
-    fn replay_checked(&self, entry: &Entry) -> Result<(), Defect> {
+    pub(crate) fn replay_checked_as<W: Writers>(&self, entry: &Entry) -> Result<(), Defect> {
         let slot_of =
             |slot: SlotIndex| if self.inventory().contains(slot) { Ok(slot) } else { Err(Defect::SlotOutside(slot)) };
         match *entry {
             Entry::Reserved { person, slot, idempotency_key, .. }
             | Entry::Changed { person, slot, idempotency_key, .. } => {
                 let slot = slot_of(slot)?;
-                let latch =
-                    self.people.latch_or_insert(person).map_err(|full| Defect::PeopleTableFull(full.people_max))?;
+                let latch = self
+                    .people
+                    .latch_or_insert_from::<W>(person, self.people.home(person))
+                    .map_err(|full| Defect::PeopleTableFull(full.people_max))?;
                 let held = latch.record().holds;
                 let kind = match (entry, held) {
                     (Entry::Reserved { .. }, None) => CommandKind::Reserve,
                     (Entry::Changed { .. }, Some(old)) if old != slot => CommandKind::Change,
                     _ => return Err(Defect::Unexpected { entry: *entry, held }),
                 };
-                self.slots.take(slot.0).map_err(|_| Defect::Overbooked(slot))?;
+                self.slots.take_as::<W>(slot.0).map_err(|_| Defect::Overbooked(slot))?;
                 if let Some(old) = held {
                     self.slots.give(old.0);
                 }

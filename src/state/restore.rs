@@ -26,7 +26,7 @@ use crate::inventory::SlotIndex;
 use crate::state::engine::Engine;
 use crate::state::entry::{Entry, Lsn};
 use crate::state::people::{CommandKind, LastCommand, PersonKey, PersonRecord};
-use crate::state::replay::{explain, Defect, ReplayError};
+use crate::state::replay::{Defect, ReplayError};
 use crate::state::slot_counters::SLOT_CAPACITY_MAX;
 
 impl Engine {
@@ -97,16 +97,17 @@ impl Engine {
 
     /// Applies a record of the snapshot window by overwriting (see the module
     /// comment). `touched` collects the slots whose seats moved.
+    /// Takes the writer lock of a sole-writer engine for the entry; a caller
+    /// replaying many holds an `EngineWriter` and calls its `replay_in_window`.
     #[inline]
     pub fn replay_in_window(&self, lsn: Lsn, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), ReplayError> {
-        let _writer = self.writer(); // a sole-writer engine's lock; restores run on shared ones
-        self.replay_in_window_checked(entry, touched).map_err(|defect| explain(lsn, defect))
+        self.writer().replay_in_window(lsn, entry, touched)
     }
 
     /// `replay_in_window` with its refusal a small `Copy` value, made into
     /// words only when it happens (as `replay`'s).
     #[inline(always)]
-    fn replay_in_window_checked(&self, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), Defect> {
+    pub(crate) fn replay_in_window_checked(&self, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), Defect> {
         let check_slot =
             |slot: SlotIndex| if self.inventory().contains(slot) { Ok(()) } else { Err(Defect::SlotOutside(slot)) };
         let (person, record) = match *entry {

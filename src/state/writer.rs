@@ -5,7 +5,8 @@
 
 use crate::inventory::SlotIndex;
 use crate::state::engine::{BookingRequest, CancelRequest, CapacityChange, Engine, Moment, Outcome};
-use crate::state::entry::Journal;
+use crate::state::entry::{Entry, Journal, Lsn};
+use crate::state::replay::{explain, ReplayError};
 
 /// How a command changes the tables, chosen at compile time for each path.
 ///
@@ -54,9 +55,12 @@ impl Engine {
     /// with atomic loads and stores instead of locked read-modify-writes.
     /// Readers do not take the lock. For an engine whose changes are serialized
     /// anyway: `DurableEngine`'s hold the log's append lock, whose order is
-    /// the log's (docs/architecture.md, "Writers").
+    /// the log's (docs/architecture.md, "Writers"). An engine that is one
+    /// already is returned as it is.
     pub fn into_sole_writer(mut self) -> Engine {
-        self.sole_writer = Some(crate::sync::Mutex::new(()));
+        if self.sole_writer.is_none() {
+            self.sole_writer = Some(crate::sync::Mutex::new(()));
+        }
         self
     }
 
@@ -103,6 +107,24 @@ impl EngineWriter<'_> {
             Some(_) => self.engine.reserve_each_as::<Sole>(journal, requests, moment, outcome),
             None => self.engine.reserve_each_as::<Shared>(journal, requests, moment, outcome),
         }
+    }
+
+    /// `Engine::replay`, under this writer: recovery replays a log holding
+    /// one writer of a sole-writer engine, so each entry changes the tables
+    /// with stores, with no lock taken and no locked instruction.
+    #[inline]
+    pub fn replay(&self, lsn: Lsn, entry: &Entry) -> Result<(), ReplayError> {
+        match self.held {
+            Some(_) => self.engine.replay_checked_as::<Sole>(entry),
+            None => self.engine.replay_checked_as::<Shared>(entry),
+        }
+        .map_err(|defect| explain(lsn, defect))
+    }
+
+    /// `Engine::replay_in_window`, under this writer.
+    #[inline]
+    pub fn replay_in_window(&self, lsn: Lsn, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), ReplayError> {
+        self.engine.replay_in_window_checked(entry, touched).map_err(|defect| explain(lsn, defect))
     }
 
     /// `Engine::change_at`.
