@@ -101,9 +101,16 @@ impl Engine {
                 let kind = match (entry, held) {
                     (Entry::Reserved { .. }, None) => CommandKind::Reserve,
                     (Entry::Changed { .. }, Some(old)) if old != slot => CommandKind::Change,
-                    _ => return Err(Defect::Unexpected { entry: *entry, held }),
+                    _ => {
+                        // A new person's claim is emptied and uncounted again.
+                        self.people.abandon(latch);
+                        return Err(Defect::Unexpected { entry: *entry, held });
+                    }
                 };
-                self.slots.take_as::<W>(slot.0).map_err(|_| Defect::Overbooked(slot))?;
+                if self.slots.take_as::<W>(slot.0).is_err() {
+                    self.people.abandon(latch);
+                    return Err(Defect::Overbooked(slot));
+                }
                 if let Some(old) = held {
                     self.slots.give(old.0);
                 }
@@ -156,10 +163,34 @@ mod tests {
     }
 
     /// Every way a log can contradict the state is refused with the record's
-    /// number and a reason, never applied halfway or panicking.
+    /// number and a reason, never applied halfway or panicking: by a shared
+    /// engine (`Engine::replay`) and by a sole writer's one writer (as
+    /// recovery replays a log).
     #[test]
     fn a_log_that_contradicts_the_state_is_refused_with_its_number_and_reason() {
-        let engine = engine();
+        refuses_contradictions(&engine(), |engine, lsn, entry| engine.replay(lsn, entry));
+        refuses_contradictions(&engine().into_sole_writer(), |engine, lsn, entry| engine.writer().replay(lsn, entry));
+    }
+
+    #[test]
+    fn a_full_people_table_refuses_the_next_new_person_and_counts_nobody_for_it() {
+        for engine in [engine(), engine().into_sole_writer()] {
+            let people_max = engine.rules().people_max;
+            // Capacities are at least 1: one person a slot never overbooks.
+            assert!(u64::from(engine.inventory().slot_count()) > people_max);
+            let writer = engine.writer();
+            for person in 1..=people_max {
+                writer.replay(person, &reserved(u128::from(person), person as u32)).unwrap();
+            }
+            let next = people_max + 1;
+            let error = writer.replay(next, &reserved(u128::from(next), next as u32)).unwrap_err();
+            assert!(error.to_string().contains("the people table is full"), "{error}");
+            drop(writer);
+            assert_eq!(engine.people.len(), people_max, "the refused person is not counted");
+        }
+    }
+
+    fn refuses_contradictions(engine: &Engine, replay: impl Fn(&Engine, Lsn, &Entry) -> Result<(), ReplayError>) {
         let full = engine.inventory().initial_capacity().iter().position(|c| *c == 1).unwrap() as u32;
         let outside = engine.inventory().slot_count();
         let cancel = |person: u128, slot: u32| Entry::Cancelled {
@@ -168,7 +199,7 @@ mod tests {
             idempotency_key: 2,
             operator_id: 0,
         };
-        engine.replay(1, &reserved(1, full)).unwrap();
+        replay(engine, 1, &reserved(1, full)).unwrap();
         let capacity = engine.slots.capacity(0);
         let refused = [
             (reserved(2, outside), "is outside the inventory"),
@@ -182,11 +213,13 @@ mod tests {
             ),
         ];
         for (lsn, (entry, reason)) in (2..).zip(refused) {
-            let error = engine.replay(lsn, &entry).unwrap_err();
+            let error = replay(engine, lsn, &entry).unwrap_err();
             assert_eq!(error.lsn, lsn);
             assert!(error.to_string().contains(reason), "{error} should say {reason}");
         }
         assert_eq!(engine.people.get(PersonKey(1)).unwrap().holds, Some(SlotIndex(full)), "nothing applied");
+        assert_eq!(engine.people.len(), 1, "refused new people are not counted");
+        assert!(engine.people.get(PersonKey(2)).is_none() && engine.people.get(PersonKey(3)).is_none());
         let mut touched = Vec::new();
         let below = Entry::CapacityAdded { slot: SlotIndex(0), seats: 0, capacity: 0, operator_id: 1 };
         let error = engine.replay_in_window(9, &below, &mut touched).unwrap_err();

@@ -110,8 +110,10 @@ impl EngineWriter<'_> {
     }
 
     /// `Engine::replay`, under this writer: recovery replays a log holding
-    /// one writer of a sole-writer engine, so each entry changes the tables
-    /// with stores, with no lock taken and no locked instruction.
+    /// one writer of a sole-writer engine, so no lock is taken per entry, and
+    /// a new person's bucket, the people count and a seat taken are stores
+    /// (a person already in the table is still latched with a
+    /// compare-exchange, a seat given back is an atomic add: "Writers").
     #[inline]
     pub fn replay(&self, lsn: Lsn, entry: &Entry) -> Result<(), ReplayError> {
         match self.held {
