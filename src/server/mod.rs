@@ -15,7 +15,7 @@
 
 pub mod apply;
 pub mod connection;
-pub mod handover;
+pub(crate) mod handover;
 pub mod keys;
 pub mod reactor;
 pub mod stats;
