@@ -340,7 +340,6 @@ impl Server {
         let engine_shared = Arc::clone(&shared);
         let engine_thread =
             std::thread::Builder::new().name("yeyak-engine".into()).spawn(move || engine_loop(&engine_shared))?;
-        let _ = shared.engine_wake.thread.set(engine_thread.thread().clone());
         // Replies wait for their records' sync: the flusher wakes the engine
         // thread to release them, rather than its nap running out.
         let engine_wake = Arc::clone(&shared.engine_wake);
@@ -425,6 +424,8 @@ const ENGINE_NAP_REPLIES_WAITING: Duration = Duration::from_millis(2);
 
 #[inline(never)] // its own frame in profiles
 fn engine_loop(shared: &Shared) {
+    // Before it can first sleep, so that no wake-up finds no thread to wake.
+    let _ = shared.engine_wake.thread.set(std::thread::current());
     let engine = &*shared.engine;
     let mut pending = Pending::default();
     let mut tally = Tally::default();
