@@ -195,6 +195,11 @@ impl Tally {
         }
     }
 
+    /// Counts `count` reservations booked (RESERVE answered OK) at once.
+    pub fn count_reservations(&mut self, count: u64) {
+        self.reservations += count;
+    }
+
     /// Adds what was counted to the shared counters and starts again.
     pub fn flush(&mut self, counters: &EngineCounters) {
         for (total, counted) in [

@@ -236,6 +236,16 @@ impl CompactAnswerWriter {
         self.mark(out, code);
     }
 
+    /// The next item's answer when it is an implied OK: the marks start as
+    /// OK (0, `start`), so this only moves on. The crowd's answer, once a
+    /// reservation (callgrind: 13 instructions with the mark written).
+    #[inline(always)]
+    pub fn ok_implied(&mut self) {
+        const _: () = assert!(crate::protocol::code::OK == 0, "`start` fills the marks with OK");
+        debug_assert!(self.next < self.count, "more answers than items");
+        self.next += 1;
+    }
+
     /// Writes the next item's mark; false (nothing written) past the count
     /// announced, where the mark would land in the answers after the marks.
     #[inline(always)]
