@@ -98,7 +98,7 @@ impl LogOptions {
     }
 }
 
-/// Records waiting for the flusher, each at `lsn & ring_mask`, laid out as
+/// Records waiting for the flusher, each at `lsn & mask`, laid out as
 /// they will be on disk, so that a run of them is written straight from here.
 /// The appender fills in what a record says (`Record::fill`); the flusher
 /// seals it (header and CRC, `Record::seal`) just before writing it: the
@@ -129,6 +129,12 @@ impl Ring {
             records: (0..records).map(|_| UnsafeCell::new([0; RECORD_BYTES])).collect(),
             mask: u64::from(records) - 1,
         }
+    }
+
+    /// How many records the ring holds.
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        self.mask + 1
     }
 
     /// Where the record numbered `lsn` goes, at `lsn & mask`: always in the
@@ -222,7 +228,6 @@ impl LogStats {
 
 struct Shared {
     ring: Ring,
-    ring_mask: u64,
     /// Held by the one appender at a time; its order is the log's order.
     append_lock: Mutex<()>,
     /// The number the next append draws; stored (release) under the append
@@ -262,6 +267,13 @@ impl Shared {
             RUNNING => None,
             state => Some(Self::why(state)),
         }
+    }
+
+    /// The first record number with no room in the ring yet: every number
+    /// below it is free of the flusher (`taken_lsn` only grows, so it stays so).
+    #[inline]
+    fn room_end(&self) -> Lsn {
+        self.taken_lsn.load(Ordering::Acquire) + self.ring.len()
     }
 
     #[cold]
@@ -364,7 +376,6 @@ impl LogWriter {
         });
         let shared = Arc::new(Shared {
             ring: Ring::new(options.ring_records),
-            ring_mask: u64::from(options.ring_records) - 1,
             append_lock: Mutex::new(()),
             next_lsn: CachePadded::new(AtomicU64::new(next_lsn)),
             written_lsn: CachePadded::new(AtomicU64::new(next_lsn)),
@@ -412,12 +423,11 @@ impl LogWriter {
         // Under the lock, `next_lsn` is this appender's to draw from, and the
         // flusher only ever moves `taken_lsn` on: the room seen now is there.
         let next = shared.next_lsn.load(Ordering::Relaxed);
-        let room_end = shared.taken_lsn.load(Ordering::Acquire) + shared.ring_mask + 1;
         Appender {
             shared,
             _guard: guard,
             next: Cell::new(next),
-            room_end: Cell::new(room_end),
+            room_end: Cell::new(shared.room_end()),
             _one_thread: std::marker::PhantomData,
         }
     }
@@ -546,20 +556,17 @@ impl Appender<'_> {
     #[cold]
     fn wait_for_room(&self, lsn: Lsn) -> Result<(), LogUnavailable> {
         let shared = self.shared;
-        let room_end = || shared.taken_lsn.load(Ordering::Acquire) + shared.ring_mask + 1;
-        if lsn < room_end() {
-            self.room_end.set(room_end());
-            return Ok(());
-        }
-        self.publish();
-        while lsn >= room_end() {
-            if let Some(why) = shared.unavailable() {
-                return Err(why);
+        if lsn >= shared.room_end() {
+            self.publish();
+            while lsn >= shared.room_end() {
+                if let Some(why) = shared.unavailable() {
+                    return Err(why);
+                }
+                shared.wake_flusher();
+                std::thread::yield_now();
             }
-            shared.wake_flusher();
-            std::thread::yield_now();
         }
-        self.room_end.set(room_end());
+        self.room_end.set(shared.room_end());
         Ok(())
     }
 }
@@ -697,7 +704,7 @@ impl Flusher {
     /// Writes the records numbered `first..end` straight from the ring: one
     /// write per contiguous run (split where the ring wraps or a segment fills).
     fn write_group(&mut self, first: Lsn, end: Lsn) -> Result<(), (std::io::Error, &'static str)> {
-        let ring_len = self.shared.ring_mask + 1;
+        let ring_len = self.shared.ring.len();
         let mut lsn = first;
         while lsn < end {
             if self.segment.is_none() || self.segment_records_used == self.segment_records_capacity {
@@ -707,7 +714,7 @@ impl Flusher {
                     None => self.open_next_segment(lsn)?,
                 }
             }
-            let position = lsn & self.shared.ring_mask;
+            let position = lsn & self.shared.ring.mask;
             let count =
                 (end - lsn).min(self.segment_records_capacity - self.segment_records_used).min(ring_len - position);
             // SAFETY: `first..end` is published (acquired in `run`) and not yet
