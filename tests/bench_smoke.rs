@@ -82,6 +82,15 @@ fn recovery_from_the_log_alone_where_snapshots_retired_its_start_says_so() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     // The snapshots are put back: recovery from them still works.
     bench(&["recovery", "--data-dir", &data], &["recovery from snapshot", "serving after"]);
+    // A log option the engine refuses is said by name, not a panic.
+    let refused = Command::new(BENCH)
+        .args(["durable", "--people", "1000", "--data-dir", &data, "--segment-records", "0"])
+        .output()
+        .expect("yeyak-bench runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does not open: log.segment_size_bytes 64"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

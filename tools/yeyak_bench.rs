@@ -406,12 +406,9 @@ fn huge_page_share() -> String {
 }
 
 fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf, keep: bool) {
-    if let Err(error) = options.log.check() {
-        eprintln!("yeyak-bench durable: {error}");
-        std::process::exit(2);
-    }
     let rules = fresh_data_directory(&data_dir, people);
-    let (engine, _) = DurableEngine::open(&data_dir, options, false).expect("opens");
+    let (engine, _) = DurableEngine::open(&data_dir, options, false)
+        .unwrap_or_else(|error| not_opened("durable", &data_dir, &error, None));
     let requests = crowd(engine.engine().inventory(), people);
     let now_ms = open_evening_ms(&rules);
     let cpu_before = ThreadCpu::now();
@@ -462,6 +459,16 @@ fn durable(people: u64, batch: usize, options: DurableOptions, data_dir: PathBuf
     }
 }
 
+/// Says why `command`'s data directory does not open (and what to do, if
+/// known), and exits 2: a bad option or directory, not a failed benchmark.
+fn not_opened(command: &str, data_dir: &std::path::Path, error: &OpenError, hint: Option<&str>) -> ! {
+    eprintln!("yeyak-bench {command}: {} does not open: {error}", data_dir.display());
+    if let Some(hint) = hint {
+        eprintln!("  ({hint})");
+    }
+    std::process::exit(2);
+}
+
 fn recovery(data_dir: PathBuf, without_snapshots: bool) {
     let snapshots = data_dir.join(yeyak::durable::SNAPSHOT_DIRECTORY);
     let aside = data_dir.join("snapshots.aside");
@@ -474,19 +481,13 @@ fn recovery(data_dir: PathBuf, without_snapshots: bool) {
     if aside.exists() {
         std::fs::rename(&aside, &snapshots).expect("can put the snapshots back");
     }
-    let (engine, report) = match opened {
-        Ok(opened) => opened,
-        Err(error) => {
-            eprintln!("yeyak-bench recovery: {} does not open: {error}", data_dir.display());
-            if without_snapshots && matches!(error, OpenError::LogStartsLate { .. }) {
-                eprintln!(
-                    "  (its first segments were deleted behind a snapshot; for recovery from the log alone, \
-                     write a directory without snapshots: yeyak-bench durable --keep --data-dir DIR)"
-                );
-            }
-            std::process::exit(2);
-        }
-    };
+    let (engine, report) = opened.unwrap_or_else(|error| {
+        let hint = (without_snapshots && matches!(error, OpenError::LogStartsLate { .. })).then_some(
+            "its first segments were deleted behind a snapshot; for recovery from the log alone, \
+             write a directory without snapshots: yeyak-bench durable --keep --data-dir DIR",
+        );
+        not_opened("recovery", &data_dir, &error, hint)
+    });
     match &report.snapshot {
         Some((path, header)) => println!(
             "recovery from snapshot {} ({} people) + log tail: {} records replayed, serving after {seconds:.3} s",
