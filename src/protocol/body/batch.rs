@@ -227,11 +227,12 @@ impl CompactAnswerWriter {
         }
     }
 
-    /// The next item's answer when the caller knows it is implied: the
-    /// answer to a RESERVE or CHANGE that is `code` with the slot the item
-    /// asked for and nothing else (`push` finds that out itself).
+    /// The next item's answer when it is implied (`push` found that out):
+    /// the answer to a RESERVE or CHANGE that is `code` with the slot the
+    /// item asked for and nothing else. (The server's crowd of OKs takes
+    /// `ok_implied`, which writes nothing.)
     #[inline(always)]
-    pub fn push_implied(&mut self, out: &mut [u8], code: u8) {
+    fn push_implied(&mut self, out: &mut [u8], code: u8) {
         debug_assert!(code & ANSWER_FOLLOWS == 0, "a result code is below 128");
         self.mark(out, code);
     }
