@@ -365,13 +365,8 @@ pub fn apply(
                     }
                     AnswerForm::Compact => Some(CompactAnswerWriter::start(out, count)),
                 };
-                for command in commands.iter().take(PREFETCH_AHEAD) {
-                    prefetch(engine, command);
-                }
-                for (index, command) in commands.iter().enumerate() {
-                    if let Some(ahead) = commands.get(index + PREFETCH_AHEAD) {
-                        prefetch(engine, ahead);
-                    }
+                let prefetch = |command: &Command| prefetch(engine, command);
+                crate::visit_prefetched::<_, _, PREFETCH_AHEAD>(commands, prefetch, |command, ()| {
                     let after = match apply_fixed(engine, writing, command, job.operator_id, moment, tally) {
                         Ok((answer, after)) => {
                             match &mut compact {
@@ -398,7 +393,7 @@ pub fn apply(
                         },
                     };
                     durable_after = durable_after.max(after);
-                }
+                });
                 if let Some(answers) = compact {
                     answers.finish();
                 }

@@ -302,20 +302,20 @@ impl CheckedSnapshot {
     }
 
     fn restore_people(&self, engine: &Engine, chunk: &Chunk, wrapped: &mut Vec<u32>) -> Result<(), String> {
-        /// How many people ahead the cache lines are asked for: holders' slots are
-        /// random, so each restore would otherwise wait for a cache miss.
-        const PREFETCH_AHEAD: usize = 16;
+        /// How many people at a time the cache lines are asked for, a group
+        /// ahead (`crate::visit_prefetched`): holders' slots are random, so
+        /// each restore would otherwise wait for a cache miss.
+        const PREFETCH_AHEAD: usize = 8;
         let people = people_of(self.body(chunk)).map_err(|e| e.to_string())?;
-        for (index, image) in people.iter().enumerate() {
-            if let Some(ahead) = people.get(index + PREFETCH_AHEAD) {
-                let key =
-                    PersonKey(u128::from(ahead.key_high.to_native()) << 64 | u128::from(ahead.key_low.to_native()));
-                engine.prefetch_person_and_slot(key, ahead.slot.to_native());
-            }
+        let prefetch = |image: &ArchivedPersonImage| {
+            let key = PersonKey(u128::from(image.key_high.to_native()) << 64 | u128::from(image.key_low.to_native()));
+            engine.prefetch_person_and_slot(key, image.slot.to_native());
+        };
+        crate::try_visit_prefetched::<_, _, _, PREFETCH_AHEAD>(people, prefetch, |image, ()| {
             let (key, record) = image.person()?;
             wrapped.extend(engine.restore_person(key, record)?);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

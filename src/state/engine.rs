@@ -86,10 +86,12 @@ impl Moment {
     }
 }
 
-/// How many commands ahead `reserve_batch` and the server's engine thread
-/// ask for the cache lines a command will touch (a person bucket and a slot
-/// cell, at random in tables of GiBs), so that their misses overlap.
-/// 8 measured against 16 in docs/benchmarks.md ("The last series").
+/// How many commands at a time `reserve_batch` and the server's engine
+/// thread ask for the cache lines they will touch (a person bucket and a slot
+/// cell, at random in tables of GiBs), one such group ahead of the one booked,
+/// so that their misses overlap (`visit_prefetched`). As a distance, 8 was
+/// measured against 16 in docs/benchmarks.md ("The last series"); as a group,
+/// against 4 and 16 ("Prefetching a group at a time").
 pub const PREFETCH_AHEAD: usize = 8;
 
 pub struct Engine {
@@ -239,19 +241,12 @@ impl Engine {
         mut outcome: impl FnMut(Outcome<SlotIndex>),
     ) {
         // Each person's home bucket is hashed once, when prefetched, and
-        // kept here until the request is booked.
-        let mut homes = [Home::default(); PREFETCH_AHEAD];
-        for (home, request) in homes.iter_mut().zip(requests) {
-            *home = self.prefetch_lines(request.person, request.slot.0);
-        }
-        for (index, request) in requests.iter().enumerate() {
-            let kept = &mut homes[index % PREFETCH_AHEAD];
-            let home = *kept;
-            if let Some(ahead) = requests.get(index + PREFETCH_AHEAD) {
-                *kept = self.prefetch_lines(ahead.person, ahead.slot.0);
-            }
-            outcome(self.reserve_inlined::<W>(journal, request, moment, home));
-        }
+        // kept until the request is booked.
+        crate::visit_prefetched::<_, _, PREFETCH_AHEAD>(
+            requests,
+            |request| self.prefetch_lines(request.person, request.slot.0),
+            |request, home| outcome(self.reserve_inlined::<W>(journal, request, moment, home)),
+        );
     }
 
     /// Asks the CPU for the cache lines a command on `person` and `slot` will touch.
