@@ -172,7 +172,11 @@ mod tests {
             |_| (),
             |item, ()| {
                 visited.push(*item);
-                if *item == 11 { Err(*item) } else { Ok(()) }
+                if *item == 11 {
+                    Err(*item)
+                } else {
+                    Ok(())
+                }
             },
         );
         assert_eq!(result, Err(11));
