@@ -100,20 +100,22 @@ pub fn try_visit_prefetched<T, H: Copy + Default, E, const GROUP: usize>(
     mut ask: impl FnMut(&T) -> H,
     mut visit: impl FnMut(&T, H) -> Result<(), E>,
 ) -> Result<(), E> {
+    // `ask`'s answers for the group visited (`asked[here]`) and the next.
     let mut asked = [[H::default(); GROUP]; 2];
-    for (answer, item) in asked[0].iter_mut().zip(items) {
+    let (mut group, mut rest) = items.split_at(GROUP.min(items.len()));
+    for (answer, item) in asked[0].iter_mut().zip(group) {
         *answer = ask(item);
     }
-    for (group_index, group) in items.chunks(GROUP).enumerate() {
-        let (here, next) = (group_index % 2, 1 - group_index % 2);
-        if let Some(ahead) = items.get((group_index + 1) * GROUP..) {
-            for (answer, item) in asked[next].iter_mut().zip(ahead) {
-                *answer = ask(item);
-            }
+    let mut here = 0;
+    while !group.is_empty() {
+        let (next, after) = rest.split_at(GROUP.min(rest.len()));
+        for (answer, item) in asked[1 - here].iter_mut().zip(next) {
+            *answer = ask(item);
         }
-        for (item, answer) in group.iter().zip(asked[here]) {
-            visit(item, answer)?;
+        for (item, answer) in group.iter().zip(&asked[here]) {
+            visit(item, *answer)?;
         }
+        (group, rest, here) = (next, after, 1 - here);
     }
     Ok(())
 }
