@@ -388,38 +388,40 @@ fn a_window_where_a_seat_changes_hands_replays_exactly() {
     use yeyak::state::{CommandKind, Engine, Entry, LastCommand, PersonRecord};
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
-    let inventory = yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap();
-    let engine = Engine::new(rules, inventory);
-    let slot = (0..300).map(SlotIndex).find(|s| engine.slot_seats(*s).unwrap().1 == 1).expect("a one-seat slot");
-    let (alice, bob, carol) = (person(1), person(2), person(3));
-    let record = |kind, key| PersonRecord {
-        holds: (kind != CommandKind::Cancel).then_some(slot),
-        last: Some(LastCommand { kind, idempotency_key: key, slot }),
-    };
-    // Log: 1 Alice reserves, 2 Alice cancels, 3 Bob reserves. The snapshot
-    // started before record 1 and saw Alice after 2 and Bob after 3.
-    assert_eq!(engine.restore_person(alice, record(CommandKind::Cancel, 2)).unwrap(), None);
-    assert_eq!(engine.restore_person(bob, record(CommandKind::Reserve, 3)).unwrap(), None);
-    let entry = |person, key, cancel| {
-        if cancel {
-            Entry::Cancelled { person, slot, idempotency_key: key, operator_id: 0 }
-        } else {
-            Entry::Reserved { person, slot, idempotency_key: key, operator_id: 0 }
-        }
-    };
-    let mut touched = Vec::new();
-    engine.replay_in_window(1, &entry(alice, 1, false), &mut touched).unwrap();
-    assert!(engine.check_window(&touched).is_err(), "mid-window the seat is counted twice");
-    engine.replay_in_window(2, &entry(alice, 2, true), &mut touched).unwrap();
-    engine.replay_in_window(3, &entry(bob, 3, false), &mut touched).unwrap();
-    engine.check_window(&touched).unwrap();
-    assert_eq!(engine.slot_seats(slot), Some((0, 1)));
-    let state = engine.logical_state();
-    assert_eq!(state.people[&alice], record(CommandKind::Cancel, 2));
-    assert_eq!(state.people[&bob], record(CommandKind::Reserve, 3));
-    // A window that ends with two holders of the one seat is refused.
-    engine.replay_in_window(4, &entry(carol, 1, false), &mut touched).unwrap();
-    assert!(engine.check_window(&touched).unwrap_err().contains("more holders"));
+    let build = || Engine::new(rules.clone(), yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap());
+    // On a shared engine, and on a sole writer (as recovery replays a window).
+    for engine in [build(), build().into_sole_writer()] {
+        let slot = (0..300).map(SlotIndex).find(|s| engine.slot_seats(*s).unwrap().1 == 1).expect("a one-seat slot");
+        let (alice, bob, carol) = (person(1), person(2), person(3));
+        let record = |kind, key| PersonRecord {
+            holds: (kind != CommandKind::Cancel).then_some(slot),
+            last: Some(LastCommand { kind, idempotency_key: key, slot }),
+        };
+        // Log: 1 Alice reserves, 2 Alice cancels, 3 Bob reserves. The snapshot
+        // started before record 1 and saw Alice after 2 and Bob after 3.
+        assert_eq!(engine.restore_person(alice, record(CommandKind::Cancel, 2)).unwrap(), None);
+        assert_eq!(engine.restore_person(bob, record(CommandKind::Reserve, 3)).unwrap(), None);
+        let entry = |person, key, cancel| {
+            if cancel {
+                Entry::Cancelled { person, slot, idempotency_key: key, operator_id: 0 }
+            } else {
+                Entry::Reserved { person, slot, idempotency_key: key, operator_id: 0 }
+            }
+        };
+        let mut touched = Vec::new();
+        engine.replay_in_window(1, &entry(alice, 1, false), &mut touched).unwrap();
+        assert!(engine.check_window(&touched).is_err(), "mid-window the seat is counted twice");
+        engine.replay_in_window(2, &entry(alice, 2, true), &mut touched).unwrap();
+        engine.replay_in_window(3, &entry(bob, 3, false), &mut touched).unwrap();
+        engine.check_window(&touched).unwrap();
+        assert_eq!(engine.slot_seats(slot), Some((0, 1)));
+        let state = engine.logical_state();
+        assert_eq!(state.people[&alice], record(CommandKind::Cancel, 2));
+        assert_eq!(state.people[&bob], record(CommandKind::Reserve, 3));
+        // A window that ends with two holders of the one seat is refused.
+        engine.replay_in_window(4, &entry(carol, 1, false), &mut touched).unwrap();
+        assert!(engine.check_window(&touched).unwrap_err().contains("more holders"));
+    }
 }
 
 /// The other order (found in review): the scan saw Alice *before* she gave her
@@ -430,27 +432,29 @@ fn a_snapshot_with_more_holders_than_seats_is_mended_by_its_window() {
     use yeyak::state::{CommandKind, Engine, Entry, LastCommand, PersonRecord};
     let directory = tempfile::tempdir().unwrap();
     let rules = write_small_campaign(directory.path());
-    let inventory = yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap();
-    let engine = Engine::new(rules, inventory);
-    let slot = (0..300).map(SlotIndex).find(|s| engine.slot_seats(*s).unwrap().1 == 1).expect("a one-seat slot");
-    let (alice, bob) = (person(1), person(2));
-    let record = |kind, key| PersonRecord {
-        holds: (kind != CommandKind::Cancel).then_some(slot),
-        last: Some(LastCommand { kind, idempotency_key: key, slot }),
-    };
-    // Log: 1 Alice reserves (before the snapshot), 2 Alice cancels, 3 Bob reserves (the window).
-    assert_eq!(engine.restore_person(alice, record(CommandKind::Reserve, 1)).unwrap(), None);
-    let wrapped = engine.restore_person(bob, record(CommandKind::Reserve, 3)).unwrap();
-    assert_eq!(wrapped, Some(slot.0), "the second holder of one seat wraps the count");
-    let mut touched: Vec<u32> = wrapped.into_iter().collect();
-    assert!(engine.check_window(&touched).is_err());
-    let cancel = Entry::Cancelled { person: alice, slot, idempotency_key: 2, operator_id: 0 };
-    let reserve = Entry::Reserved { person: bob, slot, idempotency_key: 3, operator_id: 0 };
-    engine.replay_in_window(2, &cancel, &mut touched).unwrap();
-    engine.replay_in_window(3, &reserve, &mut touched).unwrap();
-    engine.check_window(&touched).unwrap();
-    assert_eq!(engine.slot_seats(slot), Some((0, 1)));
-    assert_eq!(engine.logical_state().people[&alice], record(CommandKind::Cancel, 2));
+    let build = || Engine::new(rules.clone(), yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap());
+    // On a shared engine, and on a sole writer (as recovery replays a window).
+    for engine in [build(), build().into_sole_writer()] {
+        let slot = (0..300).map(SlotIndex).find(|s| engine.slot_seats(*s).unwrap().1 == 1).expect("a one-seat slot");
+        let (alice, bob) = (person(1), person(2));
+        let record = |kind, key| PersonRecord {
+            holds: (kind != CommandKind::Cancel).then_some(slot),
+            last: Some(LastCommand { kind, idempotency_key: key, slot }),
+        };
+        // Log: 1 Alice reserves (before the snapshot), 2 Alice cancels, 3 Bob reserves (the window).
+        assert_eq!(engine.restore_person(alice, record(CommandKind::Reserve, 1)).unwrap(), None);
+        let wrapped = engine.restore_person(bob, record(CommandKind::Reserve, 3)).unwrap();
+        assert_eq!(wrapped, Some(slot.0), "the second holder of one seat wraps the count");
+        let mut touched: Vec<u32> = wrapped.into_iter().collect();
+        assert!(engine.check_window(&touched).is_err());
+        let cancel = Entry::Cancelled { person: alice, slot, idempotency_key: 2, operator_id: 0 };
+        let reserve = Entry::Reserved { person: bob, slot, idempotency_key: 3, operator_id: 0 };
+        engine.replay_in_window(2, &cancel, &mut touched).unwrap();
+        engine.replay_in_window(3, &reserve, &mut touched).unwrap();
+        engine.check_window(&touched).unwrap();
+        assert_eq!(engine.slot_seats(slot), Some((0, 1)));
+        assert_eq!(engine.logical_state().people[&alice], record(CommandKind::Cancel, 2));
+    }
 }
 
 #[test]

@@ -23,11 +23,12 @@
 //! nor wrapped holds what the snapshot says, which was true at some moment.
 
 use crate::inventory::SlotIndex;
-use crate::state::engine::Engine;
+use crate::state::engine::{Engine, PREFETCH_AHEAD};
 use crate::state::entry::{Entry, Lsn};
 use crate::state::people::{CommandKind, LastCommand, PersonKey, PersonRecord};
 use crate::state::replay::{Defect, ReplayError};
 use crate::state::slot_counters::SLOT_CAPACITY_MAX;
+use crate::state::Writers;
 
 impl Engine {
     /// Calls `visit` with every person who has a history, each read under their
@@ -104,10 +105,15 @@ impl Engine {
         self.writer().replay_in_window(lsn, entry, touched)
     }
 
-    /// `replay_in_window` with its refusal a small `Copy` value, made into
-    /// words only when it happens (as `replay`'s).
+    /// `replay_in_window` by a writer of kind `W` (`Writers`: a sole writer
+    /// claims new people and moves seats with stores), with its refusal a
+    /// small `Copy` value, made into words only when it happens (as `replay`'s).
     #[inline(always)]
-    pub(crate) fn replay_in_window_checked(&self, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), Defect> {
+    pub(crate) fn replay_in_window_checked_as<W: Writers>(
+        &self,
+        entry: &Entry,
+        touched: &mut Vec<u32>,
+    ) -> Result<(), Defect> {
         let check_slot =
             |slot: SlotIndex| if self.inventory().contains(slot) { Ok(()) } else { Err(Defect::SlotOutside(slot)) };
         let (person, record) = match *entry {
@@ -132,13 +138,16 @@ impl Engine {
             }
         };
         check_slot(record.last.map_or(SlotIndex(0), |last| last.slot))?;
-        let latch = self.people.latch_or_insert(person).map_err(|full| Defect::PeopleTableFull(full.people_max))?;
+        let latch = self
+            .people
+            .latch_or_insert_from::<W>(person, self.people.home(person))
+            .map_err(|full| Defect::PeopleTableFull(full.people_max))?;
         if let Some(old) = latch.record().holds {
-            self.slots.give_wrapping(old.0);
+            self.slots.give_wrapping_as::<W>(old.0);
             touched.push(old.0);
         }
         if let Some(new) = record.holds {
-            let _wrapped = self.slots.take_wrapping(new.0);
+            let _wrapped = self.slots.take_wrapping_as::<W>(new.0);
             touched.push(new.0);
         }
         latch.commit(record);
@@ -147,13 +156,20 @@ impl Engine {
 
     /// After the window: every slot it touched, or that went below zero at
     /// restore, has seats left within its capacity.
+    /// A snapshot's window may touch millions of slots at random: their
+    /// lines are asked for a group at a time (`crate::visit_prefetched`).
     pub fn check_window(&self, touched: &[u32]) -> Result<(), String> {
-        match touched.iter().find(|slot| !self.slots.is_consistent(**slot)) {
-            None => Ok(()),
-            Some(slot) => Err(format!(
+        let first_wrong = crate::try_visit_prefetched::<_, _, _, PREFETCH_AHEAD>(
+            touched,
+            |slot| self.slots.prefetch(*slot),
+            |slot, ()| if self.slots.is_consistent(*slot) { Ok(()) } else { Err(*slot) },
+        );
+        match first_wrong {
+            Ok(()) => Ok(()),
+            Err(slot) => Err(format!(
                 "{} ends the snapshot window with more holders than its {} seats",
-                SlotIndex(*slot),
-                self.slots.capacity(*slot)
+                SlotIndex(slot),
+                self.slots.capacity(slot)
             )),
         }
     }

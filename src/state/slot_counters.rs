@@ -145,12 +145,36 @@ impl SlotCounters {
     /// again once the window is replayed, and `is_consistent` checks that.
     /// Returns whether the count went below zero (wrapped).
     pub fn take_wrapping(&self, slot: u32) -> bool {
-        self.cells[slot as usize].remaining.fetch_sub(1, Ordering::Relaxed) == 0
+        self.take_wrapping_as::<crate::state::Shared>(slot)
+    }
+
+    /// `take_wrapping` by a writer of kind `W`: the sole writer, whom no
+    /// other thread's change can race, loads and stores.
+    #[inline]
+    pub(crate) fn take_wrapping_as<W: Writers>(&self, slot: u32) -> bool {
+        let remaining = &self.cells[slot as usize].remaining;
+        if !W::SOLE {
+            return remaining.fetch_sub(1, Ordering::Relaxed) == 0;
+        }
+        let seen = remaining.load(Ordering::Relaxed);
+        remaining.store(seen.wrapping_sub(1), Ordering::Relaxed);
+        seen == 0
     }
 
     /// Snapshot-window replay only: gives a seat back with no check.
     pub fn give_wrapping(&self, slot: u32) {
-        self.cells[slot as usize].remaining.fetch_add(1, Ordering::Relaxed);
+        self.give_wrapping_as::<crate::state::Shared>(slot);
+    }
+
+    /// `give_wrapping` by a writer of kind `W` (as `take_wrapping_as`).
+    #[inline]
+    pub(crate) fn give_wrapping_as<W: Writers>(&self, slot: u32) {
+        let remaining = &self.cells[slot as usize].remaining;
+        if !W::SOLE {
+            remaining.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        remaining.store(remaining.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
     }
 
     /// Snapshot-window replay only: sets the capacity, moving the seats left

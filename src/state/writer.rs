@@ -123,10 +123,15 @@ impl EngineWriter<'_> {
         .map_err(|defect| explain(lsn, defect))
     }
 
-    /// `Engine::replay_in_window`, under this writer.
+    /// `Engine::replay_in_window`, under this writer: a sole writer's claims
+    /// new people and moves seats with stores, as `replay` does.
     #[inline]
     pub fn replay_in_window(&self, lsn: Lsn, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), ReplayError> {
-        self.engine.replay_in_window_checked(entry, touched).map_err(|defect| explain(lsn, defect))
+        match self.held {
+            Some(_) => self.engine.replay_in_window_checked_as::<Sole>(entry, touched),
+            None => self.engine.replay_in_window_checked_as::<Shared>(entry, touched),
+        }
+        .map_err(|defect| explain(lsn, defect))
     }
 
     /// `Engine::change_at`.
