@@ -460,3 +460,60 @@ fn a_repair_cut_short_by_a_crash_leaves_a_log_the_next_start_reads_the_same_way(
     assert!(mended.torn_tail.is_none() && mended.repairs.is_empty());
     assert_eq!(mended.records, expected_records);
 }
+
+/// Recovery's lookahead (what the replay prefetches from) sees every record
+/// it visits once, before the visit, a group of `LOOKAHEAD_RECORDS` at a
+/// time and one group ahead within its segment, whether the reading starts
+/// at a segment's head or at a snapshot's `from_lsn` inside one, and in a
+/// segment whose record count is not a multiple of the group.
+#[test]
+fn recovery_looks_ahead_a_group_at_a_time_at_every_record_it_visits() {
+    use yeyak::log::format::Record;
+    use yeyak::log::recovery::{recover_with_lookahead, LOOKAHEAD_RECORDS};
+    let history = acknowledged_history();
+    let log = history.directory.path().join("log");
+    let total = history.total();
+    assert_ne!(history.last_segment_records % LOOKAHEAD_RECORDS, 0, "a partial last group");
+    // Each segment's first and last record.
+    let segments: Vec<(u64, u64)> = recover(&log, RecoveryMode::ReadOnly, |_| Ok(()))
+        .unwrap()
+        .segments
+        .iter()
+        .map(|segment| (segment.header.first_lsn, segment.header.first_lsn + segment.records - 1))
+        .collect();
+    assert!(segments.len() >= 2);
+    let segment_of = |lsn: u64| *segments.iter().find(|(first, last)| (*first..=*last).contains(&lsn)).unwrap();
+    for from_lsn in [1, 37, 101, total] {
+        let looked_at = std::cell::RefCell::new(Vec::new());
+        let mut visited = Vec::new();
+        let recovered = recover_with_lookahead(
+            &log,
+            RecoveryMode::ReadOnly,
+            from_lsn,
+            // Unwritten records past the end are hints like any other; only numbers are kept.
+            |bytes| looked_at.borrow_mut().extend(Record::decode(bytes).ok().map(|record| record.lsn)),
+            |record| {
+                let seen = looked_at.borrow();
+                assert_eq!(
+                    seen.iter().filter(|lsn| **lsn == record.lsn).count(),
+                    1,
+                    "record {} looked at once",
+                    record.lsn
+                );
+                // Groups are counted from where the reading entered the segment:
+                // while one is visited, the lookahead has reached the end of the next.
+                let (first, last) = segment_of(record.lsn);
+                let entered = first.max(from_lsn);
+                let group_start = entered + (record.lsn - entered) / LOOKAHEAD_RECORDS * LOOKAHEAD_RECORDS;
+                let wanted = (group_start + 2 * LOOKAHEAD_RECORDS - 1).min(last);
+                let furthest = seen.iter().copied().filter(|lsn| *lsn <= last).max().unwrap_or(0);
+                assert_eq!(furthest, wanted, "record {} visited", record.lsn);
+                visited.push(record.lsn);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!(visited, (from_lsn..=total).collect::<Vec<_>>(), "from {from_lsn}");
+        assert_eq!(recovered.next_lsn, total + 1);
+    }
+}

@@ -365,8 +365,8 @@ pub fn apply(
                     }
                     AnswerForm::Compact => Some(CompactAnswerWriter::start(out, count)),
                 };
-                let prefetch = |command: &Command| prefetch(engine, command);
-                crate::visit_prefetched::<_, _, PREFETCH_AHEAD>(commands, prefetch, |command, ()| {
+                let ask = |command: &Command| prefetch(engine, command);
+                crate::visit_prefetched::<_, _, PREFETCH_AHEAD>(commands, ask, |command, ()| {
                     let after = match apply_fixed(engine, writing, command, job.operator_id, moment, tally) {
                         Ok((answer, after)) => {
                             match &mut compact {

@@ -305,13 +305,13 @@ impl CheckedSnapshot {
         /// How many people at a time the cache lines are asked for, a group
         /// ahead (`crate::visit_prefetched`): holders' slots are random, so
         /// each restore would otherwise wait for a cache miss.
-        const PREFETCH_AHEAD: usize = 8;
+        const GROUP: usize = 8;
         let people = people_of(self.body(chunk)).map_err(|e| e.to_string())?;
         let prefetch = |image: &ArchivedPersonImage| {
             let key = PersonKey(u128::from(image.key_high.to_native()) << 64 | u128::from(image.key_low.to_native()));
             engine.prefetch_person_and_slot(key, image.slot.to_native());
         };
-        crate::try_visit_prefetched::<_, _, _, PREFETCH_AHEAD>(people, prefetch, |image, ()| {
+        crate::try_visit_prefetched::<_, _, _, GROUP>(people, prefetch, |image, ()| {
             let (key, record) = image.person()?;
             wrapped.extend(engine.restore_person(key, record)?);
             Ok(())

@@ -218,8 +218,8 @@ impl Engine {
 
     /// Books many requests stamped with the same time, as a batch frame
     /// carries them: the rules' time-dependent part is computed once, and the
-    /// person buckets and slot counters of requests a few places ahead are
-    /// prefetched so that their cache misses overlap.
+    /// person buckets and slot counters of the requests are prefetched a group
+    /// at a time, one group ahead, so that their cache misses overlap.
     pub fn reserve_batch(
         &self,
         journal: &impl Journal,

@@ -228,4 +228,24 @@ mod tests {
         assert!(error.to_string().contains("is outside the inventory") && error.lsn == 10, "{error}");
         assert!(touched.is_empty(), "a refused window record moves no seat");
     }
+
+    /// The window's check reads its slots a group of lines at a time: over
+    /// many groups, it still names the first slot in `touched` whose seats
+    /// left are outside `0..=capacity`, and passes when none is.
+    #[test]
+    fn the_window_check_names_the_first_wrong_slot_over_many_groups() {
+        let engine = engine();
+        let touched: Vec<u32> = (0..40).map(|i| i * 7 % 300).collect();
+        engine.check_window(&touched).unwrap();
+        // Two slots with a seat too many, the later one first in `touched`.
+        let (early, late) = (touched[19], touched[23]);
+        engine.slots.give_wrapping(late);
+        engine.slots.give_wrapping(early);
+        let touched_late_first: Vec<u32> =
+            touched[..19].iter().chain([&late, &early]).chain(&touched[20..23]).copied().collect();
+        let error = engine.check_window(&touched_late_first).unwrap_err();
+        assert!(error.starts_with(&format!("{} ends", SlotIndex(late))), "{error}");
+        let error = engine.check_window(&touched).unwrap_err();
+        assert!(error.starts_with(&format!("{} ends", SlotIndex(early))), "{error}");
+    }
 }

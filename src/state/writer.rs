@@ -91,8 +91,8 @@ impl EngineWriter<'_> {
     }
 
     /// `reserve_at` for each of `requests` in order, each outcome handed to
-    /// `outcome` as it comes, with the lines of the request `PREFETCH_AHEAD`
-    /// places ahead asked for first: the loop of `Engine::reserve_batch` and
+    /// `outcome` as it comes, the lines of the requests asked for a group of
+    /// `PREFETCH_AHEAD` at a time, one group ahead (`crate::visit_prefetched`): the loop of `Engine::reserve_batch` and
     /// of the server's batches of reservations (`server::apply`). `outcome`
     /// runs under this writer: it must not call `Engine`'s command methods.
     #[inline]
@@ -124,7 +124,9 @@ impl EngineWriter<'_> {
     }
 
     /// `Engine::replay_in_window`, under this writer: a sole writer's claims
-    /// new people and moves seats with stores, as `replay` does.
+    /// new people with stores, as `replay` does, and also moves seats with
+    /// stores, both ways (the window's wrapping arithmetic checks nothing
+    /// that a read-modify-write would).
     #[inline]
     pub fn replay_in_window(&self, lsn: Lsn, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), ReplayError> {
         match self.held {
