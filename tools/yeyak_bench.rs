@@ -360,7 +360,7 @@ fn book_all(
 fn book_batch(engine: &Engine, journal: &impl Journal, chunk: &[BookingRequest], now_ms: i64) -> (u64, u64) {
     let moment = engine.booking_moment(now_ms);
     let (mut booked, mut durable_after) = (0, 0);
-    engine.writer().reserve_each(journal, chunk, &moment, |outcome| {
+    engine.writer().reserve_each(journal, chunk, &moment, |_, outcome| {
         booked += u64::from(outcome.result.is_ok());
         durable_after = durable_after.max(outcome.durable_after);
     });

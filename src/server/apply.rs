@@ -314,7 +314,7 @@ pub fn apply(
                         let first = out.len();
                         out.resize(first + requests.len() * BATCH_ANSWER_ITEM_BYTES, 0);
                         let mut items = out[first..].chunks_exact_mut(BATCH_ANSWER_ITEM_BYTES);
-                        writing.writer.reserve_each(log, requests, moment, |outcome| {
+                        writing.writer.reserve_each(log, requests, moment, |_, outcome| {
                             let (answer, after) = counted_reserve_answer(&outcome, tally);
                             durable_after = durable_after.max(after);
                             // One outcome a request, one item each: the room fits.
@@ -327,10 +327,9 @@ pub fn apply(
                     }
                     AnswerForm::Compact => {
                         let mut answers = CompactAnswerWriter::start(out, count);
-                        let mut asked = requests.iter().map(|request| request.slot);
                         let mut booked_as_asked = 0;
-                        writing.writer.reserve_each(log, requests, moment, |outcome| {
-                            let slot_asked = asked.next().unwrap_or(SlotIndex(0));
+                        writing.writer.reserve_each(log, requests, moment, |request, outcome| {
+                            let slot_asked = request.slot;
                             match outcome.result {
                                 // The crowd's answer: its mark, OK, is there already;
                                 // no `Answer` built (callgrind: 72 instructions a

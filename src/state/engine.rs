@@ -228,7 +228,7 @@ impl Engine {
         outcomes: &mut Vec<Outcome<SlotIndex>>,
     ) {
         let moment = self.booking_moment(now_ms);
-        self.writer().reserve_each(journal, requests, &moment, |outcome| outcomes.push(outcome));
+        self.writer().reserve_each(journal, requests, &moment, |_, outcome| outcomes.push(outcome));
     }
 
     /// `EngineWriter::reserve_each`, for a writer of kind `W`.
@@ -238,14 +238,14 @@ impl Engine {
         journal: &impl Journal,
         requests: &[BookingRequest],
         moment: &Moment,
-        mut outcome: impl FnMut(Outcome<SlotIndex>),
+        mut outcome: impl FnMut(&BookingRequest, Outcome<SlotIndex>),
     ) {
         // Each person's home bucket is hashed once, when prefetched, and
         // kept until the request is booked.
         crate::visit_prefetched::<_, _, PREFETCH_AHEAD>(
             requests,
             |request| self.prefetch_lines(request.person, request.slot.0),
-            |request, home| outcome(self.reserve_inlined::<W>(journal, request, moment, home)),
+            |request, home| outcome(request, self.reserve_inlined::<W>(journal, request, moment, home)),
         );
     }
 

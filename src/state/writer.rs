@@ -91,8 +91,9 @@ impl EngineWriter<'_> {
     }
 
     /// `reserve_at` for each of `requests` in order, each outcome handed to
-    /// `outcome` as it comes, the lines of the requests asked for a group of
-    /// `PREFETCH_AHEAD` at a time, one group ahead (`crate::visit_prefetched`): the loop of `Engine::reserve_batch` and
+    /// `outcome` with its request as it comes, the lines of the requests
+    /// asked for a group of `PREFETCH_AHEAD` at a time, one group ahead
+    /// (`crate::visit_prefetched`): the loop of `Engine::reserve_batch` and
     /// of the server's batches of reservations (`server::apply`). `outcome`
     /// runs under this writer: it must not call `Engine`'s command methods.
     #[inline]
@@ -101,7 +102,7 @@ impl EngineWriter<'_> {
         journal: &impl Journal,
         requests: &[BookingRequest],
         moment: &Moment,
-        outcome: impl FnMut(Outcome<SlotIndex>),
+        outcome: impl FnMut(&BookingRequest, Outcome<SlotIndex>),
     ) {
         match self.held {
             Some(_) => self.engine.reserve_each_as::<Sole>(journal, requests, moment, outcome),
