@@ -69,9 +69,14 @@ impl PersonImage {
 }
 
 impl ArchivedPersonImage {
+    /// The person's key, unchecked (`person` refuses the zero key).
+    pub fn key(&self) -> PersonKey {
+        PersonKey(u128::from(self.key_high.to_native()) << 64 | u128::from(self.key_low.to_native()))
+    }
+
     /// The person and record this image stands for; `Err` names what is wrong.
     pub fn person(&self) -> Result<(PersonKey, PersonRecord), String> {
-        let key = PersonKey(u128::from(self.key_high.to_native()) << 64 | u128::from(self.key_low.to_native()));
+        let key = self.key();
         if key.0 == 0 {
             return Err("a person with the zero key".into());
         }

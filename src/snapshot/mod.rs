@@ -18,7 +18,7 @@ use crate::snapshot::format::{
     align_chunk, chunk_kind, inventory_digest, parse_snapshot_file_name, ArchivedCapacityImage, ArchivedPersonImage,
     ChunkHeader, SnapshotHeader, CHUNK_HEADER_BYTES, SNAPSHOT_HEADER_BYTES, TEMPORARY_SUFFIX,
 };
-use crate::state::{Engine, LogUnavailable, PersonKey};
+use crate::state::{Engine, LogUnavailable};
 
 pub use writer::{retire, take_snapshot, SnapshotSummary};
 
@@ -307,10 +307,8 @@ impl CheckedSnapshot {
         /// each restore would otherwise wait for a cache miss.
         const GROUP: usize = 8;
         let people = people_of(self.body(chunk)).map_err(|e| e.to_string())?;
-        let prefetch = |image: &ArchivedPersonImage| {
-            let key = PersonKey(u128::from(image.key_high.to_native()) << 64 | u128::from(image.key_low.to_native()));
-            engine.prefetch_person_and_slot(key, image.slot.to_native());
-        };
+        let prefetch =
+            |image: &ArchivedPersonImage| engine.prefetch_person_and_slot(image.key(), image.slot.to_native());
         crate::try_visit_prefetched::<_, _, _, GROUP>(people, prefetch, |image, ()| {
             let (key, record) = image.person()?;
             wrapped.extend(engine.restore_person(key, record)?);
