@@ -341,9 +341,8 @@ pub(super) fn recover_state(
         Access::Check => RecoveryMode::ReadOnly,
     };
     // The snapshot was restored on many threads; the log is replayed on one,
-    // holding one writer: new people and seats taken by stores, the snapshot
-    // window's seats also given back by stores (`EngineWriter::replay` and
-    // `replay_in_window`).
+    // holding one writer: new people and seats taken by stores
+    // (`EngineWriter::replay` and `replay_in_window`).
     let engine = engine.into_sole_writer();
     let recovered = replay_log(&engine, &log_directory, snapshot.as_ref(), wrapped_slots, mode)
         .and_then(|recovered| check_log_reaches_back(&recovered, snapshot.as_ref(), &passed_over).map(|()| recovered))

@@ -106,7 +106,7 @@ impl Engine {
     }
 
     /// `replay_in_window` by a writer of kind `W` (`Writers`: a sole writer
-    /// claims new people and moves seats with stores), with its refusal a
+    /// claims new people and takes seats with stores), with its refusal a
     /// small `Copy` value, made into words only when it happens (as `replay`'s).
     #[inline(always)]
     pub(crate) fn replay_in_window_checked_as<W: Writers>(
@@ -143,7 +143,7 @@ impl Engine {
             .latch_or_insert_from::<W>(person, self.people.home(person))
             .map_err(|full| Defect::PeopleTableFull(full.people_max))?;
         if let Some(old) = latch.record().holds {
-            self.slots.give_wrapping_as::<W>(old.0);
+            self.slots.give_wrapping(old.0);
             touched.push(old.0);
         }
         if let Some(new) = record.holds {

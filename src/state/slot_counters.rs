@@ -163,18 +163,7 @@ impl SlotCounters {
 
     /// Snapshot-window replay only: gives a seat back with no check.
     pub fn give_wrapping(&self, slot: u32) {
-        self.give_wrapping_as::<crate::state::Shared>(slot);
-    }
-
-    /// `give_wrapping` by a writer of kind `W` (as `take_wrapping_as`).
-    #[inline]
-    pub(crate) fn give_wrapping_as<W: Writers>(&self, slot: u32) {
-        let remaining = &self.cells[slot as usize].remaining;
-        if !W::SOLE {
-            remaining.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        remaining.store(remaining.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+        self.cells[slot as usize].remaining.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Snapshot-window replay only: sets the capacity, moving the seats left

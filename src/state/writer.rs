@@ -125,9 +125,7 @@ impl EngineWriter<'_> {
     }
 
     /// `Engine::replay_in_window`, under this writer: a sole writer's claims
-    /// new people with stores, as `replay` does, and also moves seats with
-    /// stores, both ways (the window's wrapping arithmetic checks nothing
-    /// that a read-modify-write would).
+    /// new people and takes seats with stores, as `replay` does.
     #[inline]
     pub fn replay_in_window(&self, lsn: Lsn, entry: &Entry, touched: &mut Vec<u32>) -> Result<(), ReplayError> {
         match self.held {
