@@ -461,7 +461,7 @@ async fn read_loop<R: ReadBytes>(
             refuse(shared, outbox, request_id, Answer::protocol(code::OVERLOADED, 0, 0));
             continue;
         }
-        shared.wake_engine();
+        shared.engine_wake.wake();
     }
 }
 

@@ -172,13 +172,6 @@ pub struct Shared {
     started: Instant,
 }
 
-impl Shared {
-    /// Wakes the engine thread if it sleeps (after a job was queued).
-    fn wake_engine(&self) {
-        self.engine_wake.wake();
-    }
-}
-
 /// How the engine thread is woken. Apart from `Shared`, so that the log's
 /// durability listener holds this alone: holding `Shared`, a listener
 /// announcing a sync while the server stops would keep `Server::shutdown`
