@@ -381,16 +381,24 @@ fn a_changed_campaign_toml_is_refused_and_the_data_directory_left_as_it_was() {
     assert!(!campaign.exists(), "no demo campaign written over a campaign's data");
 }
 
+/// A small campaign's engine twice: shared, and a sole writer.
+fn shared_and_sole_engines() -> [yeyak::state::Engine; 2] {
+    let directory = tempfile::tempdir().unwrap();
+    let rules = write_small_campaign(directory.path());
+    let build = || {
+        let inventory = yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap();
+        yeyak::state::Engine::new(rules.clone(), inventory)
+    };
+    [build(), build().into_sole_writer()]
+}
+
 /// The window case the design note in src/state/restore.rs describes: a seat
 /// changes hands inside the window, the snapshot saw both people after it.
 #[test]
 fn a_window_where_a_seat_changes_hands_replays_exactly() {
-    use yeyak::state::{CommandKind, Engine, Entry, LastCommand, PersonRecord};
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let build = || Engine::new(rules.clone(), yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap());
+    use yeyak::state::{CommandKind, Entry, LastCommand, PersonRecord};
     // On a shared engine, and on a sole writer (as recovery replays a window).
-    for engine in [build(), build().into_sole_writer()] {
+    for engine in shared_and_sole_engines() {
         let slot = (0..300).map(SlotIndex).find(|s| engine.slot_seats(*s).unwrap().1 == 1).expect("a one-seat slot");
         let (alice, bob, carol) = (person(1), person(2), person(3));
         let record = |kind, key| PersonRecord {
@@ -429,12 +437,9 @@ fn a_window_where_a_seat_changes_hands_replays_exactly() {
 /// one-seat slot. Restore must accept it, and the window must mend it.
 #[test]
 fn a_snapshot_with_more_holders_than_seats_is_mended_by_its_window() {
-    use yeyak::state::{CommandKind, Engine, Entry, LastCommand, PersonRecord};
-    let directory = tempfile::tempdir().unwrap();
-    let rules = write_small_campaign(directory.path());
-    let build = || Engine::new(rules.clone(), yeyak::inventory::Inventory::load(&rules, directory.path()).unwrap());
+    use yeyak::state::{CommandKind, Entry, LastCommand, PersonRecord};
     // On a shared engine, and on a sole writer (as recovery replays a window).
-    for engine in [build(), build().into_sole_writer()] {
+    for engine in shared_and_sole_engines() {
         let slot = (0..300).map(SlotIndex).find(|s| engine.slot_seats(*s).unwrap().1 == 1).expect("a one-seat slot");
         let (alice, bob) = (person(1), person(2));
         let record = |kind, key| PersonRecord {
